@@ -1,0 +1,3 @@
+from featurelake.cli.main import main
+
+main()

@@ -1,0 +1,195 @@
+"""Typed configuration: ``featurelake.yaml`` overlaid with ``FEATURELAKE_<SECTION>__<KEY>`` env vars.
+
+Every key is optional; the defaults are the embedded single-laptop setup (SQLite catalog, local warehouse).
+Relative paths resolve against the directory that holds ``featurelake.yaml``. Secrets never live in the
+file: channels name the env var that holds them (``webhook_url_env``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from featurelake.errors import ConfigError
+
+CONFIG_FILE = "featurelake.yaml"
+STATE_DIR = ".featurelake"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CatalogConfig(_Section):
+    uri: str = "sqlite:///.featurelake/catalog.db"
+    """SQLAlchemy URL of the PyIceberg SQL catalog: ``sqlite:///…`` or ``postgresql+psycopg://…``."""
+    warehouse: str = ".featurelake/warehouse"
+    """Where table data and metadata go: a local path or an fsspec URL (``s3://…``)."""
+    name: str = "featurelake"
+    """Catalog name; Spark's JDBC catalog must use the same one to share tables."""
+    lock_timeout_seconds: float = 5.0
+    """How long one catalog statement waits on a locked SQLite database before giving up."""
+    retries: int = 4
+    """How many times a job retries a catalog operation that failed transiently (lock, lost race)."""
+
+
+class SparkConfig(_Section):
+    master: str = "local[2]"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class EngineConfig(_Section):
+    type: Literal["local", "spark"] = "local"
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+
+
+class OnlineStoreConfig(_Section):
+    type: Literal["sqlite", "redis"] = "sqlite"
+    path: str = ".featurelake/online.db"
+    url: str | None = None
+    """Redis URL, e.g. ``redis://127.0.0.1:6379/0``."""
+
+
+class RegistryConfig(_Section):
+    uri: str = "sqlite:///.featurelake/registry.db"
+    artifacts: str = ".featurelake/artifacts"
+
+
+class MonitoringConfig(_Section):
+    channels: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"type": "console"}, {"type": "file", "path": ".featurelake/alerts.jsonl"}]
+    )
+    pushgateway: str | None = None
+
+
+class BackfillConfig(_Section):
+    keep_published_branches: bool = False
+    """Keep ``audit_<run_id>`` after a successful publish (default: remove it)."""
+    publish_attempts: int = 5
+    """How often a publish rebases onto a main that moved before giving up with a ConflictError."""
+
+
+class MaintenanceConfig(_Section):
+    expire_older_than: str = "7d"
+    retain_last: int = 1
+    orphan_min_age: str = "3d"
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one featurelake project."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEATURELAKE_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    project: str = "featurelake"
+    namespace: str = "features"
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; env vars must win over it.
+        return (env_settings, init_settings)
+
+
+def _deep_get(data: dict[str, Any], dotted: str) -> Any:
+    cur: Any = data
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        else:
+            lines.append(f"'{where}': {e['msg']}")
+    return f"invalid configuration in {source}: " + "; ".join(lines) + " (see the config reference in README.md)"
+
+
+class ProjectConfig:
+    """Settings plus the project directory they came from, with paths resolved against it."""
+
+    def __init__(self, root: Path, settings: Settings) -> None:
+        self.root = root
+        self.settings = settings
+
+    @classmethod
+    def load(cls, project_dir: str | Path = ".") -> ProjectConfig:
+        """Read ``featurelake.yaml`` in ``project_dir`` and overlay env vars; raise ConfigError when wrong."""
+        root = Path(project_dir).expanduser().resolve()
+        path = root / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(
+                f"no {CONFIG_FILE} in {root}: run `featurelake init {root}` to create a project, "
+                "or pass the project directory with --project"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path} is not valid YAML{where}: fix the syntax and retry") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys (project, namespace, catalog, ...)")
+        try:
+            settings = Settings(**raw)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, str(path))) from exc
+        return cls(root, settings)
+
+    # --- resolved locations -------------------------------------------------------------------------
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    def sqlalchemy_uri(self, uri: str) -> str:
+        """Resolve a relative ``sqlite:///rel/path`` against the project root; other URLs pass through."""
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+            return prefix + str(self.path(uri[len(prefix) :]))
+        return uri
+
+    @property
+    def catalog_uri(self) -> str:
+        return self.sqlalchemy_uri(self.settings.catalog.uri)
+
+    @property
+    def warehouse(self) -> str:
+        wh = self.settings.catalog.warehouse
+        if "://" in wh:
+            return wh
+        return "file://" + str(self.path(wh))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def definitions_file(self) -> Path:
+        return self.root / "features.py"
+
+
+__all__ = ["CONFIG_FILE", "ProjectConfig", "Settings"]

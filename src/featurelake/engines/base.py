@@ -1,0 +1,64 @@
+"""The data-plane interface: what a backfill needs from an execution engine.
+
+Frames are opaque to callers (an Arrow table for the local engine, a DataFrame for Spark): a job only passes
+them from ``compute`` to ``write_window`` and ``audit``. Catalog metadata (branches, publish, history) stays
+in ``featurelake.lakehouse`` and is shared by every engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+from featurelake.features.definitions import FeatureView
+from featurelake.lakehouse.window import Window
+from featurelake.validation.checks import Check, CheckResult
+
+Frame = Any
+
+
+class Engine(ABC):
+    """Computes, writes, reads and audits feature data."""
+
+    name: str = "engine"
+
+    def __init__(self, catalog: Catalog, project_dir: Any) -> None:
+        self.catalog = catalog
+        self.project_dir = project_dir
+
+    @abstractmethod
+    def source_schema(self, view: FeatureView) -> pa.Schema:
+        """The Arrow schema the view's query produces (run over the source with no rows)."""
+
+    @abstractmethod
+    def compute(self, view: FeatureView, window: Window, table: Table) -> Frame:
+        """Run the view's query over its source restricted to ``window`` and conform it to ``table``'s schema.
+
+        Raises SchemaError when the output's columns or types do not match the definition and DataError when
+        rows cannot be written (null keys, timestamps outside the window).
+        """
+
+    @abstractmethod
+    def write_window(
+        self, table: Table, frame: Frame, window: Window, timestamp_field: str, branch: str, properties: dict[str, str]
+    ) -> int:
+        """Replace the window's day partitions on ``branch`` with ``frame``; returns the branch's new tip."""
+
+    @abstractmethod
+    def read(self, table: Table, *, snapshot_id: int | None = None, row_filter: Any = None) -> Frame:
+        """Rows of ``table`` at ``snapshot_id`` (default: main), optionally filtered by an Iceberg expression."""
+
+    @abstractmethod
+    def audit(self, frame: Frame, checks: list[Check]) -> tuple[int, list[CheckResult]]:
+        """Evaluate ``checks`` over ``frame`` in as few passes as possible; returns (rows, results)."""
+
+    @abstractmethod
+    def to_arrow(self, frame: Frame) -> pa.Table:
+        """Materialise a frame as Arrow (for small results and tests)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources (sessions, connections)."""

@@ -1,0 +1,117 @@
+"""The embedded engine: DuckDB runs view SQL over Arrow, PyIceberg reads and writes the tables."""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.table import Table
+
+from featurelake.engines.base import Engine
+from featurelake.engines.conform import conform
+from featurelake.errors import ConfigError, SchemaError
+from featurelake.features.definitions import FeatureView, Source
+from featurelake.lakehouse.wap import ref_snapshot_id
+from featurelake.lakehouse.window import Window
+from featurelake.validation import audit as audit_mod
+from featurelake.validation.checks import Check, CheckResult
+
+
+class LocalEngine(Engine):
+    """DuckDB + PyIceberg on one machine."""
+
+    name = "local"
+
+    # --- sources ------------------------------------------------------------------------------------
+    def _source_files(self, source: Source, view: str) -> list[str]:
+        pattern = source.location
+        full = pattern if Path(pattern).is_absolute() or "://" in pattern else str(Path(self.project_dir) / pattern)
+        files = sorted(glob.glob(full, recursive=True))
+        if not files:
+            raise ConfigError(
+                f"view {view!r}: source glob {pattern!r} matches no files (looked for {full}); "
+                "generate or copy the data first, or fix the path in features.py"
+            )
+        return files
+
+    def _connect(self, view: FeatureView, window: Window | None) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        con.execute("SET TimeZone='UTC'")
+        src = view.source
+        if src.kind == "parquet":
+            rel = con.read_parquet(self._source_files(src, view.name))
+            if src.timestamp_field not in rel.columns:
+                raise ConfigError(
+                    f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
+                    f"its columns are {', '.join(rel.columns)}"
+                )
+            if window is None:
+                rel = rel.limit(0)
+            else:
+                rel = rel.filter(window.sql_filter(src.timestamp_field))
+            rel.create_view("source")
+        else:
+            try:
+                tbl = self.catalog.load_table(src.location)
+            except Exception as exc:
+                raise ConfigError(f"view {view.name!r}: source table {src.location!r} cannot be loaded: {exc}") from exc
+            if src.timestamp_field not in tbl.schema().column_names:
+                raise ConfigError(
+                    f"view {view.name!r}: source table {src.location} has no column {src.timestamp_field!r}"
+                )
+            if window is None:
+                data = tbl.schema().as_arrow().empty_table()
+            else:
+                data = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field)).to_arrow()
+            con.register("source", data)
+        return con
+
+    def _run(self, view: FeatureView, window: Window | None) -> pa.Table:
+        con = self._connect(view, window)
+        try:
+            return con.sql(view.query).to_arrow_table()
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SchemaError(f"view {view.name!r}: the query failed in DuckDB: {first}") from exc
+        finally:
+            con.close()
+
+    def source_schema(self, view: FeatureView) -> pa.Schema:
+        return self._run(view, None).schema
+
+    def compute(self, view: FeatureView, window: Window, table: Table) -> pa.Table:
+        return conform(self._run(view, window), view, table.schema().as_arrow(), window)
+
+    # --- tables -------------------------------------------------------------------------------------
+    def write_window(
+        self, table: Table, frame: pa.Table, window: Window, timestamp_field: str, branch: str, properties: dict[str, str]
+    ) -> int:
+        with warnings.catch_warnings():
+            # An empty window on the branch is the normal first backfill, not something to warn about.
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            table.overwrite(
+                frame,
+                overwrite_filter=window.iceberg_filter(timestamp_field),
+                snapshot_properties=properties,
+                branch=branch,
+            )
+        tip = ref_snapshot_id(table, branch)
+        assert tip is not None
+        return tip
+
+    def read(self, table: Table, *, snapshot_id: int | None = None, row_filter: Any = None) -> pa.Table:
+        return table.scan(row_filter=row_filter if row_filter is not None else AlwaysTrue(), snapshot_id=snapshot_id).to_arrow()
+
+    def audit(self, frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResult]]:
+        return audit_mod.evaluate(frame, checks)
+
+    def to_arrow(self, frame: pa.Table) -> pa.Table:
+        return frame
+
+
+__all__ = ["LocalEngine"]

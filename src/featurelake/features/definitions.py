@@ -1,0 +1,124 @@
+"""The feature definitions SDK: ``Entity``, ``Source`` and ``FeatureView`` as written in ``features.py``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
+
+from featurelake.errors import ConfigError
+
+if TYPE_CHECKING:
+    from featurelake.validation.checks import Check
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_TABLE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def validate_identifier(value: str, what: str) -> str:
+    """Refuse names that are not plain SQL identifiers: they end up in SQL text and file paths."""
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise ConfigError(
+            f"{what} {value!r} is not a valid name: use letters, digits and underscores, starting with a letter"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A business object features are keyed by, e.g. ``Entity("user", join_key="user_id")``.
+
+    ``dtype`` (``"string"`` or ``"long"``) is optional: when omitted it is taken from the type the view's
+    query produces for the join key at ``apply`` time.
+    """
+
+    name: str
+    join_key: str
+    dtype: Literal["string", "long"] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name, "entity name")
+        validate_identifier(self.join_key, f"join key of entity {self.name!r}")
+        if self.dtype not in (None, "string", "long"):
+            raise ConfigError(f"entity {self.name!r}: dtype must be 'string' or 'long', got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a view's raw rows come from: Parquet files or an Iceberg table."""
+
+    kind: Literal["parquet", "table"]
+    location: str
+    timestamp_field: str
+
+    @classmethod
+    def parquet(cls, path: str, timestamp_field: str) -> Source:
+        """Parquet files matching ``path`` (a glob; relative paths resolve against the project directory)."""
+        validate_identifier(timestamp_field, f"timestamp field of source {path!r}")
+        return cls("parquet", path, timestamp_field)
+
+    @classmethod
+    def table(cls, name: str, timestamp_field: str) -> Source:
+        """An Iceberg table of the project's catalog, e.g. ``Source.table("raw.transactions", ...)``."""
+        if not _TABLE_IDENT.match(name):
+            raise ConfigError(f"source table {name!r} must be written 'namespace.table'")
+        validate_identifier(timestamp_field, f"timestamp field of source {name!r}")
+        return cls("table", name, timestamp_field)
+
+
+@dataclass
+class FeatureView:
+    """A set of features computed by one SQL query over one source, stored as one Iceberg table."""
+
+    name: str
+    entity: Entity
+    source: Source
+    query: str
+    fields: dict[str, str]
+    timestamp_field: str = "event_ts"
+    checks: list[Check] = field(default_factory=list)
+    ttl: timedelta | None = None
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from featurelake.lakehouse.schema import parse_type
+
+        validate_identifier(self.name, "feature view name")
+        validate_identifier(self.timestamp_field, f"timestamp field of view {self.name!r}")
+        if not isinstance(self.entity, Entity):
+            raise ConfigError(f"view {self.name!r}: entity must be an Entity, got {type(self.entity).__name__}")
+        if not isinstance(self.source, Source):
+            raise ConfigError(f"view {self.name!r}: source must be Source.parquet(...) or Source.table(...)")
+        if not self.fields:
+            raise ConfigError(f"view {self.name!r} declares no fields: add fields={{'name': 'double', ...}}")
+        reserved = {self.entity.join_key, self.timestamp_field}
+        for fname, ftype in self.fields.items():
+            validate_identifier(fname, f"field of view {self.name!r}")
+            if fname in reserved:
+                raise ConfigError(f"view {self.name!r}: field {fname!r} clashes with the join key or timestamp")
+            try:
+                parse_type(ftype)
+            except ValueError as exc:
+                raise ConfigError(f"view {self.name!r}, field {fname!r}: {exc}") from exc
+        known = {*self.fields, *reserved}
+        for check in self.checks:
+            for col in check.columns():
+                if col not in known:
+                    raise ConfigError(
+                        f"view {self.name!r}: check {check.name} refers to unknown column {col!r}; "
+                        f"known columns: {', '.join(sorted(known))}"
+                    )
+        if self.ttl is not None and self.ttl <= timedelta(0):
+            raise ConfigError(f"view {self.name!r}: ttl must be positive")
+
+    @property
+    def join_key(self) -> str:
+        return self.entity.join_key
+
+    @property
+    def columns(self) -> list[str]:
+        """Table column order: join key, timestamp, then the fields as declared."""
+        return [self.join_key, self.timestamp_field, *self.fields]

@@ -1,0 +1,28 @@
+"""Job: apply every view's definition to the catalog."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from featurelake.features.apply import ApplyResult, apply_view
+from featurelake.lakehouse import lineage
+
+if TYPE_CHECKING:
+    from featurelake.project import Project
+
+
+def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool = False) -> list[ApplyResult]:
+    results = []
+    run_id = "apply_" + lineage.new_run_id()
+    for view in project.definitions.views.values():
+        props = lineage.lineage_properties(project.root, run_id, **{lineage.VIEW: view.name})
+        results.append(
+            project.catalog_call(
+                lambda v=view, p=props: apply_view(  # type: ignore[misc]
+                    project.catalog, project.namespace, v, project.engine,
+                    lineage=p, allow_breaking=allow_breaking, dry_run=dry_run,
+                ),
+                f"apply {view.name}",
+            )
+        )
+    return results

@@ -1,0 +1,222 @@
+"""Job: Write-Audit-Publish backfill of one view for a window, plus re-audit and publish of a kept branch.
+
+Composition only: the engine computes and writes, ``validation`` judges, ``lakehouse.wap`` publishes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+
+from featurelake.errors import AuditFailed, ConflictError, UsageError
+from featurelake.lakehouse import lineage, wap
+from featurelake.lakehouse.window import Window
+from featurelake.validation.audit import AuditReport, implicit_checks
+
+if TYPE_CHECKING:
+    from featurelake.features.definitions import FeatureView
+    from featurelake.project import Progress, Project
+
+
+@dataclass
+class BackfillResult:
+    """A published backfill: where main points now and what it took."""
+
+    view: str
+    table: str
+    run_id: str
+    window: Window
+    snapshot_id: int
+    previous_snapshot_id: int | None
+    rows: int
+    report: AuditReport
+    rebases: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "table": self.table,
+            "run_id": self.run_id,
+            "window_start": self.window.start.isoformat(),
+            "window_end": self.window.end.isoformat(),
+            "snapshot_id": self.snapshot_id,
+            "previous_snapshot_id": self.previous_snapshot_id,
+            "rows": self.rows,
+            "rebases": self.rebases,
+            "seconds": round(self.seconds, 3),
+            "audit": self.report.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def _say(progress: Progress | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def _retry_commit(project: Project, view: FeatureView, what: str, fn: Any) -> Any:
+    """Run a metadata commit against a fresh table, retrying when a concurrent commit won the race."""
+    attempts = project.config.settings.catalog.retries + 1
+    for attempt in range(attempts):
+        tbl = project.load_table(view.name)
+        try:
+            return project.catalog_call(lambda t=tbl: fn(t), what)
+        except CommitFailedException:
+            if attempt + 1 == attempts:
+                raise ConflictError(f"could not {what}: the table kept changing; retry the command") from None
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _audit(project: Project, view: FeatureView, run_id: str, frame: Any, snapshot_id: int | None) -> AuditReport:
+    checks = implicit_checks(view.join_key, view.timestamp_field) + list(view.checks)
+    rows, results = project.engine.audit(frame, checks)
+    report = AuditReport(view.name, run_id, wap.branch_name(run_id), snapshot_id, rows, results)
+    report.save(project.audit_dir / view.name)
+    return report
+
+
+def _refuse(report: AuditReport) -> AuditFailed:
+    return AuditFailed(
+        f"{report.summary()}; main is unchanged; inspect branch {report.branch} "
+        f"(`featurelake read {report.view} --snapshot {report.snapshot_id}`)",
+        report,
+    )
+
+
+def _write_and_audit(
+    project: Project, view: FeatureView, window: Window, run_id: str, frame: Any, props: dict[str, str]
+) -> tuple[int, AuditReport]:
+    branch = wap.branch_name(run_id)
+
+    def write(tbl: Table) -> int:
+        return project.engine.write_window(tbl, frame, window, view.timestamp_field, branch, props)
+
+    tip: int = _retry_commit(project, view, f"write {branch}", write)
+    report = _audit(project, view, run_id, frame, tip)
+    if not report.passed:
+        raise _refuse(report)
+    return tip, report
+
+
+def _publish(
+    project: Project, view: FeatureView, window: Window, run_id: str, frame: Any, props: dict[str, str], report: AuditReport
+) -> tuple[wap.PublishResult, AuditReport]:
+    branch = wap.branch_name(run_id)
+    latest = [report]
+
+    def rebase(tbl: Table, new_base: int) -> None:
+        project.catalog_call(lambda: wap.reset_branch(tbl, branch, new_base), f"rebase {branch}")
+        _, latest[0] = _write_and_audit(project, view, window, run_id, frame, props)
+
+    result = project.catalog_call(
+        lambda: wap.publish(
+            project.catalog,
+            project.table_name(view.name),
+            branch,
+            rebase=rebase,
+            attempts=project.config.settings.backfill.publish_attempts,
+        ),
+        f"publish {branch}",
+    )
+    if not project.config.settings.backfill.keep_published_branches:
+        try:
+            _retry_commit(project, view, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
+        except ConflictError:
+            result.notes.append(f"published, but branch {branch} could not be removed; remove it later")
+    return result, latest[0]
+
+
+def run_backfill(
+    project: Project, view_name: str, start: Any, end: Any, *, run_id: str | None = None, progress: Progress | None = None
+) -> BackfillResult:
+    """Compute ``view`` for ``[start, end)``, write it to ``audit_<run_id>``, audit it, publish it to main."""
+    t0 = time.perf_counter()
+    view = project.view(view_name)
+    window = Window.parse(start, end)
+    run_id = lineage.check_run_id(run_id or lineage.new_run_id())
+    tbl = project.load_table(view.name)
+    if (where := wap.find_run(tbl, run_id)) is not None:
+        raise UsageError(f"run id {run_id} already exists for {view.name} ({where}): pass a new --run-id or omit it")
+
+    _say(progress, f"computing {view.name} for {window}")
+    frame = project.engine.compute(view, window, tbl)
+    props = lineage.lineage_properties(
+        project.root,
+        run_id,
+        **{
+            lineage.VIEW: view.name,
+            lineage.WINDOW_START: window.start.isoformat(),
+            lineage.WINDOW_END: window.end.isoformat(),
+        },
+    )
+    branch = wap.branch_name(run_id)
+    _say(progress, f"writing branch {branch}")
+    _retry_commit(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
+    _, report = _write_and_audit(project, view, window, run_id, frame, props)
+    _say(progress, f"audit passed ({len(report.results)} checks); publishing to main")
+    result, report = _publish(project, view, window, run_id, frame, props, report)
+    return BackfillResult(
+        view=view.name,
+        table=project.table_name(view.name),
+        run_id=run_id,
+        window=window,
+        snapshot_id=result.snapshot_id,
+        previous_snapshot_id=result.previous_main,
+        rows=report.rows,
+        report=report,
+        rebases=result.rebases,
+        seconds=time.perf_counter() - t0,
+        notes=result.notes,
+    )
+
+
+def _kept_branch(project: Project, view: FeatureView, run_id: str) -> tuple[Table, int, Window, dict[str, str]]:
+    tbl = project.load_table(view.name)
+    branch = wap.branch_name(lineage.check_run_id(run_id))
+    tip = wap.ref_snapshot_id(tbl, branch)
+    if tip is None:
+        raise UsageError(
+            f"no branch {branch} in {project.table_name(view.name)}: the run was published (branches are removed "
+            "after publishing) or never existed; see `featurelake history`"
+        )
+    snap = tbl.metadata.snapshot_by_id(tip)
+    props = dict(snap.summary.additional_properties) if snap and snap.summary else {}
+    if lineage.WINDOW_START not in props or lineage.WINDOW_END not in props:
+        raise UsageError(f"branch {branch} holds no backfill written by featurelake (no window recorded)")
+    window = Window.parse(props[lineage.WINDOW_START], props[lineage.WINDOW_END])
+    keep = {k: props[k] for k in (lineage.CODE_VERSION, lineage.RUN_ID, lineage.PIPELINE_USER, lineage.VIEW,
+                                  lineage.WINDOW_START, lineage.WINDOW_END) if k in props}
+    return tbl, tip, window, keep
+
+
+def audit_run(project: Project, view_name: str, run_id: str) -> AuditReport:
+    """Re-audit the window kept on branch ``audit_<run_id>`` (reads the branch, changes nothing)."""
+    view = project.view(view_name)
+    tbl, tip, window, _ = _kept_branch(project, view, run_id)
+    frame = project.engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
+    return _audit(project, view, run_id, frame, tip)
+
+
+def publish_run(project: Project, view_name: str, run_id: str, *, progress: Progress | None = None) -> BackfillResult:
+    """Audit the kept branch ``audit_<run_id>`` again and publish it if it passes (rebasing if needed)."""
+    t0 = time.perf_counter()
+    view = project.view(view_name)
+    tbl, tip, window, props = _kept_branch(project, view, run_id)
+    frame = project.engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
+    _say(progress, f"re-auditing branch {wap.branch_name(run_id)}")
+    report = _audit(project, view, run_id, frame, tip)
+    if not report.passed:
+        raise _refuse(report)
+    _say(progress, "publishing to main")
+    result, report = _publish(project, view, window, run_id, frame, props, report)
+    return BackfillResult(
+        view.name, project.table_name(view.name), run_id, window, result.snapshot_id, result.previous_main,
+        report.rows, report, result.rebases, time.perf_counter() - t0, result.notes,
+    )

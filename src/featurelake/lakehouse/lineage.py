@@ -1,0 +1,79 @@
+"""Lineage recorded on every snapshot featurelake commits: code version, run id, pipeline user, window."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import secrets
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from featurelake.errors import UsageError
+
+CODE_VERSION = "code-version"
+RUN_ID = "run-id"
+PIPELINE_USER = "pipeline-user"
+VIEW = "featurelake.view"
+WINDOW_START = "featurelake.window-start"
+WINDOW_END = "featurelake.window-end"
+OPERATION = "featurelake.operation"
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id such as ``20261127T223000_3fa9c1``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id or ""):
+        raise UsageError(
+            f"run id {run_id!r} is not valid: use 1-64 letters, digits, '_' or '-' (it becomes branch audit_<run id>)"
+        )
+    return run_id
+
+
+def _git_version(directory: str) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", directory, *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    try:
+        dirty = bool(git("status", "--porcelain", "--", "."))
+    except (OSError, subprocess.SubprocessError):
+        dirty = False
+    return f"{commit}-dirty" if dirty else commit
+
+
+def code_version(project_dir: Path) -> str:
+    """Git commit of the project directory, ``-dirty`` when it has uncommitted changes, else ``unknown``."""
+    override = os.environ.get("FEATURELAKE_CODE_VERSION")
+    if override:
+        return override
+    return _git_version(str(project_dir))
+
+
+def pipeline_user() -> str:
+    """Who runs the job: ``FEATURELAKE_PIPELINE_USER`` (set it in schedulers), else the OS user."""
+    user = os.environ.get("FEATURELAKE_PIPELINE_USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def lineage_properties(project_dir: Path, run_id: str, **extra: str) -> dict[str, str]:
+    """Snapshot summary properties for a commit made by run ``run_id``."""
+    props = {CODE_VERSION: code_version(project_dir), RUN_ID: run_id, PIPELINE_USER: pipeline_user()}
+    props.update(extra)
+    return props

@@ -1,0 +1,168 @@
+"""Write-Audit-Publish on Iceberg branches, race-safe on PyIceberg.
+
+PyIceberg has no ``fast_forward``: setting main to a branch is a plain ref update that can rewind main
+(``../notes`` trap 1). Publishing here therefore
+
+1. loads the table fresh and requires main's current snapshot to be an ancestor of the branch tip;
+2. moves main in a commit of its own whose only requirement is "main is still that snapshot", so a
+   concurrent publish makes it fail instead of dropping the other run's rows;
+3. when main has moved past the fork point, resets the branch onto main's new head, rewrites the run's
+   window there and audits again before trying once more (bounded attempts, then ``ConflictError``).
+
+Nothing here knows about feature views, engines or audits: callers pass the write and audit steps in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+from pyiceberg.table.refs import SnapshotRefType
+
+from featurelake.errors import ConflictError, UsageError
+from featurelake.lakehouse.lineage import RUN_ID
+
+MAIN = "main"
+BRANCH_PREFIX = "audit_"
+
+
+def branch_name(run_id: str) -> str:
+    return f"{BRANCH_PREFIX}{run_id}"
+
+
+def main_snapshot_id(tbl: Table) -> int | None:
+    ref = tbl.metadata.refs.get(MAIN)
+    return ref.snapshot_id if ref else None
+
+
+def ref_snapshot_id(tbl: Table, ref: str) -> int | None:
+    r = tbl.metadata.refs.get(ref)
+    return r.snapshot_id if r else None
+
+
+def is_ancestor(tbl: Table, ancestor_id: int | None, snapshot_id: int | None) -> bool:
+    """True when ``ancestor_id`` is ``snapshot_id`` or one of its parents (None is everyone's ancestor)."""
+    if ancestor_id is None:
+        return True
+    current = snapshot_id
+    while current is not None:
+        if current == ancestor_id:
+            return True
+        snap = tbl.metadata.snapshot_by_id(current)
+        current = snap.parent_snapshot_id if snap else None
+    return False
+
+
+def ancestors(tbl: Table, snapshot_id: int | None) -> list[int]:
+    """Snapshot ids from ``snapshot_id`` back to the first, newest first."""
+    out: list[int] = []
+    current = snapshot_id
+    while current is not None:
+        snap = tbl.metadata.snapshot_by_id(current)
+        if snap is None:  # expired history
+            break
+        out.append(current)
+        current = snap.parent_snapshot_id
+    return out
+
+
+def find_run(tbl: Table, run_id: str) -> str | None:
+    """Describe where ``run_id`` already exists in ``tbl`` (a kept branch or a committed snapshot), else None."""
+    if branch_name(run_id) in tbl.metadata.refs:
+        return f"branch {branch_name(run_id)} exists"
+    for snap in tbl.metadata.snapshots:
+        if snap.summary is not None and snap.summary.additional_properties.get(RUN_ID) == run_id:
+            return f"snapshot {snap.snapshot_id} was committed by it"
+    return None
+
+
+def create_branch(tbl: Table, name: str) -> int:
+    """Create ``name`` at main's current snapshot and return that fork point."""
+    fork = main_snapshot_id(tbl)
+    if fork is None:
+        raise UsageError(f"{'.'.join(tbl.name())} has no snapshot on main yet: run `featurelake apply` first")
+    if name in tbl.metadata.refs:
+        raise UsageError(f"branch {name} already exists in {'.'.join(tbl.name())}: choose another run id")
+    # Its own commit: chaining other ref changes onto it drops the requirements that keep main safe.
+    tbl.manage_snapshots().create_branch(fork, name).commit()
+    return fork
+
+
+def reset_branch(tbl: Table, name: str, to_snapshot: int | None) -> None:
+    """Point an existing branch at ``to_snapshot`` (asserting it is still where ``tbl`` saw it)."""
+    if to_snapshot is None:
+        raise ConflictError(f"cannot reset {name}: main has no snapshot")
+    tbl.manage_snapshots().create_branch(to_snapshot, name).commit()
+
+
+def remove_branch(tbl: Table, name: str) -> None:
+    if name in tbl.metadata.refs and tbl.metadata.refs[name].snapshot_ref_type == SnapshotRefType.BRANCH:
+        tbl.manage_snapshots().remove_branch(name).commit()
+
+
+@dataclass
+class PublishResult:
+    """What a publish did: the snapshot main now points to, and how many rebases it took."""
+
+    snapshot_id: int
+    previous_main: int | None
+    rebases: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def fast_forward(tbl: Table, branch: str) -> bool:
+    """Move main to the branch tip if that is a fast-forward from main as ``tbl`` sees it.
+
+    Returns False when main is not an ancestor of the tip (a rebase is needed). Raises
+    CommitFailedException when main moved after ``tbl`` was loaded.
+    """
+    tip = ref_snapshot_id(tbl, branch)
+    if tip is None:
+        raise UsageError(f"branch {branch} does not exist in {'.'.join(tbl.name())}")
+    main = main_snapshot_id(tbl)
+    if main == tip:
+        return True
+    if not is_ancestor(tbl, main, tip):
+        return False
+    tbl.manage_snapshots().set_current_snapshot(snapshot_id=tip).commit()
+    return True
+
+
+def publish(
+    catalog: Catalog,
+    identifier: str,
+    branch: str,
+    *,
+    rebase: Callable[[Table, int], None],
+    attempts: int = 5,
+) -> PublishResult:
+    """Fast-forward main to ``branch``, rebasing the branch onto main first whenever main has moved.
+
+    ``rebase(tbl, new_base)`` must reset the branch to ``new_base``, re-apply the run's changes and audit
+    them (raising AuditFailed when they no longer pass); it is called with a freshly loaded table.
+    """
+    rebases = 0
+    notes: list[str] = []
+    for _ in range(max(1, attempts)):
+        tbl = catalog.load_table(identifier)
+        before = main_snapshot_id(tbl)
+        try:
+            if fast_forward(tbl, branch):
+                tip = ref_snapshot_id(tbl, branch)
+                assert tip is not None
+                return PublishResult(tip, before, rebases, notes)
+        except CommitFailedException:
+            notes.append("main moved during publish; retrying")
+            continue
+        if before is None:  # pragma: no cover - a None main is an ancestor of everything
+            continue
+        notes.append(f"main moved to {before} since the branch was forked; rebased and re-audited")
+        rebase(tbl, before)
+        rebases += 1
+    raise ConflictError(
+        f"could not publish {branch} to {identifier}: main kept moving during {attempts} attempts; "
+        f"the branch is kept, retry with `featurelake publish --run-id {branch.removeprefix(BRANCH_PREFIX)}`"
+    )

@@ -1,0 +1,159 @@
+"""A project: its config, catalog, definitions and engine, opened lazily; and the ``featurelake.open`` facade."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+
+from featurelake.config import ProjectConfig
+from featurelake.engines import Engine, load_engine
+from featurelake.errors import UsageError
+from featurelake.features.definitions import FeatureView
+from featurelake.features.loader import Definitions, load_definitions
+from featurelake.lakehouse.catalog import open_catalog, retry_transient
+
+if TYPE_CHECKING:
+    from featurelake.features.apply import ApplyResult
+    from featurelake.jobs.backfill import BackfillResult
+    from featurelake.lakehouse.history import SnapshotInfo
+    from featurelake.validation.audit import AuditReport
+
+T = TypeVar("T")
+Progress = Callable[[str], None]
+
+
+class Project:
+    """Lazy handles on one project's pieces; components receive it instead of loose configs."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+
+    @property
+    def root(self) -> Path:
+        return self.config.root
+
+    @property
+    def namespace(self) -> str:
+        return self.config.settings.namespace
+
+    @cached_property
+    def catalog(self) -> SqlCatalog:
+        c = self.config.settings.catalog
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        return open_catalog(
+            c.name, self.config.catalog_uri, self.config.warehouse, lock_timeout=c.lock_timeout_seconds, retries=c.retries
+        )
+
+    @cached_property
+    def definitions(self) -> Definitions:
+        return load_definitions(self.config.definitions_file)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return load_engine(self.config.settings.engine.type, self.catalog, self.root)
+
+    def view(self, name: str) -> FeatureView:
+        return self.definitions.view(name)
+
+    def table_name(self, view: str) -> str:
+        return f"{self.namespace}.{view}"
+
+    def catalog_call(self, fn: Callable[[], T], what: str) -> T:
+        """Run a catalog operation with the configured transient-failure retries."""
+        c = self.config.settings.catalog
+        return retry_transient(fn, what=what, uri=self.config.catalog_uri, retries=c.retries)
+
+    def load_table(self, view: str) -> Table:
+        ident = self.table_name(view)
+
+        def load() -> Table:
+            try:
+                return self.catalog.load_table(ident)
+            except NoSuchTableError:
+                raise UsageError(f"table {ident} does not exist: run `featurelake apply` first") from None
+
+        return self.catalog_call(load, f"load {ident}")
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.config.state_dir / "audits"
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.close()
+        if "catalog" in self.__dict__:
+            self.catalog.engine.dispose()
+
+
+class Featurelake:
+    """The Python API: ``fl = featurelake.open(".")``; each method delegates to its component."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+
+    def __enter__(self) -> Featurelake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.project.close()
+
+    @property
+    def definitions(self) -> Definitions:
+        return self.project.definitions
+
+    def apply(self, *, allow_breaking: bool = False, dry_run: bool = False) -> list[ApplyResult]:
+        from featurelake.jobs.apply import run_apply
+
+        return run_apply(self.project, allow_breaking=allow_breaking, dry_run=dry_run)
+
+    def backfill(
+        self, view: str, start: Any, end: Any, *, run_id: str | None = None, progress: Progress | None = None
+    ) -> BackfillResult:
+        from featurelake.jobs.backfill import run_backfill
+
+        return run_backfill(self.project, view, start, end, run_id=run_id, progress=progress)
+
+    def audit(self, view: str, run_id: str) -> AuditReport:
+        from featurelake.jobs.backfill import audit_run
+
+        return audit_run(self.project, view, run_id)
+
+    def publish(self, view: str, run_id: str, *, progress: Progress | None = None) -> BackfillResult:
+        from featurelake.jobs.backfill import publish_run
+
+        return publish_run(self.project, view, run_id, progress=progress)
+
+    def history(self, view: str, *, all_snapshots: bool = False) -> list[SnapshotInfo]:
+        from featurelake.lakehouse.history import history
+
+        return history(self.project.load_table(view), all_snapshots=all_snapshots)
+
+    def read(
+        self, view: str, *, as_of: datetime | str | None = None, snapshot_id: int | None = None
+    ) -> pa.Table:
+        """Time travel: the view's rows at ``snapshot_id``, at main as of ``as_of``, or now."""
+        from featurelake.lakehouse.history import resolve_snapshot
+        from featurelake.lakehouse.window import parse_timestamp
+
+        tbl = self.project.load_table(view)
+        ts = parse_timestamp(as_of, "--as-of") if as_of is not None else None
+        sid = resolve_snapshot(tbl, as_of=ts, snapshot_id=snapshot_id)
+        if sid is None:
+            return tbl.schema().as_arrow().empty_table()
+        return self.project.engine.to_arrow(self.project.engine.read(tbl, snapshot_id=sid))
+
+
+def open(project_dir: str | Path = ".") -> Featurelake:  # noqa: A001 - mirrors `featurelake.open(".")`
+    """Open the project in ``project_dir`` (it must hold ``featurelake.yaml``)."""
+    return Featurelake(Project(ProjectConfig.load(project_dir)))
