@@ -39,7 +39,7 @@ $FL history user_features
 
 step "7. time travel: the table as it was after the August backfill (snapshot $FIRST)"
 $FL read user_features --snapshot "$FIRST" --limit 5
-AS_OF=$($FL history user_features --json | python -c 'import json,sys; print(json.load(sys.stdin)[1]["committed_at"])')
+AS_OF=$($FL history user_features --json | python -c 'import json,sys; print(json.load(sys.stdin)[1]["published_at"])')
 $FL read user_features --as-of "$AS_OF" --output .featurelake/august.parquet
 $FL read user_features --output .featurelake/now.parquet
 python - <<'PY'

@@ -35,7 +35,7 @@ def audit_table(report: AuditReport) -> RichTable:
 
 def history_table(view: str, rows: list[SnapshotInfo]) -> RichTable:
     t = RichTable(title=f"history of {view} (newest first)")
-    for col in ("snapshot", "committed at", "operation", "code-version", "run-id", "pipeline-user", "window", "rows added"):
+    for col in ("snapshot", "published at (UTC)", "operation", "code-version", "run-id", "pipeline-user", "window", "rows added"):
         t.add_column(col, overflow="fold")
     for s in rows:
         window = f"{(s.window_start or '')[:10]} .. {(s.window_end or '')[:10]}" if s.window_start else ""
@@ -43,7 +43,7 @@ def history_table(view: str, rows: list[SnapshotInfo]) -> RichTable:
         code = code[:12] + ("-dirty" if code.endswith("-dirty") else "") if len(code) > 20 else code
         t.add_row(
             str(s.snapshot_id) + ("" if s.on_main else " (branch)"),
-            s.committed_at.strftime("%Y-%m-%d %H:%M:%S"),
+            (s.published_at or s.committed_at).strftime("%Y-%m-%d %H:%M:%S"),
             s.featurelake_operation or s.operation,
             code,
             s.run_id or "",

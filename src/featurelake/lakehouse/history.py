@@ -20,6 +20,7 @@ class SnapshotInfo:
     snapshot_id: int
     parent_id: int | None
     committed_at: datetime
+    published_at: datetime | None
     operation: str
     code_version: str | None
     run_id: str | None
@@ -36,6 +37,7 @@ class SnapshotInfo:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["committed_at"] = self.committed_at.isoformat()
+        d["published_at"] = self.published_at.isoformat() if self.published_at else None
         return d
 
 
@@ -53,10 +55,14 @@ def snapshot_info(tbl: Table, snapshot_id: int, on_main: bool) -> SnapshotInfo:
     summary = snap.summary
     props: dict[str, str] = dict(summary.additional_properties) if summary else {}
     total = props.get("total-records")
+    # When main started pointing at it (a WAP snapshot is committed on its branch, published later):
+    # this is the time `--as-of` resolves against.
+    published = [e.timestamp_ms for e in tbl.metadata.snapshot_log if e.snapshot_id == snapshot_id]
     return SnapshotInfo(
         snapshot_id=snap.snapshot_id,
         parent_id=snap.parent_snapshot_id,
         committed_at=datetime.fromtimestamp(snap.timestamp_ms / 1000, tz=UTC),
+        published_at=datetime.fromtimestamp(published[-1] / 1000, tz=UTC) if published else None,
         operation=str(summary.operation.value) if summary else "unknown",
         code_version=props.get(lineage.CODE_VERSION),
         run_id=props.get(lineage.RUN_ID),
