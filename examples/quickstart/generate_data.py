@@ -1,7 +1,7 @@
 """Generate the quickstart's transactions: seeded, ~200k rows over 60 days for a few thousand users.
 
-    python generate_data.py            # data/transactions/day=YYYY-MM-DD.parquet, one file per day
-    python generate_data.py --corrupt  # adds 2 later days where most amounts are missing (for the demo)
+python generate_data.py            # data/transactions/day=YYYY-MM-DD.parquet, one file per day
+python generate_data.py --corrupt  # adds 2 later days where most amounts are missing (for the demo)
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ def _day(rng: np.random.Generator, day: datetime, rows: int, null_share: float =
             "user_id": pa.array(users, pa.int64()),
             "ts": ts,
             "amount": pa.array(amount, pa.float64(), mask=mask),
-            "merchant_category": pa.array(rng.choice(["grocery", "travel", "fuel", "online", "dining"], rows)),
-            "country": pa.array(rng.choice(["DE", "FR", "NL", "US", "GB"], rows, p=[0.3, 0.2, 0.1, 0.25, 0.15])),
+            "merchant_category": pa.array(
+                rng.choice(["grocery", "travel", "fuel", "online", "dining"], rows)
+            ),
+            "country": pa.array(
+                rng.choice(["DE", "FR", "NL", "US", "GB"], rows, p=[0.3, 0.2, 0.1, 0.25, 0.15])
+            ),
         }
     )
 
@@ -67,7 +71,9 @@ def generate(out: Path, corrupt: bool = False, seed: int = 7) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corrupt", action="store_true", help="add two days of corrupted data")
     parser.add_argument("--out", type=Path, default=HERE / "data" / "transactions")
     args = parser.parse_args()

@@ -126,7 +126,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(f"unknown key '{where}'")
         else:
             lines.append(f"'{where}': {e['msg']}")
-    return f"invalid configuration in {source}: " + "; ".join(lines) + " (see the config reference in README.md)"
+    return (
+        f"invalid configuration in {source}: " + "; ".join(lines) + " (see the config reference in README.md)"
+    )
 
 
 class ProjectConfig:

@@ -49,7 +49,11 @@ class Project:
         c = self.config.settings.catalog
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         return open_catalog(
-            c.name, self.config.catalog_uri, self.config.warehouse, lock_timeout=c.lock_timeout_seconds, retries=c.retries
+            c.name,
+            self.config.catalog_uri,
+            self.config.warehouse,
+            lock_timeout=c.lock_timeout_seconds,
+            retries=c.retries,
         )
 
     @cached_property
@@ -154,6 +158,6 @@ class Featurelake:
         return self.project.engine.to_arrow(self.project.engine.read(tbl, snapshot_id=sid))
 
 
-def open(project_dir: str | Path = ".") -> Featurelake:  # noqa: A001 - mirrors `featurelake.open(".")`
+def open(project_dir: str | Path = ".") -> Featurelake:
     """Open the project in ``project_dir`` (it must hold ``featurelake.yaml``)."""
     return Featurelake(Project(ProjectConfig.load(project_dir)))

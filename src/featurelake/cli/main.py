@@ -48,8 +48,14 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "--project", default=".", show_default=True, help="Project directory (holds featurelake.yaml).",
-              envvar="FEATURELAKE_PROJECT_DIR")
+@click.option(
+    "-C",
+    "--project",
+    default=".",
+    show_default=True,
+    help="Project directory (holds featurelake.yaml).",
+    envvar="FEATURELAKE_PROJECT_DIR",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(featurelake.__version__, prog_name="featurelake")
 @click.pass_context
@@ -67,7 +73,9 @@ def init(directory: Path) -> None:
 
     for path in scaffold(directory):
         render.out.print(f"created {path}")
-    render.out.print(f"next: put data under {directory}/data, edit features.py, then `featurelake -C {directory} apply`")
+    render.out.print(
+        f"next: put data under {directory}/data, edit features.py, then `featurelake -C {directory} apply`"
+    )
 
 
 @cli.command()
@@ -79,8 +87,17 @@ def apply(c: _Ctx, allow_breaking: bool, dry_run: bool, as_json: bool) -> None:
     """Create or evolve the feature tables to match features.py."""
     results = c.fl.apply(allow_breaking=allow_breaking, dry_run=dry_run)
     if as_json:
-        render.print_json([{"view": r.view, "table": r.table, "action": r.action,
-                            "changes": [ch.describe() for ch in r.changes]} for r in results])
+        render.print_json(
+            [
+                {
+                    "view": r.view,
+                    "table": r.table,
+                    "action": r.action,
+                    "changes": [ch.describe() for ch in r.changes],
+                }
+                for r in results
+            ]
+        )
         return
     for r in results:
         render.out.print(r.describe())
@@ -160,13 +177,24 @@ def history(c: _Ctx, view: str, all_snapshots: bool, as_json: bool) -> None:
 @click.argument("view")
 @click.option("--as-of", default=None, help="Read main as it was at this time (ISO, UTC if no offset).")
 @click.option("--snapshot", "snapshot_id", type=int, default=None, help="Read this snapshot id.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to a .parquet or .csv file instead of printing.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to a .parquet or .csv file instead of printing.",
+)
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows to print.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def read(c: _Ctx, view: str, as_of: str | None, snapshot_id: int | None, output: Path | None, limit: int,
-         as_json: bool) -> None:
+def read(
+    c: _Ctx,
+    view: str,
+    as_of: str | None,
+    snapshot_id: int | None,
+    output: Path | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """Time-travel read of VIEW."""
     table = c.fl.read(view, as_of=as_of, snapshot_id=snapshot_id)
     if output is not None:
@@ -210,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         render.err.print(
-            f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", markup=False
+            f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+            markup=False,
         )
         sys.exit(1)
 

@@ -28,18 +28,29 @@ def audit_table(report: AuditReport) -> RichTable:
     for col in ("check", "column", "severity", "observed", "limit", "result"):
         t.add_column(col)
     for r in report.results:
-        verdict = "[green]pass[/]" if r.passed else ("[red]FAIL[/]" if r.severity == "error" else "[yellow]warn[/]")
+        verdict = (
+            "[green]pass[/]" if r.passed else ("[red]FAIL[/]" if r.severity == "error" else "[yellow]warn[/]")
+        )
         t.add_row(r.check, r.column or "", r.severity, str(r.observed), r.limit, verdict)
     return t
 
 
 def history_table(view: str, rows: list[SnapshotInfo]) -> RichTable:
     t = RichTable(title=f"history of {view} (newest first)")
-    for col in ("snapshot", "published at (UTC)", "operation", "code-version", "run-id", "pipeline-user", "window", "rows added"):
+    for col in (
+        "snapshot",
+        "published at (UTC)",
+        "operation",
+        "code-version",
+        "run-id",
+        "pipeline-user",
+        "window",
+        "rows added",
+    ):
         t.add_column(col, overflow="fold")
     for s in rows:
         window = f"{(s.window_start or '')[:10]} .. {(s.window_end or '')[:10]}" if s.window_start else ""
-        code = (s.code_version or "")
+        code = s.code_version or ""
         code = code[:12] + ("-dirty" if code.endswith("-dirty") else "") if len(code) > 20 else code
         t.add_row(
             str(s.snapshot_id) + ("" if s.on_main else " (branch)"),
@@ -55,7 +66,9 @@ def history_table(view: str, rows: list[SnapshotInfo]) -> RichTable:
 
 
 def arrow_table(table: pa.Table, title: str, limit: int) -> RichTable:
-    t = RichTable(title=f"{title} ({table.num_rows} rows{', first ' + str(limit) if table.num_rows > limit else ''})")
+    t = RichTable(
+        title=f"{title} ({table.num_rows} rows{', first ' + str(limit) if table.num_rows > limit else ''})"
+    )
     for name in table.column_names:
         t.add_column(name)
     for row in table.slice(0, limit).to_pylist():

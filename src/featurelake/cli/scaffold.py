@@ -18,7 +18,11 @@ def scaffold(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     templates = resources.files("featurelake") / "templates"
     written = []
-    for name, dest in ((CONFIG_FILE, CONFIG_FILE), ("features.py", "features.py"), ("gitignore", ".gitignore")):
+    for name, dest in (
+        (CONFIG_FILE, CONFIG_FILE),
+        ("features.py", "features.py"),
+        ("gitignore", ".gitignore"),
+    ):
         path = directory / dest
         if path.exists():
             continue

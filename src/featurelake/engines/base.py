@@ -44,7 +44,13 @@ class Engine(ABC):
 
     @abstractmethod
     def write_window(
-        self, table: Table, frame: Frame, window: Window, timestamp_field: str, branch: str, properties: dict[str, str]
+        self,
+        table: Table,
+        frame: Frame,
+        window: Window,
+        timestamp_field: str,
+        branch: str,
+        properties: dict[str, str],
     ) -> int:
         """Replace the window's day partitions on ``branch`` with ``frame``; returns the branch's new tip."""
 

@@ -20,7 +20,9 @@ def _castable(got: pa.DataType, want: pa.DataType) -> bool:
     if _numeric(got) and _numeric(want):
         # Floats never become integers silently; everything else is checked value by value (safe cast).
         return not (pa.types.is_floating(got) and (pa.types.is_integer(want) or pa.types.is_decimal(want)))
-    if pa.types.is_string(want) and pa.types.is_large_string(got):
+    if (pa.types.is_string(got) or pa.types.is_large_string(got)) and (
+        pa.types.is_string(want) or pa.types.is_large_string(want)
+    ):
         return True
     if pa.types.is_timestamp(got) and pa.types.is_timestamp(want):
         return got.tz is not None

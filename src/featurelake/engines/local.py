@@ -30,7 +30,11 @@ class LocalEngine(Engine):
     # --- sources ------------------------------------------------------------------------------------
     def _source_files(self, source: Source, view: str) -> list[str]:
         pattern = source.location
-        full = pattern if Path(pattern).is_absolute() or "://" in pattern else str(Path(self.project_dir) / pattern)
+        full = (
+            pattern
+            if Path(pattern).is_absolute() or "://" in pattern
+            else str(Path(self.project_dir) / pattern)
+        )
         files = sorted(glob.glob(full, recursive=True))
         if not files:
             raise ConfigError(
@@ -50,16 +54,15 @@ class LocalEngine(Engine):
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
                     f"its columns are {', '.join(rel.columns)}"
                 )
-            if window is None:
-                rel = rel.limit(0)
-            else:
-                rel = rel.filter(window.sql_filter(src.timestamp_field))
+            rel = rel.limit(0) if window is None else rel.filter(window.sql_filter(src.timestamp_field))
             rel.create_view("source")
         else:
             try:
                 tbl = self.catalog.load_table(src.location)
             except Exception as exc:
-                raise ConfigError(f"view {view.name!r}: source table {src.location!r} cannot be loaded: {exc}") from exc
+                raise ConfigError(
+                    f"view {view.name!r}: source table {src.location!r} cannot be loaded: {exc}"
+                ) from exc
             if src.timestamp_field not in tbl.schema().column_names:
                 raise ConfigError(
                     f"view {view.name!r}: source table {src.location} has no column {src.timestamp_field!r}"
@@ -89,7 +92,13 @@ class LocalEngine(Engine):
 
     # --- tables -------------------------------------------------------------------------------------
     def write_window(
-        self, table: Table, frame: pa.Table, window: Window, timestamp_field: str, branch: str, properties: dict[str, str]
+        self,
+        table: Table,
+        frame: pa.Table,
+        window: Window,
+        timestamp_field: str,
+        branch: str,
+        properties: dict[str, str],
     ) -> int:
         with warnings.catch_warnings():
             # An empty window on the branch is the normal first backfill, not something to warn about.
@@ -105,7 +114,9 @@ class LocalEngine(Engine):
         return tip
 
     def read(self, table: Table, *, snapshot_id: int | None = None, row_filter: Any = None) -> pa.Table:
-        return table.scan(row_filter=row_filter if row_filter is not None else AlwaysTrue(), snapshot_id=snapshot_id).to_arrow()
+        return table.scan(
+            row_filter=row_filter if row_filter is not None else AlwaysTrue(), snapshot_id=snapshot_id
+        ).to_arrow()
 
     def audit(self, frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResult]]:
         return audit_mod.evaluate(frame, checks)

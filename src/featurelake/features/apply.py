@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 
@@ -96,10 +97,8 @@ def apply_view(
     """
     ident = f"{namespace}.{view.name}"
     desired = view_schema(view, engine.source_schema(view))
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
-        pass
     try:
         tbl = catalog.load_table(ident)
     except NoSuchTableError:
@@ -111,7 +110,9 @@ def apply_view(
                 partition_spec=desired.partition_spec(schema),
                 properties={**view_properties(view), "format-version": "2"},
             )
-            tbl.append(tbl.schema().as_arrow().empty_table(), snapshot_properties={**lineage, OPERATION: "create"})
+            tbl.append(
+                tbl.schema().as_arrow().empty_table(), snapshot_properties={**lineage, OPERATION: "create"}
+            )
         return ApplyResult(view.name, ident, "created")
 
     changes = diff_schema(tbl.schema(), desired)
@@ -151,7 +152,9 @@ def apply_view(
     if changes:
         # Record the evolution in the snapshot log too, so `history` shows who changed the schema and when.
         tbl = catalog.load_table(ident)
-        tbl.append(tbl.schema().as_arrow().empty_table(), snapshot_properties={**lineage, OPERATION: "evolve-schema"})
+        tbl.append(
+            tbl.schema().as_arrow().empty_table(), snapshot_properties={**lineage, OPERATION: "evolve-schema"}
+        )
     return ApplyResult(view.name, ident, "evolved", changes)
 
 

@@ -89,7 +89,9 @@ class FeatureView:
         validate_identifier(self.name, "feature view name")
         validate_identifier(self.timestamp_field, f"timestamp field of view {self.name!r}")
         if not isinstance(self.entity, Entity):
-            raise ConfigError(f"view {self.name!r}: entity must be an Entity, got {type(self.entity).__name__}")
+            raise ConfigError(
+                f"view {self.name!r}: entity must be an Entity, got {type(self.entity).__name__}"
+            )
         if not isinstance(self.source, Source):
             raise ConfigError(f"view {self.name!r}: source must be Source.parquet(...) or Source.table(...)")
         if not self.fields:
@@ -98,7 +100,9 @@ class FeatureView:
         for fname, ftype in self.fields.items():
             validate_identifier(fname, f"field of view {self.name!r}")
             if fname in reserved:
-                raise ConfigError(f"view {self.name!r}: field {fname!r} clashes with the join key or timestamp")
+                raise ConfigError(
+                    f"view {self.name!r}: field {fname!r} clashes with the join key or timestamp"
+                )
             try:
                 parse_type(ftype)
             except ValueError as exc:

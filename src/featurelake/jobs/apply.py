@@ -19,8 +19,13 @@ def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool =
         results.append(
             project.catalog_call(
                 lambda v=view, p=props: apply_view(  # type: ignore[misc]
-                    project.catalog, project.namespace, v, project.engine,
-                    lineage=p, allow_breaking=allow_breaking, dry_run=dry_run,
+                    project.catalog,
+                    project.namespace,
+                    v,
+                    project.engine,
+                    lineage=p,
+                    allow_breaking=allow_breaking,
+                    dry_run=dry_run,
                 ),
                 f"apply {view.name}",
             )

@@ -5,9 +5,12 @@ Composition only: the engine computes and writes, ``validation`` judges, ``lakeh
 
 from __future__ import annotations
 
+import functools
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
@@ -20,6 +23,8 @@ from featurelake.validation.audit import AuditReport, implicit_checks
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
     from featurelake.project import Progress, Project
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,21 +65,25 @@ def _say(progress: Progress | None, msg: str) -> None:
         progress(msg)
 
 
-def _retry_commit(project: Project, view: FeatureView, what: str, fn: Any) -> Any:
+def _retry_commit(project: Project, view: FeatureView, what: str, fn: Callable[[Table], T]) -> T:
     """Run a metadata commit against a fresh table, retrying when a concurrent commit won the race."""
     attempts = project.config.settings.catalog.retries + 1
     for attempt in range(attempts):
         tbl = project.load_table(view.name)
         try:
-            return project.catalog_call(lambda t=tbl: fn(t), what)
-        except CommitFailedException:
+            return project.catalog_call(functools.partial(fn, tbl), what)
+        except (CommitFailedException, ValueError) as exc:
+            if not wap.is_commit_conflict(exc):
+                raise
             if attempt + 1 == attempts:
                 raise ConflictError(f"could not {what}: the table kept changing; retry the command") from None
-            time.sleep(0.05 * (attempt + 1))
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
     raise AssertionError("unreachable")
 
 
-def _audit(project: Project, view: FeatureView, run_id: str, frame: Any, snapshot_id: int | None) -> AuditReport:
+def _audit(
+    project: Project, view: FeatureView, run_id: str, frame: Any, snapshot_id: int | None
+) -> AuditReport:
     checks = implicit_checks(view.join_key, view.timestamp_field) + list(view.checks)
     rows, results = project.engine.audit(frame, checks)
     report = AuditReport(view.name, run_id, wap.branch_name(run_id), snapshot_id, rows, results)
@@ -106,7 +115,13 @@ def _write_and_audit(
 
 
 def _publish(
-    project: Project, view: FeatureView, window: Window, run_id: str, frame: Any, props: dict[str, str], report: AuditReport
+    project: Project,
+    view: FeatureView,
+    window: Window,
+    run_id: str,
+    frame: Any,
+    props: dict[str, str],
+    report: AuditReport,
 ) -> tuple[wap.PublishResult, AuditReport]:
     branch = wap.branch_name(run_id)
     latest = [report]
@@ -120,6 +135,7 @@ def _publish(
             project.catalog,
             project.table_name(view.name),
             branch,
+            run_id,
             rebase=rebase,
             attempts=project.config.settings.backfill.publish_attempts,
         ),
@@ -134,7 +150,13 @@ def _publish(
 
 
 def run_backfill(
-    project: Project, view_name: str, start: Any, end: Any, *, run_id: str | None = None, progress: Progress | None = None
+    project: Project,
+    view_name: str,
+    start: Any,
+    end: Any,
+    *,
+    run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> BackfillResult:
     """Compute ``view`` for ``[start, end)``, write it to ``audit_<run_id>``, audit it, publish it to main."""
     t0 = time.perf_counter()
@@ -143,7 +165,9 @@ def run_backfill(
     run_id = lineage.check_run_id(run_id or lineage.new_run_id())
     tbl = project.load_table(view.name)
     if (where := wap.find_run(tbl, run_id)) is not None:
-        raise UsageError(f"run id {run_id} already exists for {view.name} ({where}): pass a new --run-id or omit it")
+        raise UsageError(
+            f"run id {run_id} already exists for {view.name} ({where}): pass a new --run-id or omit it"
+        )
 
     _say(progress, f"computing {view.name} for {window}")
     frame = project.engine.compute(view, window, tbl)
@@ -177,7 +201,9 @@ def run_backfill(
     )
 
 
-def _kept_branch(project: Project, view: FeatureView, run_id: str) -> tuple[Table, int, Window, dict[str, str]]:
+def _kept_branch(
+    project: Project, view: FeatureView, run_id: str
+) -> tuple[Table, int, Window, dict[str, str]]:
     tbl = project.load_table(view.name)
     branch = wap.branch_name(lineage.check_run_id(run_id))
     tip = wap.ref_snapshot_id(tbl, branch)
@@ -191,8 +217,18 @@ def _kept_branch(project: Project, view: FeatureView, run_id: str) -> tuple[Tabl
     if lineage.WINDOW_START not in props or lineage.WINDOW_END not in props:
         raise UsageError(f"branch {branch} holds no backfill written by featurelake (no window recorded)")
     window = Window.parse(props[lineage.WINDOW_START], props[lineage.WINDOW_END])
-    keep = {k: props[k] for k in (lineage.CODE_VERSION, lineage.RUN_ID, lineage.PIPELINE_USER, lineage.VIEW,
-                                  lineage.WINDOW_START, lineage.WINDOW_END) if k in props}
+    keep = {
+        k: props[k]
+        for k in (
+            lineage.CODE_VERSION,
+            lineage.RUN_ID,
+            lineage.PIPELINE_USER,
+            lineage.VIEW,
+            lineage.WINDOW_START,
+            lineage.WINDOW_END,
+        )
+        if k in props
+    }
     return tbl, tip, window, keep
 
 
@@ -204,7 +240,9 @@ def audit_run(project: Project, view_name: str, run_id: str) -> AuditReport:
     return _audit(project, view, run_id, frame, tip)
 
 
-def publish_run(project: Project, view_name: str, run_id: str, *, progress: Progress | None = None) -> BackfillResult:
+def publish_run(
+    project: Project, view_name: str, run_id: str, *, progress: Progress | None = None
+) -> BackfillResult:
     """Audit the kept branch ``audit_<run_id>`` again and publish it if it passes (rebasing if needed)."""
     t0 = time.perf_counter()
     view = project.view(view_name)
@@ -217,6 +255,15 @@ def publish_run(project: Project, view_name: str, run_id: str, *, progress: Prog
     _say(progress, "publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
     return BackfillResult(
-        view.name, project.table_name(view.name), run_id, window, result.snapshot_id, result.previous_main,
-        report.rows, report, result.rebases, time.perf_counter() - t0, result.notes,
+        view.name,
+        project.table_name(view.name),
+        run_id,
+        window,
+        result.snapshot_id,
+        result.previous_main,
+        report.rows,
+        report,
+        result.rebases,
+        time.perf_counter() - t0,
+        result.notes,
     )

@@ -62,13 +62,13 @@ def _make_engine(uri: str, lock_timeout: float) -> SAEngine:
 
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(uri, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(lock_timeout))})
+        return create_engine(
+            uri, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(lock_timeout))}
+        )
     return create_engine(uri, pool_pre_ping=True)
 
 
-def retry_transient(
-    fn: Callable[[], T], *, what: str, uri: str, retries: int, base_delay: float = 0.2
-) -> T:
+def retry_transient(fn: Callable[[], T], *, what: str, uri: str, retries: int, base_delay: float = 0.2) -> T:
     """Call ``fn``; on a locked or unreachable database retry with jittered backoff, then raise clearly."""
     attempt = 0
     while True:
@@ -91,7 +91,9 @@ def retry_transient(
             time.sleep(base_delay * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
 
-def open_catalog(name: str, uri: str, warehouse: str, *, lock_timeout: float = 5.0, retries: int = 4) -> SqlCatalog:
+def open_catalog(
+    name: str, uri: str, warehouse: str, *, lock_timeout: float = 5.0, retries: int = 4
+) -> SqlCatalog:
     """Open (creating its tables if needed) the SQL catalog at ``uri`` with data under ``warehouse``."""
     try:
         engine = _make_engine(uri, lock_timeout)

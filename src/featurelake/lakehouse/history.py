@@ -84,11 +84,13 @@ def history(tbl: Table, *, all_snapshots: bool = False) -> list[SnapshotInfo]:
     on_main = set(main_ids)
     ids = main_ids
     if all_snapshots:
-        ids = sorted((s.snapshot_id for s in tbl.metadata.snapshots), key=lambda i: -tbl.metadata.snapshot_by_id(i).timestamp_ms)  # type: ignore[union-attr]
+        ids = [s.snapshot_id for s in sorted(tbl.metadata.snapshots, key=lambda s: -s.timestamp_ms)]
     return [snapshot_info(tbl, i, i in on_main) for i in ids]
 
 
-def resolve_snapshot(tbl: Table, *, as_of: datetime | None = None, snapshot_id: int | None = None) -> int | None:
+def resolve_snapshot(
+    tbl: Table, *, as_of: datetime | None = None, snapshot_id: int | None = None
+) -> int | None:
     """The snapshot to read: an explicit id, main's snapshot current at ``as_of``, or main's current one."""
     name = ".".join(tbl.name())
     if as_of is not None and snapshot_id is not None:
@@ -104,7 +106,11 @@ def resolve_snapshot(tbl: Table, *, as_of: datetime | None = None, snapshot_id: 
         snap = tbl.snapshot_as_of_timestamp(round(as_of.timestamp() * 1000), inclusive=True)
         if snap is None:
             first = tbl.metadata.snapshot_log[0].timestamp_ms if tbl.metadata.snapshot_log else None
-            since = f"; its first snapshot was committed at {datetime.fromtimestamp(first / 1000, tz=UTC).isoformat()}" if first else ""
+            since = (
+                f"; its first snapshot was committed at {datetime.fromtimestamp(first / 1000, tz=UTC).isoformat()}"
+                if first
+                else ""
+            )
             raise UsageError(f"{name} had no data at {as_of.isoformat()}{since}")
         return snap.snapshot_id
     return main_snapshot_id(tbl)

@@ -60,7 +60,9 @@ def parse_type(name: str) -> PrimitiveType:
     if m := _DECIMAL.match(key):
         precision, scale = int(m.group(1)), int(m.group(2))
         if not 0 < precision <= 38 or scale > precision:
-            raise ValueError(f"decimal({precision},{scale}) is out of range (precision 1..38, scale <= precision)")
+            raise ValueError(
+                f"decimal({precision},{scale}) is out of range (precision 1..38, scale <= precision)"
+            )
         return DecimalType(precision, scale)
     known = ", ".join(sorted({"boolean", "int", "long", "float", "double", "string", "date", "timestamp"}))
     raise ValueError(f"unknown type {name!r}; use one of {known}, binary or decimal(P,S)")
@@ -105,7 +107,12 @@ class ViewSchema:
     def partition_spec(self, schema: Schema) -> PartitionSpec:
         source_id = schema.find_field(self.timestamp_field).field_id
         return PartitionSpec(
-            PartitionField(source_id=source_id, field_id=1000, transform=DayTransform(), name=f"{self.timestamp_field}_day")
+            PartitionField(
+                source_id=source_id,
+                field_id=1000,
+                transform=DayTransform(),
+                name=f"{self.timestamp_field}_day",
+            )
         )
 
 

@@ -29,6 +29,17 @@ MAIN = "main"
 BRANCH_PREFIX = "audit_"
 
 
+def is_commit_conflict(exc: BaseException) -> bool:
+    """A commit lost a race with another writer (safe to reload the table and try again).
+
+    Besides CommitFailedException, PyIceberg 0.12 reports a snapshot built on metadata that another
+    process has since advanced as a ValueError about sequence numbers.
+    """
+    if isinstance(exc, CommitFailedException):
+        return True
+    return isinstance(exc, ValueError) and "sequence number" in str(exc)
+
+
 def branch_name(run_id: str) -> str:
     return f"{BRANCH_PREFIX}{run_id}"
 
@@ -113,6 +124,11 @@ class PublishResult:
     notes: list[str] = field(default_factory=list)
 
 
+def snapshot_run_id(tbl: Table, snapshot_id: int | None) -> str | None:
+    snap = tbl.metadata.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
+    return snap.summary.additional_properties.get(RUN_ID) if snap and snap.summary else None
+
+
 def fast_forward(tbl: Table, branch: str) -> bool:
     """Move main to the branch tip if that is a fast-forward from main as ``tbl`` sees it.
 
@@ -135,12 +151,15 @@ def publish(
     catalog: Catalog,
     identifier: str,
     branch: str,
+    run_id: str,
     *,
     rebase: Callable[[Table, int], None],
     attempts: int = 5,
 ) -> PublishResult:
     """Fast-forward main to ``branch``, rebasing the branch onto main first whenever main has moved.
 
+    The branch tip must be a snapshot written by ``run_id``: a branch that was reset for a rebase whose
+    write then failed points at someone else's snapshot and must never be "published" as this run.
     ``rebase(tbl, new_base)`` must reset the branch to ``new_base``, re-apply the run's changes and audit
     them (raising AuditFailed when they no longer pass); it is called with a freshly loaded table.
     """
@@ -149,19 +168,21 @@ def publish(
     for _ in range(max(1, attempts)):
         tbl = catalog.load_table(identifier)
         before = main_snapshot_id(tbl)
+        tip = ref_snapshot_id(tbl, branch)
+        if tip is None:
+            raise UsageError(f"branch {branch} does not exist in {identifier}")
         try:
-            if fast_forward(tbl, branch):
-                tip = ref_snapshot_id(tbl, branch)
-                assert tip is not None
+            if snapshot_run_id(tbl, tip) == run_id and fast_forward(tbl, branch):
                 return PublishResult(tip, before, rebases, notes)
-        except CommitFailedException:
-            notes.append("main moved during publish; retrying")
-            continue
-        if before is None:  # pragma: no cover - a None main is an ancestor of everything
-            continue
-        notes.append(f"main moved to {before} since the branch was forked; rebased and re-audited")
-        rebase(tbl, before)
-        rebases += 1
+            if before is None:  # pragma: no cover - tables get a first snapshot at apply
+                raise UsageError(f"{identifier} has no snapshot on main: run `featurelake apply` first")
+            notes.append(f"main moved to {before} since the branch was forked; rebased and re-audited")
+            rebase(tbl, before)
+            rebases += 1
+        except (CommitFailedException, ValueError) as exc:
+            if not is_commit_conflict(exc):
+                raise
+            notes.append("the table changed during publish; retrying")
     raise ConflictError(
         f"could not publish {branch} to {identifier}: main kept moving during {attempts} attempts; "
         f"the branch is kept, retry with `featurelake publish --run-id {branch.removeprefix(BRANCH_PREFIX)}`"

@@ -57,15 +57,14 @@ class Window:
         return (self.end - self.start) // timedelta(days=1)
 
     def iceberg_filter(self, column: str) -> BooleanExpression:
-        return And(
-            GreaterThanOrEqual(column, self.start.isoformat()), LessThan(column, self.end.isoformat())
-        )
+        # PyIceberg's predicates are pydantic models whose generated signature mypy misreads.
+        lo = GreaterThanOrEqual(column, self.start.isoformat())  # type: ignore[call-arg, arg-type]
+        hi = LessThan(column, self.end.isoformat())  # type: ignore[call-arg, arg-type]
+        return And(lo, hi)
 
     def sql_filter(self, column: str) -> str:
         c = '"' + column.replace('"', '""') + '"'
-        return (
-            f"{c} >= TIMESTAMPTZ '{self.start.isoformat()}' AND {c} < TIMESTAMPTZ '{self.end.isoformat()}'"
-        )
+        return f"{c} >= TIMESTAMPTZ '{self.start.isoformat()}' AND {c} < TIMESTAMPTZ '{self.end.isoformat()}'"
 
     def __str__(self) -> str:
         return f"[{self.start.date()}, {self.end.date()})"

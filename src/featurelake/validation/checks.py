@@ -75,7 +75,9 @@ class Check(ABC):
     def judge(self, values: list[Any], rows: int) -> CheckResult:
         """Turn the aggregate values into a verdict."""
 
-    def _result(self, column: str | None, passed: bool, observed: Any, limit: str, message: str) -> CheckResult:
+    def _result(
+        self, column: str | None, passed: bool, observed: Any, limit: str, message: str
+    ) -> CheckResult:
         return CheckResult(self.name, column, self.severity, passed, observed, limit, message)
 
     def __repr__(self) -> str:
@@ -120,7 +122,9 @@ class NotNull(Check):
 
     def judge(self, values: list[Any], rows: int) -> CheckResult:
         nulls = int(values[0] or 0)
-        return self._result(self.column, nulls == 0, nulls, "0 nulls", f"{self.column} has {nulls} null values")
+        return self._result(
+            self.column, nulls == 0, nulls, "0 nulls", f"{self.column} has {nulls} null values"
+        )
 
 
 class Between(Check):
