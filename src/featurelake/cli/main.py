@@ -208,6 +208,25 @@ def read(
         render.out.print(render.arrow_table(table, view, limit))
 
 
+def _register_command_modules() -> None:
+    """Import every ``featurelake/cli/*_cmds.py``: each adds its commands to ``cli`` on import.
+
+    Components (registry, serving, maintenance, ...) keep their commands next to nothing else's, and
+    this file does not change when one is added.
+    """
+    import importlib
+    import pkgutil
+
+    import featurelake.cli as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.endswith("_cmds"):
+            importlib.import_module(f"featurelake.cli.{info.name}")
+
+
+_register_command_modules()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn featurelake errors into one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -1,0 +1,111 @@
+"""Config loading and env overrides, the CLI surface, init scaffolding and the public API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import featurelake
+from featurelake.config import ProjectConfig
+from tests.helpers import day, transactions, write_source
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "featurelake", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_defaults_resolve_against_the_project_dir(tmp_path: Path) -> None:
+    (tmp_path / "featurelake.yaml").write_text("")
+    cfg = ProjectConfig.load(tmp_path)
+    assert cfg.settings.namespace == "features"
+    assert cfg.catalog_uri == f"sqlite:///{tmp_path.resolve()}/.featurelake/catalog.db"
+    assert cfg.warehouse == f"file://{tmp_path.resolve()}/.featurelake/warehouse"
+    assert cfg.settings.online_store.type == "sqlite"
+    assert cfg.path(cfg.settings.registry.artifacts) == tmp_path.resolve() / ".featurelake/artifacts"
+    assert cfg.settings.maintenance.expire_older_than == "7d"
+
+
+def test_env_overrides_win_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "featurelake.yaml").write_text(
+        "namespace: fromfile\nonline_store:\n  type: sqlite\ncatalog:\n  retries: 2\n"
+    )
+    monkeypatch.setenv("FEATURELAKE_NAMESPACE", "fromenv")
+    monkeypatch.setenv("FEATURELAKE_ONLINE_STORE__URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("FEATURELAKE_ONLINE_STORE__TYPE", "redis")
+    monkeypatch.setenv("FEATURELAKE_CATALOG__URI", "sqlite:////tmp/elsewhere.db")
+    s = ProjectConfig.load(tmp_path).settings
+    assert s.namespace == "fromenv"
+    assert s.online_store.type == "redis" and s.online_store.url == "redis://127.0.0.1:6379/0"
+    assert s.catalog.uri == "sqlite:////tmp/elsewhere.db" and s.catalog.retries == 2
+
+
+def test_init_scaffolds_a_working_project(tmp_path: Path) -> None:
+    proj = tmp_path / "newproj"
+    out = cli("init", str(proj))
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in proj.iterdir()} >= {"featurelake.yaml", "features.py", ".gitignore", "data"}
+    assert ProjectConfig.load(proj).settings.project == "newproj"
+    again = cli("init", str(proj))
+    assert again.returncode == 2 and "already" in again.stderr
+    write_source(proj, transactions())
+    assert cli("-C", str(proj), "apply").returncode == 0
+    done = cli("-C", str(proj), "backfill", "user_features", "--start", day(0), "--end", day(3), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "published"
+
+
+def test_cli_read_commands(tmp_path: Path, fl: featurelake.Featurelake, project_dir: Path) -> None:
+    result = fl.backfill("user_features", day(0), day(3), run_id="cli1")
+    hist = cli("-C", str(project_dir), "history", "user_features", "--json")
+    assert hist.returncode == 0, hist.stderr
+    rows = json.loads(hist.stdout)
+    assert rows[0]["run_id"] == "cli1" and rows[0]["snapshot_id"] == result.snapshot_id
+    assert rows[0]["pipeline_user"] == "test-user" and rows[0]["window_start"].startswith(day(0))
+    human = cli("-C", str(project_dir), "history", "user_features")
+    assert "cli1" in human.stdout and "code-version" in human.stdout
+
+    pq_out, csv_out = tmp_path / "o.parquet", tmp_path / "o.csv"
+    assert cli("-C", str(project_dir), "read", "user_features", "--output", str(pq_out)).returncode == 0
+    assert cli("-C", str(project_dir), "read", "user_features", "--output", str(csv_out)).returncode == 0
+    assert pq.read_table(pq_out).num_rows == pacsv.read_csv(csv_out).num_rows == result.rows
+    js = cli("-C", str(project_dir), "read", "user_features", "--json", "--limit", "3")
+    assert len(json.loads(js.stdout)) == 3
+    bad = cli("-C", str(project_dir), "read", "user_features", "--output", str(tmp_path / "o.xlsx"))
+    assert bad.returncode == 2 and ".parquet or .csv" in bad.stderr
+
+    audit = cli("-C", str(project_dir), "audit", "user_features", "--run-id", "cli1")
+    assert audit.returncode == 2 and "no branch audit_cli1" in audit.stderr
+
+
+def test_public_api_surface() -> None:
+    assert set(featurelake.__all__) >= {
+        "Entity",
+        "FeatureView",
+        "Source",
+        "checks",
+        "open",
+        "FeaturelakeError",
+        "AuditFailed",
+        "ConfigError",
+    }
+    for name in featurelake.__all__:
+        assert getattr(featurelake, name) is not None
+    assert {"null_rate", "not_null", "between", "row_count"} <= set(featurelake.checks.__all__)
+    for exc in (
+        "ConfigError",
+        "UsageError",
+        "SchemaError",
+        "DataError",
+        "AuditFailed",
+        "ConflictError",
+        "CatalogUnavailableError",
+    ):
+        assert issubclass(getattr(featurelake, exc), featurelake.FeaturelakeError)
