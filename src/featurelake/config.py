@@ -7,6 +7,7 @@ file: channels name the env var that holds them (``webhook_url_env``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,23 +110,21 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _deep_get(data: dict[str, Any], dotted: str) -> Any:
-    cur: Any = data
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return "FEATURELAKE_" + "__".join(str(p) for p in loc).upper()
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # A bad value may come from an env override rather than the file: name the variable then.
+        env = _env_name(e["loc"])
+        origin = f" (from env {env})" if env in os.environ else ""
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{where}'")
+            lines.append(f"unknown key '{where}'{origin}")
         else:
-            lines.append(f"'{where}': {e['msg']}")
+            lines.append(f"'{where}'{origin}: {e['msg']}")
     return (
         f"invalid configuration in {source}: " + "; ".join(lines) + " (see the config reference in README.md)"
     )

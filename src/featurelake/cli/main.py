@@ -227,6 +227,11 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def _error_line(message: str) -> None:
+    # Plain write, never wrapped: scripts and log scrapers rely on exactly one "error:" line.
+    print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn featurelake errors into one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -246,20 +251,17 @@ def main(argv: list[str] | None = None) -> None:
         report = exc.report
         if report is not None:
             render.err.print(render.audit_table(report))  # type: ignore[arg-type]
-        render.err.print(f"[red]error:[/] {exc}", markup=True)
+        _error_line(str(exc))
         sys.exit(exc.exit_code)
     except FeaturelakeError as exc:
         if debug:
             raise
-        render.err.print(f"error: {exc}", markup=False)
+        _error_line(str(exc))
         sys.exit(exc.exit_code)
     except Exception as exc:
         if debug:
             raise
-        render.err.print(
-            f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
-            markup=False,
-        )
+        _error_line(f"unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
         sys.exit(1)
 
 

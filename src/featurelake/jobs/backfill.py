@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
-from featurelake.errors import AuditFailed, ConflictError, UsageError
+from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
 from featurelake.validation.audit import AuditReport, implicit_checks
@@ -114,6 +114,22 @@ def _write_and_audit(
     return tip, report
 
 
+def _call_publish(
+    project: Project, view: FeatureView, branch: str, run_id: str, rebase: Callable[[Table, int], None]
+) -> wap.PublishResult:
+    return project.catalog_call(
+        lambda: wap.publish(
+            project.catalog,
+            project.table_name(view.name),
+            branch,
+            run_id,
+            rebase=rebase,
+            attempts=project.config.settings.backfill.publish_attempts,
+        ),
+        f"publish {branch}",
+    )
+
+
 def _publish(
     project: Project,
     view: FeatureView,
@@ -130,21 +146,17 @@ def _publish(
         project.catalog_call(lambda: wap.reset_branch(tbl, branch, new_base), f"rebase {branch}")
         _, latest[0] = _write_and_audit(project, view, window, run_id, frame, props)
 
-    result = project.catalog_call(
-        lambda: wap.publish(
-            project.catalog,
-            project.table_name(view.name),
-            branch,
-            run_id,
-            rebase=rebase,
-            attempts=project.config.settings.backfill.publish_attempts,
-        ),
-        f"publish {branch}",
-    )
+    try:
+        result = _call_publish(project, view, branch, run_id, rebase)
+    except CatalogUnavailableError as exc:
+        raise CatalogUnavailableError(
+            f"{exc}. Nothing was lost: branch {branch} is kept and main is unchanged; finish with "
+            f"`featurelake publish {view.name} --run-id {run_id}`"
+        ) from exc
     if not project.config.settings.backfill.keep_published_branches:
         try:
             _retry_commit(project, view, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
-        except ConflictError:
+        except (ConflictError, CatalogUnavailableError):
             result.notes.append(f"published, but branch {branch} could not be removed; remove it later")
     return result, latest[0]
 
