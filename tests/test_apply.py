@@ -172,3 +172,16 @@ def test_source_table_reads_an_iceberg_table(tmp_path: Path) -> None:
         data = fl.read("user_features")
     assert data.num_rows == result.rows > 0
     assert data.schema.field("user_id").type == pa.int64()
+
+
+def test_dry_run_reports_a_query_only_change(project_dir: Path) -> None:
+    with featurelake.open(project_dir) as fl:
+        fl.apply()
+    rewrite(project_dir, "FROM source GROUP BY ALL", "FROM source WHERE amount >= 0 GROUP BY ALL")
+    with featurelake.open(project_dir) as fl:
+        (planned,) = fl.apply(dry_run=True)
+        assert planned.action == "planned" and not planned.changes
+        (done,) = fl.apply()
+        assert done.action == "evolved"
+        (again,) = fl.apply(dry_run=True)
+        assert again.action == "unchanged"

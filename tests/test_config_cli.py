@@ -109,3 +109,77 @@ def test_public_api_surface() -> None:
         "CatalogUnavailableError",
     ):
         assert issubclass(getattr(featurelake, exc), featurelake.FeaturelakeError)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env"),
+    [
+        ("catalog:\n  uri: postgresql+psycopg://me:s3cret@127.0.0.1/db\n", "FEATURELAKE_CATALOG__URI"),
+        (
+            "online_store:\n  type: redis\n  url: redis://:s3cret@127.0.0.1:6379/0\n",
+            "FEATURELAKE_ONLINE_STORE__URL",
+        ),
+        ("registry:\n  uri: postgresql+psycopg://me:s3cret@127.0.0.1/reg\n", "FEATURELAKE_REGISTRY__URI"),
+    ],
+)
+def test_secrets_in_the_file_are_refused(tmp_path: Path, yaml_text: str, env: str) -> None:
+    (tmp_path / "featurelake.yaml").write_text(yaml_text)
+    with pytest.raises(featurelake.ConfigError) as info:
+        ProjectConfig.load(tmp_path)
+    msg = str(info.value)
+    assert env in msg and "environment only" in msg
+    assert "s3cret" not in msg
+
+
+def test_secret_from_env_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "featurelake.yaml").write_text("")
+    monkeypatch.setenv("FEATURELAKE_CATALOG__URI", "postgresql+psycopg://me:s3cret@127.0.0.1/db")
+    assert ProjectConfig.load(tmp_path).settings.catalog.uri.endswith("@127.0.0.1/db")
+
+
+def test_definition_errors_point_at_the_line_in_features_py(tmp_path: Path) -> None:
+    from tests.helpers import DEFAULT_FEATURES, make_project
+
+    broken = DEFAULT_FEATURES.replace(
+        'checks.null_rate("amount_avg_1d", max=0.10)', 'checks.null_rate("amount_avg_1d", max=3)'
+    )
+    proj = make_project(tmp_path / "p", features=broken)
+    line = next(i for i, text in enumerate(broken.splitlines(), 1) if "max=3" in text)
+    with pytest.raises(featurelake.ConfigError) as info:
+        featurelake.open(proj).definitions  # noqa: B018 - loading is the point
+    # The line of features.py that failed, not a line inside featurelake.validation.checks.
+    assert "features.py" in str(info.value) and "checks.py" not in str(info.value)
+    assert "max must be between 0 and 1" in str(info.value)
+    reported = int(str(info.value).split("line ")[1].split(":")[0].split(")")[0])
+    assert reported == line
+
+
+def test_discard_removes_a_kept_branch_only(fl: featurelake.Featurelake, project_dir: Path) -> None:
+    from datetime import timedelta
+
+    from featurelake.lakehouse import wap
+    from tests.helpers import START
+
+    fl.backfill("user_features", day(0), day(2), run_id="ok")
+    write_source(
+        project_dir, transactions(days=2, start=START + timedelta(days=30), null_share=0.6), name="b.parquet"
+    )
+    with pytest.raises(featurelake.AuditFailed):
+        fl.backfill("user_features", day(30), day(32), run_id="bad")
+    head = wap.main_snapshot_id(fl.project.load_table("user_features"))
+    out = cli("-C", str(project_dir), "discard", "user_features", "--run-id", "bad")
+    assert out.returncode == 0, out.stderr
+    tbl = fl.project.load_table("user_features")
+    assert "audit_bad" not in tbl.metadata.refs and wap.main_snapshot_id(tbl) == head
+    again = cli("-C", str(project_dir), "discard", "user_features", "--run-id", "bad")
+    assert again.returncode == 2 and "nothing to discard" in again.stderr
+
+
+def test_cli_conveniences(fl: featurelake.Featurelake, project_dir: Path) -> None:
+    fl.backfill("user_features", day(0), day(2), run_id="c1")
+    # --debug is accepted after the command too.
+    assert cli("-C", str(project_dir), "history", "user_features", "--debug").returncode == 0
+    assert cli("-C", str(project_dir), "read", "user_features", "--limit", "-1").returncode == 2
+    unknown = cli("-C", str(project_dir), "history", "nope")
+    assert unknown.returncode == 2 and "unknown feature view 'nope'" in unknown.stderr
+    assert "user_features" in unknown.stderr

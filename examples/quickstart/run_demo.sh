@@ -15,11 +15,11 @@ step "2. apply the feature definitions (creates features.user_features, partitio
 $FL apply
 
 step "3. Write-Audit-Publish backfill of August"
-$FL backfill user_features --start 2026-08-01 --end 2026-08-31 --run-id aug
+$FL backfill user_features --start 2026-08-01 --end 2026-09-01 --run-id aug
 FIRST=$($FL history user_features --json | python -c 'import json,sys; print(json.load(sys.stdin)[0]["snapshot_id"])')
 
 step "4. backfill September (a second published snapshot)"
-$FL backfill user_features --start 2026-08-31 --end 2026-09-30 --run-id sep
+$FL backfill user_features --start 2026-09-01 --end 2026-09-30 --run-id sep
 
 step "5. an upstream export breaks: two days with most amounts missing"
 python generate_data.py --corrupt

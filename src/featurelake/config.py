@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,9 +51,30 @@ class EngineConfig(_Section):
 
 class OnlineStoreConfig(_Section):
     type: Literal["sqlite", "redis"] = "sqlite"
+    """Backend of the online store: ``sqlite`` (embedded, one file) or ``redis``."""
     path: str = ".featurelake/online.db"
+    """SQLite file of the ``sqlite`` store (relative to the project directory)."""
     url: str | None = None
-    """Redis URL, e.g. ``redis://127.0.0.1:6379/0``."""
+    """Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (default when unset: that one)."""
+    connect_timeout_seconds: float = Field(default=1.0, gt=0)
+    """How long connecting to Redis may take before the store counts as unavailable."""
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long one Redis command (or pipeline reply) may take before the store counts as unavailable."""
+    write_chunk: int = Field(default=20_000, ge=1)
+    """Keys a sync writes per pipelined round trip (and per progress-bar step)."""
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    """Address ``featurelake serve`` binds (loopback unless you mean to expose it)."""
+    port: int = Field(default=8666, ge=0, le=65535)
+    """Port ``featurelake serve`` listens on."""
+    token: str | None = None
+    """Bearer token required on every endpoint but ``/healthz``; set it as FEATURELAKE_SERVER__TOKEN."""
+    max_entities: int = Field(default=10_000, ge=1)
+    """Most entity keys one request may ask for (HTTP 413 above)."""
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body accepted (HTTP 413 above)."""
 
 
 class RegistryConfig(_Section):
@@ -64,7 +86,23 @@ class MonitoringConfig(_Section):
     channels: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"type": "console"}, {"type": "file", "path": ".featurelake/alerts.jsonl"}]
     )
+    """Where alerts go: ``console``, ``file`` (``path``), ``slack`` (``webhook_url_env``); see docs/monitoring.md."""
     pushgateway: str | None = None
+    """Prometheus Pushgateway URL (``http://127.0.0.1:9091``) batch jobs push their metrics to."""
+    push_timeout_seconds: float = 3.0
+    """How long a job waits on the Pushgateway before giving up (the job itself never fails on it)."""
+    state: str = ".featurelake/metrics.db"
+    """Local metrics state (SQLite) every job appends to; ``monitor`` evaluates rules over it."""
+    state_retention: str = "8d"
+    """How long samples are kept in the local state; must exceed the longest rule window."""
+    rules: str | None = None
+    """Project alert rules (YAML) merged over the shipped defaults by rule name."""
+    default_rules: bool = True
+    """Start from the shipped rules (featurelake/monitoring/rules/default.yaml); false: project rules only."""
+    prometheus_url: str | None = None
+    """Evaluate rules by querying this Prometheus server instead of the local state."""
+    evaluate_after_jobs: bool = False
+    """Run ``monitor`` at the end of every job (alerts fire without a scheduler; failures never fail the job)."""
 
 
 class BackfillConfig(_Section):
@@ -76,8 +114,17 @@ class BackfillConfig(_Section):
 
 class MaintenanceConfig(_Section):
     expire_older_than: str = "7d"
+    """`maintain` expires snapshots older than this (e.g. 7d, 12h) unless a tag or branch keeps them."""
     retain_last: int = 1
+    """`maintain` always keeps this many of the newest snapshots of each branch (main included)."""
     orphan_min_age: str = "3d"
+    """Unreferenced files younger than this are kept (an uncommitted backfill may own them); at least 1h."""
+    compaction_target_file_size: str = "128MB"
+    """Compaction merges a partition's small files into files of up to this on-disk size."""
+    compaction_min_input_files: int = 2
+    """Compaction rewrites a partition only when it has at least this many small files."""
+    keep_ancestry_tag_prefixes: list[str] = Field(default_factory=lambda: ["online-sync-"])
+    """Tags starting with these (online-sync watermarks) also keep every snapshot from them to the branch head."""
 
 
 class Settings(BaseSettings):
@@ -96,6 +143,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -130,6 +178,24 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     )
 
 
+# (section, key) of values that may carry credentials: allowed from env only, never from the file.
+_SECRET_KEYS = (("catalog", "uri"), ("registry", "uri"), ("online_store", "url"), ("server", "token"))
+
+
+def _refuse_secrets_in_file(raw: dict[str, Any], path: Path) -> None:
+    for section, key in _SECRET_KEYS:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if not isinstance(value, str):
+            continue
+        secret = key == "token" or bool(urlsplit(value).password)
+        if secret:
+            env = _env_name((section, key))
+            raise ConfigError(
+                f"{path}: {section}.{key} holds a {'token' if key == 'token' else 'password'}; secrets are read "
+                f"from the environment only: remove it from the file and set {env} instead"
+            )
+
+
 class ProjectConfig:
     """Settings plus the project directory they came from, with paths resolved against it."""
 
@@ -155,6 +221,7 @@ class ProjectConfig:
             raise ConfigError(f"{path} is not valid YAML{where}: fix the syntax and retry") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of keys (project, namespace, catalog, ...)")
+        _refuse_secrets_in_file(raw, path)
         try:
             settings = Settings(**raw)
         except ValidationError as exc:

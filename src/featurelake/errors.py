@@ -5,12 +5,17 @@ Every error a user can provoke derives from one root, carries a message that nam
 
     FeaturelakeError                 exit 1 unless a subclass says otherwise
     ├── ConfigError                  exit 2: featurelake.yaml, env vars, features.py definitions
-    │   └── UsageError               exit 2: bad arguments (unknown view, window start >= end, ...)
+    │   └── UsageError               exit 2: bad arguments (unknown view, start >= end, run id exists, ...)
+    │       ├── RequestError         exit 2: a bad online lookup request; carries its HTTP status
+    │       └── NotFoundError        exit 2: no such model, version, stage or alias (HTTP 404)
     ├── SchemaError                  exit 2: a definition or query output that does not fit the table
-    ├── DataError                    exit 1: rows that cannot be written (null keys, naive timestamps, ...)
+    │                                        (missing/extra columns, wrong types, naive timestamps)
+    ├── DataError                    exit 1: rows that cannot be written (null keys, out-of-window times)
     ├── AuditFailed                  exit 1: a WAP audit refused to publish; main is unchanged
-    ├── ConflictError                exit 1: a lost race (run id exists, main moved, branch changed)
-    └── CatalogUnavailableError      exit 1: the catalog database is locked or unreachable (transient)
+    ├── ConflictError                exit 1: a lost race that retries could not resolve (main kept moving)
+    ├── CatalogUnavailableError      exit 1: the catalog or registry database is locked or unreachable
+    ├── ArtifactIntegrityError       exit 1: a model artifact is missing or its bytes do not match its digest
+    └── OnlineStoreUnavailableError  exit 1: Redis / the online database cannot be reached (HTTP 503)
 """
 
 from __future__ import annotations
@@ -32,6 +37,19 @@ class ConfigError(FeaturelakeError):
 
 class UsageError(ConfigError):
     """A command or API call got arguments it cannot work with."""
+
+
+class RequestError(UsageError):
+    """An online lookup that cannot be answered as asked: unknown view or feature (404), too many entities
+    (413), wrong key types or an empty entity list (422)."""
+
+    def __init__(self, message: str, http_status: int = 422) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class NotFoundError(UsageError):
+    """A model, version, stage or alias that the registry does not hold."""
 
 
 class SchemaError(FeaturelakeError):
@@ -59,18 +77,32 @@ class ConflictError(FeaturelakeError):
 
 
 class CatalogUnavailableError(FeaturelakeError):
-    """The Iceberg catalog database is locked or cannot be reached."""
+    """The Iceberg catalog database (or the model registry's database) is locked or cannot be reached."""
+
+    transient = True
+
+
+class ArtifactIntegrityError(FeaturelakeError):
+    """A registered artifact is missing or was modified: its bytes no longer hash to the recorded digest."""
+
+
+class OnlineStoreUnavailableError(FeaturelakeError):
+    """The online store (Redis, or the SQLite file) cannot be reached or answered with an error."""
 
     transient = True
 
 
 __all__ = [
+    "ArtifactIntegrityError",
     "AuditFailed",
     "CatalogUnavailableError",
     "ConfigError",
     "ConflictError",
     "DataError",
     "FeaturelakeError",
+    "NotFoundError",
+    "OnlineStoreUnavailableError",
+    "RequestError",
     "SchemaError",
     "UsageError",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from featurelake.features.apply import ApplyResult
     from featurelake.jobs.backfill import BackfillResult
     from featurelake.lakehouse.history import SnapshotInfo
+    from featurelake.lakehouse.maintenance import TableMaintenance
+    from featurelake.serving.lookup import OnlineService
+    from featurelake.serving.sync import SyncProgress, SyncResult
     from featurelake.validation.audit import AuditReport
 
 T = TypeVar("T")
@@ -82,6 +85,8 @@ class Project:
             try:
                 return self.catalog.load_table(ident)
             except NoSuchTableError:
+                if view not in self.definitions.views:
+                    self.definitions.view(view)  # raises: unknown view, listing the defined ones
                 raise UsageError(f"table {ident} does not exist: run `featurelake apply` first") from None
 
         return self.catalog_call(load, f"load {ident}")
@@ -110,7 +115,32 @@ class Featurelake:
         self.close()
 
     def close(self) -> None:
+        if "online" in self.__dict__:
+            self.online.close()
         self.project.close()
+
+    @cached_property
+    def online(self) -> OnlineService:
+        """Online lookups: ``fl.online.get("user_features", [1, 2])`` (see docs/serving.md)."""
+        from featurelake.serving import open_store
+        from featurelake.serving.lookup import OnlineService, table_key_types
+
+        return OnlineService(
+            self.project.definitions,
+            open_store(self.project.config),
+            key_is_int=table_key_types(self.project),
+            max_entities=self.project.config.settings.server.max_entities,
+        )
+
+    def sync(
+        self, view: str | None = None, *, full: bool = False, progress: SyncProgress | None = None
+    ) -> list[SyncResult]:
+        """Sync ``view`` (default: every view) from Iceberg main to the online store, incrementally."""
+        from featurelake.jobs.online_sync import run_sync
+
+        return run_sync(
+            self.project, [view] if view else None, store=self.online.store, full=full, progress=progress
+        )
 
     @property
     def definitions(self) -> Definitions:
@@ -138,6 +168,19 @@ class Featurelake:
 
         return publish_run(self.project, view, run_id, progress=progress)
 
+    def discard(self, view: str, run_id: str) -> int:
+        """Remove the kept branch ``audit_<run_id>`` (a refused or unpublished run); returns its tip."""
+        from featurelake.errors import UsageError
+        from featurelake.lakehouse import lineage, wap
+
+        branch = wap.branch_name(lineage.check_run_id(run_id))
+        tbl = self.project.load_table(view)
+        tip = wap.ref_snapshot_id(tbl, branch)
+        if tip is None:
+            raise UsageError(f"no branch {branch} in {self.project.table_name(view)}: nothing to discard")
+        self.project.catalog_call(lambda: wap.remove_branch(tbl, branch), f"remove {branch}")
+        return tip
+
     def history(self, view: str, *, all_snapshots: bool = False) -> list[SnapshotInfo]:
         from featurelake.lakehouse.history import history
 
@@ -156,6 +199,46 @@ class Featurelake:
         if sid is None:
             return tbl.schema().as_arrow().empty_table()
         return self.project.engine.to_arrow(self.project.engine.read(tbl, snapshot_id=sid))
+
+    def maintain(
+        self,
+        view: str | None = None,
+        *,
+        all_tables: bool = False,
+        compact: bool = False,
+        expire: bool = False,
+        remove_orphans: bool = False,
+        expire_older_than: str | timedelta | None = None,
+        retain_last: int | None = None,
+        orphan_min_age: str | timedelta | None = None,
+        target_file_size: str | int | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+        now: datetime | None = None,
+        progress: Progress | None = None,
+    ) -> list[TableMaintenance]:
+        """Compact, expire snapshots and remove orphans of ``view`` (or ``all_tables``); none chosen = all.
+
+        Defaults come from the config's ``maintenance`` section; ``now`` evaluates ages as of another time.
+        """
+        from featurelake.jobs.maintain import run_maintain
+
+        return run_maintain(
+            self.project,
+            view,
+            all_tables=all_tables,
+            compact=compact,
+            expire=expire,
+            remove_orphans=remove_orphans,
+            expire_older_than=expire_older_than,
+            retain_last=retain_last,
+            orphan_min_age=orphan_min_age,
+            target_file_size=target_file_size,
+            dry_run=dry_run,
+            force=force,
+            now=now,
+            progress=progress,
+        )
 
 
 def open(project_dir: str | Path = ".") -> Featurelake:

@@ -156,7 +156,20 @@ def publish(c: _Ctx, view: str, run_id: str, as_json: bool) -> None:
     if as_json:
         render.print_json({"status": "published", **result.to_dict()})
     else:
+        render.out.print(render.audit_table(result.report))
         render.out.print(f"[green]published[/] {result.table} run {run_id}: main -> {result.snapshot_id}")
+
+
+@cli.command()
+@click.argument("view")
+@click.option("--run-id", required=True)
+@pass_ctx
+def discard(c: _Ctx, view: str, run_id: str) -> None:
+    """Remove the kept branch audit_<RUN_ID> of VIEW (main is not touched)."""
+    snapshot = c.fl.discard(view, run_id)
+    render.out.print(
+        f"removed branch audit_{run_id} (tip {snapshot}); its files go with `featurelake maintain --expire`"
+    )
 
 
 @cli.command()
@@ -183,7 +196,8 @@ def history(c: _Ctx, view: str, all_snapshots: bool, as_json: bool) -> None:
     default=None,
     help="Write to a .parquet or .csv file instead of printing.",
 )
-@click.option("--limit", type=int, default=20, show_default=True, help="Rows to print.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Rows to print (use --output for all of them).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def read(
@@ -203,7 +217,7 @@ def read(
         write_table(table, output)
         render.out.print(f"wrote {table.num_rows} rows to {output}")
     elif as_json:
-        render.print_json(table.slice(0, limit).to_pylist() if limit >= 0 else table.to_pylist())
+        render.print_json(table.slice(0, limit).to_pylist())
     else:
         render.out.print(render.arrow_table(table, view, limit))
 
@@ -234,9 +248,12 @@ def _error_line(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn featurelake errors into one line and an exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    if debug:  # accept --debug anywhere on the line, not only before the command
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
-        cli.main(args=argv, prog_name="featurelake", standalone_mode=False)
+        cli.main(args=args, prog_name="featurelake", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -39,7 +39,8 @@ def history_table(view: str, rows: list[SnapshotInfo]) -> RichTable:
     t = RichTable(title=f"history of {view} (newest first)")
     for col in (
         "snapshot",
-        "published at (UTC)",
+        "committed (UTC)",
+        "published (UTC)",
         "operation",
         "code-version",
         "run-id",
@@ -54,7 +55,8 @@ def history_table(view: str, rows: list[SnapshotInfo]) -> RichTable:
         code = code[:12] + ("-dirty" if code.endswith("-dirty") else "") if len(code) > 20 else code
         t.add_row(
             str(s.snapshot_id) + ("" if s.on_main else " (branch)"),
-            (s.published_at or s.committed_at).strftime("%Y-%m-%d %H:%M:%S"),
+            s.committed_at.strftime("%Y-%m-%d %H:%M:%S"),
+            s.published_at.strftime("%Y-%m-%d %H:%M:%S") if s.published_at else "",
             s.featurelake_operation or s.operation,
             code,
             s.run_id or "",

@@ -130,8 +130,10 @@ def apply_view(
         )
     props = view_properties(view)
     props_changed = any(tbl.properties.get(k) != v for k, v in props.items())
-    if dry_run or (not changes and not props_changed):
-        return ApplyResult(view.name, ident, "unchanged" if not changes else "planned", changes)
+    if not changes and not props_changed:
+        return ApplyResult(view.name, ident, "unchanged", changes)
+    if dry_run:
+        return ApplyResult(view.name, ident, "planned", changes)
 
     with tbl.transaction() as tx:
         if changes:

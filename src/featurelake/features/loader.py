@@ -44,9 +44,13 @@ def load_definitions(path: Path) -> Definitions:
     try:
         spec.loader.exec_module(module)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        where = f" (line {frames[-1].lineno})" if frames else ""
+        raise ConfigError(f"{path}{where}: {exc}") from exc
     except Exception as exc:
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        # The line in features.py that raised, not the innermost frame inside featurelake.
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        frame = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
         raise ConfigError(
             f"{path} failed to load at line {frame.lineno}: {type(exc).__name__}: {exc}"
         ) from exc

@@ -185,5 +185,6 @@ def publish(
             notes.append("the table changed during publish; retrying")
     raise ConflictError(
         f"could not publish {branch} to {identifier}: main kept moving during {attempts} attempts; "
-        f"the branch is kept, retry with `featurelake publish --run-id {branch.removeprefix(BRANCH_PREFIX)}`"
+        f"the branch is kept, retry with `featurelake publish {identifier.split('.')[-1]} "
+        f"--run-id {branch.removeprefix(BRANCH_PREFIX)}`"
     )

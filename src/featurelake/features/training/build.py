@@ -1,0 +1,323 @@
+"""Build a training set: resolve snapshots, read each view at its snapshot, join point in time, sign it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThanOrEqual
+from pyiceberg.table import Table
+
+from featurelake.errors import UsageError
+from featurelake.features.training.entities import (
+    TIMESTAMP_COLUMN,
+    EntitySource,
+    check_timestamps,
+    fingerprint,
+    join_key_column,
+    load_entities,
+)
+from featurelake.features.training.join import JoinStats, ViewFrame, micros, point_in_time_join
+from featurelake.features.training.provenance import Provenance, attach
+from featurelake.lakehouse.history import resolve_snapshot
+from featurelake.lakehouse.schema import type_name
+from featurelake.lakehouse.window import parse_timestamp
+
+if TYPE_CHECKING:
+    from featurelake.project import Project
+
+AsOf = datetime | str | Mapping[str, int] | None
+
+
+@dataclass
+class TrainingSetResult:
+    """A built training set: the table (provenance in its schema metadata), the provenance, join statistics."""
+
+    table: pa.Table
+    provenance: Provenance
+    stats: JoinStats
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def write(self, path: str | Path) -> Path:
+        return write_training_set(self.table, path)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": self.table.num_rows,
+            "columns": self.table.column_names,
+            "provenance": self.provenance.to_dict(),
+            "matched": self.stats.matched,
+            "outside_ttl": self.stats.outside_ttl,
+            "ties": self.stats.ties,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class _Request:
+    view: str
+    features: list[str]
+
+
+def parse_features(features: Sequence[str] | str) -> list[_Request]:
+    """``["view:feat", ...]`` (or one comma-separated string) grouped by view, first-seen order kept."""
+    if isinstance(features, str):
+        features = [f for f in features.split(",") if f.strip()]
+    if not features:
+        raise UsageError("no features requested: give them as VIEW:FEATURE, e.g. user_features:amount_avg_1d")
+    seen: set[str] = set()
+    grouped: dict[str, list[str]] = {}
+    for raw in features:
+        ref = str(raw).strip()
+        view, sep, feat = ref.partition(":")
+        if not sep or not view or not feat or ":" in feat:
+            raise UsageError(
+                f"feature {ref!r} must be written VIEW:FEATURE, e.g. user_features:amount_avg_1d"
+            )
+        if ref in seen:
+            raise UsageError(f"feature {ref} is requested twice")
+        seen.add(ref)
+        grouped.setdefault(view, []).append(feat)
+    return [_Request(v, fs) for v, fs in grouped.items()]
+
+
+def write_training_set(table: pa.Table, path: str | Path) -> Path:
+    """Write a training set to Parquet with fixed options, so equal tables give equal bytes."""
+    out = Path(path)
+    if out.suffix.lower() != ".parquet":
+        raise UsageError(
+            f"training set output {out}: use a .parquet file (the provenance lives in its metadata)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(
+        table.combine_chunks(), tmp, compression="zstd", row_group_size=1 << 20, write_statistics=True
+    )
+    tmp.replace(out)
+    return out
+
+
+def _ts_literal(us: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))).isoformat()
+
+
+def _time_filter(column: str, lo_us: int | None, hi_us: int) -> BooleanExpression:
+    # PyIceberg's predicates are pydantic models whose generated signature mypy misreads.
+    hi = LessThanOrEqual(column, _ts_literal(hi_us))  # type: ignore[call-arg, arg-type]
+    if lo_us is None:
+        return hi
+    lo = GreaterThanOrEqual(column, _ts_literal(lo_us))  # type: ignore[call-arg, arg-type]
+    return And(lo, hi)
+
+
+@dataclass(frozen=True)
+class _ViewPlan:
+    """How one view is read: its key, time column and ttl (from the definitions, or a provenance's record)."""
+
+    view: str
+    features: list[str]
+    join_key: str
+    timestamp_field: str
+    ttl: timedelta | None
+    declared: list[str]
+
+
+def _plan(project: Project, req: _Request, prov: Provenance | None) -> _ViewPlan:
+    if prov is None:
+        fv = project.view(req.view)
+        unknown = [f for f in req.features if f not in fv.fields]
+        if unknown:
+            raise UsageError(
+                f"view {req.view!r} has no feature {', '.join(unknown)}: it defines {', '.join(fv.fields)}"
+            )
+        return _ViewPlan(req.view, req.features, fv.join_key, fv.timestamp_field, fv.ttl, list(fv.fields))
+    # Rebuilding: what the set was built with wins over today's definitions (a ttl may have changed since).
+    try:
+        fv = project.view(req.view)
+        declared = list(fv.fields)
+    except UsageError:
+        declared = list(req.features)
+    return _ViewPlan(
+        req.view,
+        req.features,
+        prov.join_keys.get(req.view) or project.view(req.view).join_key,
+        prov.timestamp_fields.get(req.view) or project.view(req.view).timestamp_field,
+        prov.ttl(req.view),
+        declared,
+    )
+
+
+def build_training_set(
+    project: Project,
+    entities: EntitySource,
+    features: Sequence[str] | str | None = None,
+    *,
+    as_of: AsOf = None,
+    provenance: Provenance | pa.Table | dict[str, Any] | str | Path | None = None,
+    full_feature_names: bool = False,
+    timestamp_column: str = TIMESTAMP_COLUMN,
+) -> TrainingSetResult:
+    """The point-in-time correct training set for ``entities`` (see ``Featurelake.training_set``)."""
+    started = time.perf_counter()
+    prov_in: Provenance | None = None
+    if provenance is not None:
+        if features is not None or as_of is not None:
+            raise UsageError("give either a provenance to rebuild from, or features/as_of, not both")
+        prov_in = Provenance.load(provenance)
+        features = prov_in.features
+        timestamp_column = prov_in.timestamp_column
+    if features is None:
+        raise UsageError("no features requested: give features=['view:feature', ...] or a provenance")
+    requests = parse_features(features)
+    pinned: dict[str, int | None] | None = None
+    if prov_in is not None:
+        pinned = dict(prov_in.views)
+    elif isinstance(as_of, Mapping):
+        pinned = {str(k): (int(v) if v is not None else None) for k, v in as_of.items()}
+        unknown = sorted(set(pinned) - {r.view for r in requests})
+        if unknown:
+            raise UsageError(
+                f"as_of names snapshots for {', '.join(unknown)}, which no requested feature uses"
+            )
+    as_of_time = parse_timestamp(as_of, "as_of") if isinstance(as_of, datetime | str) else None
+
+    table = load_entities(entities)
+    check_timestamps(table, timestamp_column)
+    sha = fingerprint(table)
+    if prov_in is not None and (sha != prov_in.entities_sha256 or table.num_rows != prov_in.entities_rows):
+        raise UsageError(
+            f"the entity frame ({table.num_rows} rows, sha256 {sha[:12]}...) is not the one this training set "
+            f"was built from ({prov_in.entities_rows} rows, sha256 {prov_in.entities_sha256[:12]}...): rebuild "
+            "with the original entity file"
+        )
+    t_us = micros(table.column(timestamp_column)) if table.num_rows else np.zeros(0, np.int64)
+    hi_us = int(t_us.max()) if t_us.size else None
+    lo_entity = int(t_us.min()) if t_us.size else None
+
+    frames: list[ViewFrame] = []
+    prov = Provenance(
+        views={},
+        features=[],
+        entities_sha256=sha,
+        entities_rows=table.num_rows,
+        timestamp_column=timestamp_column,
+    )
+    names = set(table.column_names)
+    work = table
+    for req in requests:
+        plan = _plan(project, req, prov_in)
+        tbl = project.load_table(plan.view)
+        sid = _snapshot_for(project, plan.view, tbl, as_of_time, pinned)
+        lo_us = None
+        if plan.ttl is not None and lo_entity is not None:
+            lo_us = lo_entity - plan.ttl // timedelta(microseconds=1)
+        data = _read_view(project, plan, tbl, sid, lo_us, hi_us)
+        out_names = []
+        for feat in plan.features:
+            ref = f"{plan.view}:{feat}"
+            name = (prov_in.columns.get(ref) if prov_in else None) or (
+                f"{plan.view}__{feat}" if full_feature_names else feat
+            )
+            if name in names:
+                raise UsageError(
+                    f"feature {ref} would be written as column {name!r}, which already exists (an entity column "
+                    "or another view's feature): pass full_feature_names=True (CLI: --full-feature-names) to "
+                    "name columns VIEW__FEATURE"
+                )
+            names.add(name)
+            out_names.append(name)
+            prov.features.append(ref)
+            prov.columns[ref] = name
+            prov.feature_types[ref] = _type_name(tbl, sid, feat, data.schema.field(feat).type)
+        ekey = f"__featurelake_key_{len(frames)}"
+        key_col = join_key_column(table, plan.join_key, data.schema.field(plan.join_key).type, plan.view)
+        work = work.append_column(ekey, key_col)
+        frames.append(
+            ViewFrame(
+                name=plan.view,
+                entity_key=ekey,
+                key=plan.join_key,
+                timestamp_field=plan.timestamp_field,
+                features=tuple(plan.features),
+                output_names=tuple(out_names),
+                ttl=plan.ttl,
+                data=data,
+                tie_order=tuple(f for f in plan.declared if f in plan.features),
+            )
+        )
+        prov.views[plan.view] = sid
+        prov.ttl_seconds[plan.view] = plan.ttl.total_seconds() if plan.ttl is not None else None
+        prov.join_keys[plan.view] = plan.join_key
+        prov.timestamp_fields[plan.view] = plan.timestamp_field
+        prov.tables[plan.view] = project.table_name(plan.view)
+
+    joined, stats = point_in_time_join(work, timestamp_column, frames)
+    joined = joined.drop_columns([f.entity_key for f in frames])
+    return TrainingSetResult(attach(joined, prov), prov, stats, time.perf_counter() - started)
+
+
+def _snapshot_for(
+    project: Project, view: str, tbl: Table, as_of: datetime | None, pinned: Mapping[str, int | None] | None
+) -> int | None:
+    """The snapshot to read: pinned by the caller, main's as of a time, or main's current one."""
+    if pinned is None:
+        return resolve_snapshot(tbl, as_of=as_of)
+    if view not in pinned:
+        raise UsageError(
+            f"as_of names snapshots for {', '.join(sorted(pinned)) or 'no view'} but not for {view!r}: "
+            "give a snapshot for every requested view, or a timestamp"
+        )
+    sid = pinned[view]
+    if sid is not None and tbl.metadata.snapshot_by_id(sid) is None:
+        raise UsageError(
+            f"snapshot {sid} of {project.table_name(view)} no longer exists (expired by maintenance, or never "
+            "committed): this training set cannot be rebuilt. Snapshots bound to a registered model are tagged "
+            f"and kept; others are not (see `featurelake history {view}`)"
+        )
+    return sid
+
+
+def _read_view(
+    project: Project, plan: _ViewPlan, tbl: Table, sid: int | None, lo_us: int | None, hi_us: int | None
+) -> pa.Table:
+    """The view's key, time and requested features at ``sid``, pruned to the entity frame's time range."""
+    name = project.table_name(plan.view)
+    columns = (plan.join_key, plan.timestamp_field, *plan.features)
+    if sid is None or hi_us is None:
+        scan = tbl.scan(selected_fields=columns)
+    else:
+        scan = tbl.scan(
+            row_filter=_time_filter(plan.timestamp_field, lo_us, hi_us),
+            selected_fields=columns,
+            snapshot_id=sid,
+        )
+    try:
+        projection = scan.projection()
+    except ValueError as exc:
+        at = f" at snapshot {sid}" if sid is not None else ""
+        raise UsageError(
+            f"{name}{at} cannot provide {', '.join(plan.features)}: {exc} (was a feature added later, or the "
+            "view's key renamed?)"
+        ) from None
+    if sid is None or hi_us is None:
+        return projection.as_arrow().empty_table()
+    return project.catalog_call(scan.to_arrow, f"read {name} at snapshot {sid}")
+
+
+def _type_name(tbl: Table, sid: int | None, column: str, arrow_type: pa.DataType) -> str:
+    schema = tbl.schema()
+    snap = tbl.metadata.snapshot_by_id(sid) if sid is not None else None
+    if snap is not None and snap.schema_id is not None:
+        schema = tbl.metadata.schema_by_id(snap.schema_id) or schema
+    try:
+        return type_name(schema.find_field(column).field_type)
+    except ValueError:
+        return str(arrow_type)
