@@ -398,11 +398,10 @@ def test_catalog_locked_at_publish_says_how_to_finish(tmp_path: Path) -> None:
     says(err, "featurelake publish", "--run-id mid")
 
 
-def test_unreachable_catalog_hides_password(tmp_path: Path) -> None:
-    config = (
-        BASE_CONFIG + "catalog:\n  uri: postgresql+psycopg://nobody:hunter2@127.0.0.1:1/nodb\n  retries: 0\n"
-    )
-    root = make_project(tmp_path / "p", config=config)
+def test_unreachable_catalog_hides_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Credentials come from env only (a password in featurelake.yaml is refused, see test_config_cli).
+    root = make_project(tmp_path / "p", config=BASE_CONFIG + "catalog:\n  retries: 0\n")
+    monkeypatch.setenv("FEATURELAKE_CATALOG__URI", "postgresql+psycopg://nobody:hunter2@127.0.0.1:1/nodb")
     with featurelake.open(root) as h, pytest.raises(CatalogUnavailableError) as ei:
         h.backfill(VIEW, day(0), day(2), run_id="pg")
     msg = says(ei.value, "unavailable", "127.0.0.1", "nobody", "catalog.uri")
