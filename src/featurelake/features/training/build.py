@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,6 @@ class TrainingSetResult:
     provenance: Provenance
     stats: JoinStats
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def write(self, path: str | Path) -> Path:
         return write_training_set(self.table, path)
@@ -67,13 +66,14 @@ class _Request:
     features: list[str]
 
 
-def parse_features(features: Sequence[str] | str) -> list[_Request]:
-    """``["view:feat", ...]`` (or one comma-separated string) grouped by view, first-seen order kept."""
+def parse_features(features: Sequence[str] | str) -> tuple[list[_Request], list[str]]:
+    """``["view:feat", ...]`` (or one comma-separated string): the requests grouped by view (first-seen
+    order), and the normalised references in the order given (the output's column order)."""
     if isinstance(features, str):
         features = [f for f in features.split(",") if f.strip()]
     if not features:
         raise UsageError("no features requested: give them as VIEW:FEATURE, e.g. user_features:amount_avg_1d")
-    seen: set[str] = set()
+    seen: list[str] = []
     grouped: dict[str, list[str]] = {}
     for raw in features:
         ref = str(raw).strip()
@@ -84,9 +84,9 @@ def parse_features(features: Sequence[str] | str) -> list[_Request]:
             )
         if ref in seen:
             raise UsageError(f"feature {ref} is requested twice")
-        seen.add(ref)
+        seen.append(ref)
         grouped.setdefault(view, []).append(feat)
-    return [_Request(v, fs) for v, fs in grouped.items()]
+    return [_Request(v, fs) for v, fs in grouped.items()], seen
 
 
 def write_training_set(table: pa.Table, path: str | Path) -> Path:
@@ -176,7 +176,7 @@ def build_training_set(
         timestamp_column = prov_in.timestamp_column
     if features is None:
         raise UsageError("no features requested: give features=['view:feature', ...] or a provenance")
-    requests = parse_features(features)
+    requests, ordered = parse_features(features)
     pinned: dict[str, int | None] | None = None
     if prov_in is not None:
         pinned = dict(prov_in.views)
@@ -260,7 +260,11 @@ def build_training_set(
         prov.tables[plan.view] = project.table_name(plan.view)
 
     joined, stats = point_in_time_join(work, timestamp_column, frames)
-    joined = joined.drop_columns([f.entity_key for f in frames])
+    # Columns (and the provenance's lists) in the order the features were asked for, not grouped by view.
+    prov.features = ordered
+    prov.columns = {r: prov.columns[r] for r in ordered}
+    prov.feature_types = {r: prov.feature_types[r] for r in ordered}
+    joined = joined.select([*table.column_names, *prov.columns.values()])
     return TrainingSetResult(attach(joined, prov), prov, stats, time.perf_counter() - started)
 
 

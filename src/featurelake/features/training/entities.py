@@ -82,6 +82,8 @@ def join_key_column(table: pa.Table, key: str, key_type: pa.DataType, view: str)
             f"(its columns: {', '.join(table.column_names)})"
         )
     col = table.column(key).combine_chunks()
+    if pa.types.is_dictionary(col.type):  # e.g. a pandas categorical
+        col = col.dictionary_decode()
     if col.type == key_type:
         return col
     ints = pa.types.is_integer(col.type) and pa.types.is_integer(key_type)

@@ -1,0 +1,292 @@
+"""``featurelake models …``: register, list, show, promote, alias and history of registered models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table as RichTable
+
+from featurelake.cli import render
+from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.errors import UsageError
+from featurelake.registry.records import BUMPS, FLAVORS, Event, ModelRef, ModelVersion, Stage
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for raw in values:
+        key, sep, value = raw.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--{what} {raw!r} must be KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _version_lines(mv: ModelVersion, tags_present: dict[str, bool] | None) -> list[str]:
+    lines = [
+        f"[bold]{mv.name} {mv.version}[/]  stage [bold]{mv.stage.value}[/]"
+        + (f"  aliases {', '.join(mv.aliases)}" if mv.aliases else ""),
+        f"  flavor {mv.flavor}; artifact {mv.artifact_key} ({mv.artifact_size} bytes, from {mv.artifact_name})",
+        f"  created {mv.created_at:%Y-%m-%d %H:%M:%S} UTC by {mv.created_by}; run {mv.run_id}; code {mv.code_version}",
+    ]
+    if mv.description:
+        lines.append(f"  {mv.description}")
+    if mv.metrics:
+        lines.append("  metrics " + ", ".join(f"{k}={v:g}" for k, v in mv.metrics.items()))
+    if mv.params:
+        lines.append("  params " + ", ".join(f"{k}={v}" for k, v in mv.params.items()))
+    if mv.training_set:
+        ts = mv.training_set
+        views = ", ".join(f"{v}@{s}" for v, s in ts.get("views", {}).items())
+        lines.append(
+            f"  trained on {views} ({ts.get('entities_rows')} entity rows, sha256 "
+            f"{str(ts.get('entities_sha256'))[:16]}...)"
+        )
+    if mv.signature:
+        lines.append(
+            "  inputs "
+            + ", ".join(
+                f"{f.name}:{f.type}" + (f" (missing -> {f.default})" if f.default is not None else "")
+                for f in mv.signature
+            )
+        )
+    for rec in mv.snapshot_tags:
+        key = f"{rec['table']}:{rec['tag']}"
+        state = "released" if mv.tags_released else "kept"
+        if tags_present is not None and not mv.tags_released:
+            state = "kept" if tags_present.get(key) else "[red]MISSING[/]"
+        lines.append(f"  snapshot {rec['snapshot_id']} of {rec['table']} tagged {rec['tag']} ({state})")
+    return lines
+
+
+def _history_table(name: str, rows: list[Event]) -> RichTable:
+    t = RichTable(title=f"history of model {name} (oldest first)")
+    for col in ("at (UTC)", "version", "change", "user", "outcome", "reason / detail"):
+        t.add_column(col, overflow="fold")
+    for e in rows:
+        if e.kind == "alias":
+            change = f"alias {e.alias}"
+        elif e.kind == "register":
+            change = "registered"
+        else:
+            change = f"{e.from_stage} -> {e.to_stage}"
+        colour = {"applied": "green", "rejected": "yellow", "conflict": "red"}.get(e.outcome, "")
+        note = " / ".join(x for x in (e.reason, e.detail) if x)
+        t.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.version or "",
+            change,
+            e.user,
+            f"[{colour}]{e.outcome}[/]",
+            note,
+        )
+    return t
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: versions, stages, aliases and their lineage."""
+
+
+@models.command("register")
+@click.argument("name")
+@click.option(
+    "--artifact", required=True, help="The model file (local path or fsspec URL); stored by its SHA-256."
+)
+@click.option("--flavor", required=True, type=click.Choice(FLAVORS), help="How the artifact is loaded.")
+@click.option(
+    "--training-set",
+    "training_set",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The training set Parquet (its provenance binds the model to the feature snapshots).",
+)
+@click.option("--bump", type=click.Choice(BUMPS), default="patch", show_default=True)
+@click.option("--version", "version", default=None, help="Explicit version (must be higher than the latest).")
+@click.option("--metric", "metrics", multiple=True, help="KEY=NUMBER (repeatable).")
+@click.option("--param", "params", multiple=True, help="KEY=VALUE (repeatable; JSON values allowed).")
+@click.option(
+    "--default",
+    "defaults",
+    multiple=True,
+    help="INPUT=VALUE: what a missing input was filled with (repeatable).",
+)
+@click.option("--description", default="")
+@click.option("--run-id", default=None, help="The training run's id (default: generated).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def register(
+    c: _Ctx,
+    name: str,
+    artifact: str,
+    flavor: str,
+    training_set: Path | None,
+    bump: str,
+    version: str | None,
+    metrics: tuple[str, ...],
+    params: tuple[str, ...],
+    defaults: tuple[str, ...],
+    description: str,
+    run_id: str | None,
+    as_json: bool,
+) -> None:
+    """Register a new version of model NAME (1.0.0 first, then bumped)."""
+    mv = c.fl.models.register(
+        name,
+        artifact,
+        flavor,
+        training_set=training_set,
+        metrics=_pairs(metrics, "metric"),
+        params=_pairs(params, "param"),
+        defaults=_pairs(defaults, "default"),
+        bump=bump,
+        version=version,
+        description=description,
+        run_id=run_id,
+    )
+    if as_json:
+        render.print_json(mv.to_dict())
+        return
+    render.out.print(f"[green]registered[/] {mv.name} {mv.version}")
+    for line in _version_lines(mv, None)[1:]:
+        render.out.print(line)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def list_models(c: _Ctx, as_json: bool) -> None:
+    """Registered models with their latest, Production and Staging versions."""
+    rows = c.fl.models.list_models()
+    if as_json:
+        render.print_json([m.to_dict() for m in rows])
+        return
+    t = RichTable(title="registered models")
+    for col in ("model", "versions", "latest", "production", "staging", "aliases"):
+        t.add_column(col)
+    for m in rows:
+        t.add_row(
+            m.name,
+            str(m.versions),
+            m.latest or "",
+            m.production or "",
+            ", ".join(m.staging),
+            ", ".join(f"{a}->{v}" for a, v in m.aliases.items()),
+        )
+    render.out.print(t)
+
+
+@models.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def show(c: _Ctx, ref: str, as_json: bool) -> None:
+    """A model's versions (NAME), or one version in full (NAME@VERSION, @production, @staging, @latest, @alias)."""
+    reg = c.fl.models
+    if "@" not in ref:
+        ModelRef.parse(ref)
+        all_versions = reg.versions(ref)
+        if as_json:
+            render.print_json({"name": ref, "versions": [v.to_dict() for v in all_versions]})
+            return
+        t = RichTable(title=f"model {ref}")
+        for col in ("version", "stage", "aliases", "flavor", "created (UTC)", "by", "metrics", "trained on"):
+            t.add_column(col, overflow="fold")
+        for v in all_versions:
+            t.add_row(
+                v.version,
+                v.stage.value,
+                ", ".join(v.aliases),
+                v.flavor,
+                v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                v.created_by,
+                ", ".join(f"{k}={x:g}" for k, x in v.metrics.items()),
+                ", ".join(f"{view}@{sid}" for view, sid in v.snapshots.items()),
+            )
+        render.out.print(t)
+        return
+    mv = reg.resolve(ref)
+    present = reg.pins.present(mv.snapshot_tags) if reg.pins is not None and mv.snapshot_tags else {}
+    if as_json:
+        render.print_json({**mv.to_dict(), "snapshot_tags_present": present})
+        return
+    for line in _version_lines(mv, present):
+        render.out.print(line)
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.argument("stage")
+@click.option(
+    "--force", is_flag=True, help="Allow a transition the lifecycle does not (e.g. Archived -> Production)."
+)
+@click.option("--reason", default="", help="Why (kept in the history).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def promote(c: _Ctx, name: str, version: str, stage: str, force: bool, reason: str, as_json: bool) -> None:
+    """Move VERSION of NAME to STAGE (None, Staging, Production, Archived)."""
+    result = c.fl.models.promote(name, version, Stage.parse(stage), force=force, reason=reason)
+    if as_json:
+        render.print_json(result.to_dict())
+        return
+    mv = result.version
+    render.out.print(f"[green]{mv.name} {mv.version} is now in {mv.stage.value}[/]")
+    for v in result.archived:
+        if v != mv.version:
+            render.out.print(f"{mv.name} {v} archived (replaced in Production)")
+    for note in result.notes:
+        render.out.print(f"[dim]note: {note}[/]")
+
+
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", required=False)
+@click.option("--delete", is_flag=True, help="Remove the alias instead of setting it.")
+@click.option("--reason", default="")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def alias(
+    c: _Ctx, name: str, alias: str, version: str | None, delete: bool, reason: str, as_json: bool
+) -> None:
+    """Point ALIAS of NAME (champion, challenger, ...) at VERSION, or --delete it."""
+    reg = c.fl.models
+    if delete:
+        if version is not None:
+            raise UsageError("--delete takes no VERSION")
+        old = reg.delete_alias(name, alias, reason=reason)
+        if as_json:
+            render.print_json({"name": name, "alias": alias, "deleted": True, "was": old})
+        else:
+            render.out.print(f"removed alias {alias} of {name} (was {old})")
+        return
+    if version is None:
+        raise UsageError(
+            f"give the version {alias} should point at: featurelake models alias {name} {alias} VERSION"
+        )
+    mv = reg.set_alias(name, alias, version, reason=reason)
+    if as_json:
+        render.print_json({"name": name, "alias": alias, "version": mv.version})
+    else:
+        render.out.print(f"{name}@{alias} -> {mv.version}")
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--version", "version", default=None, help="Only this version's events.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def history(c: _Ctx, name: str, version: str | None, as_json: bool) -> None:
+    """Registrations, stage transitions (with refused and lost attempts) and alias changes of NAME."""
+    rows = c.fl.models.history(name, version)
+    if as_json:
+        render.print_json([e.to_dict() for e in rows])
+        return
+    render.out.print(_history_table(name, rows))

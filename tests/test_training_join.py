@@ -1,0 +1,243 @@
+"""The point-in-time join against a brute-force reference: property-based (hypothesis) and pinned cases.
+
+The reference reads the rule straight from its definition: for each entity row, among the feature rows with
+the same key, ``event_ts <= t`` and ``t - event_ts <= ttl``, take the latest; among rows sharing that time,
+the greatest by feature values (nulls lowest). No row may be dropped, added or reordered.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from featurelake.features.training import ViewFrame, fingerprint, point_in_time_join
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+HOUR_US = 3_600_000_000
+
+
+def ts_array(hours: list[int], unit: str = "us", tz: str = "UTC") -> pa.Array:
+    us = [T0 + timedelta(hours=h) for h in hours]
+    return pa.array(us, pa.timestamp("us", tz="UTC")).cast(pa.timestamp(unit, tz=tz))
+
+
+def feature_table(rows: list[tuple[int, int, float | None, int | None]]) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.int64()),
+            "event_ts": ts_array([r[1] for r in rows]),
+            "f1": pa.array([r[2] for r in rows], pa.float64()),
+            "f2": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+
+
+def view(data: pa.Table, ttl_hours: int | None, name: str = "v") -> ViewFrame:
+    return ViewFrame(
+        name=name,
+        entity_key="user_id",
+        key="user_id",
+        timestamp_field="event_ts",
+        features=("f1", "f2"),
+        output_names=(f"{name}_f1", f"{name}_f2"),
+        ttl=timedelta(hours=ttl_hours) if ttl_hours is not None else None,
+        data=data,
+        tie_order=("f1", "f2"),
+    )
+
+
+def _key(v: Any) -> tuple[Any, ...]:
+    if v is None:
+        return (0,)
+    if isinstance(v, float) and math.isnan(v):
+        return (2,)
+    return (1, v)
+
+
+def reference(
+    entities: list[tuple[int | None, int]], rows: list[tuple[int, int, Any, Any]], ttl_hours: int | None
+) -> list[tuple[Any, Any]]:
+    return [(f1, f2) for _, f1, f2 in reference_rows(entities, rows, ttl_hours)]
+
+
+def reference_rows(
+    entities: list[tuple[int | None, int]], rows: list[tuple[int, int, Any, Any]], ttl_hours: int | None
+) -> list[tuple[bool, Any, Any]]:
+    """(found, f1, f2) per entity row."""
+    out: list[tuple[bool, Any, Any]] = []
+    for key, t in entities:
+        cands = [
+            r
+            for r in rows
+            if key is not None and r[0] == key and r[1] <= t and (ttl_hours is None or t - r[1] <= ttl_hours)
+        ]
+        if not cands:
+            out.append((False, None, None))
+            continue
+        latest = max(r[1] for r in cands)
+        best = max((r for r in cands if r[1] == latest), key=lambda r: (_key(r[2]), _key(r[3])))
+        out.append((True, best[2], best[3]))
+    return out
+
+
+feature_rows = st.lists(
+    st.tuples(
+        st.integers(0, 4),
+        st.integers(0, 40),
+        st.one_of(st.none(), st.integers(-5, 5).map(float)),
+        st.one_of(st.none(), st.integers(0, 3)),
+    ),
+    max_size=40,
+)
+entity_rows = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 5)), st.integers(-3, 45)), max_size=30)
+ttls = st.one_of(st.none(), st.integers(0, 12))
+units = st.sampled_from([("us", "UTC"), ("ns", "UTC"), ("ms", "Europe/Berlin"), ("s", "America/New_York")])
+
+
+def entity_table(entities: list[tuple[int | None, int]], unit: str = "us", tz: str = "UTC") -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([e[0] for e in entities], pa.int64()),
+            "event_timestamp": ts_array([e[1] for e in entities], unit, tz),
+            "label": pa.array(list(range(len(entities))), pa.int64()),
+        }
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=feature_rows, entities=entity_rows, ttl=ttls, unit=units)
+def test_join_matches_the_brute_force_reference(
+    rows: list[tuple[int, int, Any, Any]],
+    entities: list[tuple[int | None, int]],
+    ttl: int | None,
+    unit: tuple[str, str],
+) -> None:
+    ents = entity_table(entities, *unit)
+    out, stats = point_in_time_join(ents, "event_timestamp", [view(feature_table(rows), ttl)])
+    # Exactly one row per entity row, in order, entity columns untouched.
+    assert out.num_rows == len(entities)
+    assert out.select(ents.column_names).equals(ents)
+    got = list(zip(out.column("v_f1").to_pylist(), out.column("v_f2").to_pylist(), strict=True))
+    assert got == reference(entities, rows, ttl)
+    expected = reference_rows(entities, rows, ttl)
+    assert stats.matched["v"] == sum(found for found, _, _ in expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=feature_rows, rows2=feature_rows, entities=entity_rows, ttl=ttls, ttl2=ttls)
+def test_several_views_join_independently(
+    rows: list[tuple[int, int, Any, Any]],
+    rows2: list[tuple[int, int, Any, Any]],
+    entities: list[tuple[int | None, int]],
+    ttl: int | None,
+    ttl2: int | None,
+) -> None:
+    ents = entity_table(entities)
+    out, _ = point_in_time_join(
+        ents, "event_timestamp", [view(feature_table(rows), ttl, "a"), view(feature_table(rows2), ttl2, "b")]
+    )
+    assert out.column_names == ["user_id", "event_timestamp", "label", "a_f1", "a_f2", "b_f1", "b_f2"]
+    a = list(zip(out.column("a_f1").to_pylist(), out.column("a_f2").to_pylist(), strict=True))
+    b = list(zip(out.column("b_f1").to_pylist(), out.column("b_f2").to_pylist(), strict=True))
+    assert a == reference(entities, rows, ttl)
+    assert b == reference(entities, rows2, ttl2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=feature_rows, entities=entity_rows, ttl=ttls, seed=st.randoms(use_true_random=False))
+def test_result_does_not_depend_on_feature_row_order(
+    rows: list[tuple[int, int, Any, Any]], entities: list[tuple[int | None, int]], ttl: int | None, seed: Any
+) -> None:
+    shuffled = list(rows)
+    seed.shuffle(shuffled)
+    ents = entity_table(entities)
+    a, _ = point_in_time_join(ents, "event_timestamp", [view(feature_table(rows), ttl)])
+    b, _ = point_in_time_join(ents, "event_timestamp", [view(feature_table(shuffled), ttl)])
+    assert a.equals(b)
+
+
+def test_no_future_values_ties_and_the_ttl_boundary() -> None:
+    rows = [
+        (1, 10, 1.0, 1),  # the past
+        (1, 20, 9.0, 9),  # the future for t=15
+        (2, 10, 5.0, 0),  # tie at t=10 for key 2: the greater f1 wins
+        (2, 10, 7.0, 0),
+        (2, 10, None, 3),
+        (3, 0, 2.0, 2),  # exactly ttl old at t=6 (kept), older at t=7 (dropped)
+    ]
+    ents = [(1, 15), (1, 10), (1, 9), (2, 10), (3, 6), (3, 7), (4, 10), (None, 10)]
+    out, stats = point_in_time_join(entity_table(ents), "event_timestamp", [view(feature_table(rows), 6)])
+    assert out.column("v_f1").to_pylist() == [1.0, 1.0, None, 7.0, 2.0, None, None, None]
+    assert stats.ties == {"v": 1}
+    assert stats.outside_ttl == {"v": 1}  # (3, 7): a value exists but is 7h old
+    assert stats.matched == {"v": 4}
+
+
+def test_nan_ties_and_string_keys() -> None:
+    data = pa.table(
+        {
+            "k": pa.array(["a", "a", "b"], pa.large_string()),
+            "event_ts": ts_array([1, 1, 1]),
+            "x": pa.array([float("nan"), 3.0, 1.0]),
+        }
+    )
+    ents = pa.table(
+        {"k": pa.array(["a", "b", "zz"], pa.large_string()), "event_timestamp": ts_array([2, 2, 2])}
+    )
+    vf = ViewFrame("s", "k", "k", "event_ts", ("x",), ("x",), None, data)
+    out, _ = point_in_time_join(ents, "event_timestamp", [vf])
+    got = out.column("x").to_pylist()
+    assert math.isnan(got[0]) and got[1:] == [1.0, None]
+
+
+def test_empty_inputs_keep_shape() -> None:
+    ents = entity_table([(1, 5)])
+    out, stats = point_in_time_join(ents, "event_timestamp", [view(feature_table([]), None)])
+    assert stats.matched == {"v": 0}
+    assert out.num_rows == 1 and out.column("v_f1").to_pylist() == [None]
+    empty = entity_table([])
+    out, _ = point_in_time_join(empty, "event_timestamp", [view(feature_table([(1, 1, 1.0, 1)]), None)])
+    assert out.num_rows == 0 and out.column_names[-2:] == ["v_f1", "v_f2"]
+    assert out.schema.field("v_f2").type == pa.int64()
+
+
+def test_fingerprint_ignores_chunking_and_metadata_but_not_content() -> None:
+    t = entity_table([(1, 5), (2, 6), (None, 7), (3, 8)])
+    chunked = pa.concat_tables([t.slice(0, 1), t.slice(1, 3)])
+    assert chunked.column(0).num_chunks == 2
+    assert fingerprint(chunked) == fingerprint(t)
+    assert fingerprint(t.replace_schema_metadata({"a": "b"})) == fingerprint(t)
+    sliced = t.slice(1)
+    rebuilt = pa.Table.from_pylist(sliced.to_pylist(), schema=t.schema)
+    assert fingerprint(sliced) == fingerprint(rebuilt)
+    assert fingerprint(entity_table([(1, 5), (2, 6), (None, 7), (4, 8)])) != fingerprint(t)
+
+
+def test_one_microsecond_in_the_future_is_never_used() -> None:
+    t = T0 + timedelta(hours=5)
+    data = pa.table(
+        {
+            "user_id": pa.array([1, 1], pa.int64()),
+            "event_ts": pa.array(
+                [t - timedelta(hours=1), t + timedelta(microseconds=1)], pa.timestamp("us", tz="UTC")
+            ),
+            "f1": pa.array([1.0, 2.0]),
+            "f2": pa.array([1, 2], pa.int64()),
+        }
+    )
+    # Nanosecond entity times: 999 ns after t is still before t + 1 us; exactly t + 1 us sees the new row.
+    ns = int(t.timestamp()) * 1_000_000_000
+    times = pa.array([ns, ns + 999, ns + 1000], pa.int64())
+    ents = pa.table(
+        {
+            "user_id": pa.array([1, 1, 1], pa.int64()),
+            "event_timestamp": times.cast(pa.timestamp("ns", tz="UTC")),
+        }
+    )
+    out, _ = point_in_time_join(ents, "event_timestamp", [view(data, None)])
+    assert out.column("v_f1").to_pylist() == [1.0, 1.0, 2.0]
