@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what featurelake's Spark engine (engine.type: spark) needs, offline-friendly:
+#   system  a Java runtime, Debian's SQLite and PostgreSQL JDBC drivers, and jarjar (needs root: apt-get)
+#   python  pyspark 3.5 + sqlglot (the `spark` extra), the Iceberg 1.10.2 Spark runtime from the PyPI wheel
+#           snowpark-connect-deps-iceberg (--no-deps: we only want its jars), and the relocated-Jackson jar
+#           that runtime lacks, built here from pyspark's own Jackson jars (never committed; it lands in
+#           $VENV/share/featurelake/spark-jars/)
+# Usage: scripts/setup-spark.sh [all|system|python]   (default all; VENV defaults to .venv)
+# Where Maven is reachable you can skip the runtime wheel and set engine.spark.conf
+# spark.jars.packages: org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.10.2 instead (docs/spark.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+what=${1:-all}
+
+system() {
+  local need=()
+  command -v java >/dev/null || need+=(default-jre-headless)
+  [ -f /usr/share/java/sqlite-jdbc.jar ] || need+=(libxerial-sqlite-jdbc-java)
+  [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
+  [ -f /usr/share/java/jarjar.jar ] || need+=(libjarjar-java)
+  [ ${#need[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup-spark: missing ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
+    return 1
+  fi
+  echo "setup-spark: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+python_env() {
+  local py="$VENV/bin/python"
+  [ -x "$py" ] || { echo "setup-spark: no virtualenv at $VENV (run make install first)" >&2; return 1; }
+  "$py" -c 'import pyspark, sqlglot' 2>/dev/null || "$py" -m pip install -q "pyspark>=3.5,<3.6" "sqlglot>=25"
+  "$py" -c 'import snowpark_connect_deps_iceberg' 2>/dev/null \
+    || "$py" -m pip install -q --no-deps "snowpark-connect-deps-iceberg==1.0.3"
+  # Builds the relocated-Jackson jar (about a second) and lists the jars the engine will load.
+  "$py" -m featurelake.engines.spark_jars
+}
+
+case "$what" in
+  system) system ;;
+  python) python_env ;;
+  all) system && python_env ;;
+  *) echo "usage: $0 [all|system|python]" >&2; exit 2 ;;
+esac

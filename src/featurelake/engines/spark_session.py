@@ -1,0 +1,218 @@
+"""The process-wide SparkContext the Spark engine runs on, and how the project's catalog is registered in it.
+
+One SparkContext per process (a JVM; starting one costs seconds): :func:`spark_session` starts it on first
+use with the jars, Iceberg's SQL extensions and UTC, and refuses a second master. Engines then open their
+own ``newSession()`` with :func:`jdbc_catalog_conf` applied, so projects with different catalogs share the
+JVM. :func:`translate_commit_errors` turns Java-side commit failures into the exceptions the WAP job retries.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyiceberg.exceptions import CommitFailedException
+from sqlalchemy.engine import make_url
+
+from featurelake.config import SparkConfig
+from featurelake.engines import spark_jars
+from featurelake.errors import CatalogUnavailableError, ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+
+_lock = threading.RLock()
+_root: SparkSession | None = None
+_root_master: str | None = None
+
+
+# --- the process-wide SparkContext ---------------------------------------------------------------------
+
+
+def _is_local(master: str) -> bool:
+    return master.startswith("local") or master.startswith(("spark://127.", "spark://localhost"))
+
+
+def _static_conf(settings: SparkConfig) -> dict[str, str]:
+    """Session-start settings: jars, extensions, UTC, loopback driver for local masters; user conf wins."""
+    user = dict(settings.conf)
+    packages = user.get("spark.jars.packages", "")
+    jars: list[str] = []
+    if "iceberg-spark-runtime" not in packages:
+        runtime = spark_jars.runtime_jar()
+        if runtime is None:
+            raise ConfigError(
+                "the Spark engine needs the Iceberg Spark runtime: run scripts/setup-spark.sh (installs it from "
+                "the snowpark-connect-deps-iceberg wheel), or where Maven is reachable set engine.spark.conf "
+                f"spark.jars.packages: {spark_jars.RUNTIME_PACKAGE}"
+            )
+        jars += [str(runtime), str(spark_jars.jackson_jar())]
+    jars += [str(p) for p in spark_jars.jdbc_jars()]
+    if user.get("spark.jars"):
+        jars += [j for j in user["spark.jars"].split(",") if j]
+    extensions = [e for e in user.get("spark.sql.extensions", "").split(",") if e]
+    if ICEBERG_EXTENSIONS not in extensions:
+        extensions.insert(0, ICEBERG_EXTENSIONS)
+    conf = {
+        "spark.app.name": "featurelake",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "ERROR",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if _is_local(settings.master):
+        # Tiny shuffles on one machine; a cluster keeps Spark's defaults (adaptive execution coalesces them).
+        conf.update(
+            {
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.sql.shuffle.partitions": str(max(2, (os.cpu_count() or 2))),
+            }
+        )
+    conf.update(user)
+    conf["spark.jars"] = ",".join(dict.fromkeys(jars))
+    conf["spark.sql.extensions"] = ",".join(extensions)
+    # Feature timestamps are instants: every engine and session computes them in UTC.
+    conf["spark.sql.session.timeZone"] = "UTC"
+    return conf
+
+
+def spark_session(settings: SparkConfig) -> SparkSession:
+    """The process's root SparkSession for ``settings.master``, started on first use."""
+    global _root, _root_master
+    with _lock:
+        if _root is not None and _root.sparkContext._jsc is not None:
+            if settings.master != _root_master:
+                raise ConfigError(
+                    f"a Spark session with master {_root_master!r} is already running in this process; "
+                    f"engine.spark.master {settings.master!r} needs a new process"
+                )
+            return _root
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:  # pragma: no cover - load_engine reports the missing extra first
+            raise ConfigError("pyspark is not installed: pip install 'featurelake[spark]'") from exc
+        conf = _static_conf(settings)
+        if _is_local(settings.master):
+            # Read by the JVM launcher: keeps Spark off the public interface and quiet about it.
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = SparkSession.builder.master(settings.master)
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        try:
+            session = builder.getOrCreate()
+        except Exception as exc:
+            raise ConfigError(
+                f"Spark could not start with master {settings.master!r}: {first_line(exc)}; check that a JDK 17 "
+                "is installed (`java -version`) and the master is reachable (scripts/setup-spark.sh installs one)"
+            ) from exc
+        active = session.conf.get("spark.sql.extensions", "") or ""
+        if ICEBERG_EXTENSIONS not in active:
+            raise ConfigError(
+                "a SparkSession without Iceberg's extensions is already running in this process; start it with "
+                f"spark.sql.extensions={ICEBERG_EXTENSIONS} or let featurelake start Spark"
+            )
+        _root, _root_master = session, settings.master
+        return session
+
+
+def stop_spark() -> None:
+    """Stop the process's SparkContext (engines started later start a new one)."""
+    global _root, _root_master
+    with _lock:
+        if _root is not None:
+            _root.stop()
+        _root, _root_master = None, None
+
+
+atexit.register(stop_spark)
+
+
+# --- catalog mapping -------------------------------------------------------------------------------------
+
+
+def jdbc_catalog_conf(name: str, uri: str, warehouse: str, lock_timeout: float) -> dict[str, str]:
+    """Spark SQL settings that register the PyIceberg SQL catalog at ``uri`` as Iceberg JdbcCatalog ``name``.
+
+    The names must match: JdbcCatalog keys every row of the catalog database by its Spark catalog name.
+    """
+    url = make_url(uri)
+    backend = url.get_backend_name()
+    prefix = f"spark.sql.catalog.{name}"
+    conf = {
+        prefix: "org.apache.iceberg.spark.SparkCatalog",
+        f"{prefix}.type": "jdbc",
+        f"{prefix}.warehouse": warehouse,
+        # PyIceberg creates the catalog tables (with the V1 iceberg_type column) when the project opens.
+        # Iceberg's own "create if missing" step leaves a metadata ResultSet open; on SQLite that pins the
+        # pooled connection to a stale WAL snapshot, and Spark would never see PyIceberg's later commits.
+        f"{prefix}.jdbc.init-catalog-tables": "false",
+        f"{prefix}.jdbc.schema-version": "V1",
+        # PyIceberg commits to the same tables from this process: never act on a cached, stale table.
+        f"{prefix}.cache-enabled": "false",
+    }
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ConfigError("catalog.uri: the Spark engine needs an on-disk SQLite catalog, not :memory:")
+        conf[f"{prefix}.uri"] = f"jdbc:sqlite:{Path(url.database).resolve()}"
+        conf[f"{prefix}.jdbc.journal_mode"] = "WAL"  # without it Spark's commits fail with SQLITE_BUSY
+        conf[f"{prefix}.jdbc.busy_timeout"] = str(int(lock_timeout * 1000))
+    elif backend == "postgresql":
+        host = url.host or "localhost"
+        conf[f"{prefix}.uri"] = f"jdbc:postgresql://{host}:{url.port or 5432}/{url.database or ''}"
+        if url.username:
+            conf[f"{prefix}.jdbc.user"] = url.username
+        if url.password:
+            conf[f"{prefix}.jdbc.password"] = str(url.password)
+        for key, value in url.query.items():
+            conf[f"{prefix}.jdbc.{key}"] = value if isinstance(value, str) else value[-1]
+    else:
+        raise ConfigError(
+            f"catalog.uri with backend {backend!r} cannot be shared with Spark: use sqlite:/// or postgresql://"
+        )
+    return conf
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "desc", None) or exc).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def translate_commit_errors(what: str, uri: str) -> Iterator[None]:
+    """Java-side commit failures as the exceptions the WAP job already retries or reports."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        if "CommitFailedException" in text or "ValidationException" in text:
+            raise CommitFailedException(f"{what}: {first_line(exc)}") from exc
+        if "SQLITE_BUSY" in text or "Connection refused" in text or "PSQLException" in text:
+            raise CatalogUnavailableError(
+                f"catalog {uri} is unavailable while trying to {what} from Spark ({first_line(exc)}); retry "
+                "when the other writer finishes, or check the database server"
+            ) from exc
+        raise
+
+
+__all__ = [
+    "ICEBERG_EXTENSIONS",
+    "first_line",
+    "jdbc_catalog_conf",
+    "spark_session",
+    "stop_spark",
+    "translate_commit_errors",
+]
