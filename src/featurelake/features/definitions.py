@@ -16,11 +16,17 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _TABLE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so hostile or huge names never flood a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def validate_identifier(value: str, what: str) -> str:
     """Refuse names that are not plain SQL identifiers: they end up in SQL text and file paths."""
     if not isinstance(value, str) or not _IDENT.match(value):
         raise ConfigError(
-            f"{what} {value!r} is not a valid name: use letters, digits and underscores, starting with a letter"
+            f"{what} {shown(value)} is not a valid name: use letters, digits and underscores, starting with a letter"
         )
     return value
 
@@ -87,6 +93,11 @@ class FeatureView:
         from featurelake.lakehouse.schema import parse_type
 
         validate_identifier(self.name, "feature view name")
+        if self.name.startswith("_"):
+            raise ConfigError(
+                f"feature view name {self.name!r} starts with '_', which is reserved for featurelake's own "
+                "tables (<namespace>._audits, ._stats); rename the view"
+            )
         validate_identifier(self.timestamp_field, f"timestamp field of view {self.name!r}")
         if not isinstance(self.entity, Entity):
             raise ConfigError(
@@ -115,6 +126,7 @@ class FeatureView:
                         f"view {self.name!r}: check {check.name} refers to unknown column {col!r}; "
                         f"known columns: {', '.join(sorted(known))}"
                     )
+            check.validate(self)  # types, bounds, SQL: refused when features.py loads, not at run time
         if self.ttl is not None and self.ttl <= timedelta(0):
             raise ConfigError(f"view {self.name!r}: ttl must be positive")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurelake.errors import ConfigError, UsageError
-from featurelake.features.definitions import Entity, FeatureView
+from featurelake.features.definitions import Entity, FeatureView, shown
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Definitions:
             return self.views[name]
         except KeyError:
             known = ", ".join(sorted(self.views)) or "none"
-            raise UsageError(f"unknown feature view {name!r}: features.py defines {known}") from None
+            raise UsageError(f"unknown feature view {shown(name)}: features.py defines {known}") from None
 
 
 def load_definitions(path: Path) -> Definitions:

@@ -1,0 +1,73 @@
+"""Run the real ``featurelake`` CLI in this process, freezing at one named point of the backfill.
+
+``python -m tests.reliability.crash_runner POINT -- <featurelake args>``: when the backfill reaches POINT it
+prints ``PAUSED POINT`` on stderr and sleeps until the test SIGKILLs it, so every kill lands exactly in the
+phase under test. The product code is not changed: the pause wraps the library functions the job calls.
+Points, in the order the job reaches them:
+
+- ``branch-created``: the branch ``audit_<run id>`` exists at main's snapshot, nothing written to it yet
+- ``written``: the window's data files are committed on the branch, the audit has not run
+- ``audit``: the audit ran (its log, statistics and reports are written), nothing published
+- ``publish``: publish loaded the table and is about to fast-forward main
+- ``published``: main points at the run's snapshot, the branch is not yet removed
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def _pause(point: str) -> None:
+    sys.stderr.write(f"PAUSED {point}\n")
+    sys.stderr.flush()
+    while True:  # the test kills us here
+        time.sleep(3600)
+
+
+def _after(fn: Callable[..., Any], point: str) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        _pause(point)
+        return out
+
+    return wrapped
+
+
+def _before(fn: Callable[..., Any], point: str) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        _pause(point)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def install(point: str) -> None:
+    from featurelake.engines.local import LocalEngine
+    from featurelake.jobs import backfill
+    from featurelake.lakehouse import wap
+
+    if point == "branch-created":
+        wap.create_branch = _after(wap.create_branch, point)  # type: ignore[assignment]
+    elif point == "written":
+        LocalEngine.write_window = _after(LocalEngine.write_window, point)  # type: ignore[method-assign]
+    elif point == "audit":
+        backfill.run_audit = _after(backfill.run_audit, point)  # type: ignore[assignment]
+    elif point == "publish":
+        wap.fast_forward = _before(wap.fast_forward, point)  # type: ignore[assignment]
+    elif point == "published":
+        wap.remove_branch = _before(wap.remove_branch, point)  # type: ignore[assignment]
+    elif point != "none":
+        raise SystemExit(f"unknown pause point {point!r}")
+
+
+if __name__ == "__main__":
+    point, sep, *args = sys.argv[1:]
+    assert sep == "--", "usage: crash_runner POINT -- <featurelake args>"
+    install(point)
+    from featurelake.cli.main import main
+
+    sys.argv = ["featurelake", *args]
+    main()
