@@ -1,5 +1,31 @@
 """Public check constructors for ``features.py``: ``from featurelake import checks``."""
 
-from featurelake.validation.checks import Check, between, not_null, null_rate, row_count
+from featurelake.validation.checks import (
+    Check,
+    between,
+    drift,
+    freshness,
+    in_set,
+    no_nan_or_inf,
+    not_null,
+    null_rate,
+    row_count,
+    row_count_change,
+    sql,
+    unique,
+)
 
-__all__ = ["Check", "between", "not_null", "null_rate", "row_count"]
+__all__ = [
+    "Check",
+    "between",
+    "drift",
+    "freshness",
+    "in_set",
+    "no_nan_or_inf",
+    "not_null",
+    "null_rate",
+    "row_count",
+    "row_count_change",
+    "sql",
+    "unique",
+]

@@ -1,0 +1,98 @@
+"""Featurelake's own append-only Iceberg tables (``<namespace>._audits``, ``<namespace>._stats``).
+
+They live in the feature namespace next to the views (view names may not start with ``_``), are written
+through the same catalog with the same lineage properties as feature snapshots, and are read with any
+Iceberg reader. Appends retry when a concurrent writer won the commit race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+
+from featurelake.errors import ConflictError
+from featurelake.lakehouse import lineage, wap
+
+if TYPE_CHECKING:
+    from featurelake.project import Project
+
+
+def identifier(project: Project, name: str) -> str:
+    return f"{project.namespace}.{name}"
+
+
+def load(project: Project, name: str) -> Table | None:
+    """The table, or None when nothing was ever written to it."""
+    ident = identifier(project, name)
+
+    def get() -> Table | None:
+        try:
+            return project.catalog.load_table(ident)
+        except NoSuchTableError:
+            return None
+
+    return project.catalog_call(get, f"load {ident}")
+
+
+def _ensure(project: Project, name: str, schema: Schema) -> Table:
+    from pyiceberg.exceptions import TableAlreadyExistsError
+
+    ident = identifier(project, name)
+
+    def create() -> Table:
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            project.catalog.create_namespace(project.namespace)
+        try:
+            return project.catalog.load_table(ident)
+        except NoSuchTableError:
+            pass
+        try:
+            return project.catalog.create_table(
+                ident, schema=schema, properties={"format-version": "2", "featurelake.internal": "true"}
+            )
+        except TableAlreadyExistsError:  # another process created it meanwhile
+            return project.catalog.load_table(ident)
+
+    return project.catalog_call(create, f"create {ident}")
+
+
+def append(project: Project, name: str, schema: Schema, rows: pa.Table, run_id: str, operation: str) -> int:
+    """Append ``rows`` with lineage properties; returns the new snapshot id."""
+    ident = identifier(project, name)
+    props = lineage.lineage_properties(project.root, run_id, **{lineage.OPERATION: operation})
+    attempts = project.config.settings.catalog.retries + 1
+    for attempt in range(attempts):
+        tbl = _ensure(project, name, schema)
+
+        def write(t: Table = tbl) -> None:
+            t.append(rows.cast(t.schema().as_arrow()), snapshot_properties=props)
+
+        try:
+            project.catalog_call(write, f"append to {ident}")
+            tbl = project.catalog.load_table(ident)
+            sid = wap.main_snapshot_id(tbl)
+            assert sid is not None
+            return sid
+        except (CommitFailedException, ValueError) as exc:
+            if not wap.is_commit_conflict(exc):
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    raise ConflictError(f"could not append to {ident}: other writers kept committing; retry the command")
+
+
+def scan(project: Project, name: str, row_filter: BooleanExpression | None = None) -> pa.Table | None:
+    tbl = load(project, name)
+    if tbl is None:
+        return None
+    return project.catalog_call(
+        lambda: tbl.scan(row_filter=row_filter if row_filter is not None else AlwaysTrue()).to_arrow(),
+        f"read {identifier(project, name)}",
+    )

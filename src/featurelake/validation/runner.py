@@ -1,0 +1,159 @@
+"""One audit of one run: bind the view's checks to the run and its reference, evaluate, report, log.
+
+Called by the Write-Audit-Publish job (``jobs/backfill.py``) after every write to an audit branch, and by
+``featurelake audit`` / ``featurelake publish`` for a kept branch. The reference (what main holds today)
+is read lazily and at most once per audit: the window's published row count from Iceberg metadata, and
+column statistics assembled from ``<namespace>._stats`` (see ``validation.stats_log``).
+
+Reports are written to ``.featurelake/audits/<view>/<run_id>.json`` and ``.html``. These paths are known
+before the branch is written, so the write puts them into the branch snapshot's summary
+(``featurelake.audit-report``, ``featurelake.audit-report-html``, relative to the project directory); the
+audit that follows the write creates the files. A re-audit (rebase, ``featurelake audit``) rewrites them,
+so they always hold the run's latest verdict; every earlier verdict stays in the audit log.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from featurelake.errors import CatalogUnavailableError, ConflictError
+from featurelake.lakehouse import wap
+from featurelake.validation import audit_log, stats_log
+from featurelake.validation.audit import AuditReport, checks_for
+from featurelake.validation.checks import AuditContext, ReferenceStats
+from featurelake.validation.stats import Profiler, run_seed
+
+if TYPE_CHECKING:
+    from featurelake.features.definitions import FeatureView
+    from featurelake.lakehouse.window import Window
+    from featurelake.project import Project
+
+AUDIT_REPORT = "featurelake.audit-report"
+AUDIT_REPORT_HTML = "featurelake.audit-report-html"
+
+
+def report_paths(project: Project, view: str, run_id: str) -> tuple[str, str]:
+    """The run's JSON and HTML report paths, relative to the project directory."""
+    base = (project.audit_dir / view / run_id).relative_to(project.root)
+    return str(base.with_suffix(".json")), str(base.with_suffix(".html"))
+
+
+def report_properties(project: Project, view: str, run_id: str) -> dict[str, str]:
+    """Snapshot summary properties naming the run's audit reports (deterministic, known before the write)."""
+    json_path, html_path = report_paths(project, view, run_id)
+    return {AUDIT_REPORT: json_path, AUDIT_REPORT_HTML: html_path}
+
+
+class IcebergReference:
+    """What main (or a named tag/snapshot) holds, read lazily and cached for one audit."""
+
+    def __init__(self, project: Project, view: FeatureView, window: Window | None) -> None:
+        self.project, self.view, self.window = project, view, window
+        self._table: Any = None
+        self._window_rows: int | None = None
+        self._window_read = False
+        self._stats: dict[str | int | None, ReferenceStats] = {}
+
+    def _tbl(self) -> Any:
+        if self._table is None:
+            self._table = self.project.load_table(self.view.name)
+        return self._table
+
+    def window_rows(self) -> int | None:
+        if not self._window_read and self.window is not None:
+            self._window_read = True
+            main = self.stats(None)
+            if main.day_rows is not None:  # the partition row counts main's statistics were assembled from
+                first, stop = self.window.start.date(), self.window.end.date()
+                self._window_rows = sum(n for d, n in main.day_rows.items() if first <= d < stop) or None
+            elif main.snapshot_id is not None:
+                scan = self._tbl().scan(
+                    row_filter=self.window.iceberg_filter(self.view.timestamp_field),
+                    snapshot_id=main.snapshot_id,
+                )
+                self._window_rows = self.project.catalog_call(scan.count, f"count {self.view.name}") or None
+        return self._window_rows
+
+    def stats(self, reference: str | int | None = None) -> ReferenceStats:
+        key = str(reference) if reference is not None else None
+        if key not in self._stats:
+            tbl = self._tbl()
+            sid, label, problem = stats_log.resolve_reference(tbl, reference)
+            if problem:
+                self._stats[key] = ReferenceStats(sid, label, problem=problem)
+            else:
+                self._stats[key] = self.project.catalog_call(
+                    lambda: stats_log.snapshot_stats(self.project, self.view, tbl, sid, label),
+                    f"read statistics of {self.view.name} {label}",
+                )
+        return self._stats[key]
+
+
+def run_audit(
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    frame: Any,
+    snapshot_id: int | None,
+    window: Window | None,
+) -> AuditReport:
+    """Audit ``frame`` (the rows of ``run_id``'s window on its branch), save the reports, log the verdicts."""
+    t0 = time.perf_counter()
+    settings = project.config.settings.backfill
+    reference = IcebergReference(project, view, window)
+    profiler = Profiler.for_view(view, settings.audit_sample_rows, run_seed(run_id))
+    ctx = AuditContext(view, window, datetime.now(UTC), reference, profiler)
+    checks = [profiler, *(c.bind(ctx) for c in checks_for(view, empty_window=settings.empty_window))]
+    rows, results = project.engine.audit(frame, checks)
+    main_ref = reference.stats(None)
+    ref_profile = dict(main_ref.columns)
+    for check in checks:  # a drift check with its own reference shows that reference in the report
+        own = getattr(check, "_ref", None)
+        col = getattr(check, "column", None)
+        if isinstance(own, ReferenceStats) and col in own.columns and own is not main_ref:
+            ref_profile[col] = own.columns[col]
+    json_path, html_path = report_paths(project, view.name, run_id)
+    report = AuditReport(
+        view=view.name,
+        run_id=run_id,
+        branch=wap.branch_name(run_id),
+        snapshot_id=snapshot_id,
+        rows=rows,
+        results=results[1:],
+        window_start=window.start.isoformat() if window else None,
+        window_end=window.end.isoformat() if window else None,
+        reference_snapshot_id=main_ref.snapshot_id,
+        reference_label=main_ref.label,
+        profile=profiler.result,
+        reference_profile=ref_profile,
+        report_path=json_path,
+        html_path=html_path,
+    )
+    report.seconds = time.perf_counter() - t0
+    report.save(project.audit_dir / view.name)
+    try:
+        audit_log.record(project, report)
+    except (CatalogUnavailableError, ConflictError) as exc:
+        raise type(exc)(
+            f"{exc}. The audit of {view.name} run {run_id} ({report.status}) could not be logged, so nothing "
+            f"was published: main is unchanged and branch {report.branch} is kept; its report is "
+            f"{json_path}. Retry with `featurelake publish {view.name} --run-id {run_id}`"
+        ) from exc
+    return report
+
+
+def record_published(project: Project, report: AuditReport, snapshot_id: int) -> list[str]:
+    """Keep the statistics of a published run; returns notes for the job's result (never raises)."""
+    try:
+        project.catalog_call(
+            lambda: stats_log.record_published(project, report, snapshot_id),
+            f"record statistics of {report.view} run {report.run_id}",
+        )
+    except Exception as exc:  # the publish already happened: report the gap, do not fail the run
+        return [
+            f"published, but the feature statistics of run {report.run_id} could not be recorded ({exc}); "
+            "drift checks will recompute them from the data"
+        ]
+    return []

@@ -1,0 +1,376 @@
+"""Feature statistics: exact counts and bounds from the audit's SQL pass, distributions from a uniform sample.
+
+Per column of a view the audit records (:class:`ColumnStats`):
+
+- exact, from the same aggregate query as the checks: rows, non-null count, NaN, +inf and -inf counts,
+  finite min, max and sum (so the mean); non-finite values are only counted, in a second query, when the
+  min/max show that a column has any;
+- from a uniform random sample of at most ``backfill.audit_sample_rows`` rows (all rows when fewer; seeded
+  by the run id, so a re-audit sees the same sample): 101 quantiles of the finite values (``q[i]`` is the
+  ``i``-th percentile, inverted-CDF, i.e. always an observed value). They are an *equi-depth histogram*:
+  each of the 100 bins holds 1% of the finite values; equal-width histograms, bin masses and CDFs are
+  derived from them (:meth:`ColumnStats.histogram`). Categorical columns (strings, booleans) keep their 20
+  most frequent values with counts scaled to the column's non-null count.
+
+Statistics of several disjoint row sets (the windows that make up a snapshot) combine with :func:`merge`:
+counts add, bounds take min/max, quantiles are re-derived from the count-weighted mixture of the parts'
+CDFs. Quantile-based values carry about half a percentile of approximation error per part, plus the
+sampling error (~``1/sqrt(sample rows)`` in rank).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featurelake.validation.checks import NUMERIC_KINDS, Check, CheckResult, Observation, column_kind, quote
+
+if TYPE_CHECKING:
+    from featurelake.features.definitions import FeatureView
+
+QUANTILES = 101
+TOP_VALUES = 20
+PROBS = np.linspace(0.0, 1.0, QUANTILES)
+
+
+def _float(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, Decimal | int):
+        return float(v)
+    return float(v)
+
+
+@dataclass
+class ColumnStats:
+    """Statistics of one column over one set of rows (a run's window, or a whole snapshot)."""
+
+    column: str
+    kind: str
+    """``numeric``, ``categorical`` or ``other`` (timestamps, dates, binary: counts only)."""
+    rows: int = 0
+    count: int = 0
+    """Non-null values (NaN and infinities included)."""
+    nan: int = 0
+    pos_inf: int = 0
+    neg_inf: int = 0
+    min: float | None = None
+    """Smallest finite value."""
+    max: float | None = None
+    sum: float | None = None
+    """Sum of the finite values."""
+    quantiles: list[float] = field(default_factory=list)
+    """101 percentiles of the finite values (from the sample); empty when there are none."""
+    top_values: list[str] = field(default_factory=list)
+    top_counts: list[int] = field(default_factory=list)
+    sample_rows: int = 0
+
+    @property
+    def nulls(self) -> int:
+        return self.rows - self.count
+
+    @property
+    def finite(self) -> int:
+        return self.count - self.nan - self.pos_inf - self.neg_inf
+
+    @property
+    def missing(self) -> int:
+        """Rows without a usable value: nulls, NaN and infinities."""
+        return self.rows - (self.finite if self.kind == "numeric" else self.count)
+
+    @property
+    def mean(self) -> float | None:
+        return self.sum / self.finite if self.sum is not None and self.finite else None
+
+    def quantile(self, p: float) -> float | None:
+        if not self.quantiles:
+            return None
+        return float(self.quantiles[min(QUANTILES - 1, max(0, round(p * (QUANTILES - 1))))])
+
+    # --- distribution ---------------------------------------------------------------------------------
+    def cdf(self, x: np.ndarray | float, *, left: bool = False) -> np.ndarray:
+        """Share of finite values ``<= x`` (``< x`` with ``left``), from the quantiles (step, ±0.5%)."""
+        return _cdf(np.asarray(self.quantiles, dtype=float), np.asarray(x, dtype=float), left)
+
+    def bin_shares(self, edges: np.ndarray) -> np.ndarray:
+        """Share of finite values in ``(-inf, e0), [e0, e1), ..., [ek, inf)`` (sums to 1; zeros when empty)."""
+        if not self.quantiles:
+            return np.zeros(len(edges) + 1)
+        cum = np.concatenate([[0.0], self.cdf(edges, left=True), [1.0]])
+        return np.clip(np.diff(cum), 0.0, 1.0)
+
+    def histogram(
+        self, bins: int = 20, lo: float | None = None, hi: float | None = None
+    ) -> dict[str, list[float]]:
+        """An equal-width histogram of the finite values over ``[lo, hi]`` (default: min..max), in counts."""
+        lo = self.min if lo is None else lo
+        hi = self.max if hi is None else hi
+        if lo is None or hi is None or not self.quantiles:
+            return {"edges": [], "counts": []}
+        if hi <= lo:
+            return {"edges": [lo, hi], "counts": [float(self.finite)]}
+        edges = np.linspace(lo, hi, bins + 1)
+        cum = self.cdf(edges[1:-1], left=True)
+        shares = np.diff(np.concatenate([[0.0], cum, [1.0]]))
+        return {"edges": [float(e) for e in edges], "counts": [float(s * self.finite) for s in shares]}
+
+    def category_shares(self) -> dict[str, float]:
+        """Share of non-null values per top value, plus ``"<other>"`` for the rest."""
+        if not self.count:
+            return {}
+        shares = {v: c / self.count for v, c in zip(self.top_values, self.top_counts, strict=True)}
+        shares["<other>"] = max(0.0, 1.0 - sum(shares.values()))
+        return shares
+
+    # --- serialisation --------------------------------------------------------------------------------
+    def to_dict(self, *, histogram: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "column": self.column,
+            "kind": self.kind,
+            "rows": self.rows,
+            "count": self.count,
+            "nulls": self.nulls,
+            "nan": self.nan,
+            "pos_inf": self.pos_inf,
+            "neg_inf": self.neg_inf,
+            "min": self.min,
+            "max": self.max,
+            "sum": self.sum,
+            "mean": self.mean,
+            "quantiles": [float(q) for q in self.quantiles],
+            "top_values": self.top_values,
+            "top_counts": self.top_counts,
+            "sample_rows": self.sample_rows,
+        }
+        if histogram and self.kind == "numeric":
+            d["histogram"] = self.histogram()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ColumnStats:
+        return cls(
+            column=d["column"],
+            kind=d["kind"],
+            rows=int(d.get("rows") or 0),
+            count=int(d.get("count") or 0),
+            nan=int(d.get("nan") or 0),
+            pos_inf=int(d.get("pos_inf") or 0),
+            neg_inf=int(d.get("neg_inf") or 0),
+            min=_float(d.get("min")),
+            max=_float(d.get("max")),
+            sum=_float(d.get("sum")),
+            quantiles=[float(q) for q in d.get("quantiles") or []],
+            top_values=[str(v) for v in d.get("top_values") or []],
+            top_counts=[int(c) for c in d.get("top_counts") or []],
+            sample_rows=int(d.get("sample_rows") or 0),
+        )
+
+
+def _cdf(q: np.ndarray, x: np.ndarray, left: bool) -> np.ndarray:
+    if q.size == 0:
+        return np.zeros_like(x, dtype=float)
+    k = np.searchsorted(q, x, side="left" if left else "right")
+    # Between the k-th and (k+1)-th percentile point the true CDF lies in [(k-1)%, k%): take the middle.
+    f = (k - 0.5) / (q.size - 1)
+    return np.where(k == 0, 0.0, np.where(k >= q.size, 1.0, np.clip(f, 0.0, 1.0)))
+
+
+def _mixture_quantiles(parts: list[tuple[np.ndarray, int]]) -> list[float]:
+    parts = [(q, w) for q, w in parts if q.size and w > 0]
+    if not parts:
+        return []
+    if len(parts) == 1:
+        return [float(v) for v in parts[0][0]]
+    xs = np.unique(np.concatenate([q for q, _ in parts]))
+    total = float(sum(w for _, w in parts))
+    f = np.zeros(xs.size)
+    for q, w in parts:
+        f += w * _cdf(q, xs, left=False)
+    f /= total
+    f[-1] = 1.0  # the largest point of any part is the mixture's max
+    idx = np.searchsorted(f, PROBS, side="left")
+    out = xs[np.clip(idx, 0, xs.size - 1)]
+    out[0] = xs[0]
+    return [float(v) for v in out]
+
+
+def merge(parts: list[ColumnStats]) -> ColumnStats:
+    """Statistics of the union of disjoint row sets, from the statistics of each."""
+    if not parts:
+        raise ValueError("merge() needs at least one ColumnStats")
+    first = parts[0]
+    out = ColumnStats(first.column, first.kind)
+    for p in parts:
+        out.rows += p.rows
+        out.count += p.count
+        out.nan += p.nan
+        out.pos_inf += p.pos_inf
+        out.neg_inf += p.neg_inf
+        out.sample_rows += p.sample_rows
+        if p.min is not None:
+            out.min = p.min if out.min is None else min(out.min, p.min)
+        if p.max is not None:
+            out.max = p.max if out.max is None else max(out.max, p.max)
+        if p.sum is not None:
+            out.sum = p.sum if out.sum is None else out.sum + p.sum
+    out.quantiles = _mixture_quantiles([(np.asarray(p.quantiles, dtype=float), p.finite) for p in parts])
+    counts: dict[str, int] = {}
+    for p in parts:
+        for v, c in zip(p.top_values, p.top_counts, strict=True):
+            counts[v] = counts.get(v, 0) + c
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_VALUES]
+    out.top_values, out.top_counts = [v for v, _ in top], [c for _, c in top]
+    return out
+
+
+def merge_columns(parts: list[dict[str, ColumnStats]]) -> dict[str, ColumnStats]:
+    """Merge per-column statistics of several row sets, column by column (columns missing from a part skip it)."""
+    names: list[str] = []
+    for part in parts:
+        names.extend(n for n in part if n not in names)
+    return {n: merge([p[n] for p in parts if n in p]) for n in names}
+
+
+# --- computing statistics in the audit pass --------------------------------------------------------------
+
+
+def stats_kind(view: FeatureView, column: str) -> str:
+    kind = column_kind(view, column)
+    if kind in NUMERIC_KINDS:
+        return "numeric"
+    if kind in ("string", "boolean", "key"):
+        return "categorical"
+    return "other"
+
+
+def run_seed(run_id: str) -> int:
+    """A sample seed derived from the run id: a re-audit of the same run samples the same rows."""
+    return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16)
+
+
+def sample_rows(table: pa.Table, columns: list[str], n: int, seed: int) -> pa.Table:
+    """A uniform random sample without replacement of at most ``n`` rows of ``columns``."""
+    sub = table.select(columns)
+    if sub.num_rows <= n:
+        return sub
+    idx = np.sort(np.random.default_rng(seed).choice(sub.num_rows, size=n, replace=False))
+    # Take batch by batch: a take across a chunked table costs about twice as much.
+    parts, offset = [], 0
+    for batch in sub.to_batches():
+        lo, hi = np.searchsorted(idx, [offset, offset + batch.num_rows])
+        if hi > lo:
+            parts.append(batch.take(pa.array(idx[lo:hi] - offset)))
+        offset += batch.num_rows
+    return pa.Table.from_batches(parts, schema=sub.schema)
+
+
+class Profiler(Check):
+    """Collects :class:`ColumnStats` of the view's feature columns within the audit's passes.
+
+    Not a rule: it always passes, and the audit keeps its result (:attr:`result`) instead of its verdict.
+    """
+
+    name = "profile"
+
+    def __init__(self, kinds: dict[str, str], sample_size: int, seed: int) -> None:
+        super().__init__("warn")
+        self.kinds, self.sample_size, self.seed = kinds, max(1, int(sample_size)), seed
+        self.result: dict[str, ColumnStats] = {}
+        self.rows = 0
+
+    @classmethod
+    def for_view(cls, view: FeatureView, sample_size: int, seed: int) -> Profiler:
+        return cls({c: stats_kind(view, c) for c in view.fields}, sample_size, seed)
+
+    def aggregates(self) -> list[str]:
+        out = []
+        for col, kind in self.kinds.items():
+            c = quote(col)
+            out.append(f"count({c})")
+            if kind == "numeric":
+                out += [f"min({c})", f"max({c})", f"sum({c})"]
+        return out
+
+    def _non_finite(self, obs: Observation) -> list[str]:
+        cols, i = [], 0
+        for col, kind in self.kinds.items():
+            if kind == "numeric":
+                lo, hi = obs.values[i + 1], obs.values[i + 2]
+                if any(isinstance(v, float) and not math.isfinite(v) for v in (lo, hi)):
+                    cols.append(col)
+                i += 4
+            else:
+                i += 1
+        return cols
+
+    def detail_aggregates(self, obs: Observation) -> list[str]:
+        out = []
+        for col in self._non_finite(obs):
+            c, fin = quote(col), f"isfinite({quote(col)})"
+            out += [
+                f"count(*) FILTER (WHERE isnan({c}))",
+                f"count(*) FILTER (WHERE {c} = 'inf'::DOUBLE)",
+                f"count(*) FILTER (WHERE {c} = '-inf'::DOUBLE)",
+                f"min({c}) FILTER (WHERE {fin})",
+                f"max({c}) FILTER (WHERE {fin})",
+                f"sum({c}) FILTER (WHERE {fin})",
+            ]
+        return out
+
+    def sample_request(self) -> tuple[list[str], int, int] | None:
+        cols = [c for c, k in self.kinds.items() if k != "other"]
+        return (cols, self.sample_size, self.seed) if cols else None
+
+    def judge(self, obs: Observation) -> CheckResult:
+        rows, i = obs.rows, 0
+        detail = (
+            {c: obs.detail[j * 6 : j * 6 + 6] for j, c in enumerate(self._non_finite(obs))}
+            if obs.detail
+            else {}
+        )
+        sample = obs.sample
+        for col, kind in self.kinds.items():
+            st = ColumnStats(col, kind, rows=rows, count=int(obs.values[i] or 0))
+            if kind == "numeric":
+                st.min, st.max, st.sum = (_float(v) for v in obs.values[i + 1 : i + 4])
+                if col in detail:
+                    nan, pos, neg, lo, hi, total = detail[col]
+                    st.nan, st.pos_inf, st.neg_inf = int(nan or 0), int(pos or 0), int(neg or 0)
+                    st.min, st.max, st.sum = _float(lo), _float(hi), _float(total)
+                i += 4
+            else:
+                i += 1
+            if sample is not None and col in sample.column_names:
+                st.sample_rows = sample.num_rows
+                _distribution(st, sample.column(col))
+            self.result[col] = st
+        self.rows = rows
+        return self._result(None, True, rows, "", f"profiled {len(self.kinds)} columns of {rows} rows")
+
+
+def _distribution(st: ColumnStats, values: pa.ChunkedArray) -> None:
+    if st.kind == "numeric":
+        x = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        x = np.sort(x[np.isfinite(x)])
+        if x.size:
+            # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values.
+            idx = np.clip(np.ceil(PROBS * x.size).astype(np.int64) - 1, 0, x.size - 1)
+            st.quantiles = [float(v) for v in x[idx]]
+    elif st.kind == "categorical":
+        present = values.drop_null()
+        if len(present):
+            vc = pc.value_counts(present.cast(pa.string()))
+            pairs = sorted(
+                zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True),
+                key=lambda kv: (-kv[1], kv[0]),
+            )[:TOP_VALUES]
+            scale = st.count / len(present)
+            st.top_values = [str(v) for v, _ in pairs]
+            st.top_counts = [round(c * scale) for _, c in pairs]
