@@ -12,6 +12,8 @@ import pytest
 import featurelake
 from tests.helpers import make_project
 
+pytest_plugins = ["tests.spark_support"]  # the session-wide `spark` fixture (local[2])
+
 PG_ADMIN_URL = os.environ.get(
     "FEATURELAKE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -41,7 +41,9 @@ class CatalogConfig(_Section):
 
 class SparkConfig(_Section):
     master: str = "local[2]"
+    """Spark master URL: ``local[N]`` on this machine, or ``spark://host:7077`` for a standalone cluster."""
     conf: dict[str, str] = Field(default_factory=dict)
+    """Extra Spark settings (``spark.executor.memory``, ``spark.jars.packages``...); they win over ours."""
 
 
 class EngineConfig(_Section):
@@ -75,11 +77,32 @@ class ServerConfig(_Section):
     """Most entity keys one request may ask for (HTTP 413 above)."""
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     """Largest request body accepted (HTTP 413 above)."""
+    model_refresh_seconds: float = Field(default=2.0, ge=0)
+    """How often ``/predict/{model}`` re-reads which version is in Production (a promotion shows up within)."""
 
 
 class RegistryConfig(_Section):
     uri: str = "sqlite:///.featurelake/registry.db"
+    """SQLAlchemy URL of the model registry: ``sqlite:///…`` or ``postgresql+psycopg://…`` (schema via Alembic)."""
     artifacts: str = ".featurelake/artifacts"
+    """Root of the content-addressed artifact store (``sha256/<digest>``): a local path or an fsspec URL."""
+    release_tags_on_archive: bool = False
+    """Archiving a version removes the Iceberg tags that keep its training snapshots (default: keep them)."""
+    lock_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a registry statement waits on a locked SQLite database (or a PostgreSQL connection)."""
+    allow_pickle: bool = True
+    """Load ``pickle``-flavor models (unpickling runs code); false refuses them everywhere (use ONNX/TorchScript)."""
+
+
+class PredictionConfig(_Section):
+    nan_policy: Literal["fill", "fail"] = "fill"
+    """Missing (null/NaN) model inputs: ``fill`` uses the model's recorded defaults (fails without one); ``fail`` refuses any."""
+    batch_rows: int = Field(default=65_536, ge=1)
+    """Rows scored per Arrow record batch (bounds the memory of one model call)."""
+    write_rows: int = Field(default=1_000_000, ge=1)
+    """Prediction rows buffered before each append to the run's audit branch."""
+    max_null_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Audit limit on the share of rows whose prediction is null (the model returned NaN or inf)."""
 
 
 class MonitoringConfig(_Section):
@@ -103,6 +126,10 @@ class MonitoringConfig(_Section):
     """Evaluate rules by querying this Prometheus server instead of the local state."""
     evaluate_after_jobs: bool = False
     """Run ``monitor`` at the end of every job (alerts fire without a scheduler; failures never fail the job)."""
+    flush_interval_seconds: float = 15.0
+    """How often ``serve`` appends its latency and prediction metrics to the local state (0: never)."""
+    collect: tuple[Literal["online", "models"], ...] = ("online", "models")
+    """Gauges ``monitor`` measures before evaluating: online store keys and sync lag, model ages."""
 
 
 class BackfillConfig(_Section):
@@ -110,6 +137,11 @@ class BackfillConfig(_Section):
     """Keep ``audit_<run_id>`` after a successful publish (default: remove it)."""
     publish_attempts: int = 5
     """How often a publish rebases onto a main that moved before giving up with a ConflictError."""
+    empty_window: Literal["error", "warn"] = "error"
+    """Verdict on a window whose query produced no rows: ``error`` refuses it (publishing would empty
+    main's days for the window), ``warn`` publishes it and records a warning."""
+    audit_sample_rows: int = Field(default=20_000, ge=1000)
+    """Rows sampled (uniformly, per audit) for quantiles, histograms and drift; counts stay exact."""
 
 
 class MaintenanceConfig(_Section):
@@ -144,6 +176,7 @@ class Settings(BaseSettings):
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig)
 
     @classmethod
     def settings_customise_sources(

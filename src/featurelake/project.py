@@ -22,12 +22,19 @@ from featurelake.lakehouse.catalog import open_catalog, retry_transient
 
 if TYPE_CHECKING:
     from featurelake.features.apply import ApplyResult
+    from featurelake.features.training import Provenance
     from featurelake.jobs.backfill import BackfillResult
+    from featurelake.jobs.batch_predict import PredictionResult
     from featurelake.lakehouse.history import SnapshotInfo
     from featurelake.lakehouse.maintenance import TableMaintenance
+    from featurelake.monitoring.alerts import MonitorResult
+    from featurelake.prediction.scoring import PredictProgress
+    from featurelake.registry import ModelRegistry
     from featurelake.serving.lookup import OnlineService
     from featurelake.serving.sync import SyncProgress, SyncResult
     from featurelake.validation.audit import AuditReport
+    from featurelake.validation.audit_log import LoggedAudit
+    from featurelake.validation.checks import ReferenceStats
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
@@ -84,9 +91,12 @@ class Project:
         def load() -> Table:
             try:
                 return self.catalog.load_table(ident)
-            except NoSuchTableError:
+            except (NoSuchTableError, ValueError) as exc:
+                # PyIceberg raises ValueError for a malformed identifier (e.g. "../x"): still an unknown view.
                 if view not in self.definitions.views:
                     self.definitions.view(view)  # raises: unknown view, listing the defined ones
+                if isinstance(exc, ValueError):
+                    raise
                 raise UsageError(f"table {ident} does not exist: run `featurelake apply` first") from None
 
         return self.catalog_call(load, f"load {ident}")
@@ -117,7 +127,45 @@ class Featurelake:
     def close(self) -> None:
         if "online" in self.__dict__:
             self.online.close()
+        if "models" in self.__dict__:
+            self.models.close()
         self.project.close()
+
+    @cached_property
+    def models(self) -> ModelRegistry:
+        """The model registry: ``fl.models.register(...)``, ``.promote(...)``, ``.resolve("fraud@production")``."""
+        from featurelake.registry import ModelRegistry
+
+        return ModelRegistry.for_project(self.project)
+
+    def training_set(
+        self,
+        entities: Any,
+        features: list[str] | str | None = None,
+        *,
+        as_of: datetime | str | dict[str, int] | None = None,
+        provenance: Provenance | pa.Table | dict[str, Any] | str | Path | None = None,
+        full_feature_names: bool = False,
+    ) -> pa.Table:
+        """Point-in-time correct features for each row of ``entities`` (Arrow, pandas, or a Parquet/CSV path).
+
+        ``entities`` holds the views' join keys and an ``event_timestamp`` (timestamptz); each feature
+        (``"view:feature"``) is the latest value with ``event_ts <= event_timestamp`` within the view's ttl,
+        else null; one output row per entity row, in order. ``as_of`` reads each view at main as of a time,
+        or at given snapshots (``{view: snapshot_id}``); default: main now. ``provenance`` (a previous
+        training set, its Parquet path or its provenance) rebuilds exactly that set. The result carries its
+        provenance as JSON in the schema metadata key ``featurelake.provenance``.
+        """
+        from featurelake.features.training import build_training_set
+
+        return build_training_set(
+            self.project,
+            entities,
+            features,
+            as_of=as_of,
+            provenance=provenance,
+            full_feature_names=full_feature_names,
+        ).table
 
     @cached_property
     def online(self) -> OnlineService:
@@ -167,6 +215,24 @@ class Featurelake:
         from featurelake.jobs.backfill import publish_run
 
         return publish_run(self.project, view, run_id, progress=progress)
+
+    def audits(self, view: str, *, run_id: str | None = None) -> list[LoggedAudit]:
+        """The audit log of ``view`` (every audit's verdicts, newest first), from ``<namespace>._audits``."""
+        from featurelake.validation import audit_log
+
+        self.project.view(view)
+        return audit_log.read(self.project, view, run_id=run_id)
+
+    def stats(self, view: str, *, snapshot: str | int | None = None) -> ReferenceStats:
+        """Feature statistics of ``view`` at main (or a snapshot id, tag or branch), from ``<namespace>._stats``."""
+        from featurelake.validation import stats_log
+
+        definition = self.project.view(view)
+        tbl = self.project.load_table(view)
+        sid, label, problem = stats_log.resolve_reference(tbl, snapshot)
+        if problem:
+            raise UsageError(problem.replace("; fix the check", "; see `featurelake history`"))
+        return stats_log.snapshot_stats(self.project, definition, tbl, sid, label)
 
     def discard(self, view: str, run_id: str) -> int:
         """Remove the kept branch ``audit_<run_id>`` (a refused or unpublished run); returns its tip."""
@@ -239,6 +305,38 @@ class Featurelake:
             now=now,
             progress=progress,
         )
+
+    def monitor(self, *, now: datetime | float | None = None, notify: bool = True) -> MonitorResult:
+        """Evaluate the alert rules now and notify the channels (see docs/monitoring.md)."""
+        from featurelake.monitoring.alerts import monitor
+
+        return monitor(self.project, now=now, notify=notify)
+
+    def predict(
+        self,
+        model: str,
+        view: str | None = None,
+        *,
+        as_of: datetime | str | None = None,
+        snapshot_id: int | None = None,
+        where: str | None = None,
+        output: str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        max_age: str | timedelta | None = None,
+        run_id: str | None = None,
+        nan_policy: str | None = None,
+        progress: PredictProgress | None = None,
+    ) -> PredictionResult:
+        """Score ``view`` with ``model`` (``NAME`` = Production, ``NAME@1.2.0``, ``@staging``, ``@alias``) into
+        ``predictions.<model>`` through Write-Audit-Publish (see docs/prediction.md)."""
+        from featurelake.jobs.batch_predict import run_predict
+
+        return run_predict(
+            self.project, self.models, model, view=view, as_of=as_of, snapshot_id=snapshot_id, where=where,
+            output=output, start=start, end=end, max_age=max_age, run_id=run_id, nan_policy=nan_policy,
+            progress=progress,
+        )  # fmt: skip
 
 
 def open(project_dir: str | Path = ".") -> Featurelake:

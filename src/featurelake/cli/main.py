@@ -130,11 +130,21 @@ def backfill(c: _Ctx, view: str, start: str, end: str, run_id: str | None, as_js
 @cli.command()
 @click.argument("view")
 @click.option("--run-id", required=True)
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the HTML report here.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def audit(c: _Ctx, view: str, run_id: str, as_json: bool) -> None:
-    """Re-audit the kept branch audit_<RUN_ID> of VIEW (exit 1 if it fails)."""
-    report = c.fl.audit(view, run_id)
+def audit(c: _Ctx, view: str, run_id: str, html: Path | None, as_json: bool) -> None:
+    """Re-audit the kept branch audit_<RUN_ID> of VIEW, or re-render a published run's report (exit 1 if failed)."""
+    from featurelake.cli.audit_cmds import audit_or_recorded
+
+    report, note = audit_or_recorded(c.fl, view, run_id, html)
+    if note:
+        render.err.print(f"[dim]{note}[/]")
     if as_json:
         render.print_json(report.to_dict())
     else:

@@ -27,11 +27,13 @@ def audit_table(report: AuditReport) -> RichTable:
     t = RichTable(title=f"audit of {report.view} run {report.run_id} ({report.rows} rows)")
     for col in ("check", "column", "severity", "observed", "limit", "result"):
         t.add_column(col)
+    styles = {"pass": "green", "FAIL": "red", "warn": "yellow"}  # "no reference" / "no data": dim
     for r in report.results:
-        verdict = (
-            "[green]pass[/]" if r.passed else ("[red]FAIL[/]" if r.severity == "error" else "[yellow]warn[/]")
-        )
-        t.add_row(r.check, r.column or "", r.severity, str(r.observed), r.limit, verdict)
+        verdict = f"[{styles.get(r.verdict, 'dim')}]{r.verdict}[/]"
+        observed = "" if r.observed is None else str(r.observed)
+        t.add_row(r.check, r.column or "", r.severity, observed, r.limit, verdict)
+    if report.html_path:
+        t.caption = f"{report.status}; report: {report.html_path}"
     return t
 
 

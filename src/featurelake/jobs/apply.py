@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING
 
 from featurelake.features.apply import ApplyResult, apply_view
 from featurelake.lakehouse import lineage
+from featurelake.monitoring.jobs import monitored_job
 
 if TYPE_CHECKING:
     from featurelake.project import Project
 
 
+@monitored_job("apply", per_view=False)
 def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool = False) -> list[ApplyResult]:
     results = []
     run_id = "apply_" + lineage.new_run_id()

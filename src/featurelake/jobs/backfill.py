@@ -18,7 +18,15 @@ from pyiceberg.table import Table
 from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
-from featurelake.validation.audit import AuditReport, implicit_checks
+from featurelake.monitoring.jobs import monitored_job
+from featurelake.validation.audit import AuditReport
+from featurelake.validation.runner import (
+    AUDIT_REPORT,
+    AUDIT_REPORT_HTML,
+    record_published,
+    report_properties,
+    run_audit,
+)
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
@@ -82,13 +90,15 @@ def _retry_commit(project: Project, view: FeatureView, what: str, fn: Callable[[
 
 
 def _audit(
-    project: Project, view: FeatureView, run_id: str, frame: Any, snapshot_id: int | None
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    frame: Any,
+    snapshot_id: int | None,
+    window: Window | None = None,
 ) -> AuditReport:
-    checks = implicit_checks(view.join_key, view.timestamp_field) + list(view.checks)
-    rows, results = project.engine.audit(frame, checks)
-    report = AuditReport(view.name, run_id, wap.branch_name(run_id), snapshot_id, rows, results)
-    report.save(project.audit_dir / view.name)
-    return report
+    # Checks, reference data, statistics, reports and the audit log: validation.runner.
+    return run_audit(project, view, run_id, frame, snapshot_id, window)
 
 
 def _refuse(report: AuditReport) -> AuditFailed:
@@ -108,7 +118,7 @@ def _write_and_audit(
         return project.engine.write_window(tbl, frame, window, view.timestamp_field, branch, props)
 
     tip: int = _retry_commit(project, view, f"write {branch}", write)
-    report = _audit(project, view, run_id, frame, tip)
+    report = _audit(project, view, run_id, frame, tip, window)
     if not report.passed:
         raise _refuse(report)
     return tip, report
@@ -158,9 +168,11 @@ def _publish(
             _retry_commit(project, view, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
         except (ConflictError, CatalogUnavailableError):
             result.notes.append(f"published, but branch {branch} could not be removed; remove it later")
+    result.notes.extend(record_published(project, latest[0], result.snapshot_id))
     return result, latest[0]
 
 
+@monitored_job("backfill")
 def run_backfill(
     project: Project,
     view_name: str,
@@ -190,6 +202,7 @@ def run_backfill(
             lineage.VIEW: view.name,
             lineage.WINDOW_START: window.start.isoformat(),
             lineage.WINDOW_END: window.end.isoformat(),
+            **report_properties(project, view.name, run_id),
         },
     )
     branch = wap.branch_name(run_id)
@@ -238,20 +251,24 @@ def _kept_branch(
             lineage.VIEW,
             lineage.WINDOW_START,
             lineage.WINDOW_END,
+            AUDIT_REPORT,
+            AUDIT_REPORT_HTML,
         )
         if k in props
     }
     return tbl, tip, window, keep
 
 
+@monitored_job("audit")
 def audit_run(project: Project, view_name: str, run_id: str) -> AuditReport:
     """Re-audit the window kept on branch ``audit_<run_id>`` (reads the branch, changes nothing)."""
     view = project.view(view_name)
     tbl, tip, window, _ = _kept_branch(project, view, run_id)
     frame = project.engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
-    return _audit(project, view, run_id, frame, tip)
+    return _audit(project, view, run_id, frame, tip, window)
 
 
+@monitored_job("publish")
 def publish_run(
     project: Project, view_name: str, run_id: str, *, progress: Progress | None = None
 ) -> BackfillResult:
@@ -261,7 +278,7 @@ def publish_run(
     tbl, tip, window, props = _kept_branch(project, view, run_id)
     frame = project.engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
     _say(progress, f"re-auditing branch {wap.branch_name(run_id)}")
-    report = _audit(project, view, run_id, frame, tip)
+    report = _audit(project, view, run_id, frame, tip, window)
     if not report.passed:
         raise _refuse(report)
     _say(progress, "publishing to main")
