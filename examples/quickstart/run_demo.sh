@@ -50,4 +50,41 @@ for name in ("august", "now"):
     print(f"{name:>6}: {t.num_rows} rows, days {lo.as_py():%Y-%m-%d} .. {hi.as_py():%Y-%m-%d}")
 PY
 
+step "8. a point-in-time correct training set, a scikit-learn model bound to its feature snapshot"
+python train_model.py entities
+$FL training-set --entities .featurelake/entities.parquet \
+  --features user_features:txn_count_1d,user_features:amount_sum_1d,user_features:amount_avg_1d \
+  --output .featurelake/train.parquet
+python train_model.py fit
+$FL models register activity --artifact .featurelake/model.pkl --flavor pickle \
+  --training-set .featurelake/train.parquet --metric "auc=$(cat .featurelake/auc.txt)" --description "active tomorrow?" \
+  --default txn_count_1d=0 --default amount_sum_1d=0 --default amount_avg_1d=0
+$FL models promote activity 1.0.0 Staging --reason "held-out AUC $(cat .featurelake/auc.txt)"
+$FL models promote activity 1.0.0 Production --reason "first model"
+$FL models show activity@production
+$FL models history activity
+
+step "9. batch prediction: the Production model scores every user's latest features into predictions.activity"
+# Write-Audit-Publish like a backfill: scored into branch audit_<run id>, audited, then published to main.
+$FL predict activity --view user_features --run-id score_all
+$FL predict activity@1.0.0 --view user_features --start 2026-09-22 --end 2026-09-29 \
+  --where "txn_count_1d >= 2" --output activity_last_week --run-id score_week
+python - <<'PY'
+import pyarrow.compute as pc
+import featurelake
+
+with featurelake.open(".") as fl:
+    for name in ("predictions.activity", "predictions.activity_last_week"):
+        tbl = fl.project.catalog.load_table(name)
+        t = tbl.scan().to_arrow()
+        summary = tbl.current_snapshot().summary.additional_properties
+        lo, hi = pc.min_max(t["prediction"]).values()
+        print(f"{name}: {t.num_rows} predictions in [{lo.as_py():.3f}, {hi.as_py():.3f}]; lineage on every row: "
+              f"{t['model_name'][0]} {t['model_version'][0]}, feature snapshot {t['feature_snapshot_id'][0]}, "
+              f"run {t['run_id'][0]}")
+        print(f"  snapshot summary: code-version {summary['code-version'][:12]}, run-id {summary['run-id']}, "
+              f"model {summary['featurelake.model-name']} {summary['featurelake.model-version']}")
+    print(t.slice(0, 3).to_pandas().to_string(index=False))
+PY
+
 step "done"

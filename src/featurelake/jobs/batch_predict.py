@@ -1,0 +1,225 @@
+"""Job: batch prediction of one view's snapshot with one registered model, through Write-Audit-Publish.
+
+Composition only: ``prediction.plan`` checks the request and loads the model, ``prediction.features``
+streams the rows to score, ``prediction.scoring`` scores them batch by batch, ``prediction.table`` writes the
+run's branch, audits it and publishes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from featurelake.errors import UsageError
+from featurelake.lakehouse import lineage
+from featurelake.monitoring.jobs import job_metrics
+from featurelake.prediction import table as ptable
+from featurelake.prediction.features import stream_features
+from featurelake.prediction.plan import PredictionPlan, PredictRequest, plan_prediction
+from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress
+from featurelake.validation.audit import AuditReport
+from featurelake.validation.runner import AUDIT_REPORT
+
+if TYPE_CHECKING:
+    from featurelake.project import Project
+    from featurelake.registry import ModelRegistry
+
+
+@dataclass
+class PredictionResult:
+    """A published prediction run: what scored what, where it went, and what it took."""
+
+    model: str
+    model_version: str
+    flavor: str
+    view: str
+    feature_table: str
+    feature_snapshot_id: int
+    mode: str
+    table: str
+    run_id: str
+    snapshot_id: int
+    previous_snapshot_id: int | None
+    rows: int
+    predicted_at: datetime
+    report: AuditReport
+    seconds: float = 0.0
+    score_seconds: float = 0.0
+    prediction_mean: float | None = None
+    rebases: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_version": self.model_version,
+            "flavor": self.flavor,
+            "view": self.view,
+            "feature_table": self.feature_table,
+            "feature_snapshot_id": self.feature_snapshot_id,
+            "mode": self.mode,
+            "table": self.table,
+            "run_id": self.run_id,
+            "snapshot_id": self.snapshot_id,
+            "previous_snapshot_id": self.previous_snapshot_id,
+            "rows": self.rows,
+            "predicted_at": self.predicted_at.isoformat(),
+            "seconds": round(self.seconds, 3),
+            "score_seconds": round(self.score_seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "prediction_mean": self.prediction_mean,
+            "rebases": self.rebases,
+            "audit": self.report.to_dict(),
+            "notes": self.notes,
+        }
+
+
+class _Quiet:
+    def phase(self, message: str) -> None:
+        pass
+
+    def rows(self, done: int) -> None:
+        pass
+
+
+def _properties(project: Project, plan: PredictionPlan) -> dict[str, str]:
+    report = (project.audit_dir / plan.output / f"{plan.run_id}.json").relative_to(project.root)
+    return lineage.lineage_properties(
+        project.root,
+        plan.run_id,
+        **{
+            lineage.OPERATION: "predict",
+            lineage.VIEW: plan.view,
+            ptable.FEATURE_TABLE: plan.feature_table,
+            ptable.FEATURE_SNAPSHOT: str(plan.snapshot_id),
+            ptable.MODEL_NAME: plan.model.name,
+            ptable.MODEL_VERSION: plan.model.version,
+            ptable.PREDICTED_AT: plan.predicted_at.isoformat(),
+            AUDIT_REPORT: str(report),
+        },
+    )
+
+
+def _score_and_write(
+    project: Project, plan: PredictionPlan, props: dict[str, str], progress: PredictProgress
+) -> BatchScorer:
+    settings = project.config.settings.prediction
+    writer = ptable.BranchWriter(
+        project, plan.output, plan.run_id, props, settings.write_rows, plan.output_schema
+    )
+    lin = Lineage(plan.model.name, plan.model.version, plan.snapshot_id, plan.run_id, plan.predicted_at)
+    scorer = BatchScorer(plan.binding, lin, writer.schema, plan.selection.timestamp)
+    features = project.load_table(plan.view)
+    try:
+        with stream_features(features, plan.selection, settings.batch_rows) as reader:
+            for batch in scorer.score_all(reader, progress):
+                writer.write(batch)
+        if scorer.stats.rows == 0:
+            raise UsageError(
+                f"nothing to score: no rows of {plan.feature_table} at snapshot {plan.snapshot_id} match the "
+                "request (check --where, --max-age, --start/--end, or backfill the view); nothing was written"
+            )
+        writer.flush()
+    except BaseException as exc:
+        try:
+            writer.discard()  # the branch holds part of the run at most: remove it, main was never touched
+        except Exception as cleanup:  # never mask the run's own error; main is unchanged either way
+            exc.add_note(f"branch audit_{plan.run_id} could not be removed ({cleanup}); remove it later")
+        raise
+    return scorer
+
+
+def run_predict(
+    project: Project,
+    registry: ModelRegistry,
+    model: str,
+    *,
+    view: str | None = None,
+    as_of: datetime | str | None = None,
+    snapshot_id: int | None = None,
+    where: str | None = None,
+    output: str | None = None,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    max_age: str | timedelta | float | None = None,
+    run_id: str | None = None,
+    nan_policy: str | None = None,
+    progress: PredictProgress | None = None,
+) -> PredictionResult:
+    """Score ``view`` with ``model`` (``NAME`` = its Production version) and publish ``predictions.<model>``."""
+    t0 = time.perf_counter()
+    say = progress or _Quiet()
+    req = PredictRequest(
+        model, view, as_of, snapshot_id, where, output, start, end, max_age, run_id, nan_policy
+    )
+    label = (
+        output or f"{ptable.NAMESPACE}.{str(model).partition('@')[0]}"
+    )  # metrics label only: not validated
+    with job_metrics(project, "predict", label) as rec:
+        say.phase(f"resolving {model}")
+        plan = plan_prediction(project, registry, req)
+        try:
+            mv = plan.model
+            props = _properties(project, plan)
+            say.phase(
+                f"scoring {plan.view}@{plan.snapshot_id} with {mv.name} {mv.version} ({mv.flavor}, "
+                f"{plan.selection.mode})"
+            )
+            scorer = _score_and_write(project, plan, props, say)
+            stats = scorer.stats
+            checks = ptable.audit_checks(
+                stats.rows,
+                plan.selection.key,
+                plan.selection.timestamp,
+                plan.flavor.output_range,
+                project.config.settings.prediction.max_null_rate,
+            )
+
+            def audit() -> AuditReport:
+                return ptable.audit_branch(
+                    project, plan.output, plan.run_id, checks, plan.selection.key, plan.selection.timestamp
+                )
+
+            say.phase(f"auditing branch audit_{plan.run_id} ({stats.rows} rows)")
+            report = audit()
+            if not report.passed:
+                raise ptable.refuse(report)
+            say.phase(f"publishing {plan.output}")
+            published, reaudited = ptable.publish(
+                project, plan.output, plan.run_id, props, project.config.settings.prediction.write_rows, audit
+            )
+        finally:
+            plan.flavor.close()
+        result = PredictionResult(
+            model=mv.name,
+            model_version=mv.version,
+            flavor=mv.flavor,
+            view=plan.view,
+            feature_table=plan.feature_table,
+            feature_snapshot_id=plan.snapshot_id,
+            mode=plan.selection.mode,
+            table=plan.output,
+            run_id=plan.run_id,
+            snapshot_id=published.snapshot_id,
+            previous_snapshot_id=published.previous_main,
+            rows=stats.rows,
+            predicted_at=plan.predicted_at,
+            report=reaudited or report,
+            seconds=time.perf_counter() - t0,
+            score_seconds=stats.score_seconds,
+            prediction_mean=stats.mean,
+            rebases=published.rebases,
+            notes=published.notes,
+        )
+        rec.predictions(mv.name, mv.version, stats.rows, stats.mean)
+        rec.result(result)
+    return result
+
+
+__all__ = ["PredictionResult", "run_predict"]

@@ -1,0 +1,160 @@
+"""The ``onnx`` flavor: an ONNX graph run by onnxruntime (``pip install 'featurelake[onnx]'``).
+
+Inputs: either one 2-D tensor ``[batch, k]`` whose columns are the signature in order, or one ``[batch, 1]``
+tensor per signature input, named like it. Outputs: a tensor whose name contains ``prob`` (scikit-learn
+classifiers converted by skl2onnx with ``zipmap=False``) gives the positive-class probability; otherwise the
+first tensor output is the prediction (``[batch]`` or ``[batch, 1]``; ``[batch, 2]`` is read as class
+probabilities). skl2onnx's default ZipMap output (a list of dicts) is refused: convert with
+``options={id(model): {"zipmap": False}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from featurelake.errors import SchemaError, UsageError
+from featurelake.prediction.flavors.base import (
+    ModelFlavor,
+    ModelInfo,
+    OutputKind,
+    check_count,
+    check_names,
+    require,
+)
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+class OnnxFlavor(ModelFlavor):
+    """An onnxruntime InferenceSession over the artifact's bytes (CUDA when onnxruntime-gpu offers it)."""
+
+    name = "onnx"
+    extra = "onnx"
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        session: Any,
+        dtype: np.dtype[Any],
+        input_names: list[str] | None,
+        single_input: str | None,
+        output: str,
+        kind: OutputKind,
+        classes: int | None,
+    ) -> None:
+        super().__init__(info)
+        self.session = session
+        self._dtype = dtype
+        self._input_names = input_names
+        self._single = single_input
+        self._output = output
+        self._kind = kind
+        self._classes = classes
+
+    @classmethod
+    def from_bytes(cls, data: bytes, info: ModelInfo) -> OnnxFlavor:
+        ort = require("onnxruntime", "onnx", "onnx")
+        providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
+        try:
+            session = ort.InferenceSession(data, providers=[*providers, "CPUExecutionProvider"])
+        except Exception as exc:
+            raise UsageError(
+                f"{info.ref}: its artifact is registered as flavor onnx but onnxruntime cannot load it "
+                f"({str(exc).splitlines()[0]}); register it again with the flavor it really is"
+            ) from exc
+        inputs = session.get_inputs()
+        types = {i.type for i in inputs}
+        unknown = sorted(t for t in types if t not in _DTYPES)
+        if unknown or len(types) != 1:
+            raise SchemaError(
+                f"{info.ref}: the onnx model's inputs are {', '.join(f'{i.name}: {i.type}' for i in inputs)}; "
+                "batch prediction feeds one numeric element type (float, double, int64 or int32)"
+            )
+        dtype = np.dtype(_DTYPES[types.pop()])
+        if len(inputs) == 1:
+            shape = inputs[0].shape
+            if len(shape) != 2:
+                raise SchemaError(
+                    f"{info.ref}: the onnx model's input {inputs[0].name} has shape {shape}; it must be "
+                    "[batch, features]"
+                )
+            width = shape[1] if isinstance(shape[1], int) else None
+            check_count(info, "onnx", width, f"input {inputs[0].name} {shape}")
+            single, names = inputs[0].name, None
+        else:
+            by_name = [i.name for i in inputs]
+            if set(by_name) != {f.name for f in info.inputs}:  # one tensor per input: order is by name
+                check_names(info, "onnx", by_name, "its named inputs")
+            single, names = None, [f.name for f in info.inputs]
+        output, kind, classes = _choose_output(session, info)
+        return cls(info, session, dtype, names, single, output, kind, classes)
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]:
+        return self._dtype
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return self._kind
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        if self._kind == "label" and self._classes:
+            return (0.0, float(self._classes - 1))
+        return super().output_range
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        if self._single is not None:
+            feed = {self._single: np.ascontiguousarray(x)}
+        else:
+            assert self._input_names is not None
+            feed = {name: np.ascontiguousarray(x[:, [j]]) for j, name in enumerate(self._input_names)}
+        (out,) = self.session.run([self._output], feed)
+        arr = np.asarray(out)
+        if arr.ndim == 2 and arr.shape[1] > 1:
+            if arr.shape[1] == 2 and self._kind == "probability":
+                return arr[:, 1].astype(np.float64)
+            if self._kind == "label":
+                return arr.argmax(axis=1).astype(np.float64)
+        return self._one_per_row(arr, n)
+
+
+def _classes_of(shape: list[Any]) -> int | None:
+    return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+
+
+def _choose_output(session: Any, info: ModelInfo) -> tuple[str, OutputKind, int | None]:
+    outs = session.get_outputs()
+    tensors = [o for o in outs if str(o.type).startswith("tensor(")]
+    probs = [o for o in tensors if "prob" in o.name.lower()]
+    if probs:
+        width = _classes_of(probs[0].shape)
+        if width is None or width <= 2:
+            return probs[0].name, "probability", width
+        return probs[0].name, "label", width
+    if any(not str(o.type).startswith("tensor(") for o in outs):
+        raise SchemaError(
+            f"{info.ref}: the onnx model returns its probabilities as a sequence of maps (skl2onnx's ZipMap), "
+            "which cannot be scored in batches; convert it with to_onnx(model, X, options={id(model): "
+            "{'zipmap': False}}) and register it again"
+        )
+    if not tensors:
+        raise SchemaError(f"{info.ref}: the onnx model has no tensor output to read predictions from")
+    first = tensors[0]
+    width = _classes_of(first.shape)
+    if width == 2:
+        return first.name, "probability", 2
+    if width is not None and width > 2:
+        return first.name, "label", width
+    return first.name, ("probability" if info.task == "classification" else "value"), None
+
+
+__all__ = ["OnnxFlavor"]

@@ -1,0 +1,134 @@
+"""The ``pickle`` flavor: scikit-learn estimators and anything else with ``predict`` / ``predict_proba``.
+
+Unpickling runs code chosen by whoever wrote the file. featurelake therefore unpickles only the bytes the
+registry hands out after re-hashing them against the digest recorded at registration (a swapped or edited
+artifact is refused before ``pickle.loads`` sees it), and ``registry.allow_pickle: false`` refuses the
+flavor outright. Register pickles only from people you would let run code on the scoring machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import sys
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from featurelake.errors import ConfigError, SchemaError, UsageError
+from featurelake.prediction.flavors.base import (
+    ModelFlavor,
+    ModelInfo,
+    OutputKind,
+    check_count,
+    check_names,
+)
+
+
+class PickleFlavor(ModelFlavor):
+    """A pickled Python object with ``predict`` (and, for classifiers, ``predict_proba``)."""
+
+    name = "pickle"
+    extra = None
+    input_order: ClassVar[Literal["C", "F"]] = "F"  # BLAS takes column-major as is; one memcpy per column
+
+    def __init__(self, info: ModelInfo, model: Any) -> None:
+        super().__init__(info)
+        self.model = model
+        self._proba = callable(getattr(model, "predict_proba", None))
+        classes = getattr(model, "classes_", None)
+        self._classes = np.asarray(classes) if classes is not None else None
+        names = getattr(model, "feature_names_in_", None)
+        self._names = [str(n) for n in names] if names is not None else None
+        self._kind: OutputKind
+        if self._proba and self._classes is not None and len(self._classes) == 2:
+            self._kind = "probability"
+        elif self._classes is not None and (self._proba or info.task == "classification"):
+            if not np.issubdtype(self._classes.dtype, np.number):
+                raise SchemaError(
+                    f"{info.ref}: a classifier with {len(self._classes)} non-numeric classes "
+                    f"({', '.join(map(str, self._classes[:5]))}) cannot be written to the numeric prediction "
+                    "column; encode the classes as numbers and retrain"
+                )
+            self._kind = "label"
+        elif self._proba and self._classes is None:
+            self._kind = "probability"
+        else:
+            self._kind = "probability" if info.task == "classification" else "value"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, info: ModelInfo) -> PickleFlavor:
+        try:
+            model = pickle.loads(data)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"{info.ref}: its pickle needs the module {exc.name}, which is not installed here: install the "
+                "library the model was trained with (same version) and retry"
+            ) from exc
+        except Exception as exc:
+            raise UsageError(
+                f"{info.ref}: its artifact is registered as flavor pickle but cannot be unpickled ({exc}); "
+                "register it again with the flavor it really is"
+            ) from exc
+        if not callable(getattr(model, "predict", None)):
+            raise UsageError(
+                f"{info.ref}: the unpickled {type(model).__name__} has no predict(); the pickle flavor needs an "
+                "object with predict (and predict_proba for classifiers)"
+            )
+        check_count(info, "pickle", _int_or_none(getattr(model, "n_features_in_", None)), "n_features_in_")
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None:
+            check_names(info, "pickle", [str(n) for n in names], "feature_names_in_")
+        return cls(info, model)
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.float64)
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return self._kind
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        if self._kind == "label" and self._classes is not None:
+            return (float(self._classes.min()), float(self._classes.max()))
+        return super().output_range
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        features: Any = x
+        if self._names is not None:
+            # Fitted on a DataFrame: scikit-learn warns (and may reorder) when handed a bare array.
+            import pandas as pd
+
+            features = pd.DataFrame(x, columns=self._names, copy=False)
+        with _inputs_checked():
+            if self._kind == "probability" and self._proba:
+                proba = np.asarray(self.model.predict_proba(features))
+                if proba.ndim != 2 or proba.shape != (n, 2):
+                    return self._one_per_row(proba, n)
+                return proba[:, 1].astype(np.float64, copy=False)
+            return self._one_per_row(self.model.predict(features), n)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _inputs_checked() -> Iterator[None]:
+    """The scorer has already refused or filled every NaN/inf: let scikit-learn skip its own full scan."""
+    sklearn = sys.modules.get("sklearn")
+    if sklearn is None:
+        yield
+        return
+    with sklearn.config_context(assume_finite=True):
+        yield
+
+
+__all__ = ["PickleFlavor"]

@@ -1,0 +1,104 @@
+"""The ``torchscript`` flavor: a TorchScript module loaded with ``torch.jit.load`` (``featurelake[torch]``).
+
+The module is called on a ``[batch, k]`` tensor (columns in signature order, in the dtype of its first
+floating-point parameter, float32 when it has none) and returns ``[batch]`` or ``[batch, 1]`` (a value, or a
+probability when the version was registered with ``--param task=classification``), ``[batch, 2]`` (class
+probabilities: the second column is taken) or ``[batch, c]`` (scores: the arg-max class is taken). It runs on
+CUDA when torch sees a GPU, else on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+
+from featurelake.errors import SchemaError, UsageError
+from featurelake.prediction.flavors.base import ModelFlavor, ModelInfo, OutputKind, require
+
+
+class TorchScriptFlavor(ModelFlavor):
+    """A scripted or traced ``torch.nn.Module``, in eval mode, under ``torch.inference_mode``."""
+
+    name = "torchscript"
+    extra = "torch"
+
+    def __init__(
+        self, info: ModelInfo, torch: Any, module: Any, device: Any, dtype: Any, width: int | None
+    ) -> None:
+        super().__init__(info)
+        self._torch, self.module, self.device, self._tdtype = torch, module, device, dtype
+        self._width = width
+        self._np_dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+        if width == 2:
+            self._kind: OutputKind = "probability"
+        elif width is not None and width > 2:
+            self._kind = "label"
+        else:
+            self._kind = "probability" if info.task == "classification" else "value"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, info: ModelInfo) -> TorchScriptFlavor:
+        torch = require("torch", "torchscript", "torch")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            with warnings.catch_warnings():
+                # torch 2.9+ marks TorchScript deprecated; it is still the format this flavor exists for.
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.* is deprecated", category=DeprecationWarning
+                )
+                module = torch.jit.load(io.BytesIO(data), map_location=device)
+        except Exception as exc:
+            raise UsageError(
+                f"{info.ref}: its artifact is registered as flavor torchscript but torch.jit.load cannot read it "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); save the model with "
+                "torch.jit.save(torch.jit.script(model), path) and register that file"
+            ) from exc
+        module.eval()
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+        # TorchScript keeps no input signature: one row of zeros proves the width and shows the output.
+        k = len(info.inputs)
+        try:
+            with torch.inference_mode():
+                probe = module(torch.zeros((1, k), dtype=dtype, device=device))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise SchemaError(
+                f"{info.ref}: the torchscript model rejects a [batch, {k}] input (its recorded signature: "
+                f"{', '.join(f.name for f in info.inputs)}): {first}"
+            ) from exc
+        if not isinstance(probe, torch.Tensor):
+            raise SchemaError(
+                f"{info.ref}: the torchscript model returns {type(probe).__name__}; batch prediction needs a tensor"
+            )
+        width = int(probe.shape[1]) if probe.dim() == 2 else None
+        return cls(info, torch, module, device, dtype, width)
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]:
+        return self._np_dtype
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return self._kind
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        if self._kind == "label" and self._width:
+            return (0.0, float(self._width - 1))
+        return super().output_range
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            out = self.module(t)
+            if out.dim() == 2 and out.shape[1] > 1:
+                out = out[:, 1] if self._kind == "probability" else out.argmax(dim=1)
+            arr = out.detach().to("cpu").numpy()
+        return self._one_per_row(arr, x.shape[0])
+
+
+__all__ = ["TorchScriptFlavor"]
