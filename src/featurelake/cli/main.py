@@ -206,8 +206,13 @@ def history(c: _Ctx, view: str, all_snapshots: bool, as_json: bool) -> None:
     default=None,
     help="Write to a .parquet or .csv file instead of printing.",
 )
-@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Rows to print (use --output for all of them).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Rows to print (use --output for all of them).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def read(
