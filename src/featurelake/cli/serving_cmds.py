@@ -1,0 +1,149 @@
+"""``featurelake sync``, ``get`` and ``serve``: the online side of a project."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from featurelake.cli import render
+from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.errors import UsageError
+
+if TYPE_CHECKING:
+    from featurelake.serving.sync import SyncProgress, SyncResult
+
+
+@contextmanager
+def _bar(enabled: bool) -> Iterator[SyncProgress | None]:
+    """A rich progress bar per view on stderr: phases as text, then keys written out of the total."""
+    if not enabled:
+        yield None
+        return
+    from featurelake.serving.sync import SyncProgress
+
+    class BarProgress(SyncProgress):
+        def __init__(self, bar: Progress) -> None:
+            self.bar = bar
+            self.tasks: dict[str, TaskID] = {}
+
+        def _task(self, view: str) -> TaskID:
+            if view not in self.tasks:
+                self.tasks[view] = self.bar.add_task(view, total=None, status="")
+            return self.tasks[view]
+
+        def phase(self, view: str, text: str) -> None:
+            self.bar.update(self._task(view), status=text)
+
+        def writing(self, view: str, total: int) -> None:
+            self.bar.update(
+                self._task(view), total=max(total, 1), completed=0 if total else 1, status="writing"
+            )
+
+        def advance(self, view: str, n: int) -> None:
+            self.bar.advance(self._task(view), n)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=render.err,
+    ) as bar:
+        yield BarProgress(bar)
+
+
+def _summary_table(results: list[SyncResult]) -> RichTable:
+    t = RichTable(title="online sync")
+    for col in ("view", "mode", "snapshots", "rows read", "keys", "changed", "deleted", "seconds"):
+        t.add_column(col)
+    for r in results:
+        t.add_row(
+            r.view,
+            r.mode,
+            f"{r.from_snapshot or '-'} -> {r.to_snapshot or '-'}",
+            str(r.rows),
+            str(r.keys),
+            str(r.changed),
+            str(r.deleted),
+            f"{r.seconds:.2f}",
+        )
+    return t
+
+
+@cli.command()
+@click.argument("view", required=False)
+@click.option(
+    "--full", is_flag=True, help="Resync everything from main instead of the changes since last time."
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def sync(c: _Ctx, view: str | None, full: bool, as_json: bool) -> None:
+    """Sync VIEW (default: every view) from Iceberg main to the online store, incrementally."""
+    with _bar(not as_json) as progress:
+        results = c.fl.sync(view, full=full, progress=progress)
+    if as_json:
+        render.print_json([r.to_dict() for r in results])
+        return
+    render.out.print(_summary_table(results))
+    for r in results:
+        if r.mode == "full" and r.reason:
+            render.out.print(f"[yellow]{r.view}: full resync[/] because {r.reason}")
+        render.out.print(r.summary())
+        for note in r.notes:
+            render.out.print(f"[dim]note: {note}[/]")
+
+
+@cli.command()
+@click.argument("view")
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--features", default=None, help="Comma-separated features (default: all of the view's).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def get(c: _Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json: bool) -> None:
+    """Look up KEYS of VIEW in the online store."""
+    online = c.fl.online
+    fv = c.fl.definitions.view(view)
+    typed: list[int | str] = list(keys)
+    if online.key_is_int(fv):
+        try:
+            typed = [int(k) for k in keys]
+        except ValueError:
+            bad = next(k for k in keys if not k.lstrip("-").isdigit())
+            raise UsageError(f"key {bad!r} is not an integer, but {fv.join_key} of view {view} is") from None
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    rows = online.get(view, typed, names)
+    if as_json:
+        render.print_json([r.to_dict() for r in rows])
+        return
+    cols = list(rows[0].values) if rows else []
+    t = RichTable(title=f"{view} (online, {online.store.type_name})")
+    for col in (fv.join_key, "status", "event_ts", *cols):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            str(r.key),
+            r.status,
+            r.event_ts.isoformat() if r.event_ts else "",
+            *("" if r.values[n] is None else str(r.values[n]) for n in cols),
+        )
+    render.out.print(t)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind (default: server.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: server.port, 8666).")
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
+)
+@pass_ctx
+def serve(c: _Ctx, host: str | None, port: int | None, log_level: str) -> None:
+    """Serve online features over HTTP (POST /get-online-features, GET /healthz, GET /metrics)."""
+    from featurelake.serving.server import serve as run
+
+    run(c.fl.project, host=host, port=port, log_level=log_level)

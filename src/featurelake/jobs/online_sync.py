@@ -1,0 +1,40 @@
+"""Job: sync published feature views from Iceberg main to the online store (composition only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from featurelake.monitoring.jobs import monitored_job
+from featurelake.serving import open_store
+from featurelake.serving.sync import SyncProgress, SyncResult, sync_view
+
+if TYPE_CHECKING:
+    from featurelake.project import Project
+    from featurelake.serving.base import OnlineStore
+
+
+@monitored_job("sync", per_view=False)
+def run_sync(
+    project: Project,
+    views: list[str] | None = None,
+    *,
+    store: OnlineStore | None = None,
+    full: bool = False,
+    progress: SyncProgress | None = None,
+) -> list[SyncResult]:
+    """Sync ``views`` (default: every view in features.py) into ``store`` (default: the configured one).
+
+    Stops at the first view that fails; views synced before it keep their new watermarks.
+    """
+    names = views if views else sorted(project.definitions.views)
+    defs = [project.view(n) for n in names]  # unknown names fail before anything is written
+    own = store is None
+    target = store if store is not None else open_store(project.config)
+    try:
+        return [sync_view(project, target, v, full=full, progress=progress) for v in defs]
+    finally:
+        if own:
+            target.close()
+
+
+__all__ = ["run_sync"]

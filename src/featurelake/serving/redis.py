@@ -1,0 +1,221 @@
+"""The Redis online store: one string key per (view, entity), written by a Lua script, read with one MGET.
+
+Layout (``<p>`` is the project name)::
+
+    fl:<p>:<view>:<key>     "<event_ts µs>|<seq>|<JSON object of the row's features>"
+    fl:<p>:#sync:<view>     the view's sync watermark (JSON); '#' cannot occur in a view name
+
+A single string per entity makes a lookup of any number of entities across any number of views one
+``MGET``. Writes go through a Lua script that compares (event_ts, seq) with the stored prefix and writes only
+when newer, so the rule is atomic per key on the server; many keys share one script call and many calls
+share one pipelined round trip. Keys of one call may live in different hash slots, so this store targets a
+single Redis (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from featurelake.errors import OnlineStoreUnavailableError
+from featurelake.serving.base import OnlineStore, Records, Stored, Watermark
+
+if TYPE_CHECKING:
+    from featurelake.config import ProjectConfig
+
+T = TypeVar("T")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+# ARGV: force flag, then (event_ts, seq, full value) per key. The stored prefix is at most 17 + 1 + 19 + 1
+# bytes, so GETRANGE reads it without copying large rows.
+_WRITE_LUA = """
+local force = ARGV[1] == '1'
+local changed = 0
+for i = 1, #KEYS do
+  local j = 2 + (i - 1) * 3
+  local write = force
+  if not write then
+    local cur = redis.call('GETRANGE', KEYS[i], 0, 47)
+    if cur == '' then
+      write = true
+    else
+      local s1 = string.find(cur, '|', 1, true)
+      local s2 = string.find(cur, '|', s1 + 1, true)
+      local cts = tonumber(string.sub(cur, 1, s1 - 1))
+      local cseq = tonumber(string.sub(cur, s1 + 1, s2 - 1))
+      local ts = tonumber(ARGV[j])
+      local seq = tonumber(ARGV[j + 1])
+      write = ts > cts or (ts == cts and seq > cseq)
+    end
+  end
+  if write then
+    redis.call('SET', KEYS[i], ARGV[j + 2])
+    changed = changed + 1
+  end
+end
+return changed
+"""
+
+#: Keys per script call: big enough to amortise the call, small enough not to stall Redis (~1 ms).
+KEYS_PER_CALL = 500
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class RedisStore(OnlineStore):
+    """Online store in Redis (see the module docstring for the layout and the write script)."""
+
+    type_name = "redis"
+
+    def __init__(
+        self,
+        url: str | None,
+        project: str,
+        *,
+        connect_timeout: float = 1.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url or DEFAULT_URL
+        self.project = project
+        try:
+            self.client: redis.Redis = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=timeout,
+                # One immediate retry reconnects after a Redis restart; more would only delay the 503.
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise OnlineStoreUnavailableError(
+                f"online_store.url {self.location!r} is not a Redis URL ({exc}); use redis://host:port/db"
+            ) from exc
+        self._script = self.client.register_script(_WRITE_LUA)
+        self._prefix = f"fl:{project}:"
+
+    @classmethod
+    def from_config(cls, config: ProjectConfig) -> RedisStore:
+        cfg = config.settings.online_store
+        return cls(
+            cfg.url,
+            config.settings.project,
+            connect_timeout=cfg.connect_timeout_seconds,
+            timeout=cfg.timeout_seconds,
+        )
+
+    @property
+    def location(self) -> str:
+        return _PASSWORD.sub(r"\1***@", self.url)
+
+    def _key(self, view: str, key: str) -> str:
+        return f"{self._prefix}{view}:{key}"
+
+    def _run(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return fn()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise OnlineStoreUnavailableError(
+                f"online store {self.location} (redis) is unreachable while trying to {what}: {exc}; "
+                "check that Redis is running and online_store.url (FEATURELAKE_ONLINE_STORE__URL) is right"
+            ) from exc
+        except RedisError as exc:
+            raise OnlineStoreUnavailableError(
+                f"online store {self.location} (redis) refused to {what}: {exc}"
+            ) from exc
+
+    # --- OnlineStore ----------------------------------------------------------------------------------
+    def write(self, view: str, records: Records, *, force: bool = False) -> int:
+        return self._run(functools.partial(self._write, view, records, force), f"write {view}")
+
+    def _write(self, view: str, records: Records, force: bool) -> int:
+        flag = "1" if force else "0"
+        prefix = f"{self._prefix}{view}:"
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(records), KEYS_PER_CALL):
+            stop = start + KEYS_PER_CALL
+            keys = [prefix + k for k in records.keys[start:stop]]
+            args: list[Any] = [flag]
+            for ts, seq, payload in zip(
+                records.event_ts[start:stop],
+                records.seqs[start:stop],
+                records.payloads[start:stop],
+                strict=True,
+            ):
+                args += (ts, seq, f"{ts}|{seq}|{payload}")
+            self._script(keys=keys, args=args, client=pipe)
+        return sum(int(n) for n in pipe.execute())
+
+    def delete(self, view: str, keys: Sequence[str]) -> int:
+        def go() -> int:
+            removed = 0
+            for start in range(0, len(keys), 10_000):
+                chunk = [self._key(view, k) for k in keys[start : start + 10_000]]
+                if chunk:
+                    removed += int(self.client.unlink(*chunk))
+            return removed
+
+        return self._run(go, f"delete keys of {view}")
+
+    def read(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[Stored]]:
+        names = [self._key(view, k) for view, keys in requests for k in keys]
+        if not names:
+            return [[] for _ in requests]
+        raw: list[Any] = self._run(lambda: self.client.mget(names), "read features")
+        out: list[list[Stored]] = []
+        pos = 0
+        for _, keys in requests:
+            part: list[Stored] = []
+            for value in raw[pos : pos + len(keys)]:
+                if value is None:
+                    part.append(None)
+                else:
+                    ts, _seq, payload = value.split(b"|", 2)
+                    part.append((int(ts), payload))
+            out.append(part)
+            pos += len(keys)
+        return out
+
+    def keys(self, view: str) -> Iterator[str]:
+        prefix = f"{self._prefix}{view}:"
+        pattern = _glob_escape(prefix) + "*"
+        found: list[bytes] = self._run(
+            lambda: list(self.client.scan_iter(match=pattern, count=10_000)), f"list keys of {view}"
+        )
+        n = len(prefix)
+        return iter(k.decode()[n:] for k in found)
+
+    def _watermark_key(self, view: str) -> str:
+        return f"{self._prefix}#sync:{view}"
+
+    def get_watermark(self, view: str) -> Watermark | None:
+        raw = self._run(lambda: self.client.get(self._watermark_key(view)), f"read the watermark of {view}")
+        return Watermark.from_dict(json.loads(raw)) if raw else None
+
+    def set_watermark(self, view: str, watermark: Watermark) -> None:
+        self._run(
+            lambda: self.client.set(self._watermark_key(view), json.dumps(watermark.to_dict())),
+            f"write the watermark of {view}",
+        )
+
+    def ping(self) -> None:
+        self._run(self.client.ping, "ping")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+__all__ = ["DEFAULT_URL", "RedisStore"]

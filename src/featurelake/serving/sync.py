@@ -1,0 +1,435 @@
+"""Sync one view's published rows (Iceberg main) to the online store: incremental, idempotent, crash-safe.
+
+**What changed since the last sync** is computed from data files, not from snapshot operations: the files
+live in main now but not in the watermark snapshot were added (by appends, overwrites and backfills alike:
+PyIceberg's ``incremental_append_scan`` would skip overwrites), the files live then but not now were removed.
+Each added file carries the data sequence number of the snapshot that added it. Diffing the two snapshots'
+manifests (only the manifests that differ are read) also copes with expired snapshots *between* the two and
+ignores files that came and went in between.
+
+**Writes**: the latest row per entity among the added rows, by (event_ts, sequence number), written with the
+store's conditional rule, so replays and re-runs are idempotent and stale history never wins. A backfill can
+also *remove* an entity's newest row (a correction that drops a day): for every key whose best removed row
+is at least as new as its best added row, the sync re-reads that key's latest row from main and writes it
+unconditionally (or deletes the key when main no longer has it).
+
+**Watermark**: stored in the online store; it advances only after every write of the batch succeeded, so a
+crash or a Redis restart mid-sync loses nothing: the next run redoes the same batch. When there is no
+watermark (first sync), the table was recreated, the watermark snapshot was expired, or main no longer
+descends from it (rewound), the sync says so and does a **full resync**: the latest row per entity of main,
+written unconditionally, and keys main no longer has are deleted, so the store matches main exactly.
+
+**Keep-alive**: after each sync the Iceberg tag ``online-sync-<store type>`` is moved to the synced snapshot,
+so table maintenance (which keeps tagged snapshots) does not expire the next sync's starting point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression, In
+from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.manifest import DataFile, ManifestContent
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.refs import SnapshotRefType
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import IntegerType, LongType
+
+from featurelake.errors import CatalogUnavailableError
+from featurelake.lakehouse.wap import is_commit_conflict, main_snapshot_id
+from featurelake.serving import codec
+from featurelake.serving.base import OnlineStore, Records, Watermark
+
+if TYPE_CHECKING:
+    from featurelake.features.definitions import FeatureView
+    from featurelake.project import Project
+
+SEQ = "__featurelake_seq"
+_RID = "__featurelake_row"
+TAG_PREFIX = "online-sync-"
+#: Up to this many re-read keys are pushed into the Iceberg scan as an IN filter (file pruning by stats).
+_IN_FILTER_MAX = 1000
+
+
+def tag_name(store: OnlineStore) -> str:
+    """The Iceberg tag that keeps the snapshot last synced to this kind of store alive."""
+    return f"{TAG_PREFIX}{store.type_name}"
+
+
+class SyncProgress:
+    """Receives a sync's progress; this base class ignores it (the CLI draws a bar)."""
+
+    def phase(self, view: str, text: str) -> None:
+        """A new step began (planning, reading N files, reducing, ...)."""
+
+    def writing(self, view: str, total: int) -> None:
+        """``total`` keys are about to be written."""
+
+    def advance(self, view: str, n: int) -> None:
+        """``n`` more keys were written."""
+
+
+@dataclass
+class SyncResult:
+    """What one view's sync did."""
+
+    view: str
+    mode: str  # full | incremental | up-to-date | empty
+    reason: str | None
+    from_snapshot: int | None
+    to_snapshot: int | None
+    files_read: int = 0
+    rows: int = 0
+    keys: int = 0
+    changed: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    tag: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+    def summary(self) -> str:
+        span = f"snapshot {self.from_snapshot or '-'} -> {self.to_snapshot or '-'}"
+        if self.mode == "up-to-date":
+            return f"{self.view}: up to date at snapshot {self.to_snapshot}"
+        if self.mode == "empty":
+            return f"{self.view}: main has no snapshot yet; nothing to sync"
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"{self.view}: {self.mode} sync{why}, {span}: {self.rows} rows from {self.files_read} files -> "
+            f"{self.keys} keys ({self.changed} changed, {self.deleted} deleted) in {self.seconds:.2f}s"
+        )
+
+
+# --- planning -----------------------------------------------------------------------------------------
+def _walk_to(tbl: Table, ancestor: int, start: int) -> str | None:
+    """None when ``ancestor`` is ``start`` or one of its parents, else why not."""
+    current: int | None = start
+    while current is not None:
+        if current == ancestor:
+            return None
+        snap = tbl.metadata.snapshot_by_id(current)
+        if snap is None:
+            return f"main's history back to snapshot {ancestor} was partly expired"
+        current = snap.parent_snapshot_id
+    return f"main was rewound or replaced: snapshot {ancestor} is no longer an ancestor of main"
+
+
+def plan(tbl: Table, watermark: Watermark | None, *, full: bool = False) -> tuple[str, str | None]:
+    """(mode, reason): ``empty``, ``up-to-date``, ``incremental`` or ``full`` with why."""
+    current = main_snapshot_id(tbl)
+    if current is None:
+        return "empty", None
+    if full:
+        return "full", "full resync requested"
+    if watermark is None:
+        return "full", "first sync"
+    if watermark.table_uuid != str(tbl.metadata.table_uuid):
+        return "full", "the table was recreated since the last sync"
+    if watermark.snapshot_id == current:
+        return "up-to-date", None
+    if tbl.metadata.snapshot_by_id(watermark.snapshot_id) is None:
+        return "full", f"the last synced snapshot {watermark.snapshot_id} has expired"
+    why = _walk_to(tbl, watermark.snapshot_id, current)
+    if why is not None:
+        return "full", why
+    return "incremental", None
+
+
+# --- reading ------------------------------------------------------------------------------------------
+@dataclass
+class _Files:
+    data: dict[str, tuple[DataFile, int]]  # path -> (file, data sequence number)
+    has_deletes: bool
+
+
+def _live_files(tbl: Table, snap: Snapshot, skip: set[str]) -> _Files:
+    """Live data files of ``snap`` from its manifests not in ``skip`` (and whether it has delete files)."""
+    files: dict[str, tuple[DataFile, int]] = {}
+    deletes = False
+    for m in snap.manifests(tbl.io):
+        if m.manifest_path in skip:
+            continue
+        entries = m.fetch_manifest_entry(tbl.io, discard_deleted=True)
+        if m.content == ManifestContent.DELETES:
+            deletes = deletes or bool(entries)
+            continue
+        for e in entries:
+            seq = e.sequence_number if e.sequence_number is not None else snap.sequence_number
+            files[e.data_file.file_path] = (e.data_file, int(seq or 0))
+    return _Files(files, deletes)
+
+
+def _diff(
+    tbl: Table, old: Snapshot, new: Snapshot
+) -> tuple[list[tuple[DataFile, int]], list[tuple[DataFile, int]], bool]:
+    """(added, removed, has_delete_files) between two snapshots, reading only manifests that differ."""
+    old_paths = {m.manifest_path for m in old.manifests(tbl.io)}
+    new_paths = {m.manifest_path for m in new.manifests(tbl.io)}
+    shared = old_paths & new_paths
+    # A manifest both snapshots share lists the same files in both: it cannot contribute to the diff.
+    before = _live_files(tbl, old, shared)
+    after = _live_files(tbl, new, shared)
+    added = [v for p, v in after.data.items() if p not in before.data]
+    removed = [v for p, v in before.data.items() if p not in after.data]
+    return added, removed, before.has_deletes or after.has_deletes
+
+
+def _read(
+    tbl: Table,
+    files: list[tuple[DataFile, int]],
+    columns: list[str],
+    row_filter: BooleanExpression | None = None,
+) -> pa.Table:
+    """Rows of ``files`` (projected to ``columns`` by field id) with each file's sequence number in SEQ."""
+    schema = tbl.schema().select(*columns)
+    scan = ArrowScan(tbl.metadata, tbl.io, schema, row_filter if row_filter is not None else AlwaysTrue())
+    by_seq: dict[int, list[DataFile]] = defaultdict(list)
+    for df, seq in files:
+        by_seq[seq].append(df)
+    parts = []
+    for seq, dfs in sorted(by_seq.items()):
+        part = scan.to_table([FileScanTask(df) for df in dfs])
+        parts.append(part.append_column(SEQ, pa.array([seq] * part.num_rows, pa.int64())))
+    if not parts:
+        empty = schema.as_arrow().empty_table()
+        return empty.append_column(SEQ, pa.array([], pa.int64()))
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+# --- reducing -----------------------------------------------------------------------------------------
+class _Reducer:
+    """DuckDB over Arrow: latest row per key, payload encoding, and the removed-row comparison."""
+
+    def __init__(self, view: FeatureView, fields: dict[str, Any]) -> None:
+        self.key_name, self.ts_name = view.join_key, view.timestamp_field
+        self.key = codec.quote(view.join_key)
+        self.ts = codec.quote(view.timestamp_field)
+        self.payload = codec.payload_sql(fields)
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone='UTC'")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _order(self) -> str:
+        # One sortable number per row: event time first, then the sequence number (< 2**40).
+        return f"(epoch_us({self.ts})::HUGEINT * 1099511627776 + {SEQ})"
+
+    def _latest(self, rel: str, where: str = "") -> str:
+        return f"SELECT * FROM {rel} {where} QUALIFY row_number() OVER (PARTITION BY {self.key} ORDER BY {self._order()} DESC) = 1"
+
+    def records(self, rows: pa.Table, only: list[str] | None = None) -> Records:
+        """The latest row per key of ``rows`` (restricted to keys ``only``) as store records."""
+        # Pick the winning row numbers with a hash aggregate over the narrow columns, then encode only those
+        # rows: much cheaper than a window sort that carries every feature column.
+        narrow = rows.select([self.key_name, self.ts_name, SEQ])
+        narrow = narrow.append_column(_RID, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+        self.con.register("narrow_in", narrow)
+        where = ""
+        if only is not None:
+            self.con.register("only_keys", pa.table({"k": pa.array(only, pa.string())}))
+            where = f"WHERE {self.key}::VARCHAR IN (SELECT k FROM only_keys)"
+        picked = self.con.sql(
+            f"SELECT arg_max({_RID}, {self._order()}) AS r FROM narrow_in {where} GROUP BY {self.key}"
+        ).to_arrow_table()
+        self.con.unregister("narrow_in")
+        latest = rows.take(picked.column("r"))
+        self.con.register("latest_in", latest)
+        out = self.con.sql(
+            f"SELECT {self.key}::VARCHAR AS k, epoch_us({self.ts}) AS t, {SEQ} AS s, {self.payload} AS v "
+            "FROM latest_in"
+        ).to_arrow_table()
+        self.con.unregister("latest_in")
+        return Records(
+            out.column("k").to_pylist(),
+            out.column("t").to_pylist(),
+            out.column("s").to_pylist(),
+            out.column("v").to_pylist(),
+        )
+
+    def stale_keys(self, added: pa.Table, removed: pa.Table) -> list[str]:
+        """Keys whose newest removed row is at least as new as their newest added row (or that got none)."""
+        self.con.register("added_in", added)
+        self.con.register("removed_in", removed)
+        rows = self.con.sql(
+            f"""
+            WITH a AS (SELECT {self.key}::VARCHAR AS k, {self.ts} AS t, {SEQ} AS s FROM ({self._latest("added_in")})),
+                 r AS (SELECT {self.key}::VARCHAR AS k, {self.ts} AS t, {SEQ} AS s FROM ({self._latest("removed_in")}))
+            SELECT r.k FROM r LEFT JOIN a USING (k)
+            WHERE a.k IS NULL OR r.t > a.t OR (r.t = a.t AND r.s >= a.s)
+            """
+        ).fetchall()
+        self.con.unregister("added_in")
+        self.con.unregister("removed_in")
+        return [r[0] for r in rows]
+
+
+# --- the job ------------------------------------------------------------------------------------------
+def _write(
+    store: OnlineStore, view: str, records: Records, *, force: bool, chunk: int, progress: SyncProgress
+) -> int:
+    changed = 0
+    for start in range(0, len(records), chunk):
+        part = records.slice(start, start + chunk)
+        changed += store.write(view, part, force=force)
+        progress.advance(view, len(part))
+    return changed
+
+
+def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str) -> str | None:
+    """Point ``tag`` at the synced snapshot so expiry keeps it; a note when that could not be done."""
+    for _ in range(project.config.settings.catalog.retries + 1):
+        tbl = project.load_table(view)
+        ref = tbl.metadata.refs.get(tag)
+        if ref is not None and ref.snapshot_id == snapshot_id:
+            return None
+        if ref is not None and ref.snapshot_ref_type == SnapshotRefType.BRANCH:
+            return f"a branch named {tag} exists in {project.table_name(view)}; the synced snapshot is not tagged"
+        try:
+            project.catalog_call(
+                lambda t=tbl: t.manage_snapshots().create_tag(snapshot_id, tag).commit(),  # type: ignore[misc]
+                f"tag {tag}",
+            )
+            return None
+        except (CommitFailedException, ValueError) as exc:
+            if not is_commit_conflict(exc):
+                raise
+        except CatalogUnavailableError as exc:
+            return f"could not move tag {tag} ({exc}); the next sync retries"
+    return f"could not move tag {tag}: the table kept changing; the next sync retries"
+
+
+def _key_values(tbl: Table, join_key: str, keys: list[str]) -> list[Any]:
+    is_int = isinstance(tbl.schema().find_field(join_key).field_type, IntegerType | LongType)
+    return [int(k) for k in keys] if is_int else list(keys)
+
+
+def sync_view(
+    project: Project,
+    store: OnlineStore,
+    view: FeatureView,
+    *,
+    full: bool = False,
+    progress: SyncProgress | None = None,
+) -> SyncResult:
+    """Bring ``view``'s keys in ``store`` up to main's current snapshot (see the module docstring)."""
+    t0 = time.perf_counter()
+    progress = progress or SyncProgress()
+    chunk = project.config.settings.online_store.write_chunk
+    progress.phase(view.name, "planning")
+    tbl = project.load_table(view.name)
+    watermark = store.get_watermark(view.name)
+    mode, reason = plan(tbl, watermark, full=full)
+    current_id = main_snapshot_id(tbl)
+    result = SyncResult(
+        view.name, mode, reason, watermark.snapshot_id if watermark else None, current_id, tag=tag_name(store)
+    )
+    if mode == "empty":
+        result.tag = None
+        return result
+    assert current_id is not None
+    current = tbl.metadata.snapshot_by_id(current_id)
+    assert current is not None
+    if mode == "up-to-date":
+        note = _keep_alive(project, view.name, current_id, tag_name(store))
+        result.notes += [note] if note else []
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    schema_names = set(tbl.schema().column_names)
+    types = {n: tbl.schema().find_field(n).field_type for n in view.fields if n in schema_names}
+    missing = [n for n in view.fields if n not in schema_names]
+    if missing:
+        result.notes.append(
+            f"{', '.join(missing)} not in table {project.table_name(view.name)} yet (run `featurelake apply`)"
+        )
+    columns = [view.join_key, view.timestamp_field, *types]
+    added: list[tuple[DataFile, int]] = []
+    removed: list[tuple[DataFile, int]] = []
+    deletes = False
+    if mode == "incremental":
+        assert watermark is not None
+        old = tbl.metadata.snapshot_by_id(watermark.snapshot_id)
+        assert old is not None
+        added, removed, deletes = _diff(tbl, old, current)
+        if deletes:
+            mode, reason = "full", "the table has row-level delete files, which only a full read applies"
+            result.mode, result.reason = mode, reason
+    if mode == "full":
+        live = _live_files(tbl, current, set())
+        added, removed, deletes = list(live.data.values()), [], live.has_deletes
+
+    reducer = _Reducer(view, types)
+    try:
+        progress.phase(view.name, f"reading {len(added)} added and {len(removed)} removed data files")
+        if deletes:
+            # Merge-on-read deletes: let PyIceberg apply them; every row counts as main's current sequence.
+            rows = tbl.scan(snapshot_id=current_id, selected_fields=tuple(columns)).to_arrow()
+            rows = rows.append_column(
+                SEQ, pa.array([current.sequence_number or 0] * rows.num_rows, pa.int64())
+            )
+        else:
+            rows = _read(tbl, added, columns)
+        result.files_read = len(added) + len(removed)
+        result.rows = rows.num_rows
+        progress.phase(view.name, f"reducing {rows.num_rows} rows to the latest per key")
+        records = reducer.records(rows)
+        stale: list[str] = []
+        if removed:
+            gone = _read(tbl, removed, [view.join_key, view.timestamp_field])
+            stale = reducer.stale_keys(rows.select([view.join_key, view.timestamp_field, SEQ]), gone)
+        refreshed = Records([], [], [], [])
+        if stale:
+            progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
+            live = _live_files(tbl, current, set())
+            values = _key_values(tbl, view.join_key, stale)
+            flt = In(view.join_key, values) if len(values) <= _IN_FILTER_MAX else None  # type: ignore[call-arg,arg-type]
+            refreshed = reducer.records(_read(tbl, list(live.data.values()), columns, flt), only=stale)
+    finally:
+        reducer.close()
+
+    force = mode == "full"
+    result.keys = len(records)
+    progress.writing(view.name, len(records) + len(refreshed))
+    result.changed = _write(store, view.name, records, force=force, chunk=chunk, progress=progress)
+    if len(refreshed):
+        result.changed += _write(store, view.name, refreshed, force=True, chunk=chunk, progress=progress)
+    drop = sorted(set(stale) - set(refreshed.keys))
+    if force:
+        progress.phase(view.name, "removing keys main no longer has")
+        present = set(records.keys)
+        drop = [k for k in store.keys(view.name) if k not in present]
+    if drop:
+        result.deleted = store.delete(view.name, drop)
+
+    # Only now is the batch complete: a crash before this line makes the next run redo it.
+    store.set_watermark(
+        view.name,
+        Watermark(
+            snapshot_id=current_id,
+            sequence_number=int(current.sequence_number or 0),
+            table_uuid=str(tbl.metadata.table_uuid),
+            synced_at=datetime.now(UTC).isoformat(),
+        ),
+    )
+    note = _keep_alive(project, view.name, current_id, tag_name(store))
+    if note:
+        result.notes.append(note)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+__all__ = ["TAG_PREFIX", "SyncProgress", "SyncResult", "plan", "sync_view", "tag_name"]
