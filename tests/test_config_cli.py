@@ -109,6 +109,10 @@ def test_public_api_surface() -> None:
         "SchemaError",
         "DataError",
         "AuditFailed",
+        "RequestError",
+        "NotFoundError",
+        "ArtifactIntegrityError",
+        "OnlineStoreUnavailableError",
         "ConflictError",
         "CatalogUnavailableError",
     ):

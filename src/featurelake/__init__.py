@@ -6,12 +6,16 @@
 
 from featurelake import checks
 from featurelake.errors import (
+    ArtifactIntegrityError,
     AuditFailed,
     CatalogUnavailableError,
     ConfigError,
     ConflictError,
     DataError,
     FeaturelakeError,
+    NotFoundError,
+    OnlineStoreUnavailableError,
+    RequestError,
     SchemaError,
     UsageError,
 )
@@ -21,6 +25,7 @@ from featurelake.project import Featurelake, open
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactIntegrityError",
     "AuditFailed",
     "CatalogUnavailableError",
     "ConfigError",
@@ -30,6 +35,9 @@ __all__ = [
     "FeatureView",
     "Featurelake",
     "FeaturelakeError",
+    "NotFoundError",
+    "OnlineStoreUnavailableError",
+    "RequestError",
     "SchemaError",
     "Source",
     "UsageError",

@@ -143,7 +143,10 @@ def get(c: _Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json
 )
 @pass_ctx
 def serve(c: _Ctx, host: str | None, port: int | None, log_level: str) -> None:
-    """Serve online features over HTTP (POST /get-online-features, GET /healthz, GET /metrics)."""
+    """Serve online features and predictions over HTTP.
+
+    POST /get-online-features, POST /predict/{model}, GET /metrics, GET /healthz.
+    """
     from featurelake.serving.server import serve as run
 
     run(c.fl.project, host=host, port=port, log_level=log_level)
