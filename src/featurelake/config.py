@@ -135,7 +135,7 @@ class MonitoringConfig(_Section):
 class BackfillConfig(_Section):
     keep_published_branches: bool = False
     """Keep ``audit_<run_id>`` after a successful publish (default: remove it)."""
-    publish_attempts: int = 5
+    publish_attempts: int = 10
     """How often a publish rebases onto a main that moved before giving up with a ConflictError."""
     empty_window: Literal["error", "warn"] = "error"
     """Verdict on a window whose query produced no rows: ``error`` refuses it (publishing would empty

@@ -75,7 +75,9 @@ def _say(progress: Progress | None, msg: str) -> None:
 
 def _retry_commit(project: Project, view: FeatureView, what: str, fn: Callable[[Table], T]) -> T:
     """Run a metadata commit against a fresh table, retrying when a concurrent commit won the race."""
-    attempts = project.config.settings.catalog.retries + 1
+    # Lost races are normal under many concurrent writers: allow as many tries as a publish gets.
+    settings = project.config.settings
+    attempts = max(settings.catalog.retries + 1, settings.backfill.publish_attempts)
     for attempt in range(attempts):
         tbl = project.load_table(view.name)
         try:
