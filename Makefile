@@ -61,6 +61,7 @@ bench-peers: $(STAMP) ## featurelake vs Feast side by side (own venv benchmarks/
 
 reliability: $(STAMP) ## fault-injection, hostile-input and concurrency suites (tests/reliability, docs/reliability.md)
 	$(PY) -m pytest -q -m reliability tests/reliability
+	$(PY) -m tests.reliability.load_run  # 60 s loopback load run of `featurelake serve`; not in CI
 
 clean: ## remove the virtualenv and generated state
 	rm -rf $(VENV) examples/quickstart/.featurelake examples/quickstart/data .pytest_cache .mypy_cache .ruff_cache

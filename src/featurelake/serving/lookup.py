@@ -121,6 +121,11 @@ class OnlineService:
         return cached
 
     def _plan(self, features: Sequence[str], full_names: bool, python: bool) -> _Plan:
+        for ref in features:  # before hashing: a list or object in the request must be a 4xx, not a 500
+            if not isinstance(ref, str):
+                raise RequestError(
+                    f"feature reference {str(ref)[:60]!r} must be a string 'view:feature', e.g. 'user_features:amount_avg_1d'"
+                )
         cache_key = (tuple(features), full_names, python)
         plan = self._plans.get(cache_key)
         if plan is not None:

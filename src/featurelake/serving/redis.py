@@ -106,6 +106,7 @@ class RedisStore(OnlineStore):
             ) from exc
         self._script = self.client.register_script(_WRITE_LUA)
         self._prefix = f"fl:{project}:"
+        self._sync_run_ids: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: ProjectConfig) -> RedisStore:
@@ -201,11 +202,25 @@ class RedisStore(OnlineStore):
     def _watermark_key(self, view: str) -> str:
         return f"{self._prefix}#sync:{view}"
 
+    def _server_run_id(self) -> str:
+        info = self._run(lambda: self.client.info("server"), "read the server's run id")
+        return str(info.get("run_id", ""))
+
     def get_watermark(self, view: str) -> Watermark | None:
+        # A sync starts by reading its watermark: remember which Redis process it talks to, so a server
+        # that restarted (possibly empty) mid-sync is noticed before the watermark moves.
+        self._sync_run_ids[view] = self._server_run_id()
         raw = self._run(lambda: self.client.get(self._watermark_key(view)), f"read the watermark of {view}")
         return Watermark.from_dict(json.loads(raw)) if raw else None
 
     def set_watermark(self, view: str, watermark: Watermark) -> None:
+        started = self._sync_run_ids.pop(view, None)
+        if started is not None and started != self._server_run_id():
+            raise OnlineStoreUnavailableError(
+                f"redis at {self.location} restarted while {view} was syncing, so keys written before the "
+                "restart may be gone; the watermark was not advanced: run `featurelake sync` again "
+                "(it resyncs what is missing)"
+            )
         self._run(
             lambda: self.client.set(self._watermark_key(view), json.dumps(watermark.to_dict())),
             f"write the watermark of {view}",
