@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -89,17 +90,32 @@ class SqliteStore(OnlineStore):
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            if not self._initialised:
-                conn.executescript(_SCHEMA)
-                self._initialised = True
+            # Switching to WAL (persistent, once per file) ignores the busy timeout: with several threads or
+            # processes opening the store at once it fails with "database is locked". Do it once per store
+            # under a lock, retrying while another process holds the file, until the timeout.
+            with self._lock:
+                if not self._initialised:
+                    self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+                    self._retry_locked(lambda: conn.executescript(_SCHEMA))
+                    self._initialised = True
         except (sqlite3.Error, OSError) as exc:
             raise self._unavailable(exc) from exc
         self._local.conn = conn
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _retry_locked(self, fn: Callable[[], object]) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fn()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn()
