@@ -12,12 +12,14 @@ import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
+from featurelake import duck
 from featurelake.engines.base import Engine
 from featurelake.engines.conform import conform
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.definitions import FeatureView, Source
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
+from featurelake.lakehouse.write import overwrite_days
 from featurelake.validation import audit as audit_mod
 from featurelake.validation.checks import Check, CheckResult
 
@@ -43,9 +45,10 @@ class LocalEngine(Engine):
             )
         return files
 
-    def _connect(self, view: FeatureView, window: Window | None) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        con.execute("SET TimeZone='UTC'")
+    def _source(
+        self, con: duckdb.DuckDBPyConnection, view: FeatureView, window: Window | None
+    ) -> duckdb.DuckDBPyRelation:
+        """The view's source restricted to ``window`` (None: no rows, the schema only), as a relation."""
         src = view.source
         if src.kind == "parquet":
             rel = con.read_parquet(self._source_files(src, view.name))
@@ -54,35 +57,35 @@ class LocalEngine(Engine):
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
                     f"its columns are {', '.join(rel.columns)}"
                 )
-            rel = rel.limit(0) if window is None else rel.filter(window.sql_filter(src.timestamp_field))
-            rel.create_view("source")
+            # A relation, not a view: views live in the process-wide database that cursors share.
+            return rel.limit(0) if window is None else rel.filter(window.sql_filter(src.timestamp_field))
+        try:
+            tbl = self.catalog.load_table(src.location)
+        except Exception as exc:
+            raise ConfigError(
+                f"view {view.name!r}: source table {src.location!r} cannot be loaded: {exc}"
+            ) from exc
+        if src.timestamp_field not in tbl.schema().column_names:
+            raise ConfigError(
+                f"view {view.name!r}: source table {src.location} has no column {src.timestamp_field!r}"
+            )
+        if window is None:
+            data = tbl.schema().as_arrow().empty_table()
         else:
-            try:
-                tbl = self.catalog.load_table(src.location)
-            except Exception as exc:
-                raise ConfigError(
-                    f"view {view.name!r}: source table {src.location!r} cannot be loaded: {exc}"
-                ) from exc
-            if src.timestamp_field not in tbl.schema().column_names:
-                raise ConfigError(
-                    f"view {view.name!r}: source table {src.location} has no column {src.timestamp_field!r}"
-                )
-            if window is None:
-                data = tbl.schema().as_arrow().empty_table()
-            else:
-                data = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field)).to_arrow()
-            con.register("source", data)
-        return con
+            data = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field)).to_arrow()
+        return con.from_arrow(data)
 
     def _run(self, view: FeatureView, window: Window | None) -> pa.Table:
-        con = self._connect(view, window)
-        try:
-            return con.sql(view.query).to_arrow_table()
-        except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise SchemaError(f"view {view.name!r}: the query failed in DuckDB: {first}") from exc
-        finally:
-            con.close()
+        with duck.cursor() as con:
+            source = self._source(con, view, window)
+            try:
+                result = source.query("source", view.query)
+                if result is None:
+                    raise SchemaError(f"view {view.name!r}: the query must be a SELECT that returns rows")
+                return result.to_arrow_table()
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise SchemaError(f"view {view.name!r}: the query failed in DuckDB: {first}") from exc
 
     def source_schema(self, view: FeatureView) -> pa.Schema:
         return self._run(view, None).schema
@@ -103,11 +106,8 @@ class LocalEngine(Engine):
         with warnings.catch_warnings():
             # An empty window on the branch is the normal first backfill, not something to warn about.
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            table.overwrite(
-                frame,
-                overwrite_filter=window.iceberg_filter(timestamp_field),
-                snapshot_properties=properties,
-                branch=branch,
+            overwrite_days(
+                table, frame, window.iceberg_filter(timestamp_field), timestamp_field, properties, branch
             )
         tip = ref_snapshot_id(table, branch)
         assert tip is not None

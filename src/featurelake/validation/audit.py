@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 
+from featurelake import duck
 from featurelake.validation.checks import Check, CheckResult, NotNull, Observation, RowCount, Unique
 from featurelake.validation.stats import ColumnStats, sample_rows
 
@@ -196,6 +196,15 @@ def _run(query: Query, exprs: list[str]) -> list[Any]:
     return out
 
 
+def sample_plan(checks: list[Check]) -> tuple[list[str], int, int] | None:
+    """``(columns, rows, seed)`` of the one sample the checks want, or None."""
+    requests = [r for c in checks if (r := c.sample_request()) is not None]
+    if not requests:
+        return None
+    cols = list(dict.fromkeys(col for r in requests for col in r[0]))
+    return cols, max(r[1] for r in requests), requests[0][2]
+
+
 def evaluate_with(query: Query, sample: Sampler | None, checks: list[Check]) -> tuple[int, list[CheckResult]]:
     """Evaluate ``checks`` with at most two calls of ``query`` (one SELECT list each) and one sample.
 
@@ -212,7 +221,8 @@ def evaluate_with(query: Query, sample: Sampler | None, checks: list[Check]) -> 
         return index[expr]
 
     spans = [[slot(e, exprs, slots) for e in c.aggregates()] for c in checks]
-    values = _run(query, exprs)
+    run = query if getattr(query, "splits_distinct", False) else lambda ex: _run(query, ex)
+    values = run(exprs)
     rows = int(values[0] or 0)
     observed = [Observation([values[i] for i in span], rows) for span in spans]
 
@@ -222,13 +232,10 @@ def evaluate_with(query: Query, sample: Sampler | None, checks: list[Check]) -> 
         [slot(e, detail_exprs, detail_slots) for e in c.detail_aggregates(o)]
         for c, o in zip(checks, observed, strict=True)
     ]
-    detail_values = _run(query, detail_exprs) if detail_exprs else []
+    detail_values = run(detail_exprs) if detail_exprs else []
 
-    requests = [r for c in checks if (r := c.sample_request()) is not None]
-    drawn: pa.Table | None = None
-    if requests and sample is not None and rows:
-        cols = list(dict.fromkeys(col for r in requests for col in r[0]))
-        drawn = sample(cols, max(r[1] for r in requests), requests[0][2])
+    plan = sample_plan(checks)
+    drawn = sample(*plan) if plan is not None and sample is not None and rows else None
 
     results: list[CheckResult | None] = [None] * len(checks)
     for i in sorted(range(len(checks)), key=lambda i: checks[i].judge_late):
@@ -240,20 +247,28 @@ def evaluate_with(query: Query, sample: Sampler | None, checks: list[Check]) -> 
 
 
 def evaluate(frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResult]]:
-    """Evaluate ``checks`` over an Arrow ``frame`` with DuckDB; returns (rows, results in ``checks`` order)."""
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone='UTC'")
+    """Evaluate ``checks`` over an Arrow ``frame``; returns (rows, results in ``checks`` order).
+
+    Column reductions come from the Arrow buffers (``validation.fast``); other expressions from DuckDB.
+    """
+    from featurelake.validation.fast import ArrowAggregates, background
+
+    with duck.cursor() as con:
         con.register("frame", frame)
 
-        def query(exprs: list[str]) -> list[Any]:
+        def sql(exprs: list[str]) -> list[Any]:
+            if not exprs:
+                return []
             row = con.execute(f"SELECT {', '.join(exprs)} FROM frame").fetchone()
             assert row is not None
             return list(row)
 
-        def sample(cols: list[str], n: int, seed: int) -> pa.Table:
-            return sample_rows(frame, cols, n, seed)
+        # The sample is drawn on the pool while the aggregates are computed.
+        plan = sample_plan(checks)
+        drawn = background(sample_rows, frame, *plan) if plan is not None and frame.num_rows else None
 
+        def sample(cols: list[str], n: int, seed: int) -> pa.Table:
+            return drawn.result() if drawn is not None else sample_rows(frame, cols, n, seed)
+
+        query = ArrowAggregates(frame, lambda exprs: _run(sql, exprs))
         return evaluate_with(query, sample, checks)
-    finally:
-        con.close()

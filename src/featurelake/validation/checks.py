@@ -15,6 +15,7 @@ from featurelake.errors import ConfigError
 from featurelake.validation.core import (
     NUMERIC_KINDS,
     STATUSES,
+    Agg,
     AuditContext,
     Check,
     CheckResult,
@@ -85,7 +86,7 @@ class NullRate(Check):
         return [self.column]
 
     def aggregates(self) -> list[str]:
-        return [f"count({quote(self.column)})"]
+        return [Agg.of("count", self.column)]
 
     def judge(self, obs: Observation) -> CheckResult:
         rows = obs.rows
@@ -106,7 +107,7 @@ class NotNull(Check):
         return [self.column]
 
     def aggregates(self) -> list[str]:
-        return [f"count({quote(self.column)})"]
+        return [Agg.of("count", self.column)]
 
     def judge(self, obs: Observation) -> CheckResult:
         nulls = obs.rows - int(obs.values[0] or 0)
@@ -136,8 +137,7 @@ class Between(Check):
         require_kind(self, view, self.column, NUMERIC_KINDS, "needs a numeric column")
 
     def aggregates(self) -> list[str]:
-        c = quote(self.column)
-        return [f"min({c})", f"max({c})"]
+        return [Agg.of("min", self.column), Agg.of("max", self.column)]
 
     def _inside(self, lo_seen: Any, hi_seen: Any) -> bool:
         if lo_seen is None:  # no non-null values
@@ -203,7 +203,8 @@ class InSet(Check):
         return f"{c} IS NOT NULL AND {c} NOT IN ({', '.join(sql_literal(v) for v in self.values)})"
 
     def aggregates(self) -> list[str]:
-        return [f"count(*) FILTER (WHERE {self._outside()})"]
+        sql = f"count(*) FILTER (WHERE {self._outside()})"
+        return [Agg(sql, "count_not_in", self.column, tuple(self.values))]
 
     def detail_aggregates(self, obs: Observation) -> list[str]:
         if not obs.values[0]:
@@ -255,7 +256,10 @@ class Unique(Check):
     def aggregates(self) -> list[str]:
         # Distinct 64-bit hashes are cheaper than distinct row values: as many as rows proves uniqueness
         # (equal keys hash equally); fewer may be a collision, so the exact count is taken then.
-        return [f"count(DISTINCT hash({', '.join(quote(c) for c in self._cols())}))"]
+        cols = self._cols()
+        return [
+            Agg(f"count(DISTINCT hash({', '.join(quote(c) for c in cols)}))", "distinct_rows", None, *cols)
+        ]
 
     def detail_aggregates(self, obs: Observation) -> list[str]:
         if int(obs.values[0] or 0) == obs.rows:
@@ -367,7 +371,7 @@ class Freshness(Check):
     def aggregates(self) -> list[str]:
         if self.column is None:
             raise RuntimeError("freshness() must be bound to a view before evaluation")
-        return [f"max({quote(self.column)})"]
+        return [Agg.of("max", self.column)]
 
     def judge(self, obs: Observation) -> CheckResult:
         newest, as_of = obs.values[0], self._as_of
@@ -411,8 +415,7 @@ class NoNanOrInf(Check):
 
     def aggregates(self) -> list[str]:
         # DuckDB orders NaN above +inf, so a finite min and max prove every value is finite.
-        c = quote(self.column)
-        return [f"min({c})", f"max({c})"]
+        return [Agg.of("min", self.column), Agg.of("max", self.column)]
 
     @staticmethod
     def _finite(v: Any) -> bool:

@@ -52,6 +52,31 @@ def sql_literal(value: Any) -> str:
     )
 
 
+class Agg(str):
+    """A SQL aggregate expression that also says what it computes.
+
+    SQL engines (DuckDB, Spark) only see the string. An in-memory evaluator reads :attr:`op`,
+    :attr:`column` and :attr:`args` to compute the same value straight from Arrow buffers (see
+    ``validation.fast``); one it does not know still has its SQL. Equal strings are the same aggregate.
+    Ops: ``count_all``, ``count``, ``min``, ``max``, ``sum`` (one column), ``count_not_in`` (column, the
+    allowed values) and ``distinct_rows`` (``args`` = the columns).
+    """
+
+    op: str
+    column: str | None
+    args: tuple[Any, ...]
+
+    def __new__(cls, sql: str, op: str, column: str | None = None, *args: Any) -> Agg:
+        obj = super().__new__(cls, sql)
+        obj.op, obj.column, obj.args = op, column, args
+        return obj
+
+    @classmethod
+    def of(cls, op: str, column: str) -> Agg:
+        """``count``/``min``/``max``/``sum`` of ``column``."""
+        return cls(f"{op}({quote(column)})", op, column)
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """The verdict of one check on one audited frame."""

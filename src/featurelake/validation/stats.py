@@ -1,12 +1,12 @@
-"""Feature statistics: exact counts and bounds from the audit's SQL pass, distributions from a uniform sample.
+"""Feature statistics: exact counts and bounds from the audit's aggregate pass, distributions from a sample.
 
 Per column of a view the audit records (:class:`ColumnStats`):
 
 - exact, from the same aggregate query as the checks: rows, non-null count, NaN, +inf and -inf counts,
   finite min, max and sum (so the mean); non-finite values are only counted, in a second query, when the
   min/max show that a column has any;
-- from a uniform random sample of at most ``backfill.audit_sample_rows`` rows (all rows when fewer; seeded
-  by the run id, so a re-audit sees the same sample): 101 quantiles of the finite values (``q[i]`` is the
+- from a sample of at most ``backfill.audit_sample_rows`` rows (all rows when fewer; stratified, every row
+  equally likely, see :func:`sample_positions`; seeded by the run id, so a re-audit sees the same sample): 101 quantiles of the finite values (``q[i]`` is the
   ``i``-th percentile, inverted-CDF, i.e. always an observed value). They are an *equi-depth histogram*:
   each of the 100 bins holds 1% of the finite values; equal-width histograms, bin masses and CDFs are
   derived from them (:meth:`ColumnStats.histogram`). Categorical columns (strings, booleans) keep their 20
@@ -30,7 +30,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featurelake.validation.checks import NUMERIC_KINDS, Check, CheckResult, Observation, column_kind, quote
+from featurelake.validation.checks import (
+    NUMERIC_KINDS,
+    Agg,
+    Check,
+    CheckResult,
+    Observation,
+    column_kind,
+    quote,
+)
+from featurelake.validation.fast import background
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
@@ -255,12 +264,33 @@ def run_seed(run_id: str) -> int:
     return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16)
 
 
+#: Rows per run of the stratified sample (see :func:`sample_rows`).
+SAMPLE_RUN = 32
+
+
+def sample_positions(rows: int, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of a stratified sample of ``n`` of ``rows`` rows (``n < rows``).
+
+    The rows are cut into ``n / SAMPLE_RUN`` equal strata; from each, a run of ``SAMPLE_RUN`` consecutive
+    rows starting at a random offset (wrapping around within the stratum) is taken. Every row has the same
+    chance to be sampled, as in a uniform sample, and every part of the frame is represented; reading runs
+    instead of scattered rows touches far fewer cache lines of the columnar buffers (~3x faster).
+    """
+    run = min(SAMPLE_RUN, n)
+    strata = max(1, n // run)
+    edges = np.linspace(0, rows, strata + 1).astype(np.int64)
+    length = edges[1:] - edges[:-1]
+    start = (np.random.default_rng(seed).random(strata) * length).astype(np.int64)
+    offsets = (start[:, None] + np.arange(run)[None, :]) % length[:, None]
+    return np.sort(edges[:-1, None] + offsets, axis=1).ravel()
+
+
 def sample_rows(table: pa.Table, columns: list[str], n: int, seed: int) -> pa.Table:
-    """A uniform random sample without replacement of at most ``n`` rows of ``columns``."""
+    """A sample of at most ``n`` rows of ``columns`` (all rows when there are fewer; see sample_positions)."""
     sub = table.select(columns)
     if sub.num_rows <= n:
         return sub
-    idx = np.sort(np.random.default_rng(seed).choice(sub.num_rows, size=n, replace=False))
+    idx = sample_positions(sub.num_rows, n, seed)
     # Take batch by batch: a take across a chunked table costs about twice as much.
     parts, offset = [], 0
     for batch in sub.to_batches():
@@ -290,12 +320,11 @@ class Profiler(Check):
         return cls({c: stats_kind(view, c) for c in view.fields}, sample_size, seed)
 
     def aggregates(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for col, kind in self.kinds.items():
-            c = quote(col)
-            out.append(f"count({c})")
+            out.append(Agg.of("count", col))
             if kind == "numeric":
-                out += [f"min({c})", f"max({c})", f"sum({c})"]
+                out += [Agg.of("min", col), Agg.of("max", col), Agg.of("sum", col)]
         return out
 
     def _non_finite(self, obs: Observation) -> list[str]:
@@ -336,6 +365,7 @@ class Profiler(Check):
             else {}
         )
         sample = obs.sample
+        pending = []
         for col, kind in self.kinds.items():
             st = ColumnStats(col, kind, rows=rows, count=int(obs.values[i] or 0))
             if kind == "numeric":
@@ -349,8 +379,11 @@ class Profiler(Check):
                 i += 1
             if sample is not None and col in sample.column_names:
                 st.sample_rows = sample.num_rows
-                _distribution(st, sample.column(col))
+                # Sorting the sample of each column is the judging's main cost: columns in parallel.
+                pending.append(background(_distribution, st, sample.column(col)))
             self.result[col] = st
+        for job in pending:
+            job.result()
         self.rows = rows
         return self._result(None, True, rows, "", f"profiled {len(self.kinds)} columns of {rows} rows")
 

@@ -1,0 +1,284 @@
+"""The audit's aggregates computed straight from Arrow buffers with NumPy (the local engine's fast path).
+
+Most of what a view's checks and statistics ask for is a handful of column reductions: non-null counts
+(Arrow keeps them in the array metadata), min / max / sum (one vectorised NumPy pass each, run for several
+columns at once on a small thread pool since NumPy releases the GIL), set membership (``pyarrow.compute
+.is_in``) and row uniqueness. Those are answered here; every other expression, and every case this module
+is not sure to answer *exactly as DuckDB would* (NaN in a min/max, decimals, strings, an int sum that could
+overflow, rows whose uniqueness is not proven by their order), goes to the SQL engine in one query.
+
+Uniqueness is proven without hashing when the rows are strictly ordered by the key columns (either order
+of them): then no two adjacent rows, hence no two rows, are equal. Time-ordered feature data often is;
+otherwise DuckDB counts distinct hashes as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featurelake.validation.core import Agg
+
+Sql = Callable[[list[str]], list[Any]]
+
+_EPOCH = datetime(1970, 1, 1)
+_POOL: ThreadPoolExecutor | None = None
+_UNKNOWN = object()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(
+            max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="audit"
+        )
+    return _POOL
+
+
+def background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Run ``fn(*args)`` on the audit's thread pool."""
+    return _pool().submit(fn, *args)
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+def _timestamp_tz(t: pa.DataType) -> Any:
+    """The tzinfo DuckDB gives values of timestamp type ``t`` (None: naive), or _UNKNOWN when unsupported."""
+    if not pa.types.is_timestamp(t) or t.unit != "us":
+        return _UNKNOWN
+    if t.tz is None:
+        return None
+    return UTC if t.tz in ("UTC", "+00:00", "Etc/UTC") else _UNKNOWN
+
+
+def _chunk_values(chunk: pa.Array, fill: Any) -> np.ndarray:
+    """The chunk's values as NumPy, nulls replaced by ``fill`` (a copy)."""
+    return pc.fill_null(chunk, pa.scalar(fill, chunk.type)).to_numpy(zero_copy_only=False)
+
+
+def _raw_values(chunk: pa.Array) -> np.ndarray:
+    """The chunk's value buffer as NumPy without a copy; slots of nulls hold arbitrary values."""
+    dtype = np.dtype(chunk.type.to_pandas_dtype())
+    return np.frombuffer(chunk.buffers()[1], dtype)[chunk.offset : chunk.offset + len(chunk)]
+
+
+def _is_valid(chunk: pa.Array, i: int) -> bool:
+    bit = chunk.offset + i
+    return bool((chunk.buffers()[0][bit >> 3] >> (bit & 7)) & 1)
+
+
+def _first_valid(chunk: pa.Array) -> Any:
+    """The first non-null value of a chunk that has one (found in its validity bitmap)."""
+    bitmap = np.frombuffer(chunk.buffers()[0], np.uint8)
+    bits = np.unpackbits(bitmap, bitorder="little")[chunk.offset : chunk.offset + len(chunk)]
+    return chunk[int(np.argmax(bits))].as_py()
+
+
+def _chunk_reduce(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]:
+    """(min, max, sum) of one chunk with at least one non-null value; NumPy NaN semantics."""
+    x = _raw_values(chunk)
+    nulls = chunk.null_count
+    lo = hi = total = None
+    if not nulls:
+        lo = x.min().item() if "min" in ops else None
+        hi = x.max().item() if "max" in ops else None
+        total = x.sum().item() if "sum" in ops else None
+        return lo, hi, total
+    # With nulls, the extreme of the whole buffer is the extreme of the values when it sits in a valid
+    # slot (it is then <= / >= every valid value); only when it sits in a null slot is a copy needed.
+    filled: np.ndarray | None = None
+    for op in ("min", "max"):
+        if op not in ops:
+            continue
+        i = int(x.argmin() if op == "min" else x.argmax())
+        if _is_valid(chunk, i):
+            v = x[i].item()
+        else:
+            if filled is None:
+                filled = _chunk_values(chunk, _first_valid(chunk))
+            v = (filled.min() if op == "min" else filled.max()).item()
+        if op == "min":
+            lo = v
+        else:
+            hi = v
+    if "sum" in ops:
+        total = pc.sum(chunk).as_py()
+    return lo, hi, total
+
+
+def reduce_column(col: pa.ChunkedArray, ops: set[str]) -> dict[str, Any] | None:
+    """``{op: value}`` for ``ops`` ⊆ {min, max, sum} exactly as DuckDB returns them; None when unsure."""
+    t = col.type
+    tz = _timestamp_tz(t)
+    is_ts = tz is not _UNKNOWN
+    if not (_numeric(t) or is_ts) or (is_ts and "sum" in ops) or pa.types.is_float16(t):
+        return None
+    if is_ts:
+        col = pa.chunked_array([c.view(pa.int64()) for c in col.chunks], pa.int64())
+    lo: Any = None
+    hi: Any = None
+    total: Any = None
+    for chunk in col.chunks:
+        if chunk.null_count == len(chunk):
+            continue
+        with np.errstate(all="ignore"):  # inf - inf is NaN, as in DuckDB: not worth a warning here
+            c_lo, c_hi, c_sum = _chunk_reduce(chunk, ops)
+        if c_lo is not None:
+            lo = c_lo if lo is None or c_lo != c_lo else min(lo, c_lo)
+        if c_hi is not None:
+            hi = c_hi if hi is None or c_hi != c_hi else max(hi, c_hi)
+        if c_sum is not None:
+            total = c_sum if total is None else total + c_sum
+    # NumPy propagates NaN through min and max; DuckDB orders NaN above +inf. Let DuckDB decide.
+    if pa.types.is_floating(t) and any(isinstance(v, float) and v != v for v in (lo, hi)):
+        return None
+    if "sum" in ops and pa.types.is_integer(t) and total is not None:
+        # An int64 NumPy sum wraps silently; DuckDB's does not. Only trust it when no wrap was possible.
+        bound = max(abs(int(lo)), abs(int(hi))) if lo is not None and hi is not None else None
+        if bound is None:
+            extremes = reduce_column(col, {"min", "max"})
+            if extremes is None:
+                return None
+            bound = max(abs(int(extremes["min"])), abs(int(extremes["max"])))
+        if bound * (len(col) + 1) >= 2**63:
+            return None
+    out: dict[str, Any] = {}
+    for op, v in (("min", lo), ("max", hi), ("sum", total)):
+        if op in ops:
+            if is_ts and v is not None:
+                v = _EPOCH.replace(tzinfo=tz) + timedelta(microseconds=int(v))
+            out[op] = v
+    return out
+
+
+def count_not_in(col: pa.ChunkedArray, values: tuple[Any, ...]) -> int | None:
+    """Non-null values of ``col`` that are not one of ``values`` (None when the types do not allow it)."""
+    t = col.type
+    if not (_numeric(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t)):
+        return None
+    try:
+        allowed = pa.array(list(values)).cast(t)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if len(allowed) != len(values) or allowed.null_count:
+        return None
+    if pa.types.is_integer(t) and len(col) > col.null_count:
+        # Integer codes: when the set holds every integer between the column's min and max, nothing is
+        # outside, and a min/max pass is ~20x cheaper than a hash lookup per row.
+        extremes = pc.min_max(col)
+        lo, hi = extremes["min"].as_py(), extremes["max"].as_py()
+        members = set(values)
+        if hi - lo < len(members) and all(v in members for v in range(lo, hi + 1)):
+            return 0
+    inside = pc.sum(pc.is_in(col, value_set=allowed)).as_py() or 0
+    return len(col) - col.null_count - int(inside)
+
+
+def _sortable(col: pa.ChunkedArray) -> np.ndarray | None:
+    t = col.type
+    if col.null_count or not (pa.types.is_integer(t) or pa.types.is_timestamp(t)):
+        return None
+    if pa.types.is_timestamp(t):
+        col = pa.chunked_array([c.view(pa.int64()) for c in col.chunks], pa.int64())
+    return col.to_numpy()
+
+
+def _strictly_increasing(keys: list[np.ndarray]) -> bool:
+    """True when rows are in strictly increasing lexicographic order of ``keys`` (so all distinct)."""
+    if keys[0].size < 2:
+        return True
+    greater = np.zeros(keys[0].size - 1, dtype=bool)
+    equal = np.ones(keys[0].size - 1, dtype=bool)
+    for k in keys:
+        nxt, prev = k[1:], k[:-1]
+        greater |= equal & (nxt > prev)
+        equal &= nxt == prev
+    return bool(greater.all())
+
+
+def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
+    """The row count when the rows are provably distinct on ``cols`` by their order, else None."""
+    keys = []
+    for c in cols:
+        if c not in frame.column_names:
+            return None
+        k = _sortable(frame.column(c))
+        if k is None:
+            return None
+        keys.append(k)
+    if _strictly_increasing(keys) or (len(keys) > 1 and _strictly_increasing(keys[::-1])):
+        return frame.num_rows
+    return None
+
+
+class ArrowAggregates:
+    """``query(exprs)`` for the audit evaluator over an in-memory Arrow ``frame``.
+
+    Known :class:`Agg` expressions are computed here; the rest (and anything not answered exactly) go to
+    ``sql(exprs)`` in at most two calls, the first running concurrently with the column reductions.
+    """
+
+    #: Tells ``evaluate_with`` that DISTINCT aggregates may be mixed in: ``sql`` gets them apart itself.
+    splits_distinct = True
+
+    def __init__(self, frame: pa.Table, sql: Sql) -> None:
+        self.frame, self.sql = frame, sql
+
+    def __call__(self, exprs: list[str]) -> list[Any]:
+        frame, n = self.frame, self.frame.num_rows
+        out: list[Any] = [None] * len(exprs)
+        done = [False] * len(exprs)
+        reductions: dict[str, dict[str, list[int]]] = {}
+        jobs: list[tuple[list[int], Future[Any]]] = []
+        plain_sql: list[int] = []
+        pool = _pool()
+        for i, e in enumerate(exprs):
+            if not isinstance(e, Agg) or (e.column is not None and e.column not in frame.column_names):
+                if e.strip().lower() == "count(*)":
+                    out[i], done[i] = n, True
+                else:
+                    plain_sql.append(i)
+            elif e.op == "count_all":
+                out[i], done[i] = n, True
+            elif e.op == "count" and e.column is not None:
+                out[i], done[i] = n - frame.column(e.column).null_count, True
+            elif e.op in ("min", "max", "sum") and e.column is not None:
+                reductions.setdefault(e.column, {}).setdefault(e.op, []).append(i)
+            elif e.op == "count_not_in" and e.column is not None:
+                jobs.append(([i], pool.submit(count_not_in, frame.column(e.column), e.args[0])))
+            elif e.op == "distinct_rows":
+                jobs.append(([i], pool.submit(distinct_rows, frame, e.args)))
+            else:
+                plain_sql.append(i)
+        sql_job = pool.submit(self.sql, [exprs[i] for i in plain_sql]) if plain_sql else None
+        for col, wanted in reductions.items():
+            idx = [i for ids in wanted.values() for i in ids]
+            jobs.append((idx, pool.submit(reduce_column, frame.column(col), set(wanted))))
+        for idx, job in jobs:
+            value = job.result()
+            if value is None:
+                continue
+            for i in idx:
+                e = exprs[i]
+                out[i] = value[e.op] if isinstance(value, dict) else value  # type: ignore[attr-defined]
+                done[i] = True
+        if sql_job is not None:
+            for i, v in zip(plain_sql, sql_job.result(), strict=True):
+                out[i], done[i] = v, True
+        rest = [i for i in range(len(exprs)) if not done[i]]
+        if rest:
+            for i, v in zip(rest, self.sql([exprs[i] for i in rest]), strict=True):
+                out[i] = v
+        return out
+
+
+__all__ = ["ArrowAggregates", "background", "count_not_in", "distinct_rows", "reduce_column"]

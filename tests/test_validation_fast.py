@@ -1,0 +1,233 @@
+"""The Arrow fast path of the audit (validation.fast) answers every aggregate exactly as DuckDB does."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featurelake.validation.core import Agg
+from featurelake.validation.fast import ArrowAggregates, count_not_in, distinct_rows, reduce_column
+from featurelake.validation.stats import sample_positions
+
+
+def duck(frame: pa.Table, exprs: list[str]) -> list[Any]:
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        con.register("frame", frame)
+        row = con.execute(f"SELECT {', '.join(exprs)} FROM frame").fetchone()
+        assert row is not None
+        return list(row)
+    finally:
+        con.close()
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b) and type(a) is type(b)
+
+
+def aggregates(columns: list[str]) -> list[str]:
+    out: list[str] = [Agg("count(*)", "count_all")]
+    for c in columns:
+        out += [Agg.of(op, c) for op in ("count", "min", "max", "sum")]
+    return out
+
+
+class Recorder:
+    """The SQL fallback, recording what it was asked."""
+
+    def __init__(self, frame: pa.Table) -> None:
+        self.frame, self.asked = frame, []  # type: ignore[var-annotated]
+
+    def __call__(self, exprs: list[str]) -> list[Any]:
+        self.asked.extend(exprs)
+        return duck(self.frame, exprs) if exprs else []
+
+
+def check_against_duckdb(frame: pa.Table, exprs: list[str]) -> Recorder:
+    sql = Recorder(frame)
+    got = ArrowAggregates(frame, sql)(exprs)
+    want = duck(frame, exprs)
+    for e, g, w in zip(exprs, got, want, strict=True):
+        assert same(g, w), f"{e}: fast {g!r} ({type(g).__name__}) != DuckDB {w!r} ({type(w).__name__})"
+    return sql
+
+
+def chunked(values: list[Any], type_: pa.DataType, cut: int) -> pa.ChunkedArray:
+    arr = pa.array(values, type_)
+    if 0 < cut < len(arr):
+        return pa.chunked_array([arr.slice(0, cut), arr.slice(cut)], type_)
+    return pa.chunked_array([arr], type_)
+
+
+FLOATS = st.one_of(
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e12, max_value=1e12),
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), 0.0, -0.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(FLOATS, max_size=40), st.integers(0, 40))
+def test_float_reductions_match_duckdb(values: list[float | None], cut: int) -> None:
+    frame = pa.table({"x": chunked(values, pa.float64(), cut)})
+    check_against_duckdb(frame, aggregates(["x"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(-(2**40), 2**40)), max_size=40), st.integers(0, 40))
+def test_integer_reductions_match_duckdb(values: list[int | None], cut: int) -> None:
+    frame = pa.table(
+        {
+            "i64": chunked(values, pa.int64(), cut),
+            "i32": chunked([None if v is None else v % 2**20 for v in values], pa.int32(), cut),
+        }
+    )
+    check_against_duckdb(frame, aggregates(["i64", "i32"]))
+
+
+def test_null_slots_holding_the_extremes_do_not_leak() -> None:
+    # pa.array(mask=...) keeps the masked values in the buffer: here the buffer's extremes are all nulls.
+    values = np.array([5.0, -1e300, 7.0, 1e300, 6.0, float("nan")])
+    frame = pa.table({"x": pa.array(values, mask=np.array([False, True, False, True, False, True]))})
+    sql = check_against_duckdb(frame, aggregates(["x"]))
+    assert sql.asked == []  # answered from the buffers despite the garbage
+    assert ArrowAggregates(frame, sql)([Agg.of("min", "x"), Agg.of("max", "x")]) == [5.0, 7.0]
+
+
+def test_nan_and_unsupported_types_go_to_sql() -> None:
+    frame = pa.table(
+        {
+            "f": pa.array([1.0, float("nan"), 2.0]),
+            "s": pa.array(["b", "a", None]),
+            "d": pa.array([1, 2, 3], pa.decimal128(10, 2)),
+            "b": pa.array([True, False, None]),
+        }
+    )
+    exprs = [
+        Agg.of("min", "f"),
+        Agg.of("max", "f"),
+        Agg.of("min", "s"),
+        Agg.of("sum", "d"),
+        Agg.of("max", "b"),
+    ]
+    sql = check_against_duckdb(frame, exprs + [Agg.of("count", c) for c in frame.column_names])
+    assert sorted(sql.asked) == sorted(exprs)  # counts never need SQL
+
+
+def test_all_null_and_empty_columns() -> None:
+    frame = pa.table(
+        {"x": pa.array([None, None], pa.float64()), "t": pa.array([None, None], pa.timestamp("us", tz="UTC"))}
+    )
+    check_against_duckdb(frame, [*aggregates(["x"]), Agg.of("max", "t"), Agg.of("min", "t")])
+    empty = frame.slice(0, 0)
+    check_against_duckdb(empty, [*aggregates(["x"]), Agg.of("max", "t")])
+
+
+def test_timestamps_come_back_as_duckdb_datetimes() -> None:
+    base = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    ts = [base + timedelta(minutes=i) for i in (5, 1, 9)]
+    frame = pa.table(
+        {
+            "tz": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "naive": pa.array([t.replace(tzinfo=None) for t in ts], pa.timestamp("us")),
+        }
+    )
+    check_against_duckdb(frame, [Agg.of(op, c) for c in ("tz", "naive") for op in ("min", "max")])
+    assert reduce_column(frame.column("tz"), {"sum"}) is None  # DuckDB has no sum of timestamps
+
+
+def test_integer_sum_that_could_overflow_goes_to_sql() -> None:
+    big = 2**62
+    frame = pa.table({"i": pa.array([big, big, big], pa.int64())})
+    sql = check_against_duckdb(frame, [Agg.of("sum", "i")])
+    assert sql.asked == [Agg.of("sum", "i")]
+    assert duck(frame, ['sum("i")']) == [3 * big]
+
+
+@pytest.mark.parametrize(
+    ("values", "allowed", "outside"),
+    [
+        ([1, 2, 3, None, 2], (1, 2, 3), 0),  # every integer between min and max is allowed: no lookup
+        ([1, 2, 9, None, 7], (1, 2, 3), 2),
+        ([0, 5, 10], tuple(range(0, 11, 5)), 0),  # a gappy set needs the lookup
+        ([0, 4, 10], tuple(range(0, 11, 5)), 1),
+    ],
+)
+def test_count_not_in_integers(values: list[int | None], allowed: tuple[int, ...], outside: int) -> None:
+    assert count_not_in(pa.chunked_array([pa.array(values, pa.int64())]), allowed) == outside
+
+
+def test_count_not_in_strings_and_floats_match_sql() -> None:
+    frame = pa.table(
+        {"s": pa.array(["a", "b", None, "z", "a"]), "f": pa.array([1.0, 2.5, float("nan"), None, 3.0])}
+    )
+    for col, allowed in (("s", ("a", "b")), ("f", (1, 2.5))):
+        lits = ", ".join(repr(v) for v in allowed)
+        expr = Agg(
+            f'count(*) FILTER (WHERE "{col}" IS NOT NULL AND "{col}" NOT IN ({lits}))',
+            "count_not_in",
+            col,
+            allowed,
+        )
+        sql = check_against_duckdb(frame, [expr])
+        assert sql.asked == []
+
+
+def test_count_not_in_with_a_type_it_cannot_cast_goes_to_sql() -> None:
+    assert count_not_in(pa.chunked_array([pa.array([1, 2])]), ("x",)) is None
+
+
+def test_distinct_rows_proven_by_order_either_way() -> None:
+    users = pa.array([1, 2, 3, 1, 2, 3], pa.int64())
+    days = pa.array([0, 0, 0, 1, 1, 1], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    frame = pa.table({"user": users, "ts": days})
+    assert distinct_rows(frame, ("user", "ts")) == 6  # sorted by (ts, user): the reversed key order
+    assert distinct_rows(frame.take([0, 3, 1, 4, 2, 5]), ("user", "ts")) == 6  # sorted by (user, ts)
+
+
+def test_distinct_rows_not_proven_falls_back_to_the_exact_count() -> None:
+    frame = pa.table({"user": pa.array([3, 1, 2, 1], pa.int64()), "ts": pa.array([0, 0, 0, 0], pa.int64())})
+    assert distinct_rows(frame, ("user", "ts")) is None  # unsorted: cannot tell
+    expr = Agg('count(DISTINCT hash("user", "ts"))', "distinct_rows", None, "user", "ts")
+    sql = Recorder(frame)
+    assert ArrowAggregates(frame, sql)([expr]) == [3]  # the duplicate (1, 0) is found by DuckDB
+    assert sql.asked == [expr]
+    with_null = pa.table({"user": pa.array([1, None], pa.int64()), "ts": pa.array([0, 1], pa.int64())})
+    assert distinct_rows(with_null, ("user", "ts")) is None
+
+
+def test_plain_sql_expressions_still_run() -> None:
+    frame = pa.table({"a": [1, 2, 3], "b": [3, 2, 1]})
+    check_against_duckdb(frame, ["count(*) FILTER (WHERE a > b)", Agg.of("max", "a"), "count(*)"])
+
+
+@pytest.mark.parametrize(("rows", "n"), [(1_000, 999), (100_000, 20_000), (20_033, 1_000), (50, 10)])
+def test_sample_positions_are_distinct_sorted_and_spread(rows: int, n: int) -> None:
+    idx = sample_positions(rows, n, seed=7)
+    assert idx.size <= n and idx.size >= n - 32
+    assert np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < rows
+    # Every tenth of the rows holds about a tenth of the sample (give or take one run of rows).
+    share = np.bincount(idx * 10 // rows, minlength=10) / idx.size
+    assert np.all(np.abs(share - 0.1) <= min(32, n) / idx.size + 0.01)
+
+
+def test_sample_positions_give_every_row_the_same_chance() -> None:
+    rows, n = 1_000, 96  # strata of ~333 rows, runs of 32
+    hits = np.zeros(rows)
+    for seed in range(3_000):
+        hits[sample_positions(rows, n, seed)] += 1
+    expected = 3_000 * n / rows
+    assert np.abs(hits / expected - 1).max() < 0.3  # no row (not even a stratum edge) is favoured
