@@ -323,11 +323,11 @@ def test_a_failure_mid_stream_removes_the_partly_written_branch(
     monkeypatch.setenv("FEATURELAKE_PREDICTION__WRITE_ROWS", "4")
     real_score, calls, flushed, removed = BatchScorer.score, [0], [0], []
 
-    def flaky(self: BatchScorer, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def flaky(self: BatchScorer, batch: pa.RecordBatch, matrix: Any = None) -> pa.RecordBatch:
         calls[0] += 1
         if calls[0] == 4:
             raise DataError("the model crashed on batch 4")
-        return real_score(self, batch)
+        return real_score(self, batch, matrix)
 
     real_flush = ptable.BranchWriter.flush
 

@@ -271,3 +271,46 @@ def test_the_sandbox_cannot_touch_files_or_change_its_settings(tmp_path: Any) ->
     finally:
         con.close()
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "x.db").exists()
+
+
+def test_score_all_builds_matrices_ahead_but_fails_in_batch_order() -> None:
+    from datetime import UTC, datetime
+
+    from pyiceberg.types import LongType
+    from sklearn.linear_model import LinearRegression
+
+    from featurelake.prediction.scoring import BatchScorer, Lineage
+    from featurelake.prediction.table import predictions_schema
+
+    model = LinearRegression().fit(X, [1.0, 2.0, 3.0])
+    flavor = load_flavor("pickle", pickle.dumps(model), info(inputs=(ModelInput("a", "double"), *INPUTS[1:])))
+    types = {"k": "long", "ts": "timestamp", "c": "double", "b": "long", "a": "double"}
+    binding = InputBinding.bind(flavor, match_inputs(flavor.info, "v", "k", types), "v", "k", "fill")
+    schema = predictions_schema("k", LongType(), "ts").as_arrow()
+    scorer = BatchScorer(binding, Lineage("m", "1.0.0", 7, "r", datetime.now(UTC)), schema, "ts")
+
+    def batch(i: int, c: list[float | None]) -> pa.RecordBatch:
+        return pa.record_batch(
+            {
+                "k": pa.array([3 * i, 3 * i + 1, 3 * i + 2]),
+                "ts": pa.array([datetime(2024, 1, 1, tzinfo=UTC)] * 3, pa.timestamp("us", tz="UTC")),
+                "a": pa.array([0.5, 1.5, -1.0]),
+                "b": pa.array([1, 0, 2]),
+                "c": pa.array(c),
+            }
+        )
+
+    good = [batch(0, [-2.0, 3.0, 0.25]), batch(1, [1.0, 2.0, 3.0])]
+    out = list(scorer.score_all(good))
+    assert [b.num_rows for b in out] == [3, 3]
+    np.testing.assert_allclose(out[0].column("prediction").to_numpy(), model.predict(X))
+    assert (
+        out[1].column("k").to_pylist() == [3, 4, 5] and out[1].column("feature_snapshot_id")[0].as_py() == 7
+    )
+    # The third batch's matrix fails (c has no default) while the second is still being scored: the first
+    # two come out, then the error.
+    stream = scorer.score_all([*good, batch(2, [1.0, None, 3.0]), batch(3, [1.0, 2.0, 3.0])])
+    got = [next(stream), next(stream)]
+    assert [b.column("k")[0].as_py() for b in got] == [0, 3]
+    with pytest.raises(DataError, match=r"input c is missing .* \(k 7\)"):
+        next(stream)

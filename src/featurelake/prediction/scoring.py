@@ -8,9 +8,11 @@ where it is loaded).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -89,17 +91,20 @@ class BatchScorer:
             arr = self._const[name] = pa.repeat(self._scalars[name], n)
         return arr.slice(0, n)
 
-    def predict(self, batch: pa.RecordBatch) -> np.ndarray:
-        """The model's predictions for ``batch`` (float64, one per row; NaN where it produced no number)."""
+    def predict(self, batch: pa.RecordBatch, matrix: np.ndarray | None = None) -> np.ndarray:
+        """The model's predictions for ``batch`` (float64, one per row; NaN where it produced no number).
+
+        ``matrix``: the batch's input matrix when already built (see :meth:`score_all`).
+        """
         t0 = time.perf_counter()
-        x = self.binding.matrix(batch)
+        x = self.binding.matrix(batch) if matrix is None else matrix
         out = self.binding.flavor.predict(x)
         self.stats.score_seconds += time.perf_counter() - t0
         return out
 
-    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def score(self, batch: pa.RecordBatch, matrix: np.ndarray | None = None) -> pa.RecordBatch:
         """The predictions batch for ``batch``, in the predictions table's schema."""
-        preds = self.predict(batch)
+        preds = self.predict(batch, matrix)
         n = batch.num_rows
         bad = ~np.isfinite(preds)
         nulls = int(bad.sum())
@@ -126,13 +131,23 @@ class BatchScorer:
     def score_all(
         self, batches: Iterable[pa.RecordBatch], progress: PredictProgress | None = None
     ) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            out = self.score(batch)
-            if progress is not None:
-                progress.rows(self.stats.rows)
-            yield out
+        """Score ``batches`` in order; the next batch's input matrix is built while the model runs.
+
+        Building the matrix (Arrow columns -> one row-major array) costs as much as a small model itself;
+        both release the GIL, so on two cores they overlap. Errors surface in batch order.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-matrix") as pool:
+            pending: tuple[pa.RecordBatch, Future[np.ndarray]] | None = None
+            for batch in itertools.chain(batches, [None]):
+                if batch is not None and batch.num_rows == 0:
+                    continue
+                ahead = (batch, pool.submit(self.binding.matrix, batch)) if batch is not None else None
+                if pending is not None:
+                    out = self.score(pending[0], pending[1].result())
+                    if progress is not None:
+                        progress.rows(self.stats.rows)
+                    yield out
+                pending = ahead
 
 
 __all__ = ["BatchScorer", "Lineage", "PredictProgress", "ScoreStats"]
