@@ -250,7 +250,20 @@ def test_jackson_jar_without_jarjar_says_what_to_install(
 
 
 def test_backfill_on_a_standalone_cluster(tmp_path: Path) -> None:
-    """Master and worker on 127.0.0.1; a driver process backfills with ``master: spark://127.0.0.1:<port>``."""
+    """Master and worker on 127.0.0.1; a driver process backfills with ``master: spark://127.0.0.1:<port>``,
+    then scores the published features with a registered pickle on the worker's executor."""
+    import pickle
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 3)) * [2.0, 40.0, 10.0] + [5.0, 100.0, 20.0]
+    model = LogisticRegression(max_iter=1000).fit(x, (x[:, 1] > 100.0).astype(int))
+    artifact = tmp_path / "model.pkl"
+    artifact.write_bytes(pickle.dumps(model))
+    columns = ["txn_count_1d", "amount_sum_1d", "amount_avg_1d"]
+    signature = [{"name": c, "type": "long" if c == "txn_count_1d" else "double"} for c in columns]
     cluster = StandaloneCluster(tmp_path / "cluster").start()
     try:
         source = transactions(days=4)
@@ -274,19 +287,41 @@ def test_backfill_on_a_standalone_cluster(tmp_path: Path) -> None:
             "    fl.apply()\n"
             f"    res = fl.backfill({VIEW!r}, {day(0)!r}, {day(4)!r}, run_id='on-cluster')\n"
             "    print(json.dumps(res.to_dict()))\n"
+            f"    fl.models.register('churn', {str(artifact)!r}, 'pickle', signature={signature!r})\n"
+            f"    pred = fl.predict('churn@latest', {VIEW!r}, run_id='scored-on-cluster')\n"
+            "    print(json.dumps(pred.to_dict()))\n"
         )
         run = subprocess.run(
             [sys.executable, "-c", script, str(proj)], capture_output=True, text=True, env=env, timeout=300
         )
         assert run.returncode == 0, run.stderr
-        result = json.loads(run.stdout.strip().splitlines()[-1])
+        result, scored = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
         assert result["rows"] == len(expected_features(source, 0, 4))
+        assert scored["table"] == "predictions.churn" and scored["audit"]["passed"]
     finally:
         cluster.stop()
     switch_engine(proj, "local")
     with featurelake.open(proj) as fl:
         assert_rows_close(sorted_rows(fl.read(VIEW)), expected_features(source, 0, 4))
         props = summaries(fl)["on-cluster"]
+        ptbl = fl.project.catalog.load_table("predictions.churn")
+        predictions = ptbl.scan().to_arrow().to_pylist()
+        written = ptbl.metadata.snapshot_by_id(scored["snapshot_id"])
+    assert written is not None and written.summary is not None
+    # Main fast-forwarded to the snapshot the cluster application wrote on the run's branch.
+    assert written.summary.additional_properties["spark.app.id"].startswith("app-")
+    # One prediction per user, from its latest feature row, as the model scores it here.
+    latest: dict[Any, dict[str, Any]] = {}
+    for r in expected_features(source, 0, 4):
+        latest[r["user_id"]] = r  # rows are sorted by (user_id, event_ts)
+    assert scored["rows"] == len(predictions) == len(latest)
+    for p in predictions:
+        want = latest[p["user_id"]]
+        assert p["event_ts"] == want["event_ts"] and p["run_id"] == "scored-on-cluster"
+        assert p["model_name"] == "churn" and p["model_version"] == "1.0.0"
+        assert p["feature_snapshot_id"] == result["snapshot_id"]
+        expected = model.predict_proba(np.array([[float(want[c]) for c in columns]]))[0, 1]
+        assert p["prediction"] == pytest.approx(expected, abs=1e-12)
     assert props[lineage.PIPELINE_USER] == "cluster-test"
     assert props["spark.app.id"].startswith("app-")  # a standalone application, not local-*
     worker_log = (tmp_path / "cluster" / "worker.log").read_text()

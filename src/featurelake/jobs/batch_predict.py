@@ -2,7 +2,8 @@
 
 Composition only: ``prediction.plan`` checks the request and loads the model, ``prediction.features``
 streams the rows to score, ``prediction.scoring`` scores them batch by batch, ``prediction.table`` writes the
-run's branch, audits it and publishes it.
+run's branch, audits it and publishes it. With ``engine.type: spark`` the score-and-write step runs on Spark
+(``engines.spark_predict``); the plan, audit and publish are the same.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from featurelake.monitoring.jobs import job_metrics
 from featurelake.prediction import table as ptable
 from featurelake.prediction.features import stream_features
 from featurelake.prediction.plan import PredictionPlan, PredictRequest, plan_prediction
-from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress
+from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress, ScoreStats
 from featurelake.validation.audit import AuditReport
 from featurelake.validation.runner import AUDIT_REPORT
 
@@ -135,6 +136,21 @@ def _score_and_write(
     return scorer
 
 
+def _score(
+    project: Project,
+    registry: ModelRegistry,
+    plan: PredictionPlan,
+    props: dict[str, str],
+    progress: PredictProgress,
+) -> ScoreStats:
+    """Score and write the run's branch on the project's engine."""
+    if project.config.settings.engine.type == "spark":
+        from featurelake.engines.spark_predict import score_and_write
+
+        return score_and_write(project, registry, plan, props, progress)
+    return _score_and_write(project, plan, props, progress).stats
+
+
 def run_predict(
     project: Project,
     registry: ModelRegistry,
@@ -171,8 +187,7 @@ def run_predict(
                 f"scoring {plan.view}@{plan.snapshot_id} with {mv.name} {mv.version} ({mv.flavor}, "
                 f"{plan.selection.mode})"
             )
-            scorer = _score_and_write(project, plan, props, say)
-            stats = scorer.stats
+            stats = _score(project, registry, plan, props, say)
             checks = ptable.audit_checks(
                 stats.rows,
                 plan.selection.key,
