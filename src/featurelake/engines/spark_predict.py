@@ -196,19 +196,6 @@ def from_executor(exc: BaseException) -> FeaturelakeError | None:
     return None
 
 
-def python_for_workers(sc: Any) -> None:
-    """Run Python workers with ``spark.pyspark.python`` (featurelake sets it to the driver's interpreter).
-
-    pyspark ignores that setting in a SparkContext started from Python (only spark-submit reads it) and
-    sends ``$PYSPARK_PYTHON`` or ``python3`` with every Python function: an interpreter without featurelake
-    and the model's libraries. Executors start whatever the function names, so this is set before one is
-    built. On a cluster, set ``spark.pyspark.python`` to the executors' interpreter.
-    """
-    wanted = sc.getConf().get("spark.pyspark.python")
-    if wanted and sc.pythonExec != wanted:
-        sc.pythonExec = wanted
-
-
 def _quoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
@@ -298,7 +285,6 @@ def score_and_write(
     schema = output_schema(features, plan)
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    python_for_workers(sc)
     artifact = sc.broadcast(payload.data)
     seconds = sc.accumulator(0.0)
     task = ScoreTask(

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyiceberg.exceptions import CommitFailedException
 from sqlalchemy.engine import make_url
@@ -122,8 +122,22 @@ def spark_session(settings: SparkConfig) -> SparkSession:
                 "a SparkSession without Iceberg's extensions is already running in this process; start it with "
                 f"spark.sql.extensions={ICEBERG_EXTENSIONS} or let featurelake start Spark"
             )
+        python_for_workers(session.sparkContext)
         _root, _root_master = session, settings.master
         return session
+
+
+def python_for_workers(sc: Any) -> None:
+    """Run Python workers with ``spark.pyspark.python`` (featurelake sets it to the driver's interpreter).
+
+    pyspark ignores that setting in a SparkContext started from Python (only spark-submit reads it) and
+    sends ``$PYSPARK_PYTHON`` or ``python3`` with every Python function: an interpreter without featurelake
+    and the model's libraries. Executors start whatever the function names, so it is set when the context
+    starts. On a cluster, set ``spark.pyspark.python`` to the executors' interpreter.
+    """
+    wanted = sc.getConf().get("spark.pyspark.python")
+    if wanted and sc.pythonExec != wanted:
+        sc.pythonExec = wanted
 
 
 def stop_spark() -> None:
