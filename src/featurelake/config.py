@@ -141,7 +141,7 @@ class BackfillConfig(_Section):
     """Verdict on a window whose query produced no rows: ``error`` refuses it (publishing would empty
     main's days for the window), ``warn`` publishes it and records a warning."""
     audit_sample_rows: int = Field(default=20_000, ge=1000)
-    """Rows sampled (uniformly, per audit) for quantiles, histograms and drift; counts stay exact."""
+    """Rows sampled (stratified, every row equally likely, per audit) for quantiles, histograms and drift; counts stay exact."""
 
 
 class MaintenanceConfig(_Section):
