@@ -107,6 +107,13 @@ def test_null_slots_holding_the_extremes_do_not_leak() -> None:
     assert ArrowAggregates(frame, sql)([Agg.of("min", "x"), Agg.of("max", "x")]) == [5.0, 7.0]
 
 
+def test_integer_null_slots_do_not_leak_into_sums() -> None:
+    values = np.array([3, 2**62, -4, 2**62, 9], dtype=np.int64)
+    frame = pa.table({"i": pa.array(values, mask=np.array([False, True, False, True, False]))})
+    sql = check_against_duckdb(frame, aggregates(["i"]))
+    assert sql.asked == []
+
+
 def test_nan_and_unsupported_types_go_to_sql() -> None:
     frame = pa.table(
         {
