@@ -1,9 +1,10 @@
 """Job: table maintenance (compaction, snapshot expiry, orphan removal) for one view or every table.
 
 Composition only: the policies come from the arguments or the config's ``maintenance`` section, lineage from
-``lakehouse.lineage``, and the work from ``lakehouse.maintenance``. Per table the order is compact, expire,
-remove orphans, each on freshly loaded metadata; the report counts the files under the table's location
-before and after.
+``lakehouse.lineage``, and the work from ``lakehouse.maintenance`` (PyIceberg), or with ``engine.type: spark``
+from ``engines.spark_maintenance`` (Iceberg's Spark procedures under the same policies and report). Per table
+the order is compact, expire, remove orphans, each on freshly loaded metadata; the report counts the files
+under the table's location before and after.
 """
 
 from __future__ import annotations
@@ -97,6 +98,22 @@ def _table_locations(project: Project) -> dict[str, str]:
     return out
 
 
+def _operations(project: Project) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """(compact, expire, remove orphans): on Spark for ``engine.type: spark``, else with PyIceberg."""
+    if project.config.settings.engine.type != "spark":
+        return rewrite_data_files, expire_snapshots, remove_orphan_files
+    from featurelake.engines import spark_maintenance
+    from featurelake.engines.spark import SparkEngine
+
+    engine = project.engine
+    assert isinstance(engine, SparkEngine)
+    return (
+        functools.partial(spark_maintenance.rewrite_data_files, engine),
+        functools.partial(spark_maintenance.expire_snapshots, engine),
+        functools.partial(spark_maintenance.remove_orphan_files, engine),
+    )
+
+
 def run_maintain(
     project: Project,
     view: str | None = None,
@@ -151,6 +168,7 @@ def run_maintain(
         if remove_orphans
         else {}
     )
+    compact_table, expire_table, remove_table_orphans = _operations(project)
     reports = []
     for ident, view_name in tables:
         load = _loader(project, ident, view_name)
@@ -162,7 +180,7 @@ def run_maintain(
             report.files_before, report.bytes_before = len(before), sum(f.size for f in before)
             if compact:
                 extra = {lineage.VIEW: view_name} if view_name else {}
-                report.compaction = rewrite_data_files(
+                report.compaction = compact_table(
                     load,
                     target_file_size=target,
                     min_input_files=cfg.compaction_min_input_files,
@@ -173,7 +191,7 @@ def run_maintain(
                     progress=progress,
                 )
             if expire:
-                report.expiry = expire_snapshots(
+                report.expiry = expire_table(
                     load,
                     policy,
                     dry_run=dry_run,
@@ -184,7 +202,7 @@ def run_maintain(
                     progress=progress,
                 )
             if remove_orphans:
-                report.orphans = remove_orphan_files(
+                report.orphans = remove_table_orphans(
                     load,
                     min_age=min_age,
                     dry_run=dry_run,

@@ -21,6 +21,10 @@ written unconditionally, and keys main no longer has are deleted, so the store m
 
 **Keep-alive**: after each sync the Iceberg tag ``online-sync-<store type>`` is moved to the synced snapshot,
 so table maintenance (which keeps tagged snapshots) does not expire the next sync's starting point.
+
+**Stages**: :func:`plan_sync` (metadata only) and :func:`finish_sync` (watermark and tag) are shared by every
+engine; between them the rows are read, reduced and written here (PyIceberg, DuckDB, the store's client), or
+by Spark and its executors for a Redis store on the Spark engine (``engines/spark_sync.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pyiceberg.manifest import DataFile, ManifestContent
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.types import IntegerType, LongType
+from pyiceberg.types import IcebergType, IntegerType, LongType
 
 from featurelake.errors import CatalogUnavailableError
 from featurelake.lakehouse.wap import is_commit_conflict, main_snapshot_id
@@ -210,13 +214,16 @@ def _read(
 
 
 # --- reducing -----------------------------------------------------------------------------------------
-class _Reducer:
-    """DuckDB over Arrow: latest row per key, payload encoding, and the removed-row comparison."""
+class Reducer:
+    """DuckDB over Arrow: latest row per key, payload encoding, and the removed-row comparison.
 
-    def __init__(self, view: FeatureView, fields: dict[str, Any]) -> None:
-        self.key_name, self.ts_name = view.join_key, view.timestamp_field
-        self.key = codec.quote(view.join_key)
-        self.ts = codec.quote(view.timestamp_field)
+    The Spark sync runs :meth:`encode` on its executors, so both engines store byte-identical records.
+    """
+
+    def __init__(self, join_key: str, timestamp_field: str, fields: dict[str, Any]) -> None:
+        self.key_name, self.ts_name = join_key, timestamp_field
+        self.key = codec.quote(join_key)
+        self.ts = codec.quote(timestamp_field)
         self.payload = codec.payload_sql(fields)
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone='UTC'")
@@ -246,7 +253,10 @@ class _Reducer:
             f"SELECT arg_max({_RID}, {self._order()}) AS r FROM narrow_in {where} GROUP BY {self.key}"
         ).to_arrow_table()
         self.con.unregister("narrow_in")
-        latest = rows.take(picked.column("r"))
+        return self.encode(rows.take(picked.column("r")))
+
+    def encode(self, latest: pa.Table) -> Records:
+        """Store records of ``latest`` (at most one row per key, with SEQ), in the stored encoding."""
         self.con.register("latest_in", latest)
         out = self.con.sql(
             f"SELECT {self.key}::VARCHAR AS k, epoch_us({self.ts}) AS t, {SEQ} AS s, {self.payload} AS v "
@@ -312,23 +322,55 @@ def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str) -> str 
     return f"could not move tag {tag}: the table kept changing; the next sync retries"
 
 
-def _key_values(tbl: Table, join_key: str, keys: list[str]) -> list[Any]:
+def key_values(tbl: Table, join_key: str, keys: list[str]) -> list[Any]:
+    """String keys as the values of the table's key column (integers for an integer key)."""
     is_int = isinstance(tbl.schema().find_field(join_key).field_type, IntegerType | LongType)
     return [int(k) for k in keys] if is_int else list(keys)
 
 
-def sync_view(
-    project: Project,
-    store: OnlineStore,
-    view: FeatureView,
-    *,
-    full: bool = False,
-    progress: SyncProgress | None = None,
-) -> SyncResult:
-    """Bring ``view``'s keys in ``store`` up to main's current snapshot (see the module docstring)."""
+@dataclass
+class SyncPlan:
+    """One view's sync, planned from Iceberg metadata alone: the data files that changed since the watermark.
+
+    :func:`plan_sync` makes it, an engine applies it (the local path here, ``engines/spark_sync.py`` on
+    Spark), and :func:`finish_sync` records the watermark and moves the tag once every write succeeded.
+    """
+
+    view: FeatureView
+    table: Table
+    watermark: Watermark | None
+    current: Snapshot | None
+    result: SyncResult
+    #: Declared type of each feature the table has (the payload's members).
+    types: dict[str, IcebergType]
+    #: Join key, timestamp field and the features above: what is read from the data files.
+    columns: list[str]
+    added: list[tuple[DataFile, int]] = field(default_factory=list)
+    removed: list[tuple[DataFile, int]] = field(default_factory=list)
+    #: Row-level delete files exist: read all of main with PyIceberg/Spark applying them (full mode).
+    deletes: bool = False
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def done(self) -> bool:
+        """Nothing to read or write (main is empty, or the store already holds main's snapshot)."""
+        return self.result.mode in ("empty", "up-to-date")
+
+    @property
+    def full(self) -> bool:
+        return self.result.mode == "full"
+
+    def live_files(self) -> list[tuple[DataFile, int]]:
+        """Every live data file of main's current snapshot, with its data sequence number."""
+        assert self.current is not None
+        return list(_live_files(self.table, self.current, set()).data.values())
+
+
+def plan_sync(
+    project: Project, store: OnlineStore, view: FeatureView, *, full: bool = False, progress: SyncProgress
+) -> SyncPlan:
+    """Read the watermark, decide the mode and diff the manifests (metadata only, nothing is written)."""
     t0 = time.perf_counter()
-    progress = progress or SyncProgress()
-    chunk = project.config.settings.online_store.write_chunk
     progress.phase(view.name, "planning")
     tbl = project.load_table(view.name)
     watermark = store.get_watermark(view.name)
@@ -337,71 +379,73 @@ def sync_view(
     result = SyncResult(
         view.name, mode, reason, watermark.snapshot_id if watermark else None, current_id, tag=tag_name(store)
     )
+    current = tbl.metadata.snapshot_by_id(current_id) if current_id is not None else None
+    out = SyncPlan(view, tbl, watermark, current, result, {}, [], t0=t0)
     if mode == "empty":
         result.tag = None
-        return result
-    assert current_id is not None
-    current = tbl.metadata.snapshot_by_id(current_id)
+    if out.done:
+        return out
     assert current is not None
-    if mode == "up-to-date":
-        note = _keep_alive(project, view.name, current_id, tag_name(store))
-        result.notes += [note] if note else []
-        result.seconds = time.perf_counter() - t0
-        return result
-
     schema_names = set(tbl.schema().column_names)
-    types = {n: tbl.schema().find_field(n).field_type for n in view.fields if n in schema_names}
+    out.types = {n: tbl.schema().find_field(n).field_type for n in view.fields if n in schema_names}
     missing = [n for n in view.fields if n not in schema_names]
     if missing:
         result.notes.append(
             f"{', '.join(missing)} not in table {project.table_name(view.name)} yet (run `featurelake apply`)"
         )
-    columns = [view.join_key, view.timestamp_field, *types]
-    added: list[tuple[DataFile, int]] = []
-    removed: list[tuple[DataFile, int]] = []
-    deletes = False
+    out.columns = [view.join_key, view.timestamp_field, *out.types]
     if mode == "incremental":
         assert watermark is not None
         old = tbl.metadata.snapshot_by_id(watermark.snapshot_id)
         assert old is not None
-        added, removed, deletes = _diff(tbl, old, current)
-        if deletes:
-            mode, reason = "full", "the table has row-level delete files, which only a full read applies"
-            result.mode, result.reason = mode, reason
-    if mode == "full":
+        out.added, out.removed, out.deletes = _diff(tbl, old, current)
+        if out.deletes:
+            result.mode = "full"
+            result.reason = "the table has row-level delete files, which only a full read applies"
+    if out.full:
         live = _live_files(tbl, current, set())
-        added, removed, deletes = list(live.data.values()), [], live.has_deletes
+        out.added, out.removed, out.deletes = list(live.data.values()), [], live.has_deletes
+    return out
 
-    reducer = _Reducer(view, types)
+
+def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progress: SyncProgress) -> None:
+    """Read the changed files with PyIceberg, reduce them with DuckDB and write through ``store``."""
+    tbl, view, result = planned.table, planned.view, planned.result
+    current = planned.current
+    assert current is not None
+    reducer = Reducer(view.join_key, view.timestamp_field, planned.types)
     try:
-        progress.phase(view.name, f"reading {len(added)} added and {len(removed)} removed data files")
-        if deletes:
+        progress.phase(
+            view.name, f"reading {len(planned.added)} added and {len(planned.removed)} removed data files"
+        )
+        if planned.deletes:
             # Merge-on-read deletes: let PyIceberg apply them; every row counts as main's current sequence.
-            rows = tbl.scan(snapshot_id=current_id, selected_fields=tuple(columns)).to_arrow()
+            rows = tbl.scan(
+                snapshot_id=current.snapshot_id, selected_fields=tuple(planned.columns)
+            ).to_arrow()
             rows = rows.append_column(
                 SEQ, pa.array([current.sequence_number or 0] * rows.num_rows, pa.int64())
             )
         else:
-            rows = _read(tbl, added, columns)
-        result.files_read = len(added) + len(removed)
+            rows = _read(tbl, planned.added, planned.columns)
+        result.files_read = len(planned.added) + len(planned.removed)
         result.rows = rows.num_rows
         progress.phase(view.name, f"reducing {rows.num_rows} rows to the latest per key")
         records = reducer.records(rows)
         stale: list[str] = []
-        if removed:
-            gone = _read(tbl, removed, [view.join_key, view.timestamp_field])
+        if planned.removed:
+            gone = _read(tbl, planned.removed, [view.join_key, view.timestamp_field])
             stale = reducer.stale_keys(rows.select([view.join_key, view.timestamp_field, SEQ]), gone)
         refreshed = Records([], [], [], [])
         if stale:
             progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
-            live = _live_files(tbl, current, set())
-            values = _key_values(tbl, view.join_key, stale)
+            values = key_values(tbl, view.join_key, stale)
             flt = In(view.join_key, values) if len(values) <= _IN_FILTER_MAX else None  # type: ignore[call-arg,arg-type]
-            refreshed = reducer.records(_read(tbl, list(live.data.values()), columns, flt), only=stale)
+            refreshed = reducer.records(_read(tbl, planned.live_files(), planned.columns, flt), only=stale)
     finally:
         reducer.close()
 
-    force = mode == "full"
+    force = planned.full
     result.keys = len(records)
     progress.writing(view.name, len(records) + len(refreshed))
     result.changed = _write(store, view.name, records, force=force, chunk=chunk, progress=progress)
@@ -415,21 +459,60 @@ def sync_view(
     if drop:
         result.deleted = store.delete(view.name, drop)
 
-    # Only now is the batch complete: a crash before this line makes the next run redo it.
-    store.set_watermark(
-        view.name,
-        Watermark(
-            snapshot_id=current_id,
-            sequence_number=int(current.sequence_number or 0),
-            table_uuid=str(tbl.metadata.table_uuid),
-            synced_at=datetime.now(UTC).isoformat(),
-        ),
-    )
-    note = _keep_alive(project, view.name, current_id, tag_name(store))
+
+def finish_sync(project: Project, store: OnlineStore, planned: SyncPlan) -> SyncResult:
+    """Record the watermark (only after every write of the batch succeeded) and keep the snapshot alive."""
+    result = planned.result
+    if result.mode == "empty":
+        return result
+    current = planned.current
+    assert current is not None
+    if result.mode != "up-to-date":
+        # Only now is the batch complete: a crash before this line makes the next run redo it.
+        store.set_watermark(
+            planned.view.name,
+            Watermark(
+                snapshot_id=current.snapshot_id,
+                sequence_number=int(current.sequence_number or 0),
+                table_uuid=str(planned.table.metadata.table_uuid),
+                synced_at=datetime.now(UTC).isoformat(),
+            ),
+        )
+    note = _keep_alive(project, planned.view.name, current.snapshot_id, tag_name(store))
     if note:
         result.notes.append(note)
-    result.seconds = time.perf_counter() - t0
+    result.seconds = time.perf_counter() - planned.t0
     return result
 
 
-__all__ = ["TAG_PREFIX", "SyncProgress", "SyncResult", "plan", "sync_view", "tag_name"]
+def sync_view(
+    project: Project,
+    store: OnlineStore,
+    view: FeatureView,
+    *,
+    full: bool = False,
+    progress: SyncProgress | None = None,
+) -> SyncResult:
+    """Bring ``view``'s keys in ``store`` up to main's current snapshot (see the module docstring)."""
+    progress = progress or SyncProgress()
+    planned = plan_sync(project, store, view, full=full, progress=progress)
+    if not planned.done:
+        chunk = project.config.settings.online_store.write_chunk
+        _apply_locally(planned, store, chunk=chunk, progress=progress)
+    return finish_sync(project, store, planned)
+
+
+__all__ = [
+    "SEQ",
+    "TAG_PREFIX",
+    "Reducer",
+    "SyncPlan",
+    "SyncProgress",
+    "SyncResult",
+    "finish_sync",
+    "key_values",
+    "plan",
+    "plan_sync",
+    "sync_view",
+    "tag_name",
+]

@@ -1,0 +1,446 @@
+"""Online sync on Spark: Spark reads the changed rows, its executors write them to Redis, the driver commits.
+
+**Plan**: exactly the local sync's (``serving/sync.py``, :func:`~featurelake.serving.sync.plan_sync`): the
+watermark, the mode (full on first sync, expiry, rewind, recreated table or delete files), and the data files
+added and removed since the watermark snapshot, from a diff of the two snapshots' manifests, overwrites
+included. Only Iceberg metadata is read on the driver.
+
+**Read**: Spark's Iceberg reader reads those files at their snapshot (added ones at main, removed ones at
+the watermark snapshot), so schema evolution and merge-on-read deletes are Iceberg's. Iceberg does not push
+a filter on the ``_file`` metadata column down, so the scan is first narrowed by the files' timestamp
+bounds (partition and file pruning), then joined with the file list, which also attaches each file's data
+sequence number.
+
+**Write**: Spark reduces the rows to the latest per key by ``(event_ts, sequence number)`` (a hash
+aggregate, no sort), and each partition of the result opens its own Redis connection on its executor and
+writes its keys pipelined, through :class:`~featurelake.serving.redis.RedisStore` itself: the same
+encoding (:meth:`~featurelake.serving.sync.Reducer.encode`) and the same atomic newest-wins Lua script as
+the local sync, so both store byte-identical values. Keys whose newest row a commit removed are re-read
+from main and written unconditionally, and a full resync deletes the keys main no longer has, as locally.
+
+**Commit**: the driver records the watermark and moves the ``online-sync-<store>`` tag only after the Spark
+jobs finished, i.e. after every partition's writes succeeded. A failed partition fails the job (after
+Spark's task retries, which are idempotent), the watermark stays where it was, and the next sync redoes
+the batch.
+
+The Redis URL is the driver's ``online_store.url``; a password in it can only come from the environment
+(``FEATURELAKE_ONLINE_STORE__URL``), as for every store. It reaches the executors inside the serialized
+task only, never through the Spark configuration, which the Spark UI and event log show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.conversions import from_bytes
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+from pyiceberg.types import DateType, IcebergType, IntegerType, LongType, TimestamptzType
+
+from featurelake.engines.spark_session import first_line, map_in_arrow
+from featurelake.errors import ConfigError, FeaturelakeError, OnlineStoreUnavailableError
+from featurelake.serving.sync import (
+    SEQ,
+    Reducer,
+    SyncPlan,
+    SyncProgress,
+    SyncResult,
+    finish_sync,
+    key_values,
+    plan_sync,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+    from featurelake.engines.spark import SparkEngine
+    from featurelake.features.definitions import FeatureView
+    from featurelake.project import Project
+    from featurelake.serving.base import OnlineStore
+
+_FILE = "__featurelake_file"
+_ROWS = "__featurelake_rows"
+#: Re-read keys up to this many go into the scan as an IN filter (pushed down); more are a semi-join.
+_IN_FILTER_MAX = 1000
+#: At most this many timestamp ranges prune a scan of chosen files (the closest ones are merged).
+_MAX_RANGES = 32
+_OUT_SCHEMA = pa.schema(
+    [
+        pa.field("rows", pa.int64()),
+        pa.field("keys", pa.int64()),
+        pa.field("changed", pa.int64()),
+        # JSON list of the keys written, when asked: an array column would trip pyspark's distutils check.
+        pa.field("written", pa.string()),
+    ]
+)
+_OUT_DDL = "rows long, keys long, changed long, written string"
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+# --- reading chosen data files with Spark --------------------------------------------------------------
+
+
+def _merge(ranges: list[tuple[Any, Any]], cap: int) -> list[tuple[Any, Any]]:
+    """Overlapping ranges merged, then the closest neighbours merged until at most ``cap`` remain."""
+    merged: list[tuple[Any, Any]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    while len(merged) > cap:
+        i = min(range(len(merged) - 1), key=lambda j: merged[j + 1][0] - merged[j][1])
+        merged[i : i + 2] = [(merged[i][0], max(merged[i][1], merged[i + 1][1]))]
+    return merged
+
+
+def _literal(ftype: IcebergType, raw: bytes) -> Any:
+    value = from_bytes(ftype, raw)  # type: ignore[arg-type]
+    if isinstance(ftype, TimestamptzType):
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(value))
+    if isinstance(ftype, DateType):
+        return date(1970, 1, 1) + timedelta(days=int(value))
+    return int(value)
+
+
+def bounds_filter(tbl: Table, files: list[DataFile], column: str) -> Column | None:
+    """A filter on ``column`` covering the value ranges of ``files`` (from their column statistics), so
+    Iceberg prunes partitions and files no chosen file overlaps; None when a file has no bounds."""
+    from pyspark.sql import functions as F
+
+    field = tbl.schema().find_field(column)
+    if not files or not isinstance(field.field_type, TimestamptzType | DateType | IntegerType | LongType):
+        return None
+    ranges = []
+    for f in files:
+        lo, hi = (f.lower_bounds or {}).get(field.field_id), (f.upper_bounds or {}).get(field.field_id)
+        if lo is None or hi is None:
+            return None
+        ranges.append((_literal(field.field_type, lo), _literal(field.field_type, hi)))
+    col = F.col(_q(column))
+    parts = [(col >= F.lit(lo)) & (col <= F.lit(hi)) for lo, hi in _merge(ranges, _MAX_RANGES)]
+    return functools.reduce(lambda a, b: a | b, parts)
+
+
+def read_files(
+    engine: SparkEngine,
+    tbl: Table,
+    snapshot_id: int,
+    files: list[tuple[DataFile, int]],
+    columns: list[str],
+    *,
+    prune_on: str | None = None,
+) -> DataFrame:
+    """Rows of exactly ``files`` (live in ``snapshot_id``), projected to ``columns`` by Spark's Iceberg
+    reader, each with its file's data sequence number in ``SEQ``."""
+    from pyspark.sql import functions as F
+
+    spark = engine.spark
+    select = ", ".join(_q(c) for c in columns)
+    df = spark.sql(
+        f"SELECT {select}, _file AS {_q(_FILE)} FROM {engine.table_ident(tbl)} VERSION AS OF {int(snapshot_id)}"
+    )
+    if not files:
+        return df.where(F.lit(False)).drop(_FILE).withColumn(SEQ, F.lit(0).cast("long"))
+    narrow = bounds_filter(tbl, [f for f, _ in files], prune_on) if prune_on else None
+    if narrow is not None:
+        df = df.where(narrow)
+    seqs = spark.createDataFrame(
+        [(f.file_path, int(seq)) for f, seq in files], f"{_q(_FILE)} string, {_q(SEQ)} long"
+    )
+    return df.join(F.broadcast(seqs), _FILE).drop(_FILE)
+
+
+# --- writing from the executors ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """What an executor needs to write one view's keys: where Redis is and how rows are encoded."""
+
+    url: str
+    project: str
+    connect_timeout: float
+    timeout: float
+    view: str
+    join_key: str
+    timestamp_field: str
+    fields: dict[str, IcebergType]
+    chunk: int
+
+    def __repr__(self) -> str:  # the URL may hold a password: never print it
+        return f"RedisTarget(project={self.project!r}, view={self.view!r})"
+
+
+def write_partition(
+    target: RedisTarget, force: bool, report_keys: bool, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Runs on an executor, once per partition: encode its latest rows and write them to Redis, pipelined,
+    over a connection of its own; yields per-batch counts (and the keys written when asked)."""
+    from featurelake.serving.redis import RedisStore
+
+    store: RedisStore | None = None
+    reducer: Reducer | None = None
+    try:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            if store is None or reducer is None:
+                store = RedisStore(
+                    target.url, target.project, connect_timeout=target.connect_timeout, timeout=target.timeout
+                )
+                reducer = Reducer(target.join_key, target.timestamp_field, target.fields)
+            rows = pa.Table.from_batches([batch])
+            records = reducer.encode(rows)
+            changed = 0
+            for start in range(0, len(records), target.chunk):
+                changed += store.write(target.view, records.slice(start, start + target.chunk), force=force)
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "rows": [int(pc.sum(rows.column(_ROWS)).as_py() or 0)],
+                    "keys": [len(records)],
+                    "changed": [changed],
+                    "written": [json.dumps(records.keys) if report_keys else "[]"],
+                },
+                schema=_OUT_SCHEMA,
+            )
+    finally:
+        if reducer is not None:
+            reducer.close()
+        if store is not None:
+            store.close()
+
+
+def _latest(rows: DataFrame, join_key: str, timestamp_field: str, columns: list[str]) -> DataFrame:
+    """The latest row per key by (event time, sequence number), with how many rows the key had."""
+    from pyspark.sql import functions as F
+
+    row = F.struct(*[F.col(_q(c)) for c in columns], F.col(SEQ))
+    order = F.struct(F.col(_q(timestamp_field)), F.col(SEQ))
+    return (
+        rows.groupBy(F.col(_q(join_key)))
+        .agg(F.max_by(row, order).alias("__latest"), F.count(F.lit(1)).alias(_ROWS))
+        .select("__latest.*", _ROWS)
+    )
+
+
+@dataclass
+class _Pushed:
+    rows: int = 0
+    keys: int = 0
+    changed: int = 0
+    written: list[str] | None = None
+
+
+def _last_exception_line(text: str) -> str | None:
+    found = re.findall(r"^([\w.]+(?:Error|Exception)): (.+)$", text, flags=re.MULTILINE)
+    return f"{found[-1][0]}: {found[-1][1]}" if found else None
+
+
+@contextlib.contextmanager
+def _spark_job(view: str, what: str) -> Iterator[None]:
+    """Executor failures as featurelake errors that say the watermark did not move."""
+    try:
+        yield
+    except FeaturelakeError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        unavailable = re.search(
+            r"featurelake\.errors\.OnlineStoreUnavailableError: (.+)$", text, re.MULTILINE
+        )
+        if unavailable:
+            raise OnlineStoreUnavailableError(
+                f"{unavailable.group(1).strip()} (from a Spark executor while {what}); the watermark of "
+                f"{view} was not advanced, so the next `featurelake sync` redoes this batch"
+            ) from exc
+        cause = _last_exception_line(text) or first_line(exc)
+        if "ModuleNotFoundError" in (cause or ""):
+            raise ConfigError(
+                f"the Spark executors cannot sync {view}: {cause}; install featurelake with the redis extra "
+                "(featurelake[redis]) in the Python that spark.pyspark.python names on every worker"
+            ) from exc
+        raise FeaturelakeError(
+            f"online sync of {view} failed on Spark while {what}: {cause}; the watermark was not advanced, "
+            "so the next `featurelake sync` redoes this batch"
+        ) from exc
+
+
+def _push(latest: DataFrame, target: RedisTarget, *, force: bool, report_keys: bool = False) -> _Pushed:
+    from featurelake.engines.spark import arrow_batches
+
+    fn = functools.partial(write_partition, target, force, report_keys)
+    frame = map_in_arrow(latest, fn, _OUT_DDL)
+    with _spark_job(target.view, "writing to Redis"):
+        batches = arrow_batches(frame)
+    out = pa.Table.from_batches(batches, schema=_OUT_SCHEMA)
+    pushed = _Pushed(
+        rows=int(pc.sum(out.column("rows")).as_py() or 0),
+        keys=int(pc.sum(out.column("keys")).as_py() or 0),
+        changed=int(pc.sum(out.column("changed")).as_py() or 0),
+    )
+    if report_keys:
+        pushed.written = [k for ks in out.column("written").to_pylist() for k in json.loads(ks)]
+    return pushed
+
+
+# --- the sync ------------------------------------------------------------------------------------------
+
+
+def _collect_keys(frame: DataFrame, view: str, what: str) -> list[str]:
+    from featurelake.engines.spark import arrow_batches
+
+    with _spark_job(view, what):
+        batches = arrow_batches(frame)
+    return [k for b in batches for k in b.column(0).to_pylist()]
+
+
+def _stale_keys(latest: DataFrame, gone: DataFrame, view: FeatureView) -> list[str]:
+    """Keys whose newest removed row is at least as new as their newest added row (or that got none)."""
+    from pyspark.sql import functions as F
+
+    key, ts = _q(view.join_key), _q(view.timestamp_field)
+    removed = gone.groupBy(F.col(key)).agg(F.max(F.struct(F.col(ts), F.col(SEQ))).alias("__r"))
+    added = latest.select(F.col(key), F.struct(F.col(ts), F.col(SEQ)).alias("__a"))
+    stale = (
+        removed.join(added, view.join_key, "left")
+        .where(F.col("__a").isNull() | (F.col("__r") >= F.col("__a")))
+        .select(F.col(key).cast("string"))
+    )
+    return _collect_keys(stale, view.name, "comparing removed rows")
+
+
+def _only_keys(rows: DataFrame, tbl: Table, join_key: str, keys: list[str]) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    values = key_values(tbl, join_key, keys)
+    if len(values) <= _IN_FILTER_MAX:
+        return rows.where(F.col(_q(join_key)).isin(values))  # pushed down: files pruned by key bounds
+    wanted = rows.sparkSession.createDataFrame([(v,) for v in values], rows.select(_q(join_key)).schema)
+    return rows.join(F.broadcast(wanted), join_key, "left_semi")
+
+
+def _absent_keys(store: OnlineStore, latest: DataFrame, view: FeatureView) -> list[str]:
+    """Keys the store holds for ``view`` that the full read of main did not produce."""
+    from pyspark.sql import functions as F
+
+    stored = list(store.keys(view.name))
+    if not stored:
+        return []
+    have = latest.sparkSession.createDataFrame([(k,) for k in stored], "k string")
+    present = latest.select(F.col(_q(view.join_key)).cast("string").alias("k"))
+    return _collect_keys(have.join(present, "k", "left_anti"), view.name, "listing keys to delete")
+
+
+def _apply_on_spark(
+    project: Project, engine: SparkEngine, store: OnlineStore, planned: SyncPlan, progress: SyncProgress
+) -> None:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from featurelake.serving.redis import RedisStore
+
+    assert isinstance(store, RedisStore)
+    tbl, view, result, current = planned.table, planned.view, planned.result, planned.current
+    assert current is not None
+    cfg = project.config.settings.online_store
+    target = RedisTarget(
+        url=store.url,
+        project=store.project,
+        connect_timeout=cfg.connect_timeout_seconds,
+        timeout=cfg.timeout_seconds,
+        view=view.name,
+        join_key=view.join_key,
+        timestamp_field=view.timestamp_field,
+        fields=planned.types,
+        chunk=cfg.write_chunk,
+    )
+    key, ts, columns = view.join_key, view.timestamp_field, planned.columns
+    progress.phase(
+        view.name,
+        f"reading {len(planned.added)} added and {len(planned.removed)} removed data files on Spark",
+    )
+    if planned.deletes:
+        # Merge-on-read deletes: Spark's reader applies them; every row counts as main's current sequence.
+        rows = engine.spark.sql(
+            f"SELECT {', '.join(_q(c) for c in columns)} FROM {engine.table_ident(tbl)} "
+            f"VERSION AS OF {current.snapshot_id}"
+        ).withColumn(SEQ, F.lit(int(current.sequence_number or 0)).cast("long"))
+    else:
+        rows = read_files(engine, tbl, current.snapshot_id, planned.added, columns, prune_on=ts)
+    result.files_read = len(planned.added) + len(planned.removed)
+    latest = _latest(rows, key, ts, columns)
+    reused = planned.full or bool(planned.removed)
+    if reused:  # read again below (deletions, removed-row comparison): computed once
+        latest = latest.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        progress.phase(view.name, f"writing the latest row per key to {store.location} from Spark executors")
+        pushed = _push(latest, target, force=planned.full)
+        result.rows, result.keys, result.changed = pushed.rows, pushed.keys, pushed.changed
+        progress.writing(view.name, pushed.keys)
+        progress.advance(view.name, pushed.keys)
+        stale: list[str] = []
+        if planned.removed:
+            assert planned.watermark is not None
+            gone = read_files(
+                engine, tbl, planned.watermark.snapshot_id, planned.removed, [key, ts], prune_on=ts
+            )
+            stale = _stale_keys(latest, gone, view)
+        refreshed: list[str] = []
+        if stale:
+            progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
+            again = _only_keys(
+                read_files(engine, tbl, current.snapshot_id, planned.live_files(), columns), tbl, key, stale
+            )
+            redo = _push(_latest(again, key, ts, columns), target, force=True, report_keys=True)
+            result.changed += redo.changed
+            refreshed = redo.written or []
+            progress.writing(view.name, redo.keys)
+            progress.advance(view.name, redo.keys)
+        drop = sorted(set(stale) - set(refreshed))
+        if planned.full:
+            progress.phase(view.name, "removing keys main no longer has")
+            drop = _absent_keys(store, latest, view)
+        if drop:
+            result.deleted = store.delete(view.name, drop)
+    finally:
+        if reused:
+            latest.unpersist()
+
+
+def sync_view_spark(
+    project: Project,
+    store: OnlineStore,
+    view: FeatureView,
+    *,
+    engine: SparkEngine,
+    full: bool = False,
+    progress: SyncProgress | None = None,
+) -> SyncResult:
+    """``serving.sync.sync_view`` with the reading on Spark and the Redis writes on its executors."""
+    progress = progress or SyncProgress()
+    planned = plan_sync(project, store, view, full=full, progress=progress)
+    if not planned.done:
+        _apply_on_spark(project, engine, store, planned, progress)
+    return finish_sync(project, store, planned)
+
+
+__all__ = [
+    "RedisTarget",
+    "bounds_filter",
+    "read_files",
+    "sync_view_spark",
+    "write_partition",
+]
