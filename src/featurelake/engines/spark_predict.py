@@ -29,7 +29,6 @@ import json
 import re
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 
 from featurelake import errors
+from featurelake.engines.spark_session import map_in_arrow
 from featurelake.errors import ConfigError, FeaturelakeError, UsageError
 from featurelake.lakehouse import wap
 from featurelake.prediction import table as ptable
@@ -308,10 +308,7 @@ def score_and_write(
     branch = wap.branch_name(plan.run_id)
     previous_batch = spark.conf.get(_ARROW_BATCH, None)
     spark.conf.set(_ARROW_BATCH, str(settings.prediction.batch_rows))
-    with warnings.catch_warnings():
-        # pyspark checks the pandas version with distutils' LooseVersion, which warns on every call.
-        warnings.filterwarnings("ignore", "distutils Version classes", DeprecationWarning)
-        scored = features.mapInArrow(functools.partial(score_partition, task), schema)
+    scored = map_in_arrow(features, functools.partial(score_partition, task), schema)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # counted, then written: the model runs once
     created = False
     try:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,3 +231,14 @@ __all__ = [
     "stop_spark",
     "translate_commit_errors",
 ]
+
+
+def map_in_arrow(df: Any, fn: Any, schema: Any) -> Any:
+    """``df.mapInArrow(fn, schema)`` without pyspark's per-call warning.
+
+    pyspark checks the pandas version with distutils' LooseVersion, which warns on every call (an error
+    under the tests' ``filterwarnings=error``).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "distutils Version classes", DeprecationWarning)
+        return df.mapInArrow(fn, schema)
