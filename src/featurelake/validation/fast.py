@@ -14,6 +14,7 @@ otherwise DuckDB counts distinct hashes as before.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,11 +72,6 @@ def _raw_values(chunk: pa.Array) -> np.ndarray:
     return np.frombuffer(chunk.buffers()[1], dtype)[chunk.offset : chunk.offset + len(chunk)]
 
 
-def _is_valid(chunk: pa.Array, i: int) -> bool:
-    bit = chunk.offset + i
-    return bool((chunk.buffers()[0][bit >> 3] >> (bit & 7)) & 1)
-
-
 def _first_valid(chunk: pa.Array) -> Any:
     """The first non-null value of a chunk that has one (found in its validity bitmap)."""
     bitmap = np.frombuffer(chunk.buffers()[0], np.uint8)
@@ -85,33 +81,22 @@ def _first_valid(chunk: pa.Array) -> Any:
 
 def _chunk_reduce(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]:
     """(min, max, sum) of one chunk with at least one non-null value; NumPy NaN semantics."""
-    x = _raw_values(chunk)
     nulls = chunk.null_count
-    lo = hi = total = None
-    if not nulls:
-        lo = x.min().item() if "min" in ops else None
-        hi = x.max().item() if "max" in ops else None
-        total = x.sum().item() if "sum" in ops else None
-        return lo, hi, total
-    # With nulls, the extreme of the whole buffer is the extreme of the values when it sits in a valid
-    # slot (it is then <= / >= every valid value); only when it sits in a null slot is a copy needed.
-    filled: np.ndarray | None = None
-    for op in ("min", "max"):
-        if op not in ops:
-            continue
-        i = int(x.argmin() if op == "min" else x.argmax())
-        if _is_valid(chunk, i):
-            v = x[i].item()
-        else:
-            if filled is None:
-                filled = _chunk_values(chunk, _first_valid(chunk))
-            v = (filled.min() if op == "min" else filled.max()).item()
-        if op == "min":
-            lo = v
-        else:
-            hi = v
+    fill = _first_valid(chunk) if nulls else 0
+    # Nulls filled with one of the chunk's own values leave its min and max unchanged and add
+    # nulls * fill to its sum, which is taken off again (exactly for integers, in int64's wrapping
+    # arithmetic; to rounding for floats, as any float sum).
+    x = _chunk_values(chunk, fill) if nulls else _raw_values(chunk)
+    lo = x.min().item() if "min" in ops else None
+    hi = x.max().item() if "max" in ops else None
+    total = None
     if "sum" in ops:
-        total = pc.sum(chunk).as_py()
+        if pa.types.is_integer(chunk.type):
+            total = (x.sum(dtype=np.int64) - np.int64(nulls) * np.int64(fill)).item()
+        elif nulls and not math.isfinite(fill):
+            total = pc.sum(chunk).as_py()
+        else:
+            total = (x.sum() - nulls * fill).item() if nulls else x.sum().item()
     return lo, hi, total
 
 
@@ -215,8 +200,11 @@ def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
         if k is None:
             return None
         keys.append(k)
-    if _strictly_increasing(keys) or (len(keys) > 1 and _strictly_increasing(keys[::-1])):
-        return frame.num_rows
+    orders = [keys] if len(keys) == 1 else [keys, keys[::-1]]
+    for order in orders:
+        # A look at the first rows rules most wrong orders out before a pass over all of them.
+        if _strictly_increasing([k[:1024] for k in order]) and _strictly_increasing(order):
+            return frame.num_rows
     return None
 
 
