@@ -238,3 +238,59 @@ def test_sample_positions_give_every_row_the_same_chance() -> None:
         hits[sample_positions(rows, n, seed)] += 1
     expected = 3_000 * n / rows
     assert np.abs(hits / expected - 1).max() < 0.3  # no row (not even a stratum edge) is favoured
+
+
+SQL_FRAME = pa.table(
+    {
+        "a": pa.array([1, 2, None, 4, -5, 2**40], pa.int64()),
+        "b": pa.array([1.5, None, 3.0, -4.25, 0.0, 7.0]),
+        "s": pa.array(["x", "y", None, "x", "z", "y"]),
+        "flag": pa.array([True, False, None, True, True, False]),
+        "nan": pa.array([1.0, float("nan"), 2.0, 3.0, 4.0, 5.0]),
+        "ts": pa.array([0, 1, 2, 3, 4, 5], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("expr", "arrow"),
+    [
+        ("a <= b + 1000", True),
+        ("b IS NULL OR b > -1000", True),
+        ("NOT (a = 2 AND b <> 1.5)", True),
+        ("a BETWEEN -5 AND 3", True),
+        ("a * 2 - b >= -a", True),
+        ("s = 'x' OR s IS NOT NULL", True),
+        ("flag", True),
+        ("flag AND a > 0", True),
+        ("s < 'y'", True),
+        ("nan < 10", False),  # NaN: SQL orders it above every number, IEEE does not
+        ("a / 2 > 0", False),  # division: DuckDB divides integers as doubles
+        ("abs(a) < 100", False),  # functions
+        ("ts > TIMESTAMPTZ '1970-01-01'", False),
+        ("a * 9223372036854775807 > 0", False),  # overflow: DuckDB raises, Arrow's checked op too
+    ],
+)
+def test_sql_predicates_match_duckdb(expr: str, arrow: bool) -> None:
+    from featurelake.validation.sql_arrow import count_false
+
+    got = count_false(SQL_FRAME, expr)
+    assert (got is not None) == arrow
+    if got is not None:
+        assert [got] == duck(SQL_FRAME, [f"count(*) FILTER (WHERE NOT ({expr}))"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(-1000, 1000)), min_size=1, max_size=30),
+    st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)), min_size=1, max_size=30),
+    st.sampled_from(["x < y", "x + 3 >= y", "NOT (x <> 2 OR y IS NULL)", "x BETWEEN y AND 10", "-x > y * 2"]),
+)
+def test_sql_predicates_match_duckdb_on_random_data(
+    xs: list[int | None], ys: list[float | None], expr: str
+) -> None:
+    from featurelake.validation.sql_arrow import count_false
+
+    n = min(len(xs), len(ys))
+    frame = pa.table({"x": pa.array(xs[:n], pa.int64()), "y": pa.array(ys[:n], pa.float64())})
+    assert [count_false(frame, expr)] == duck(frame, [f"count(*) FILTER (WHERE NOT ({expr}))"])

@@ -265,7 +265,15 @@ def evaluate(frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResul
 
         # The sample is drawn on the pool while the aggregates are computed.
         plan = sample_plan(checks)
-        drawn = background(sample_rows, frame, *plan) if plan is not None and frame.num_rows else None
+
+        def draw(cols: list[str], n: int, seed: int) -> pa.Table:
+            sample = sample_rows(frame, cols, n, seed)
+            for check in checks:
+                if check.sample_request() is not None:
+                    check.prepare_sample(sample)
+            return sample
+
+        drawn = background(draw, *plan) if plan is not None and frame.num_rows else None
 
         def sample(cols: list[str], n: int, seed: int) -> pa.Table:
             return drawn.result() if drawn is not None else sample_rows(frame, cols, n, seed)

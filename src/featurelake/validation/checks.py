@@ -466,7 +466,7 @@ class Sql(Check):
         _validate_sql(view, self.aggregates()[0], f"sql({self.check_name!r})")
 
     def aggregates(self) -> list[str]:
-        return [f"count(*) FILTER (WHERE NOT ({self.expr}))"]
+        return [Agg(f"count(*) FILTER (WHERE NOT ({self.expr}))", "count_false", None, self.expr)]
 
     def judge(self, obs: Observation) -> CheckResult:
         bad = int(obs.values[0] or 0)

@@ -59,7 +59,8 @@ class Agg(str):
     :attr:`column` and :attr:`args` to compute the same value straight from Arrow buffers (see
     ``validation.fast``); one it does not know still has its SQL. Equal strings are the same aggregate.
     Ops: ``count_all``, ``count``, ``min``, ``max``, ``sum`` (one column), ``count_not_in`` (column, the
-    allowed values) and ``distinct_rows`` (``args`` = the columns).
+    allowed values), ``count_false`` (``args`` = a SQL predicate) and ``distinct_rows`` (``args`` = the
+    columns).
     """
 
     op: str
@@ -221,6 +222,10 @@ class Check(ABC):
     def sample_request(self) -> tuple[list[str], int, int] | None:
         """``(columns, max rows, seed)`` when the check needs a uniform sample of the rows."""
         return None
+
+    def prepare_sample(self, sample: pa.Table) -> None:  # noqa: B027 - optional hook
+        """Work on the sample that needs no aggregate value; an evaluator may call it as soon as the
+        sample is drawn (while the aggregates run), before :meth:`judge`."""
 
     @abstractmethod
     def judge(self, obs: Observation) -> CheckResult:

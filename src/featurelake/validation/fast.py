@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurelake.validation.core import Agg
+from featurelake.validation.sql_arrow import count_false
 
 Sql = Callable[[list[str]], list[Any]]
 
@@ -37,9 +38,7 @@ _UNKNOWN = object()
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="audit"
-        )
+        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="audit")
     return _POOL
 
 
@@ -75,8 +74,15 @@ def _raw_values(chunk: pa.Array) -> np.ndarray:
 def _first_valid(chunk: pa.Array) -> Any:
     """The first non-null value of a chunk that has one (found in its validity bitmap)."""
     bitmap = np.frombuffer(chunk.buffers()[0], np.uint8)
-    bits = np.unpackbits(bitmap, bitorder="little")[chunk.offset : chunk.offset + len(chunk)]
-    return chunk[int(np.argmax(bits))].as_py()
+    start = chunk.offset >> 3
+    # A valid value is almost always among the first few bytes' bits: look there before the whole map.
+    for stop in (start + 64, len(bitmap)):
+        bits = np.unpackbits(bitmap[start:stop], bitorder="little")
+        candidates = np.flatnonzero(bits[chunk.offset - start * 8 :])
+        candidates = candidates[candidates < len(chunk)]
+        if candidates.size:
+            return chunk[int(candidates[0])].as_py()
+    raise ValueError("chunk has no valid value")  # callers skip all-null chunks
 
 
 def _chunk_reduce(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]:
@@ -243,6 +249,8 @@ class ArrowAggregates:
                 reductions.setdefault(e.column, {}).setdefault(e.op, []).append(i)
             elif e.op == "count_not_in" and e.column is not None:
                 jobs.append(([i], pool.submit(count_not_in, frame.column(e.column), e.args[0])))
+            elif e.op == "count_false":
+                jobs.append(([i], pool.submit(count_false, frame, e.args[0])))
             elif e.op == "distinct_rows":
                 jobs.append(([i], pool.submit(distinct_rows, frame, e.args)))
             else:

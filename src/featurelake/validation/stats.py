@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 QUANTILES = 101
 TOP_VALUES = 20
 PROBS = np.linspace(0.0, 1.0, QUANTILES)
+#: What a column's sample says on its own: (101 quantiles, top values with counts, non-null values).
+Summary = tuple[list[float], list[tuple[str, int]], int]
 
 
 def _float(v: Any) -> float | None:
@@ -314,6 +316,8 @@ class Profiler(Check):
         self.kinds, self.sample_size, self.seed = kinds, max(1, int(sample_size)), seed
         self.result: dict[str, ColumnStats] = {}
         self.rows = 0
+        self._prepared: dict[str, Summary] = {}
+        self._prepared_for: pa.Table | None = None
 
     @classmethod
     def for_view(cls, view: FeatureView, sample_size: int, seed: int) -> Profiler:
@@ -357,6 +361,14 @@ class Profiler(Check):
         cols = [c for c, k in self.kinds.items() if k != "other"]
         return (cols, self.sample_size, self.seed) if cols else None
 
+    def prepare_sample(self, sample: pa.Table) -> None:
+        self._prepared = {
+            col: summarise(kind, sample.column(col))
+            for col, kind in self.kinds.items()
+            if col in sample.column_names
+        }
+        self._prepared_for = sample
+
     def judge(self, obs: Observation) -> CheckResult:
         rows, i = obs.rows, 0
         detail = (
@@ -379,8 +391,11 @@ class Profiler(Check):
                 i += 1
             if sample is not None and col in sample.column_names:
                 st.sample_rows = sample.num_rows
-                # Sorting the sample of each column is the judging's main cost: columns in parallel.
-                pending.append(background(_distribution, st, sample.column(col)))
+                ready = self._prepared if self._prepared_for is sample else {}
+                if col in ready:
+                    _distribution(st, sample.column(col), ready[col])
+                else:  # sorting each column's sample is the judging's main cost: columns in parallel
+                    pending.append(background(_distribution, st, sample.column(col)))
             self.result[col] = st
         for job in pending:
             job.result()
@@ -388,22 +403,34 @@ class Profiler(Check):
         return self._result(None, True, rows, "", f"profiled {len(self.kinds)} columns of {rows} rows")
 
 
-def _distribution(st: ColumnStats, values: pa.ChunkedArray) -> None:
-    if st.kind == "numeric":
+def summarise(kind: str, values: pa.ChunkedArray) -> Summary:
+    """What a column's sample says on its own: (101 quantiles, top values with counts, non-null values)."""
+    if kind == "numeric":
         x = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
         x = np.sort(x[np.isfinite(x)])
-        if x.size:
-            # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values.
-            idx = np.clip(np.ceil(PROBS * x.size).astype(np.int64) - 1, 0, x.size - 1)
-            st.quantiles = [float(v) for v in x[idx]]
-    elif st.kind == "categorical":
+        if not x.size:
+            return [], [], 0
+        # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values.
+        idx = np.clip(np.ceil(PROBS * x.size).astype(np.int64) - 1, 0, x.size - 1)
+        return [float(v) for v in x[idx]], [], int(x.size)
+    if kind == "categorical":
         present = values.drop_null()
-        if len(present):
-            vc = pc.value_counts(present.cast(pa.string()))
-            pairs = sorted(
-                zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True),
-                key=lambda kv: (-kv[1], kv[0]),
-            )[:TOP_VALUES]
-            scale = st.count / len(present)
-            st.top_values = [str(v) for v, _ in pairs]
-            st.top_counts = [round(c * scale) for _, c in pairs]
+        if not len(present):
+            return [], [], 0
+        vc = pc.value_counts(present.cast(pa.string()))
+        pairs = sorted(
+            zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True),
+            key=lambda kv: (-kv[1], kv[0]),
+        )[:TOP_VALUES]
+        return [], [(str(v), int(c)) for v, c in pairs], len(present)
+    return [], [], 0
+
+
+def _distribution(st: ColumnStats, values: pa.ChunkedArray, summary: Summary | None = None) -> None:
+    quantiles, pairs, present = summary if summary is not None else summarise(st.kind, values)
+    if st.kind == "numeric":
+        st.quantiles = quantiles
+    elif st.kind == "categorical" and present:
+        scale = st.count / present
+        st.top_values = [v for v, _ in pairs]
+        st.top_counts = [round(c * scale) for _, c in pairs]
