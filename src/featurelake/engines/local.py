@@ -9,6 +9,9 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
@@ -51,7 +54,13 @@ class LocalEngine(Engine):
         """The view's source restricted to ``window`` (None: no rows, the schema only), as a relation."""
         src = view.source
         if src.kind == "parquet":
-            rel = con.read_parquet(self._source_files(src, view.name))
+            files = self._source_files(src, view.name)
+            if (
+                window is not None
+                and (data := read_parquet_window(files, src.timestamp_field, window)) is not None
+            ):
+                return con.from_arrow(data)
+            rel = con.read_parquet(files)
             if src.timestamp_field not in rel.columns:
                 raise ConfigError(
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
@@ -125,4 +134,47 @@ class LocalEngine(Engine):
         return frame
 
 
-__all__ = ["LocalEngine"]
+def _plain(t: pa.DataType) -> bool:
+    """Types that Arrow and DuckDB read from Parquet alike (what DuckDB then sees is the same)."""
+    if pa.types.is_timestamp(t):
+        return t.unit == "us"
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_date32(t)
+        or pa.types.is_decimal128(t)
+    )
+
+
+def read_parquet_window(files: list[str], timestamp_field: str, window: Window) -> pa.Table | None:
+    """The source rows of ``window`` read by Arrow's multithreaded Parquet reader, or None to let DuckDB.
+
+    About twice as fast as DuckDB's ``read_parquet`` for the same rows (it then runs the view's query over
+    the Arrow table). Only used where both read the same thing: every file with one schema of plain types,
+    a timezone-aware microsecond timestamp, no hive-style ``key=value`` directories (DuckDB would add
+    those as columns).
+    """
+    if any("=" in part for f in files for part in Path(f).parent.parts):
+        return None
+    try:
+        schemas = [pq.read_schema(f) for f in files]
+        first = schemas[0]
+        if any(not s.equals(first) for s in schemas[1:]) or not all(_plain(f.type) for f in first):
+            return None
+        ts = first.field(timestamp_field).type
+        if not pa.types.is_timestamp(ts) or ts.tz is None:
+            return None
+        lo, hi = pa.scalar(window.start, ts), pa.scalar(window.end, ts)
+        field = pc.field(timestamp_field)
+        table = ds.dataset(files, schema=first, format="parquet").to_table(
+            filter=(field >= lo) & (field < hi)
+        )
+    except (OSError, KeyError, pa.ArrowException):
+        return None
+    return table.replace_schema_metadata(None)
+
+
+__all__ = ["LocalEngine", "read_parquet_window"]

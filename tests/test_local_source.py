@@ -1,0 +1,76 @@
+"""The local engine's Arrow reader of Parquet sources reads what DuckDB's read_parquet reads, or steps aside."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurelake.engines.local import read_parquet_window
+from featurelake.lakehouse.window import Window
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+WINDOW = Window(START + timedelta(days=1), START + timedelta(days=3))
+
+
+def part(day: int, rows: int = 5, *, tz: str | None = "UTC", extra: bool = False) -> pa.Table:
+    ts = [START + timedelta(days=day, hours=h) for h in range(rows)]
+    cols = {
+        "user_id": pa.array(range(rows), pa.int64()),
+        "ts": pa.array([t if tz else t.replace(tzinfo=None) for t in ts], pa.timestamp("us", tz=tz)),
+        "amount": pa.array([1.5 * h if h % 3 else None for h in range(rows)]),
+        "name": pa.array([f"u{h}" for h in range(rows)]),
+    }
+    if extra:
+        cols["more"] = pa.array(range(rows))
+    return pa.table(cols)
+
+
+def files(tmp_path: Path, tables: list[pa.Table], subdir: str = "") -> list[str]:
+    out = []
+    for i, t in enumerate(tables):
+        d = tmp_path / subdir if subdir else tmp_path
+        d.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, d / f"p{i}.parquet")
+        out.append(str(d / f"p{i}.parquet"))
+    return out
+
+
+def duckdb_read(paths: list[str]) -> pa.Table:
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    return con.read_parquet(paths).filter(WINDOW.sql_filter("ts")).to_arrow_table()
+
+
+def test_reads_the_same_rows_and_types_as_duckdb(tmp_path: Path) -> None:
+    paths = files(tmp_path, [part(d) for d in range(5)])
+    ours = read_parquet_window(paths, "ts", WINDOW)
+    assert ours is not None
+    theirs = duckdb_read(paths)
+    assert ours.schema.equals(theirs.schema)
+    assert ours.sort_by([("ts", "ascending"), ("user_id", "ascending")]).equals(
+        theirs.sort_by([("ts", "ascending"), ("user_id", "ascending")])
+    )
+    assert {(t - START).days for t in ours.column("ts").to_pylist()} == {1, 2}
+
+
+@pytest.mark.parametrize(
+    ("tables", "subdir"),
+    [
+        ([part(1), part(2, extra=True)], ""),  # files disagree on the schema: DuckDB decides
+        ([part(1, tz=None)], ""),  # a naive timestamp: DuckDB's casts apply
+        ([part(1)], "day=2024-01-02"),  # hive-style directory: DuckDB adds the column
+    ],
+)
+def test_steps_aside_where_duckdb_reads_differently(
+    tmp_path: Path, tables: list[pa.Table], subdir: str
+) -> None:
+    assert read_parquet_window(files(tmp_path, tables, subdir), "ts", WINDOW) is None
+
+
+def test_unknown_timestamp_column_steps_aside(tmp_path: Path) -> None:
+    assert read_parquet_window(files(tmp_path, [part(1)]), "nope", WINDOW) is None
