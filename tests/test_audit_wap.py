@@ -481,3 +481,29 @@ def test_features_py_example_in_docs_loads(tmp_path: Path) -> None:
     # are declared, so they replace the implicit ones instead of running twice.
     assert r.report.passed and len(r.report.results) == 13
     assert {x.status for x in r.report.results} == {"pass", "no-reference"}
+
+
+def test_backfill_statistics_computed_beside_the_write_equal_a_one_pass_profile(tmp_path: Path) -> None:
+    from featurelake.lakehouse.window import Window
+    from featurelake.validation.stats import Profiler
+
+    root = project(tmp_path, DEFAULT_CHECKS[len("checks=[") : -1])
+    with featurelake.open(root) as fl:
+        fl.apply()
+        res = fl.backfill(VIEW, day(0), day(3), run_id="beside")
+        view = fl.project.view(VIEW)
+        frame = fl.project.engine.compute(view, Window.parse(day(0), day(3)), fl.project.load_table(VIEW))
+        one_pass = Profiler.for_view(view, 20_000, 0)
+        fl.project.engine.audit(frame, [one_pass])
+    for col, want in one_pass.result.items():
+        got = res.report.profile[col]
+        assert (got.rows, got.count, got.nan, got.pos_inf, got.neg_inf) == (
+            want.rows,
+            want.count,
+            want.nan,
+            want.pos_inf,
+            want.neg_inf,
+        ), col
+        assert got.min == want.min and got.max == want.max, col
+        assert got.sum == pytest.approx(want.sum, rel=1e-12), col
+        assert got.quantiles and got.sample_rows == want.sample_rows, col

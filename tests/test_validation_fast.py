@@ -294,3 +294,26 @@ def test_sql_predicates_match_duckdb_on_random_data(
     n = min(len(xs), len(ys))
     frame = pa.table({"x": pa.array(xs[:n], pa.int64()), "y": pa.array(ys[:n], pa.float64())})
     assert [count_false(frame, expr)] == duck(frame, [f"count(*) FILTER (WHERE NOT ({expr}))"])
+
+
+def test_distinct_rows_checks_the_seams_between_batches() -> None:
+    def batches(*parts: list[tuple[int, int]]) -> pa.Table:
+        return pa.Table.from_batches(
+            [
+                pa.record_batch(
+                    {
+                        "user": pa.array([u for u, _ in p], pa.int64()),
+                        "ts": pa.array([t for _, t in p], pa.int64()),
+                    }
+                )
+                for p in parts
+            ]
+        )
+
+    assert distinct_rows(batches([(1, 0), (2, 0)], [(3, 0), (1, 1)]), ("user", "ts")) == 4
+    assert (
+        distinct_rows(batches([(1, 0), (2, 0)], [(2, 0), (3, 0)]), ("user", "ts")) is None
+    )  # repeated at the seam
+    assert (
+        distinct_rows(batches([(1, 0), (3, 0)], [(2, 0), (4, 0)]), ("user", "ts")) is None
+    )  # unordered seam

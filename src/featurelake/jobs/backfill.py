@@ -26,11 +26,15 @@ from featurelake.validation.runner import (
     record_published,
     report_properties,
     run_audit,
+    start_statistics,
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from featurelake.features.definitions import FeatureView
     from featurelake.project import Progress, Project
+    from featurelake.validation.stats import ColumnStats
 
 T = TypeVar("T")
 
@@ -98,9 +102,10 @@ def _audit(
     frame: Any,
     snapshot_id: int | None,
     window: Window | None = None,
+    statistics: Future[dict[str, ColumnStats]] | None = None,
 ) -> AuditReport:
     # Checks, reference data, statistics, reports and the audit log: validation.runner.
-    return run_audit(project, view, run_id, frame, snapshot_id, window)
+    return run_audit(project, view, run_id, frame, snapshot_id, window, statistics)
 
 
 def _refuse(report: AuditReport) -> AuditFailed:
@@ -119,8 +124,10 @@ def _write_and_audit(
     def write(tbl: Table) -> int:
         return project.engine.write_window(tbl, frame, window, view.timestamp_field, branch, props)
 
+    # The exact statistics need no branch: on the local engine they are computed while the write runs.
+    stats = start_statistics(project, view, run_id, frame) if project.engine.name == "local" else None
     tip: int = _retry_commit(project, view, f"write {branch}", write)
-    report = _audit(project, view, run_id, frame, tip, window)
+    report = _audit(project, view, run_id, frame, tip, window, stats)
     if not report.passed:
         raise _refuse(report)
     return tip, report

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,30 +254,33 @@ def evaluate(frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResul
     """
     from featurelake.validation.fast import ArrowAggregates, background
 
-    with duck.cursor() as con:
-        con.register("frame", frame)
+    # The sample is drawn on the pool while the aggregates are computed.
+    plan = sample_plan(checks)
+
+    def draw(cols: list[str], n: int, seed: int) -> pa.Table:
+        sample = sample_rows(frame, cols, n, seed)
+        for check in checks:
+            if check.sample_request() is not None:
+                check.prepare_sample(sample)
+        return sample
+
+    drawn = background(draw, *plan) if plan is not None and frame.num_rows else None
+
+    def sample(cols: list[str], n: int, seed: int) -> pa.Table:
+        return drawn.result() if drawn is not None else sample_rows(frame, cols, n, seed)
+
+    with ExitStack() as stack:
+        cursor: list[Any] = []
 
         def sql(exprs: list[str]) -> list[Any]:
             if not exprs:
                 return []
-            row = con.execute(f"SELECT {', '.join(exprs)} FROM frame").fetchone()
+            if not cursor:  # opened only when some expression has no Arrow path
+                cursor.append(stack.enter_context(duck.cursor()))
+                cursor[0].register("frame", frame)
+            row = cursor[0].execute(f"SELECT {', '.join(exprs)} FROM frame").fetchone()
             assert row is not None
             return list(row)
-
-        # The sample is drawn on the pool while the aggregates are computed.
-        plan = sample_plan(checks)
-
-        def draw(cols: list[str], n: int, seed: int) -> pa.Table:
-            sample = sample_rows(frame, cols, n, seed)
-            for check in checks:
-                if check.sample_request() is not None:
-                    check.prepare_sample(sample)
-            return sample
-
-        drawn = background(draw, *plan) if plan is not None and frame.num_rows else None
-
-        def sample(cols: list[str], n: int, seed: int) -> pa.Table:
-            return drawn.result() if drawn is not None else sample_rows(frame, cols, n, seed)
 
         query = ArrowAggregates(frame, lambda exprs: _run(sql, exprs))
         return evaluate_with(query, sample, checks)

@@ -174,13 +174,13 @@ def count_not_in(col: pa.ChunkedArray, values: tuple[Any, ...]) -> int | None:
     return len(col) - col.null_count - int(inside)
 
 
-def _sortable(col: pa.ChunkedArray) -> np.ndarray | None:
-    t = col.type
-    if col.null_count or not (pa.types.is_integer(t) or pa.types.is_timestamp(t)):
-        return None
-    if pa.types.is_timestamp(t):
-        col = pa.chunked_array([c.view(pa.int64()) for c in col.chunks], pa.int64())
-    return col.to_numpy()
+def _key_arrays(batch: pa.RecordBatch) -> list[np.ndarray]:
+    out = []
+    for col in batch.columns:
+        if pa.types.is_timestamp(col.type):
+            col = col.view(pa.int64())
+        out.append(col.to_numpy(zero_copy_only=True))
+    return out
 
 
 def _strictly_increasing(keys: list[np.ndarray]) -> bool:
@@ -197,19 +197,45 @@ def _strictly_increasing(keys: list[np.ndarray]) -> bool:
 
 
 def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
-    """The row count when the rows are provably distinct on ``cols`` by their order, else None."""
-    keys = []
-    for c in cols:
-        if c not in frame.column_names:
+    """The row count when the rows are provably distinct on ``cols`` by their order, else None.
+
+    Batch by batch on zero-copy views of the key columns (integers or timestamps without nulls), plus
+    the seam between consecutive batches.
+    """
+    if any(c not in frame.column_names for c in cols):
+        return None
+    keys = frame.select(list(cols))
+    for col in keys.columns:
+        t = col.type
+        if col.null_count or not (pa.types.is_integer(t) or pa.types.is_timestamp(t)):
             return None
-        k = _sortable(frame.column(c))
-        if k is None:
-            return None
-        keys.append(k)
-    orders = [keys] if len(keys) == 1 else [keys, keys[::-1]]
+    batches = [b for b in keys.to_batches() if b.num_rows]
+    if not batches:
+        return frame.num_rows
+    orders = [list(range(len(cols)))]
+    if len(cols) > 1:
+        orders.append(orders[0][::-1])
     for order in orders:
-        # A look at the first rows rules most wrong orders out before a pass over all of them.
-        if _strictly_increasing([k[:1024] for k in order]) and _strictly_increasing(order):
+        previous: list[np.ndarray] | None = None
+        ok = True
+        for batch in batches:
+            arrays = _key_arrays(batch)
+            ordered = [arrays[i] for i in order]
+            seam = (
+                [np.concatenate([p[-1:], a[:1]]) for p, a in zip(previous, ordered, strict=True)]
+                if previous
+                else None
+            )
+            # A look at the first rows rules most wrong orders out before a pass over all of them.
+            if (
+                (seam is not None and not _strictly_increasing(seam))
+                or not _strictly_increasing([a[:1024] for a in ordered])
+                or not _strictly_increasing(ordered)
+            ):
+                ok = False
+                break
+            previous = ordered
+        if ok:
             return frame.num_rows
     return None
 

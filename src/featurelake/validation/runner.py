@@ -15,6 +15,7 @@ so they always hold the run's latest verdict; every earlier verdict stays in the
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,9 @@ from featurelake.errors import CatalogUnavailableError, ConflictError
 from featurelake.lakehouse import wap
 from featurelake.validation import audit_log, stats_log
 from featurelake.validation.audit import AuditReport, checks_for
-from featurelake.validation.checks import AuditContext, ReferenceStats
-from featurelake.validation.stats import Profiler, run_seed
+from featurelake.validation.checks import AuditContext, Check, ReferenceStats
+from featurelake.validation.drift import Drift
+from featurelake.validation.stats import ColumnStats, Profiler, run_seed
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
@@ -91,6 +93,42 @@ class IcebergReference:
         return self._stats[key]
 
 
+_STATISTICS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-statistics")
+
+
+def start_statistics(
+    project: Project, view: FeatureView, run_id: str, frame: Any
+) -> Future[dict[str, ColumnStats]]:
+    """Begin the full statistics of ``frame``: exact min, max, sum and NaN/inf counts of every row, and
+    every column's distribution from the run's sample.
+
+    They are bookkeeping for ``<namespace>._stats`` and the report; no verdict needs more than the
+    distributions drift checks read. A backfill starts them before writing the branch, so they are computed
+    while the write waits on I/O, and hands the future to :func:`run_audit`, whose own pass then reads only
+    what the checks need (the same sample seed: the drift columns' distributions are the same either way).
+    """
+    settings = project.config.settings.backfill
+    full = Profiler.for_view(view, settings.audit_sample_rows, run_seed(run_id))
+    engine = project.engine
+
+    def compute() -> dict[str, ColumnStats]:
+        engine.audit(frame, [full])
+        return full.result
+
+    return _STATISTICS.submit(compute)
+
+
+def audit_profiler(
+    view: FeatureView, checks: list[Check], sample_rows: int, run_id: str, *, separate_statistics: bool
+) -> Profiler:
+    """The profile an audit pass collects: everything, or (``separate_statistics``) only the sampled
+    distributions of the columns its drift checks compare."""
+    if not separate_statistics:
+        return Profiler.for_view(view, sample_rows, run_seed(run_id))
+    drifting = [c.column for c in checks if isinstance(c, Drift)]
+    return Profiler.for_view(view, sample_rows, run_seed(run_id), exact=False, sample=drifting)
+
+
 def run_audit(
     project: Project,
     view: FeatureView,
@@ -98,15 +136,25 @@ def run_audit(
     frame: Any,
     snapshot_id: int | None,
     window: Window | None,
+    statistics: Future[dict[str, ColumnStats]] | None = None,
 ) -> AuditReport:
-    """Audit ``frame`` (the rows of ``run_id``'s window on its branch), save the reports, log the verdicts."""
+    """Audit ``frame`` (the rows of ``run_id``'s window on its branch), save the reports, log the verdicts.
+
+    ``statistics``: the exact column statistics from :func:`start_statistics`; without them they are
+    computed in the audit's own pass.
+    """
     t0 = time.perf_counter()
     settings = project.config.settings.backfill
     reference = IcebergReference(project, view, window)
-    profiler = Profiler.for_view(view, settings.audit_sample_rows, run_seed(run_id))
+    declared = checks_for(view, empty_window=settings.empty_window)
+    profiler = audit_profiler(
+        view, declared, settings.audit_sample_rows, run_id, separate_statistics=statistics is not None
+    )
     ctx = AuditContext(view, window, datetime.now(UTC), reference, profiler)
-    checks = [profiler, *(c.bind(ctx) for c in checks_for(view, empty_window=settings.empty_window))]
+    checks = [profiler, *(c.bind(ctx) for c in declared)]
     rows, results = project.engine.audit(frame, checks)
+    if statistics is not None:
+        profiler.merge_exact(statistics.result())
     main_ref = reference.stats(None)
     ref_profile = dict(main_ref.columns)
     for check in checks:  # a drift check with its own reference shows that reference in the report

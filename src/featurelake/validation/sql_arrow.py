@@ -32,7 +32,16 @@ class Unsupported(Exception):
 
 
 Node = dict[str, Any]
-Eval = Callable[[pa.Table], Any]
+
+
+class _Frame:
+    """The table a compiled predicate runs on, and which of its float columns were found finite."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table, self.checked = table, set[str]()
+
+
+Eval = Callable[[_Frame], Any]
 
 _COMPARE = {
     "COMPARE_EQUAL": pc.equal,
@@ -103,9 +112,11 @@ def _compile(node: Node, schema: pa.Schema) -> Eval:
             raise Unsupported
         name = names[0]
 
-        def column(frame: pa.Table) -> Any:
-            col = frame.column(name)
-            _finite_floats(col)
+        def column(frame: _Frame) -> Any:
+            col = frame.table.column(name)
+            if name not in frame.checked:  # a column the predicate reads twice is checked once
+                _finite_floats(col)
+                frame.checked.add(name)
             return col
 
         return column
@@ -172,7 +183,7 @@ def count_false(frame: pa.Table, expr: str) -> int | None:
     if fn is None:
         return None
     try:
-        result = fn(frame)
+        result = fn(_Frame(frame))
         if isinstance(result, pa.Scalar) or not pa.types.is_boolean(result.type):
             return None
         return int(pc.sum(pc.invert(result)).as_py() or 0)

@@ -20,8 +20,10 @@ sampling error (~``1/sqrt(sample rows)`` in rank).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,6 @@ if TYPE_CHECKING:
 QUANTILES = 101
 TOP_VALUES = 20
 PROBS = np.linspace(0.0, 1.0, QUANTILES)
-#: What a column's sample says on its own: (101 quantiles, top values with counts, non-null values).
-Summary = tuple[list[float], list[tuple[str, int]], int]
 
 
 def _float(v: Any) -> float | None:
@@ -311,30 +311,71 @@ class Profiler(Check):
 
     name = "profile"
 
-    def __init__(self, kinds: dict[str, str], sample_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        kinds: dict[str, str],
+        sample_size: int,
+        seed: int,
+        *,
+        exact: bool = True,
+        sample: bool | Iterable[str] = True,
+    ) -> None:
         super().__init__("warn")
         self.kinds, self.sample_size, self.seed = kinds, max(1, int(sample_size)), seed
+        #: Columns whose distribution is taken from the sample (``sample=True``: every column that has one).
+        self.sampled = (
+            [c for c, k in kinds.items() if k != "other"]
+            if sample is True
+            else [c for c in (sample or ()) if kinds.get(c, "other") != "other"]
+        )
+        #: ``exact``: min, max, sum and NaN/inf counts from every row (reads every value); ``sample``:
+        #: quantiles and top values from the sample. Without ``exact`` the NaN/inf counts are estimated
+        #: from the sample until :meth:`merge_exact` brings the exact ones.
+        self.exact = exact
         self.result: dict[str, ColumnStats] = {}
         self.rows = 0
         self._prepared: dict[str, Summary] = {}
         self._prepared_for: pa.Table | None = None
 
     @classmethod
-    def for_view(cls, view: FeatureView, sample_size: int, seed: int) -> Profiler:
-        return cls({c: stats_kind(view, c) for c in view.fields}, sample_size, seed)
+    def for_view(
+        cls,
+        view: FeatureView,
+        sample_size: int,
+        seed: int,
+        *,
+        exact: bool = True,
+        sample: bool | Iterable[str] = True,
+    ) -> Profiler:
+        kinds = {c: stats_kind(view, c) for c in view.fields}
+        return cls(kinds, sample_size, seed, exact=exact, sample=sample)
+
+    def merge_exact(self, exact: dict[str, ColumnStats]) -> None:
+        """Complete this profile from an exact one of the same rows (same sample seed): min, max, sum and
+        the NaN/inf counts, and the distribution of the columns this one did not sample."""
+        for col, st in self.result.items():
+            other = exact.get(col)
+            if other is None:
+                continue
+            if st.kind == "numeric":
+                st.min, st.max, st.sum = other.min, other.max, other.sum
+                st.nan, st.pos_inf, st.neg_inf = other.nan, other.pos_inf, other.neg_inf
+            if col not in self.sampled:
+                st.quantiles, st.sample_rows = other.quantiles, other.sample_rows
+                st.top_values, st.top_counts = other.top_values, other.top_counts
 
     def aggregates(self) -> list[str]:
         out: list[str] = []
         for col, kind in self.kinds.items():
             out.append(Agg.of("count", col))
-            if kind == "numeric":
+            if kind == "numeric" and self.exact:
                 out += [Agg.of("min", col), Agg.of("max", col), Agg.of("sum", col)]
         return out
 
     def _non_finite(self, obs: Observation) -> list[str]:
         cols, i = [], 0
         for col, kind in self.kinds.items():
-            if kind == "numeric":
+            if kind == "numeric" and self.exact:
                 lo, hi = obs.values[i + 1], obs.values[i + 2]
                 if any(isinstance(v, float) and not math.isfinite(v) for v in (lo, hi)):
                     cols.append(col)
@@ -358,8 +399,7 @@ class Profiler(Check):
         return out
 
     def sample_request(self) -> tuple[list[str], int, int] | None:
-        cols = [c for c, k in self.kinds.items() if k != "other"]
-        return (cols, self.sample_size, self.seed) if cols else None
+        return (list(self.sampled), self.sample_size, self.seed) if self.sampled else None
 
     def prepare_sample(self, sample: pa.Table) -> None:
         self._prepared = {
@@ -380,7 +420,7 @@ class Profiler(Check):
         pending = []
         for col, kind in self.kinds.items():
             st = ColumnStats(col, kind, rows=rows, count=int(obs.values[i] or 0))
-            if kind == "numeric":
+            if kind == "numeric" and self.exact:
                 st.min, st.max, st.sum = (_float(v) for v in obs.values[i + 1 : i + 4])
                 if col in detail:
                     nan, pos, neg, lo, hi, total = detail[col]
@@ -392,10 +432,15 @@ class Profiler(Check):
             if sample is not None and col in sample.column_names:
                 st.sample_rows = sample.num_rows
                 ready = self._prepared if self._prepared_for is sample else {}
+                estimate = not self.exact
                 if col in ready:
-                    _distribution(st, sample.column(col), ready[col])
+                    _distribution(st, sample.column(col), ready[col], estimate=estimate)
                 else:  # sorting each column's sample is the judging's main cost: columns in parallel
-                    pending.append(background(_distribution, st, sample.column(col)))
+                    pending.append(
+                        background(
+                            functools.partial(_distribution, estimate=estimate), st, sample.column(col)
+                        )
+                    )
             self.result[col] = st
         for job in pending:
             job.result()
@@ -403,34 +448,59 @@ class Profiler(Check):
         return self._result(None, True, rows, "", f"profiled {len(self.kinds)} columns of {rows} rows")
 
 
+@dataclass
+class Summary:
+    """What a column's sample says on its own."""
+
+    quantiles: list[float] = field(default_factory=list)
+    top: list[tuple[str, int]] = field(default_factory=list)
+    present: int = 0
+    """Non-null sampled values (numeric: NaN and infinities included)."""
+    nan: int = 0
+    pos_inf: int = 0
+    neg_inf: int = 0
+
+
 def summarise(kind: str, values: pa.ChunkedArray) -> Summary:
-    """What a column's sample says on its own: (101 quantiles, top values with counts, non-null values)."""
+    """Quantiles (numeric) or top values (categorical) of a column's sample, and its non-finite counts."""
     if kind == "numeric":
-        x = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        x = np.sort(x[np.isfinite(x)])
-        if not x.size:
-            return [], [], 0
-        # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values.
-        idx = np.clip(np.ceil(PROBS * x.size).astype(np.int64) - 1, 0, x.size - 1)
-        return [float(v) for v in x[idx]], [], int(x.size)
+        present = values.drop_null().cast(pa.float64()).to_numpy(zero_copy_only=False)
+        finite = np.isfinite(present)
+        x = np.sort(present[finite])
+        out = Summary(present=int(present.size))
+        if not finite.all():
+            out.nan = int(np.isnan(present).sum())
+            out.pos_inf = int((present == np.inf).sum())
+            out.neg_inf = int((present == -np.inf).sum())
+        if x.size:
+            # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values.
+            idx = np.clip(np.ceil(PROBS * x.size).astype(np.int64) - 1, 0, x.size - 1)
+            out.quantiles = [float(v) for v in x[idx]]
+        return out
     if kind == "categorical":
         present = values.drop_null()
         if not len(present):
-            return [], [], 0
+            return Summary()
         vc = pc.value_counts(present.cast(pa.string()))
         pairs = sorted(
             zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True),
             key=lambda kv: (-kv[1], kv[0]),
         )[:TOP_VALUES]
-        return [], [(str(v), int(c)) for v, c in pairs], len(present)
-    return [], [], 0
+        return Summary(top=[(str(v), int(c)) for v, c in pairs], present=len(present))
+    return Summary()
 
 
-def _distribution(st: ColumnStats, values: pa.ChunkedArray, summary: Summary | None = None) -> None:
-    quantiles, pairs, present = summary if summary is not None else summarise(st.kind, values)
+def _distribution(
+    st: ColumnStats, values: pa.ChunkedArray, summary: Summary | None = None, *, estimate: bool = False
+) -> None:
+    """Fill ``st``'s distribution from its sample; with ``estimate``, also its NaN/inf counts, scaled."""
+    got = summary if summary is not None else summarise(st.kind, values)
     if st.kind == "numeric":
-        st.quantiles = quantiles
-    elif st.kind == "categorical" and present:
-        scale = st.count / present
-        st.top_values = [v for v, _ in pairs]
-        st.top_counts = [round(c * scale) for _, c in pairs]
+        st.quantiles = got.quantiles
+        if estimate and got.present:
+            scale = st.count / got.present
+            st.nan, st.pos_inf, st.neg_inf = (round(v * scale) for v in (got.nan, got.pos_inf, got.neg_inf))
+    elif st.kind == "categorical" and got.present:
+        scale = st.count / got.present
+        st.top_values = [v for v, _ in got.top]
+        st.top_counts = [round(c * scale) for _, c in got.top]
