@@ -317,3 +317,34 @@ def test_distinct_rows_checks_the_seams_between_batches() -> None:
     assert (
         distinct_rows(batches([(1, 0), (3, 0)], [(2, 0), (4, 0)]), ("user", "ts")) is None
     )  # unordered seam
+
+
+def _audit_in_child(conn: object) -> None:
+    from featurelake.validation.audit import evaluate
+    from featurelake.validation.checks import between, row_count
+
+    frame = pa.table({"x": pa.array([1.0, 2.0, None])})
+    rows, results = evaluate(frame, [row_count(1), between("x", 0, 3)])
+    conn.send((rows, [r.passed for r in results]))  # type: ignore[attr-defined]
+
+
+def test_an_audit_in_a_forked_child_gets_its_own_threads() -> None:
+    import multiprocessing
+
+    from featurelake.validation.audit import evaluate
+    from featurelake.validation.checks import between
+
+    # The parent's pools exist (and have threads) before the fork, as in a prefork worker.
+    evaluate(pa.table({"x": pa.array([1.0, 2.0])}), [between("x", 0, 3)])
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_audit_in_child, args=(child,))
+    proc.start()
+    # Liveness, not speed: a child reusing the parent's (threadless) pool would wait forever.
+    finished = parent.poll(120)
+    if not finished:
+        proc.kill()
+    assert finished, "the audit in the forked child never finished"
+    assert parent.recv() == (3, [True, True])
+    proc.join(30)
+    assert proc.exitcode == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -31,15 +32,27 @@ from featurelake.validation.sql_arrow import count_false
 Sql = Callable[[list[str]], list[Any]]
 
 _EPOCH = datetime(1970, 1, 1)
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 _UNKNOWN = object()
 
 
+def process_pool(name: str, workers: int) -> ThreadPoolExecutor:
+    """A thread pool of this process, created on first use.
+
+    Keyed by process id: a child forked after the parent used a pool (a prefork worker) gets its own,
+    since the parent's threads do not exist in the child and jobs submitted there would never run.
+    """
+    key = (name, os.getpid())
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        return pool
+
+
 def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="audit")
-    return _POOL
+    return process_pool("audit", max(2, os.cpu_count() or 2))
 
 
 def background(fn: Callable[..., Any], *args: Any) -> Future[Any]:

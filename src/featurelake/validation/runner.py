@@ -15,7 +15,7 @@ so they always hold the run's latest verdict; every earlier verdict stays in the
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from featurelake.validation import audit_log, stats_log
 from featurelake.validation.audit import AuditReport, checks_for
 from featurelake.validation.checks import AuditContext, Check, ReferenceStats
 from featurelake.validation.drift import Drift
+from featurelake.validation.fast import process_pool
 from featurelake.validation.stats import ColumnStats, Profiler, run_seed
 
 if TYPE_CHECKING:
@@ -93,9 +94,6 @@ class IcebergReference:
         return self._stats[key]
 
 
-_STATISTICS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-statistics")
-
-
 def start_statistics(
     project: Project, view: FeatureView, run_id: str, frame: Any
 ) -> Future[dict[str, ColumnStats]]:
@@ -115,7 +113,7 @@ def start_statistics(
         engine.audit(frame, [full])
         return full.result
 
-    return _STATISTICS.submit(compute)
+    return process_pool("fl-statistics", 1).submit(compute)
 
 
 def audit_profiler(
