@@ -28,6 +28,7 @@ from featurelake.engines.conform import _castable
 from featurelake.engines.spark_session import (
     first_line,
     jdbc_catalog_conf,
+    quote_ident,
     spark_session,
     stop_spark,
     translate_commit_errors,
@@ -108,7 +109,7 @@ class SparkEngine(Engine):
         parts = [self.catalog_name, *(table.name() if isinstance(table, Table) else table.split("."))]
         if branch is not None:
             parts.append(f"branch_{branch}")
-        return ".".join("`" + p.replace("`", "``") + "`" for p in parts)
+        return ".".join(quote_ident(p) for p in parts)
 
     def _uri_for_messages(self) -> str:
         from featurelake.lakehouse.catalog import safe_uri

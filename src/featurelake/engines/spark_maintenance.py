@@ -43,12 +43,12 @@ from pyiceberg.manifest import DataFile, DataFileContent
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, IntegerType, LongType, TimestamptzType
 
-from featurelake.engines.spark_session import first_line, translate_commit_errors
+from featurelake.engines.spark_session import first_line, quote_ident, translate_commit_errors
 from featurelake.engines.spark_sync import read_files
 from featurelake.errors import ConflictError, DataError, FeaturelakeError
 from featurelake.lakehouse import maintenance
 from featurelake.lakehouse.lineage import OPERATION, RUN_ID
-from featurelake.lakehouse.maintenance.compaction import COMPACTION
+from featurelake.lakehouse.maintenance.compaction import COMPACTION, landed_snapshot
 from featurelake.lakehouse.maintenance.expiry import RetentionPolicy, check_policy, plan_retention
 from featurelake.lakehouse.maintenance.files import StoredFile, file_key, is_table_file, list_files
 from featurelake.lakehouse.maintenance.orphans import check_min_age
@@ -73,7 +73,7 @@ def _quiet(_msg: str) -> None:
 def _procedure(engine: SparkEngine, name: str, tbl: Table, args: str) -> DataFrame:
     """``CALL <catalog>.system.<name>(table => ..., args)``; the CALL runs when issued."""
     table = engine.table_ident(tbl).replace("\\", "\\\\").replace("'", "\\'")
-    catalog = "`" + engine.catalog_name.replace("`", "``") + "`"
+    catalog = quote_ident(engine.catalog_name)
     return engine.spark.sql(f"CALL {catalog}.system.{name}(table => '{table}', {args})")
 
 
@@ -129,14 +129,6 @@ def _data_files(tbl: Table, snapshot_id: int | None) -> dict[str, DataFile]:
             if entry.data_file.content == DataFileContent.DATA:
                 out[entry.data_file.file_path] = entry.data_file
     return out
-
-
-def _landed(tbl: Table, run_id: str) -> int | None:
-    for snap in tbl.metadata.snapshots:
-        props = snap.summary.additional_properties if snap.summary else {}
-        if props.get(RUN_ID) == run_id and props.get(OPERATION) == COMPACTION:
-            return snap.snapshot_id
-    return None
 
 
 def _prune_column(tbl: Table) -> str | None:
@@ -282,7 +274,7 @@ def rewrite_data_files(
                 _rewrite(engine, load(), options, props)
             break
         except CommitFailedException:
-            if _landed(load(), run_id) is not None:
+            if landed_snapshot(load(), run_id) is not None:
                 break
             result.notes.append(
                 f"attempt {attempt}: the table changed concurrently; the rewrite was redone on fresh metadata"
@@ -293,7 +285,7 @@ def rewrite_data_files(
             "(Iceberg removed its new files); run `featurelake maintain --compact` again later"
         )
     fresh = load()
-    landed = _landed(fresh, run_id)
+    landed = landed_snapshot(fresh, run_id)
     if landed is None:
         result.notes.append("no partition has enough small files to compact")
         return result

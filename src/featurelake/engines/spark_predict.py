@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 
 from featurelake import errors
-from featurelake.engines.spark_session import map_in_arrow
+from featurelake.engines.spark_session import map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, UsageError
 from featurelake.lakehouse import wap
 from featurelake.prediction import table as ptable
@@ -196,10 +196,6 @@ def from_executor(exc: BaseException) -> FeaturelakeError | None:
     return None
 
 
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def select_features(engine: SparkEngine, project: Project, view: str, sel: FeatureSelection) -> DataFrame:
     """The rows to score, before ``--where``: the snapshot, the Iceberg filter, the latest row per entity."""
     from pyspark.sql import Window
@@ -208,10 +204,12 @@ def select_features(engine: SparkEngine, project: Project, view: str, sel: Featu
     tbl = project.load_table(view)
     df = engine.read(tbl, snapshot_id=sel.snapshot_id, row_filter=sel.iceberg_filter())
     cols = list(dict.fromkeys([sel.key, sel.timestamp, *sel.columns]))
-    df = df.select(*[F.col(_quoted(c)) for c in cols])
+    df = df.select(*[F.col(quote_ident(c)) for c in cols])
     if sel.mode == "latest":
         # Keys and timestamps are unique in a published view (the backfill audits it): no ties to break.
-        latest = Window.partitionBy(F.col(_quoted(sel.key))).orderBy(F.col(_quoted(sel.timestamp)).desc())
+        latest = Window.partitionBy(F.col(quote_ident(sel.key))).orderBy(
+            F.col(quote_ident(sel.timestamp)).desc()
+        )
         df = df.withColumn(_ROW_NUMBER, F.row_number().over(latest))
         df = df.where(F.col(_ROW_NUMBER) == 1).drop(_ROW_NUMBER)
     return df
@@ -244,7 +242,7 @@ def _stats(scored: DataFrame) -> tuple[int, int, float]:
 
     from featurelake.engines.spark import arrow_batches
 
-    pred = F.col(_quoted(ptable.PREDICTION))
+    pred = F.col(quote_ident(ptable.PREDICTION))
     agg = scored.agg(F.count(F.lit(1)).alias("n"), F.count(pred).alias("k"), F.sum(pred).alias("s"))
     row = pa.Table.from_batches(arrow_batches(agg)).to_pylist()[0]
     rows, present = int(row["n"] or 0), int(row["k"] or 0)

@@ -242,3 +242,8 @@ def map_in_arrow(df: Any, fn: Any, schema: Any) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "distutils Version classes", DeprecationWarning)
         return df.mapInArrow(fn, schema)
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a Spark SQL identifier (backticks, inner backticks doubled)."""
+    return "`" + name.replace("`", "``") + "`"

@@ -64,6 +64,8 @@ from pyiceberg.types import DateType, DecimalType, IcebergType, TimestampType, T
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
 
+from featurelake.engines.spark_session import quote_ident
+
 # DuckDB's default origin for time_bucket with sub-month widths: Monday 2000-01-03 00:00 UTC.
 _BUCKET_ORIGIN_US = 946_857_600 * 1_000_000
 _UNIT_US = {
@@ -419,10 +421,6 @@ def to_spark_expression(expression: str, *, frame_types: Mapping[str, str] | Non
 # --- PyIceberg row filters as Spark SQL ------------------------------------------------------------------
 
 
-def _quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def _literal_sql(value: object, field_type: IcebergType) -> str:
     if isinstance(field_type, TimestamptzType | TimestampType):
         sql = f"TIMESTAMP_MICROS({int(value)})"  # type: ignore[call-overload]
@@ -462,7 +460,7 @@ def _bound_sql(e: BooleanExpression) -> str:
         return f"(NOT {_bound_sql(e.child)})"
     if isinstance(e, BoundPredicate):
         field = e.term.ref().field
-        col, ftype = _quote_ident(field.name), field.field_type
+        col, ftype = quote_ident(field.name), field.field_type
         if isinstance(e, BoundIsNull):
             return f"{col} IS NULL"
         if isinstance(e, BoundNotNull):

@@ -46,7 +46,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, IcebergType, IntegerType, LongType, TimestamptzType
 
-from featurelake.engines.spark_session import first_line, map_in_arrow
+from featurelake.engines.spark_session import first_line, map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, OnlineStoreUnavailableError
 from featurelake.serving.sync import (
     SEQ,
@@ -83,10 +83,6 @@ _OUT_SCHEMA = pa.schema(
     ]
 )
 _OUT_DDL = "rows long, keys long, changed long, written string"
-
-
-def _q(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 # --- reading chosen data files with Spark --------------------------------------------------------------
@@ -129,7 +125,7 @@ def bounds_filter(tbl: Table, files: list[DataFile], column: str) -> Column | No
         if lo is None or hi is None:
             return None
         ranges.append((_literal(field.field_type, lo), _literal(field.field_type, hi)))
-    col = F.col(_q(column))
+    col = F.col(quote_ident(column))
     parts = [(col >= F.lit(lo)) & (col <= F.lit(hi)) for lo, hi in _merge(ranges, _MAX_RANGES)]
     return functools.reduce(lambda a, b: a | b, parts)
 
@@ -148,9 +144,9 @@ def read_files(
     from pyspark.sql import functions as F
 
     spark = engine.spark
-    select = ", ".join(_q(c) for c in columns)
+    select = ", ".join(quote_ident(c) for c in columns)
     df = spark.sql(
-        f"SELECT {select}, _file AS {_q(_FILE)} FROM {engine.table_ident(tbl)} VERSION AS OF {int(snapshot_id)}"
+        f"SELECT {select}, _file AS {quote_ident(_FILE)} FROM {engine.table_ident(tbl)} VERSION AS OF {int(snapshot_id)}"
     )
     if not files:
         return df.where(F.lit(False)).drop(_FILE).withColumn(SEQ, F.lit(0).cast("long"))
@@ -158,7 +154,7 @@ def read_files(
     if narrow is not None:
         df = df.where(narrow)
     seqs = spark.createDataFrame(
-        [(f.file_path, int(seq)) for f, seq in files], f"{_q(_FILE)} string, {_q(SEQ)} long"
+        [(f.file_path, int(seq)) for f, seq in files], f"{quote_ident(_FILE)} string, {quote_ident(SEQ)} long"
     )
     return df.join(F.broadcast(seqs), _FILE).drop(_FILE)
 
@@ -227,10 +223,10 @@ def _latest(rows: DataFrame, join_key: str, timestamp_field: str, columns: list[
     """The latest row per key by (event time, sequence number), with how many rows the key had."""
     from pyspark.sql import functions as F
 
-    row = F.struct(*[F.col(_q(c)) for c in columns], F.col(SEQ))
-    order = F.struct(F.col(_q(timestamp_field)), F.col(SEQ))
+    row = F.struct(*[F.col(quote_ident(c)) for c in columns], F.col(SEQ))
+    order = F.struct(F.col(quote_ident(timestamp_field)), F.col(SEQ))
     return (
-        rows.groupBy(F.col(_q(join_key)))
+        rows.groupBy(F.col(quote_ident(join_key)))
         .agg(F.max_by(row, order).alias("__latest"), F.count(F.lit(1)).alias(_ROWS))
         .select("__latest.*", _ROWS)
     )
@@ -311,7 +307,7 @@ def _stale_keys(latest: DataFrame, gone: DataFrame, view: FeatureView) -> list[s
     """Keys whose newest removed row is at least as new as their newest added row (or that got none)."""
     from pyspark.sql import functions as F
 
-    key, ts = _q(view.join_key), _q(view.timestamp_field)
+    key, ts = quote_ident(view.join_key), quote_ident(view.timestamp_field)
     removed = gone.groupBy(F.col(key)).agg(F.max(F.struct(F.col(ts), F.col(SEQ))).alias("__r"))
     added = latest.select(F.col(key), F.struct(F.col(ts), F.col(SEQ)).alias("__a"))
     stale = (
@@ -327,8 +323,12 @@ def _only_keys(rows: DataFrame, tbl: Table, join_key: str, keys: list[str]) -> D
 
     values = key_values(tbl, join_key, keys)
     if len(values) <= _IN_FILTER_MAX:
-        return rows.where(F.col(_q(join_key)).isin(values))  # pushed down: files pruned by key bounds
-    wanted = rows.sparkSession.createDataFrame([(v,) for v in values], rows.select(_q(join_key)).schema)
+        return rows.where(
+            F.col(quote_ident(join_key)).isin(values)
+        )  # pushed down: files pruned by key bounds
+    wanted = rows.sparkSession.createDataFrame(
+        [(v,) for v in values], rows.select(quote_ident(join_key)).schema
+    )
     return rows.join(F.broadcast(wanted), join_key, "left_semi")
 
 
@@ -340,7 +340,7 @@ def _absent_keys(store: OnlineStore, latest: DataFrame, view: FeatureView) -> li
     if not stored:
         return []
     have = latest.sparkSession.createDataFrame([(k,) for k in stored], "k string")
-    present = latest.select(F.col(_q(view.join_key)).cast("string").alias("k"))
+    present = latest.select(F.col(quote_ident(view.join_key)).cast("string").alias("k"))
     return _collect_keys(have.join(present, "k", "left_anti"), view.name, "listing keys to delete")
 
 
@@ -375,7 +375,7 @@ def _apply_on_spark(
     if planned.deletes:
         # Merge-on-read deletes: Spark's reader applies them; every row counts as main's current sequence.
         rows = engine.spark.sql(
-            f"SELECT {', '.join(_q(c) for c in columns)} FROM {engine.table_ident(tbl)} "
+            f"SELECT {', '.join(quote_ident(c) for c in columns)} FROM {engine.table_ident(tbl)} "
             f"VERSION AS OF {current.snapshot_id}"
         ).withColumn(SEQ, F.lit(int(current.sequence_number or 0)).cast("long"))
     else:

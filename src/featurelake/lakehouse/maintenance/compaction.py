@@ -192,7 +192,8 @@ def _rewrite(tbl: Table, group: _Group, write_uuid: uuid.UUID, task_id: int) -> 
     return written
 
 
-def _landed(tbl: Table, run_id: str) -> int | None:
+def landed_snapshot(tbl: Table, run_id: str) -> int | None:
+    """The compaction snapshot run ``run_id`` committed, if it did (a "failed" commit may have landed)."""
     for snap in tbl.metadata.snapshots:
         props = snap.summary.additional_properties if snap.summary else {}
         if props.get(RUN_ID) == run_id and props.get(OPERATION) == COMPACTION:
@@ -226,7 +227,7 @@ def _discard_unless_landed(load: Callable[[], Table], run_id: str, groups: list[
         tbl = load()
     except Exception:
         return  # cannot tell: leave them; orphan removal deletes them later if unreferenced
-    if _landed(tbl, run_id) is None:
+    if landed_snapshot(tbl, run_id) is None:
         _discard(tbl, groups)
 
 
@@ -299,7 +300,7 @@ def rewrite_data_files(
     for attempt in range(1, max(1, attempts) + 1):
         result.attempts = attempt
         fresh = tbl if attempt == 1 else load()
-        if (landed := _landed(fresh, run_id)) is not None:  # a "failed" attempt that did commit
+        if (landed := landed_snapshot(fresh, run_id)) is not None:  # a "failed" attempt that did commit
             result.snapshot_id = landed
             break
         pending, gone = _still_valid(fresh, pending)
@@ -326,7 +327,7 @@ def rewrite_data_files(
             _discard_unless_landed(load, run_id, pending)
             raise
     else:
-        landed = _landed(load(), run_id)
+        landed = landed_snapshot(load(), run_id)
         if landed is None:
             _discard(tbl, pending)
             raise ConflictError(
