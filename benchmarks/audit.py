@@ -38,10 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import featurelake
+from featurelake.auditing.runner import IcebergReference, audit_profiler, run_audit, start_statistics
 from featurelake.lakehouse.window import Window
 from featurelake.validation.audit import checks_for
 from featurelake.validation.checks import AuditContext
-from featurelake.validation.runner import IcebergReference, audit_profiler, run_audit, start_statistics
 
 VIEW = "wide"
 DAYS = 30

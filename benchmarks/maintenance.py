@@ -44,7 +44,7 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
 import featurelake
-from featurelake.lakehouse.maintenance import checksum, human_bytes, list_files
+from featurelake.maintenance import checksum, human_bytes, list_files
 
 VIEW = "user_features"
 DAYS = 30

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.helpers import day, make_project, transactions
 
 import featurelake
+from featurelake import telemetry as metrics
 from featurelake.jobs import backfill as backfill_job
-from featurelake.monitoring import metrics
 from featurelake.monitoring.recorder import Recorder
 from featurelake.monitoring.state import MetricsState
 

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import featurelake
-from featurelake.features.training import ViewFrame, build_training_set, point_in_time_join
+from featurelake.training import ViewFrame, build_training_set, point_in_time_join
 
 DAYS = 30
 USERS = 50_000

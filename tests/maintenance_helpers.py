@@ -10,8 +10,8 @@ import pyarrow as pa
 from pyiceberg.table import Table
 
 import featurelake
-from featurelake.lakehouse.maintenance import checksum
-from featurelake.lakehouse.maintenance.files import ManifestReader, list_files, reachable
+from featurelake.maintenance import checksum
+from featurelake.maintenance.files import ManifestReader, list_files, reachable
 
 VIEW = "user_features"
 #: An "8 days later" clock: every snapshot made by a test is older than the default 7-day cutoff.

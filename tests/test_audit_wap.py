@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 import pytest
 
 import featurelake
+from featurelake.auditing import audit_log, logtable, stats_log
+from featurelake.auditing.runner import AUDIT_REPORT, AUDIT_REPORT_HTML
 from featurelake.errors import AuditFailed, ConfigError
 from featurelake.lakehouse import wap
-from featurelake.validation import audit_log, logtable, stats_log
-from featurelake.validation.runner import AUDIT_REPORT, AUDIT_REPORT_HTML
 from tests.helpers import DEFAULT_FEATURES, START, day, make_project, transactions, write_source
 
 VIEW = "user_features"

@@ -17,7 +17,7 @@ import pytest
 import featurelake
 from featurelake.errors import ConfigError, ConflictError, DataError, UsageError
 from featurelake.lakehouse import lineage
-from featurelake.lakehouse.maintenance import compaction
+from featurelake.maintenance import compaction
 from tests.helpers import START, day
 from tests.maintenance_helpers import (
     VIEW,
@@ -399,8 +399,8 @@ def test_all_carries_on_past_a_failing_table_and_exits_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from featurelake.cli.main import main
-    from featurelake.lakehouse.maintenance import orphans
-    from featurelake.lakehouse.maintenance.files import StoredFile
+    from featurelake.maintenance import orphans
+    from featurelake.maintenance.files import StoredFile
 
     cat = small_files.project.catalog
     cat.create_namespace("predictions")

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from datetime import UTC, datetime, timedelta
 
     import featurelake
-    from featurelake.lakehouse.maintenance import files
+    from featurelake.maintenance import files
     from pyiceberg.catalog.sql import SqlCatalog
 
     project, phase = sys.argv[1], sys.argv[2]

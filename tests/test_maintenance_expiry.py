@@ -13,7 +13,7 @@ import pytest
 import featurelake
 from featurelake.errors import AuditFailed, UsageError
 from featurelake.lakehouse import wap
-from featurelake.lakehouse.maintenance.files import list_files, metadata_dir
+from featurelake.maintenance.files import list_files, metadata_dir
 from tests.helpers import START, day, transactions, write_source
 from tests.maintenance_helpers import LATER, VIEW, age_files, local, rows, stored, table, unreachable
 

@@ -13,8 +13,8 @@ from pyiceberg.table.update import AddSnapshotUpdate, SetSnapshotRefUpdate
 
 import featurelake
 from featurelake.errors import FeaturelakeError, UsageError
-from featurelake.lakehouse.maintenance import orphans
-from featurelake.lakehouse.maintenance.files import StoredFile
+from featurelake.maintenance import orphans
+from featurelake.maintenance.files import StoredFile
 from tests.helpers import day, make_project
 from tests.maintenance_helpers import (
     LATER,

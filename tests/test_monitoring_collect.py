@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import featurelake
-from featurelake.monitoring import metrics
+from featurelake import telemetry as metrics
 from featurelake.monitoring.recorder import state_of
 from featurelake.monitoring.serving import RegistryFlusher
 from featurelake.monitoring.state import label_key

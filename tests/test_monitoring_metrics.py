@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from featurelake.monitoring import metrics
+from featurelake import telemetry as metrics
 from featurelake.monitoring.recorder import Recorder
 from featurelake.monitoring.state import MetricsState, Update, label_key
 

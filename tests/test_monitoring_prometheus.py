@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import featurelake
+from featurelake import telemetry as metrics
 from featurelake.errors import FeaturelakeError, UsageError
-from featurelake.monitoring import metrics
 from featurelake.monitoring.alerts import export_prometheus_rules
 from featurelake.monitoring.rules import load_rules
 from featurelake.monitoring.rules.promql import dump

@@ -17,10 +17,10 @@ from alembic.runtime.migration import MigrationContext
 
 import featurelake
 from featurelake.errors import UsageError
-from featurelake.features.training import Provenance, write_training_set
 from featurelake.registry import ModelRegistry, Stage, db
 from featurelake.registry.schema import VERSION_TABLE, metadata
 from featurelake.registry.snapshots import tag_name
+from featurelake.training import Provenance, write_training_set
 from tests.helpers import day
 from tests.training_helpers import FEATURES, entities, run_cli, two_view_project
 

@@ -14,11 +14,11 @@ import pyarrow.compute as pc
 import pytest
 
 import featurelake
-from featurelake.engines import spark_maintenance
 from featurelake.errors import DataError
 from featurelake.lakehouse import lineage, wap
-from featurelake.lakehouse.maintenance import RetentionPolicy
-from featurelake.lakehouse.maintenance.expiry import plan_retention
+from featurelake.maintenance import RetentionPolicy
+from featurelake.maintenance import spark as spark_maintenance
+from featurelake.maintenance.expiry import plan_retention
 from tests.helpers import day, make_project, transactions
 from tests.maintenance_helpers import (
     LATER,

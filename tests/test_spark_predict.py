@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 
 import featurelake
-from featurelake.engines import spark_predict
 from featurelake.errors import ArtifactIntegrityError, ConfigError, DataError, SchemaError
 from featurelake.lakehouse import lineage, wap
+from featurelake.prediction import score_spark as spark_predict
 from featurelake.prediction import table as ptable
 from featurelake.prediction.flavors import ModelPayload, model_info
 from featurelake.prediction.inputs import BoundInput

@@ -15,7 +15,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurelake.features.training import ViewFrame, fingerprint, point_in_time_join
+from featurelake.training import ViewFrame, fingerprint, point_in_time_join
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000

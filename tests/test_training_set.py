@@ -14,8 +14,8 @@ import pytest
 
 import featurelake
 from featurelake.errors import UsageError
-from featurelake.features.training import Provenance, build_training_set, write_training_set
 from featurelake.lakehouse import wap
+from featurelake.training import Provenance, build_training_set, write_training_set
 from tests.helpers import START, day, transactions, write_source
 from tests.training_helpers import FEATURES, brute_force, entities, run_cli, two_view_project
 

@@ -10,6 +10,7 @@ from scipy.stats import ks_2samp
 
 from featurelake.validation.audit import evaluate
 from featurelake.validation.checks import AuditContext, ReferenceStats
+from featurelake.validation.colstats import ColumnStats, merge
 from featurelake.validation.drift import (
     Drift,
     js_distance,
@@ -18,7 +19,7 @@ from featurelake.validation.drift import (
     numeric_shares,
     psi,
 )
-from featurelake.validation.stats import ColumnStats, Profiler, merge
+from featurelake.validation.stats import Profiler
 from tests.test_validation_checks import T0, FakeReference, view
 
 RNG = np.random.default_rng(7)

@@ -59,7 +59,7 @@ def fit() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from featurelake.features.training import Provenance
+    from featurelake.training import Provenance
 
     path = STATE / "train.parquet"
     prov = Provenance.load(path)

@@ -3,7 +3,6 @@
 from featurelake.validation.checks import (
     Check,
     between,
-    drift,
     freshness,
     in_set,
     no_nan_or_inf,
@@ -14,6 +13,7 @@ from featurelake.validation.checks import (
     sql,
     unique,
 )
+from featurelake.validation.drift import drift
 
 __all__ = [
     "Check",

@@ -1,40 +1,22 @@
-"""A project: its config, catalog, definitions and engine, opened lazily; and the ``featurelake.open`` facade."""
+"""A project: its config, catalog, definitions and engine, opened lazily; what every component receives."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import pyarrow as pa
-from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.table import Table
+from typing import TYPE_CHECKING, TypeVar
 
 from featurelake.config import ProjectConfig
-from featurelake.engines import Engine, load_engine
 from featurelake.errors import UsageError
-from featurelake.features.definitions import FeatureView
 from featurelake.features.loader import Definitions, load_definitions
-from featurelake.lakehouse.catalog import open_catalog, retry_transient
 
 if TYPE_CHECKING:
-    from featurelake.features.apply import ApplyResult
-    from featurelake.features.training import Provenance
-    from featurelake.jobs.backfill import BackfillResult
-    from featurelake.jobs.batch_predict import PredictionResult
-    from featurelake.lakehouse.history import SnapshotInfo
-    from featurelake.lakehouse.maintenance import TableMaintenance
-    from featurelake.monitoring.alerts import MonitorResult
-    from featurelake.prediction.scoring import PredictProgress
-    from featurelake.registry import ModelRegistry
-    from featurelake.serving.lookup import OnlineService
-    from featurelake.serving.sync import SyncProgress, SyncResult
-    from featurelake.validation.audit import AuditReport
-    from featurelake.validation.audit_log import LoggedAudit
-    from featurelake.validation.checks import ReferenceStats
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import Table
+
+    from featurelake.engines import Engine
+    from featurelake.features.definitions import FeatureView
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
@@ -56,6 +38,8 @@ class Project:
 
     @cached_property
     def catalog(self) -> SqlCatalog:
+        from featurelake.lakehouse.catalog import open_catalog
+
         c = self.config.settings.catalog
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         return open_catalog(
@@ -72,6 +56,8 @@ class Project:
 
     @cached_property
     def engine(self) -> Engine:
+        from featurelake.engines import load_engine
+
         return load_engine(self.config.settings.engine.type, self.catalog, self.root)
 
     def view(self, name: str) -> FeatureView:
@@ -82,10 +68,14 @@ class Project:
 
     def catalog_call(self, fn: Callable[[], T], what: str) -> T:
         """Run a catalog operation with the configured transient-failure retries."""
+        from featurelake.lakehouse.catalog import retry_transient
+
         c = self.config.settings.catalog
         return retry_transient(fn, what=what, uri=self.config.catalog_uri, retries=c.retries)
 
     def load_table(self, view: str) -> Table:
+        from pyiceberg.exceptions import NoSuchTableError
+
         ident = self.table_name(view)
 
         def load() -> Table:
@@ -110,235 +100,3 @@ class Project:
             self.engine.close()
         if "catalog" in self.__dict__:
             self.catalog.engine.dispose()
-
-
-class Featurelake:
-    """The Python API: ``fl = featurelake.open(".")``; each method delegates to its component."""
-
-    def __init__(self, project: Project) -> None:
-        self.project = project
-
-    def __enter__(self) -> Featurelake:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if "online" in self.__dict__:
-            self.online.close()
-        if "models" in self.__dict__:
-            self.models.close()
-        self.project.close()
-
-    @cached_property
-    def models(self) -> ModelRegistry:
-        """The model registry: ``fl.models.register(...)``, ``.promote(...)``, ``.resolve("fraud@production")``."""
-        from featurelake.registry import ModelRegistry
-
-        return ModelRegistry.for_project(self.project)
-
-    def training_set(
-        self,
-        entities: Any,
-        features: list[str] | str | None = None,
-        *,
-        as_of: datetime | str | dict[str, int] | None = None,
-        provenance: Provenance | pa.Table | dict[str, Any] | str | Path | None = None,
-        full_feature_names: bool = False,
-    ) -> pa.Table:
-        """Point-in-time correct features for each row of ``entities`` (Arrow, pandas, or a Parquet/CSV path).
-
-        ``entities`` holds the views' join keys and an ``event_timestamp`` (timestamptz); each feature
-        (``"view:feature"``) is the latest value with ``event_ts <= event_timestamp`` within the view's ttl,
-        else null; one output row per entity row, in order. ``as_of`` reads each view at main as of a time,
-        or at given snapshots (``{view: snapshot_id}``); default: main now. ``provenance`` (a previous
-        training set, its Parquet path or its provenance) rebuilds exactly that set. The result carries its
-        provenance as JSON in the schema metadata key ``featurelake.provenance``.
-        """
-        from featurelake.features.training import build_training_set
-
-        return build_training_set(
-            self.project,
-            entities,
-            features,
-            as_of=as_of,
-            provenance=provenance,
-            full_feature_names=full_feature_names,
-        ).table
-
-    @cached_property
-    def online(self) -> OnlineService:
-        """Online lookups: ``fl.online.get("user_features", [1, 2])`` (see docs/serving.md)."""
-        from featurelake.serving import open_store
-        from featurelake.serving.lookup import OnlineService, table_key_types
-
-        return OnlineService(
-            self.project.definitions,
-            open_store(self.project.config),
-            key_is_int=table_key_types(self.project),
-            max_entities=self.project.config.settings.server.max_entities,
-        )
-
-    def sync(
-        self, view: str | None = None, *, full: bool = False, progress: SyncProgress | None = None
-    ) -> list[SyncResult]:
-        """Sync ``view`` (default: every view) from Iceberg main to the online store, incrementally."""
-        from featurelake.jobs.online_sync import run_sync
-
-        return run_sync(
-            self.project, [view] if view else None, store=self.online.store, full=full, progress=progress
-        )
-
-    @property
-    def definitions(self) -> Definitions:
-        return self.project.definitions
-
-    def apply(self, *, allow_breaking: bool = False, dry_run: bool = False) -> list[ApplyResult]:
-        from featurelake.jobs.apply import run_apply
-
-        return run_apply(self.project, allow_breaking=allow_breaking, dry_run=dry_run)
-
-    def backfill(
-        self, view: str, start: Any, end: Any, *, run_id: str | None = None, progress: Progress | None = None
-    ) -> BackfillResult:
-        from featurelake.jobs.backfill import run_backfill
-
-        return run_backfill(self.project, view, start, end, run_id=run_id, progress=progress)
-
-    def audit(self, view: str, run_id: str) -> AuditReport:
-        from featurelake.jobs.backfill import audit_run
-
-        return audit_run(self.project, view, run_id)
-
-    def publish(self, view: str, run_id: str, *, progress: Progress | None = None) -> BackfillResult:
-        from featurelake.jobs.backfill import publish_run
-
-        return publish_run(self.project, view, run_id, progress=progress)
-
-    def audits(self, view: str, *, run_id: str | None = None) -> list[LoggedAudit]:
-        """The audit log of ``view`` (every audit's verdicts, newest first), from ``<namespace>._audits``."""
-        from featurelake.validation import audit_log
-
-        self.project.view(view)
-        return audit_log.read(self.project, view, run_id=run_id)
-
-    def stats(self, view: str, *, snapshot: str | int | None = None) -> ReferenceStats:
-        """Feature statistics of ``view`` at main (or a snapshot id, tag or branch), from ``<namespace>._stats``."""
-        from featurelake.validation import stats_log
-
-        definition = self.project.view(view)
-        tbl = self.project.load_table(view)
-        sid, label, problem = stats_log.resolve_reference(tbl, snapshot)
-        if problem:
-            raise UsageError(problem.replace("; fix the check", "; see `featurelake history`"))
-        return stats_log.snapshot_stats(self.project, definition, tbl, sid, label)
-
-    def discard(self, view: str, run_id: str) -> int:
-        """Remove the kept branch ``audit_<run_id>`` (a refused or unpublished run); returns its tip."""
-        from featurelake.errors import UsageError
-        from featurelake.lakehouse import lineage, wap
-
-        branch = wap.branch_name(lineage.check_run_id(run_id))
-        tbl = self.project.load_table(view)
-        tip = wap.ref_snapshot_id(tbl, branch)
-        if tip is None:
-            raise UsageError(f"no branch {branch} in {self.project.table_name(view)}: nothing to discard")
-        self.project.catalog_call(lambda: wap.remove_branch(tbl, branch), f"remove {branch}")
-        return tip
-
-    def history(self, view: str, *, all_snapshots: bool = False) -> list[SnapshotInfo]:
-        from featurelake.lakehouse.history import history
-
-        return history(self.project.load_table(view), all_snapshots=all_snapshots)
-
-    def read(
-        self, view: str, *, as_of: datetime | str | None = None, snapshot_id: int | None = None
-    ) -> pa.Table:
-        """Time travel: the view's rows at ``snapshot_id``, at main as of ``as_of``, or now."""
-        from featurelake.lakehouse.history import resolve_snapshot
-        from featurelake.lakehouse.window import parse_timestamp
-
-        tbl = self.project.load_table(view)
-        ts = parse_timestamp(as_of, "--as-of") if as_of is not None else None
-        sid = resolve_snapshot(tbl, as_of=ts, snapshot_id=snapshot_id)
-        if sid is None:
-            return tbl.schema().as_arrow().empty_table()
-        return self.project.engine.to_arrow(self.project.engine.read(tbl, snapshot_id=sid))
-
-    def maintain(
-        self,
-        view: str | None = None,
-        *,
-        all_tables: bool = False,
-        compact: bool = False,
-        expire: bool = False,
-        remove_orphans: bool = False,
-        expire_older_than: str | timedelta | None = None,
-        retain_last: int | None = None,
-        orphan_min_age: str | timedelta | None = None,
-        target_file_size: str | int | None = None,
-        dry_run: bool = False,
-        force: bool = False,
-        now: datetime | None = None,
-        progress: Progress | None = None,
-    ) -> list[TableMaintenance]:
-        """Compact, expire snapshots and remove orphans of ``view`` (or ``all_tables``); none chosen = all.
-
-        Defaults come from the config's ``maintenance`` section; ``now`` evaluates ages as of another time.
-        """
-        from featurelake.jobs.maintain import run_maintain
-
-        return run_maintain(
-            self.project,
-            view,
-            all_tables=all_tables,
-            compact=compact,
-            expire=expire,
-            remove_orphans=remove_orphans,
-            expire_older_than=expire_older_than,
-            retain_last=retain_last,
-            orphan_min_age=orphan_min_age,
-            target_file_size=target_file_size,
-            dry_run=dry_run,
-            force=force,
-            now=now,
-            progress=progress,
-        )
-
-    def monitor(self, *, now: datetime | float | None = None, notify: bool = True) -> MonitorResult:
-        """Evaluate the alert rules now and notify the channels (see docs/monitoring.md)."""
-        from featurelake.monitoring.alerts import monitor
-
-        return monitor(self.project, now=now, notify=notify)
-
-    def predict(
-        self,
-        model: str,
-        view: str | None = None,
-        *,
-        as_of: datetime | str | None = None,
-        snapshot_id: int | None = None,
-        where: str | None = None,
-        output: str | None = None,
-        start: datetime | str | None = None,
-        end: datetime | str | None = None,
-        max_age: str | timedelta | None = None,
-        run_id: str | None = None,
-        nan_policy: str | None = None,
-        progress: PredictProgress | None = None,
-    ) -> PredictionResult:
-        """Score ``view`` with ``model`` (``NAME`` = Production, ``NAME@1.2.0``, ``@staging``, ``@alias``) into
-        ``predictions.<model>`` through Write-Audit-Publish (see docs/prediction.md)."""
-        from featurelake.jobs.batch_predict import run_predict
-
-        return run_predict(
-            self.project, self.models, model, view=view, as_of=as_of, snapshot_id=snapshot_id, where=where,
-            output=output, start=start, end=end, max_age=max_age, run_id=run_id, nan_policy=nan_policy,
-            progress=progress,
-        )  # fmt: skip
-
-
-def open(project_dir: str | Path = ".") -> Featurelake:
-    """Open the project in ``project_dir`` (it must hold ``featurelake.yaml``)."""
-    return Featurelake(Project(ProjectConfig.load(project_dir)))

@@ -13,12 +13,12 @@ import click
 from rich.table import Table as RichTable
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx
 
 if TYPE_CHECKING:
     import featurelake
+    from featurelake.auditing.audit_log import LoggedAudit
     from featurelake.validation.audit import AuditReport
-    from featurelake.validation.audit_log import LoggedAudit
     from featurelake.validation.checks import ReferenceStats
 
 
@@ -29,10 +29,10 @@ def audit_or_recorded(
 
     Returns the report and a note when it was loaded rather than re-run. ``html`` also gets the HTML page.
     """
+    from featurelake.auditing.runner import report_paths
     from featurelake.lakehouse import lineage, wap
     from featurelake.validation.audit import AuditReport
     from featurelake.validation.report_html import render_html
-    from featurelake.validation.runner import report_paths
 
     project = fl.project
     project.view(view)
@@ -87,14 +87,14 @@ def _checks_table(a: LoggedAudit) -> RichTable:
     return t
 
 
-@cli.command()
+@click.command()
 @click.argument("view")
 @click.option("--run-id", default=None, help="Only the audits of this run, with every verdict.")
 @click.option("--failed", is_flag=True, help="Only audits that refused to publish.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Audits to show (newest first).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def audits(c: _Ctx, view: str, run_id: str | None, failed: bool, limit: int, as_json: bool) -> None:
+def audits(c: Ctx, view: str, run_id: str | None, failed: bool, limit: int, as_json: bool) -> None:
     """The audit log of VIEW: every audit's verdicts (from <namespace>._audits)."""
     logged = c.fl.audits(view, run_id=run_id)
     if failed:
@@ -144,12 +144,12 @@ def _stats_table(view: str, ref: ReferenceStats) -> RichTable:
     return t
 
 
-@cli.command()
+@click.command()
 @click.argument("view")
 @click.option("--snapshot", "snapshot", default=None, help="Snapshot id, tag or branch (default: main).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def stats(c: _Ctx, view: str, snapshot: str | None, as_json: bool) -> None:
+def stats(c: Ctx, view: str, snapshot: str | None, as_json: bool) -> None:
     """Feature statistics of VIEW's published data (assembled from <namespace>._stats)."""
     ref = c.fl.stats(view, snapshot=snapshot)
     if as_json:

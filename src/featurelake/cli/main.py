@@ -1,259 +1,13 @@
-"""The ``featurelake`` command line. Every error is one clear line (``--debug`` for a traceback)."""
+"""The ``featurelake`` entry point. Every error is one clear line (``--debug`` for a traceback)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import click
 
-import featurelake
-from featurelake.cli import render
+from featurelake.cli.app import cli
 from featurelake.errors import AuditFailed, FeaturelakeError
-
-
-class _Ctx:
-    def __init__(self, project: str, debug: bool) -> None:
-        self.project_dir = project
-        self.debug = debug
-        self._fl: featurelake.Featurelake | None = None
-
-    @property
-    def fl(self) -> featurelake.Featurelake:
-        if self._fl is None:
-            self._fl = featurelake.open(self.project_dir)
-        return self._fl
-
-
-pass_ctx = click.make_pass_decorator(_Ctx)
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    """A spinner on stderr whose text follows the job's phases; silent when disabled (--json)."""
-    if not enabled:
-        yield None
-        return
-    with render.err.status("starting") as status:
-
-        def update(msg: str) -> None:
-            status.update(msg)
-            if not render.err.is_terminal:
-                render.err.print(f"[dim]- {msg}[/]")
-
-        yield update
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-C",
-    "--project",
-    default=".",
-    show_default=True,
-    help="Project directory (holds featurelake.yaml).",
-    envvar="FEATURELAKE_PROJECT_DIR",
-)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(featurelake.__version__, prog_name="featurelake")
-@click.pass_context
-def cli(ctx: click.Context, project: str, debug: bool) -> None:
-    """featurelake: audited, reproducible ML features on Apache Iceberg."""
-    ctx.obj = _Ctx(project, debug)
-    ctx.call_on_close(lambda: ctx.obj._fl.close() if ctx.obj._fl else None)
-
-
-@cli.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def init(directory: Path) -> None:
-    """Scaffold a project in DIRECTORY."""
-    from featurelake.cli.scaffold import scaffold
-
-    for path in scaffold(directory):
-        render.out.print(f"created {path}")
-    render.out.print(
-        f"next: put data under {directory}/data, edit features.py, then `featurelake -C {directory} apply`"
-    )
-
-
-@cli.command()
-@click.option("--allow-breaking", is_flag=True, help="Apply dropping/retyping changes too.")
-@click.option("--dry-run", is_flag=True, help="Show what would change without changing anything.")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def apply(c: _Ctx, allow_breaking: bool, dry_run: bool, as_json: bool) -> None:
-    """Create or evolve the feature tables to match features.py."""
-    results = c.fl.apply(allow_breaking=allow_breaking, dry_run=dry_run)
-    if as_json:
-        render.print_json(
-            [
-                {
-                    "view": r.view,
-                    "table": r.table,
-                    "action": r.action,
-                    "changes": [ch.describe() for ch in r.changes],
-                }
-                for r in results
-            ]
-        )
-        return
-    for r in results:
-        render.out.print(r.describe())
-
-
-@cli.command()
-@click.argument("view")
-@click.option("--start", required=True, help="First day of the window (inclusive), e.g. 2024-01-01.")
-@click.option("--end", required=True, help="Day after the window (exclusive).")
-@click.option("--run-id", default=None, help="Run id (default: generated); the branch is audit_<run id>.")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def backfill(c: _Ctx, view: str, start: str, end: str, run_id: str | None, as_json: bool) -> None:
-    """Write-Audit-Publish VIEW for [START, END): exit 0 published, 1 refused, 2 usage error."""
-    with _progress(not as_json) as progress:
-        result = c.fl.backfill(view, start, end, run_id=run_id, progress=progress)
-    if as_json:
-        render.print_json({"status": "published", **result.to_dict()})
-        return
-    render.out.print(render.audit_table(result.report))
-    render.out.print(
-        f"[green]published[/] {result.table} run {result.run_id} window {result.window}: {result.rows} rows, "
-        f"main {result.previous_snapshot_id} -> {result.snapshot_id} in {result.seconds:.2f}s"
-        + (f" ({result.rebases} rebase(s))" if result.rebases else "")
-    )
-    for note in result.notes:
-        render.out.print(f"[dim]note: {note}[/]")
-
-
-@cli.command()
-@click.argument("view")
-@click.option("--run-id", required=True)
-@click.option(
-    "--html",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the HTML report here.",
-)
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def audit(c: _Ctx, view: str, run_id: str, html: Path | None, as_json: bool) -> None:
-    """Re-audit the kept branch audit_<RUN_ID> of VIEW, or re-render a published run's report (exit 1 if failed)."""
-    from featurelake.cli.audit_cmds import audit_or_recorded
-
-    report, note = audit_or_recorded(c.fl, view, run_id, html)
-    if note:
-        render.err.print(f"[dim]{note}[/]")
-    if as_json:
-        render.print_json(report.to_dict())
-    else:
-        render.out.print(render.audit_table(report))
-        render.out.print(report.summary())
-    if not report.passed:
-        sys.exit(1)
-
-
-@cli.command()
-@click.argument("view")
-@click.option("--run-id", required=True)
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def publish(c: _Ctx, view: str, run_id: str, as_json: bool) -> None:
-    """Re-audit and publish the kept branch audit_<RUN_ID> of VIEW."""
-    with _progress(not as_json) as progress:
-        result = c.fl.publish(view, run_id, progress=progress)
-    if as_json:
-        render.print_json({"status": "published", **result.to_dict()})
-    else:
-        render.out.print(render.audit_table(result.report))
-        render.out.print(f"[green]published[/] {result.table} run {run_id}: main -> {result.snapshot_id}")
-
-
-@cli.command()
-@click.argument("view")
-@click.option("--run-id", required=True)
-@pass_ctx
-def discard(c: _Ctx, view: str, run_id: str) -> None:
-    """Remove the kept branch audit_<RUN_ID> of VIEW (main is not touched)."""
-    snapshot = c.fl.discard(view, run_id)
-    render.out.print(
-        f"removed branch audit_{run_id} (tip {snapshot}); its files go with `featurelake maintain --expire`"
-    )
-
-
-@cli.command()
-@click.argument("view")
-@click.option("--all", "all_snapshots", is_flag=True, help="Include snapshots only on branches.")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def history(c: _Ctx, view: str, all_snapshots: bool, as_json: bool) -> None:
-    """Snapshots of VIEW with their lineage, newest first."""
-    rows = c.fl.history(view, all_snapshots=all_snapshots)
-    if as_json:
-        render.print_json([r.to_dict() for r in rows])
-    else:
-        render.out.print(render.history_table(view, rows))
-
-
-@cli.command()
-@click.argument("view")
-@click.option("--as-of", default=None, help="Read main as it was at this time (ISO, UTC if no offset).")
-@click.option("--snapshot", "snapshot_id", type=int, default=None, help="Read this snapshot id.")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write to a .parquet or .csv file instead of printing.",
-)
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=20,
-    show_default=True,
-    help="Rows to print (use --output for all of them).",
-)
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def read(
-    c: _Ctx,
-    view: str,
-    as_of: str | None,
-    snapshot_id: int | None,
-    output: Path | None,
-    limit: int,
-    as_json: bool,
-) -> None:
-    """Time-travel read of VIEW."""
-    table = c.fl.read(view, as_of=as_of, snapshot_id=snapshot_id)
-    if output is not None:
-        from featurelake.cli.files import write_table
-
-        write_table(table, output)
-        render.out.print(f"wrote {table.num_rows} rows to {output}")
-    elif as_json:
-        render.print_json(table.slice(0, limit).to_pylist())
-    else:
-        render.out.print(render.arrow_table(table, view, limit))
-
-
-def _register_command_modules() -> None:
-    """Import every ``featurelake/cli/*_cmds.py``: each adds its commands to ``cli`` on import.
-
-    Components (registry, serving, maintenance, ...) keep their commands next to nothing else's, and
-    this file does not change when one is added.
-    """
-    import importlib
-    import pkgutil
-
-    import featurelake.cli as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name.endswith("_cmds"):
-            importlib.import_module(f"featurelake.cli.{info.name}")
-
-
-_register_command_modules()
 
 
 def _error_line(message: str) -> None:
@@ -275,13 +29,15 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(2)
     except click.exceptions.Abort:
-        render.err.print("aborted")
+        print("aborted", file=sys.stderr)
         sys.exit(130)
     except AuditFailed as exc:
         if debug:
             raise
         report = exc.report
         if report is not None:
+            from featurelake.cli import render
+
             render.err.print(render.audit_table(report))  # type: ignore[arg-type]
         _error_line(str(exc))
         sys.exit(exc.exit_code)

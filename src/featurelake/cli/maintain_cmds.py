@@ -7,8 +7,8 @@ import sys
 import click
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, _progress, cli, pass_ctx
-from featurelake.lakehouse.maintenance import TableMaintenance, human_bytes
+from featurelake.cli.app import Ctx, pass_ctx, progress
+from featurelake.maintenance import TableMaintenance, human_bytes
 
 #: How many files or snapshots a human-readable dry run lists per section (--json lists all).
 LIST_LIMIT = 25
@@ -83,7 +83,7 @@ def human_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-@cli.command()
+@click.command()
 @click.argument("view", required=False)
 @click.option("--all", "all_tables", is_flag=True, help="Every feature table and predictions.* table.")
 @click.option("--compact", is_flag=True, help="Bin-pack small data files per partition.")
@@ -104,7 +104,7 @@ def human_duration(seconds: float) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def maintain(
-    c: _Ctx,
+    c: Ctx,
     view: str | None,
     all_tables: bool,
     compact: bool,
@@ -125,7 +125,7 @@ def maintain(
     """
     from featurelake.jobs.maintain import maintenance_failed
 
-    with _progress(not as_json) as progress:
+    with progress(not as_json) as update:
         reports = c.fl.maintain(
             view,
             all_tables=all_tables,
@@ -138,7 +138,7 @@ def maintain(
             target_file_size=target_file_size,
             dry_run=dry_run,
             force=force,
-            progress=progress,
+            progress=update,
         )
     if as_json:
         render.print_json([r.to_dict() for r in reports])

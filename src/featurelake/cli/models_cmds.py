@@ -10,7 +10,7 @@ import click
 from rich.table import Table as RichTable
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx
 from featurelake.errors import UsageError
 from featurelake.registry.records import BUMPS, FLAVORS, Event, ModelRef, ModelVersion, Stage
 
@@ -89,7 +89,7 @@ def _history_table(name: str, rows: list[Event]) -> RichTable:
     return t
 
 
-@cli.group()
+@click.group()
 def models() -> None:
     """The model registry: versions, stages, aliases and their lineage."""
 
@@ -122,7 +122,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def register(
-    c: _Ctx,
+    c: Ctx,
     name: str,
     artifact: str,
     flavor: str,
@@ -161,7 +161,7 @@ def register(
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def list_models(c: _Ctx, as_json: bool) -> None:
+def list_models(c: Ctx, as_json: bool) -> None:
     """Registered models with their latest, Production and Staging versions."""
     rows = c.fl.models.list_models()
     if as_json:
@@ -186,7 +186,7 @@ def list_models(c: _Ctx, as_json: bool) -> None:
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def show(c: _Ctx, ref: str, as_json: bool) -> None:
+def show(c: Ctx, ref: str, as_json: bool) -> None:
     """A model's versions (NAME), or one version in full (NAME@VERSION, @production, @staging, @latest, @alias)."""
     reg = c.fl.models
     if "@" not in ref:
@@ -230,7 +230,7 @@ def show(c: _Ctx, ref: str, as_json: bool) -> None:
 @click.option("--reason", default="", help="Why (kept in the history).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def promote(c: _Ctx, name: str, version: str, stage: str, force: bool, reason: str, as_json: bool) -> None:
+def promote(c: Ctx, name: str, version: str, stage: str, force: bool, reason: str, as_json: bool) -> None:
     """Move VERSION of NAME to STAGE (None, Staging, Production, Archived)."""
     result = c.fl.models.promote(name, version, Stage.parse(stage), force=force, reason=reason)
     if as_json:
@@ -254,7 +254,7 @@ def promote(c: _Ctx, name: str, version: str, stage: str, force: bool, reason: s
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def alias(
-    c: _Ctx, name: str, alias: str, version: str | None, delete: bool, reason: str, as_json: bool
+    c: Ctx, name: str, alias: str, version: str | None, delete: bool, reason: str, as_json: bool
 ) -> None:
     """Point ALIAS of NAME (champion, challenger, ...) at VERSION, or --delete it."""
     reg = c.fl.models
@@ -283,7 +283,7 @@ def alias(
 @click.option("--version", "version", default=None, help="Only this version's events.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def history(c: _Ctx, name: str, version: str | None, as_json: bool) -> None:
+def history(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
     """Registrations, stage transitions (with refused and lost attempts) and alias changes of NAME."""
     rows = c.fl.models.history(name, version)
     if as_json:

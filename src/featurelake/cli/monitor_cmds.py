@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx
 
 _STATE_STYLE = {"ok": "green", "pending": "yellow", "firing": "red"}
 
@@ -33,7 +33,7 @@ def _rules_table(result: object) -> RichTable:
     return t
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--export-prometheus-rules",
     "export",
@@ -49,7 +49,7 @@ def _rules_table(result: object) -> RichTable:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def monitor(
-    c: _Ctx, export: Path | None, list_rules: bool, show_metrics: bool, dry_run: bool, as_json: bool
+    c: Ctx, export: Path | None, list_rules: bool, show_metrics: bool, dry_run: bool, as_json: bool
 ) -> None:
     """Evaluate the alert rules now and notify the channels (exit 1 if a channel failed)."""
     project = c.fl.project

@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.text import Text
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx
 
 
 class _RowsPerSecond(ProgressColumn):
@@ -94,7 +94,9 @@ def _summary(d: dict[str, Any]) -> list[str]:
     ]
 
 
-@cli.command("predict")
+@click.command(
+    "predict", short_help="Score VIEW with MODEL into predictions.<model> through Write-Audit-Publish."
+)
 @click.argument("model")
 @click.option(
     "--view", default=None, help="Feature view to score (default: the one the model was trained on)."
@@ -130,7 +132,7 @@ def _summary(d: dict[str, Any]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def predict(
-    c: _Ctx,
+    c: Ctx,
     model: str,
     view: str | None,
     as_of: str | None,

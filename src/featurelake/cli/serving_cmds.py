@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table as RichTable
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx
 from featurelake.errors import UsageError
 
 if TYPE_CHECKING:
@@ -76,14 +76,14 @@ def _summary_table(results: list[SyncResult]) -> RichTable:
     return t
 
 
-@cli.command()
+@click.command()
 @click.argument("view", required=False)
 @click.option(
     "--full", is_flag=True, help="Resync everything from main instead of the changes since last time."
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def sync(c: _Ctx, view: str | None, full: bool, as_json: bool) -> None:
+def sync(c: Ctx, view: str | None, full: bool, as_json: bool) -> None:
     """Sync VIEW (default: every view) from Iceberg main to the online store, incrementally."""
     with _bar(not as_json) as progress:
         results = c.fl.sync(view, full=full, progress=progress)
@@ -99,13 +99,13 @@ def sync(c: _Ctx, view: str | None, full: bool, as_json: bool) -> None:
             render.out.print(f"[dim]note: {note}[/]")
 
 
-@cli.command()
+@click.command()
 @click.argument("view")
 @click.argument("keys", nargs=-1, required=True)
 @click.option("--features", default=None, help="Comma-separated features (default: all of the view's).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def get(c: _Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json: bool) -> None:
+def get(c: Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json: bool) -> None:
     """Look up KEYS of VIEW in the online store."""
     online = c.fl.online
     fv = c.fl.definitions.view(view)
@@ -135,18 +135,27 @@ def get(c: _Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json
     render.out.print(t)
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default=None, help="Address to bind (default: server.host, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default: server.port, 8666).")
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
 )
 @pass_ctx
-def serve(c: _Ctx, host: str | None, port: int | None, log_level: str) -> None:
+def serve(c: Ctx, host: str | None, port: int | None, log_level: str) -> None:
     """Serve online features and predictions over HTTP.
 
     POST /get-online-features, POST /predict/{model}, GET /metrics, GET /healthz.
     """
+    from featurelake.monitoring.serving import RegistryFlusher
     from featurelake.serving.server import serve as run
 
-    run(c.fl.project, host=host, port=port, log_level=log_level)
+    project = c.fl.project
+    # Latency and predictions into the local metrics state too, for `featurelake monitor` without Prometheus.
+    run(
+        project,
+        host=host,
+        port=port,
+        log_level=log_level,
+        background=[lambda: RegistryFlusher(project).start().stop],
+    )

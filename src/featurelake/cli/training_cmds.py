@@ -8,7 +8,7 @@ import click
 from rich.table import Table as RichTable
 
 from featurelake.cli import render
-from featurelake.cli.main import _Ctx, cli, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx
 from featurelake.errors import UsageError
 
 
@@ -26,7 +26,7 @@ def _snapshots(values: tuple[str, ...]) -> dict[str, int] | None:
     return out
 
 
-@cli.command("training-set")
+@click.command("training-set")
 @click.option(
     "--entities",
     required=True,
@@ -52,7 +52,7 @@ def _snapshots(values: tuple[str, ...]) -> dict[str, int] | None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def training_set(
-    c: _Ctx,
+    c: Ctx,
     entities: Path,
     features: str | None,
     as_of: str | None,
@@ -63,7 +63,7 @@ def training_set(
     as_json: bool,
 ) -> None:
     """Join features point in time onto ENTITIES and write them with their provenance to OUTPUT."""
-    from featurelake.features.training import build_training_set, write_training_set
+    from featurelake.training import build_training_set, write_training_set
 
     if output.suffix.lower() != ".parquet":
         raise UsageError(f"--output {output}: use a .parquet file (the provenance lives in its metadata)")

@@ -11,7 +11,6 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.types import LongType, PrimitiveType, StringType
 
-from featurelake.engines.base import Engine
 from featurelake.errors import SchemaError
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.lineage import OPERATION
@@ -84,19 +83,20 @@ def apply_view(
     catalog: Catalog,
     namespace: str,
     view: FeatureView,
-    engine: Engine,
+    produced: pa.Schema,
     *,
     lineage: dict[str, str],
     allow_breaking: bool = False,
     dry_run: bool = False,
 ) -> ApplyResult:
-    """Create or evolve ``<namespace>.<view>``; breaking changes need ``allow_breaking``.
+    """Create or evolve ``<namespace>.<view>`` for a query producing ``produced`` (the engine's
+    ``source_schema``); breaking changes need ``allow_breaking``.
 
     A new table gets an empty first snapshot on main carrying ``lineage``: Iceberg only lets branches
     fork from an existing snapshot, and every backfill writes to a branch.
     """
     ident = f"{namespace}.{view.name}"
-    desired = view_schema(view, engine.source_schema(view))
+    desired = view_schema(view, produced)
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
     try:

@@ -5,12 +5,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from featurelake.errors import ConfigError
 
-if TYPE_CHECKING:
-    from featurelake.validation.checks import Check
+
+class Check(Protocol):
+    """What a view needs of a declared check (``featurelake.checks``); evaluation lives in ``validation``.
+
+    Definitions sit below validation: a view only asks a check which columns it reads and whether it fits
+    the view, so ``features.py`` errors surface when the file loads.
+    """
+
+    name: str
+
+    def columns(self) -> list[str]: ...
+
+    def validate(self, view: FeatureView) -> None: ...
+
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _TABLE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")

@@ -24,7 +24,7 @@ def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool =
                     project.catalog,
                     project.namespace,
                     v,
-                    project.engine,
+                    project.engine.source_schema(v),
                     lineage=p,
                     allow_breaking=allow_breaking,
                     dry_run=dry_run,

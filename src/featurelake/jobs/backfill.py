@@ -15,12 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
-from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, UsageError
-from featurelake.lakehouse import lineage, wap
-from featurelake.lakehouse.window import Window
-from featurelake.monitoring.jobs import monitored_job
-from featurelake.validation.audit import AuditReport
-from featurelake.validation.runner import (
+from featurelake.auditing.runner import (
     AUDIT_REPORT,
     AUDIT_REPORT_HTML,
     record_published,
@@ -28,13 +23,18 @@ from featurelake.validation.runner import (
     run_audit,
     start_statistics,
 )
+from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, UsageError
+from featurelake.lakehouse import lineage, wap
+from featurelake.lakehouse.window import Window
+from featurelake.monitoring.jobs import monitored_job
+from featurelake.validation.audit import AuditReport
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from featurelake.features.definitions import FeatureView
     from featurelake.project import Progress, Project
-    from featurelake.validation.stats import ColumnStats
+    from featurelake.validation.colstats import ColumnStats
 
 T = TypeVar("T")
 

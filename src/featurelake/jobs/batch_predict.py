@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from featurelake.auditing.runner import AUDIT_REPORT
 from featurelake.errors import UsageError
 from featurelake.lakehouse import lineage
 from featurelake.monitoring.jobs import job_metrics
@@ -21,7 +22,6 @@ from featurelake.prediction.features import stream_features
 from featurelake.prediction.plan import PredictionPlan, PredictRequest, plan_prediction
 from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress, ScoreStats
 from featurelake.validation.audit import AuditReport
-from featurelake.validation.runner import AUDIT_REPORT
 
 if TYPE_CHECKING:
     from featurelake.project import Project
@@ -145,7 +145,7 @@ def _score(
 ) -> ScoreStats:
     """Score and write the run's branch on the project's engine."""
     if project.config.settings.engine.type == "spark":
-        from featurelake.engines.spark_predict import score_and_write
+        from featurelake.prediction.score_spark import score_and_write
 
         return score_and_write(project, registry, plan, props, progress)
     return _score_and_write(project, plan, props, progress).stats

@@ -20,7 +20,7 @@ from pyiceberg.table import Table
 
 from featurelake.errors import ConfigError, FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
-from featurelake.lakehouse.maintenance import (
+from featurelake.maintenance import (
     RetentionPolicy,
     TableMaintenance,
     expire_snapshots,
@@ -30,8 +30,8 @@ from featurelake.lakehouse.maintenance import (
     remove_orphan_files,
     rewrite_data_files,
 )
-from featurelake.lakehouse.maintenance.expiry import check_policy
-from featurelake.lakehouse.maintenance.orphans import check_min_age
+from featurelake.maintenance.expiry import check_policy
+from featurelake.maintenance.orphans import check_min_age
 
 if TYPE_CHECKING:
     from featurelake.project import Progress, Project
@@ -102,8 +102,8 @@ def _operations(project: Project) -> tuple[Callable[..., Any], Callable[..., Any
     """(compact, expire, remove orphans): on Spark for ``engine.type: spark``, else with PyIceberg."""
     if project.config.settings.engine.type != "spark":
         return rewrite_data_files, expire_snapshots, remove_orphan_files
-    from featurelake.engines import spark_maintenance
     from featurelake.engines.spark import SparkEngine
+    from featurelake.maintenance import spark as spark_maintenance
 
     engine = project.engine
     assert isinstance(engine, SparkEngine)

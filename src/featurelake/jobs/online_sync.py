@@ -23,7 +23,7 @@ def _syncer(project: Project, store: OnlineStore) -> Callable[..., SyncResult]:
     """The sync to run: on Spark when the project's engine is Spark and the store is Redis."""
     if project.config.settings.engine.type == "spark" and store.type_name == "redis":
         from featurelake.engines.spark import SparkEngine
-        from featurelake.engines.spark_sync import sync_view_spark
+        from featurelake.serving.sync_spark import sync_view_spark
 
         engine = project.engine
         assert isinstance(engine, SparkEngine)

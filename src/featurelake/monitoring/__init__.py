@@ -1,6 +1,6 @@
 """Monitoring and alerting: Prometheus metrics, a local metrics state, alert rules and notification channels.
 
-- :mod:`featurelake.monitoring.metrics`: the one registry and every metric object (the server's ``/metrics``).
+- :mod:`featurelake.telemetry`: the one registry and every metric object (the server's ``/metrics``).
 - :mod:`featurelake.monitoring.recorder` / :mod:`~featurelake.monitoring.jobs`: recording from jobs and
   components into the registry, the local state (``.featurelake/metrics.db``) and a Pushgateway.
 - :mod:`featurelake.monitoring.rules`: alert rules as YAML data; :mod:`~featurelake.monitoring.rules.promql`
@@ -13,6 +13,6 @@ Only :mod:`metrics` is imported eagerly here: the server's hot path needs nothin
 
 from __future__ import annotations
 
-from featurelake.monitoring import metrics
+from featurelake import telemetry as metrics
 
 __all__ = ["metrics"]

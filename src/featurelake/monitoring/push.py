@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from featurelake.monitoring import metrics
+from featurelake import telemetry as metrics
 from featurelake.monitoring.state import LabelKey, MetricsState, SeriesRow, Update
 
 if TYPE_CHECKING:

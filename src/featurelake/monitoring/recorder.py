@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.utils import floatToGoString
 
+from featurelake import telemetry as metrics
 from featurelake.errors import ConfigError
-from featurelake.monitoring import metrics
 from featurelake.monitoring.state import LabelKey, MetricsState, Update, label_key
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class Recorder:
 
 def state_of(project: Project) -> MetricsState:
     """The project's local metrics state (``monitoring.state``)."""
-    from featurelake.monitoring.durations import parse_duration
+    from featurelake.units import parse_duration
 
     cfg = project.config.settings.monitoring
     try:

@@ -15,7 +15,7 @@ import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from featurelake.monitoring import metrics
+from featurelake import telemetry as metrics
 from featurelake.monitoring.recorder import state_of
 from featurelake.monitoring.state import LabelKey, Update, label_key
 

@@ -74,7 +74,7 @@ def _max_age(value: str | timedelta | float) -> timedelta:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     else:
-        from featurelake.monitoring.durations import parse_duration
+        from featurelake.units import parse_duration
 
         try:
             seconds = parse_duration(value, "--max-age")

@@ -37,6 +37,7 @@ from featurelake.lakehouse.schema import type_name
 from featurelake.prediction.where import sandbox
 from featurelake.validation.audit import AuditReport, evaluate_with
 from featurelake.validation.checks import Between, Check, NullRate, RowCount, Unique
+from featurelake.validation.report_html import save_report
 
 if TYPE_CHECKING:
     from featurelake.project import Project
@@ -292,7 +293,7 @@ def audit_branch(
         view=ident, run_id=run_id, branch=branch, snapshot_id=tip, rows=rows, results=results
     )
     report.seconds = time.perf_counter() - t0
-    path = report.save(project.audit_dir / ident, html=False)
+    path = save_report(report, project.audit_dir / ident, html=False)
     report.report_path = str(path.relative_to(project.root))
     return report
 

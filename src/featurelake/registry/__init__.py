@@ -24,15 +24,11 @@ from featurelake.registry.records import (
     Stage,
     TransitionPlan,
     TransitionResult,
+    tag_name,
 )
 
 if TYPE_CHECKING:
     from featurelake.registry.store import ModelRegistry
-
-
-def tag_name(model: str, version: str) -> str:
-    """The Iceberg tag that keeps ``model``'s ``version`` training snapshots alive: ``model-<name>-<version>``."""
-    return f"model-{model}-{version}"
 
 
 def __getattr__(name: str) -> object:

@@ -21,7 +21,7 @@ from featurelake.registry.records import ALLOWED, ModelVersion, Stage, Transitio
 from featurelake.registry.schema import versions
 
 if TYPE_CHECKING:
-    from featurelake.registry.store import ModelRegistry
+    from featurelake.registry.handle import RegistryHandle as ModelRegistry
 
 
 class _LostRace(Exception):

@@ -278,3 +278,8 @@ class TransitionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version.to_dict(), "archived": self.archived, "notes": self.notes}
+
+
+def tag_name(model: str, version: str) -> str:
+    """The Iceberg tag that keeps a snapshot bound to ``model`` at ``version`` from expiring."""
+    return f"model-{model}-{version}"

@@ -14,7 +14,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from featurelake.errors import ConflictError, FeaturelakeError, UsageError
-from featurelake.features.training.provenance import Provenance
 from featurelake.lakehouse import lineage
 from featurelake.registry.artifacts import StoredArtifact
 from featurelake.registry.records import (
@@ -29,9 +28,11 @@ from featurelake.registry.records import (
     now,
 )
 from featurelake.registry.schema import aliases, models, versions
+from featurelake.training.provenance import Provenance
 
 if TYPE_CHECKING:
-    from featurelake.registry.store import ModelRegistry, TrainingSetSource
+    from featurelake.registry.handle import RegistryHandle as ModelRegistry
+    from featurelake.registry.handle import TrainingSetSource
 
 
 def register(

@@ -17,7 +17,7 @@ from pyiceberg.table.refs import SnapshotRefType
 
 from featurelake.errors import ConflictError, UsageError
 from featurelake.lakehouse.wap import is_commit_conflict
-from featurelake.registry import tag_name
+from featurelake.registry.records import tag_name
 
 if TYPE_CHECKING:
     from featurelake.project import Project

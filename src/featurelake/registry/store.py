@@ -14,19 +14,18 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from featurelake.errors import NotFoundError
-from featurelake.features.training.provenance import Provenance
 from featurelake.lakehouse import lineage
 from featurelake.lakehouse.catalog import safe_uri
 from featurelake.registry import db, lifecycle, registration
 from featurelake.registry.artifacts import ArtifactStore
+from featurelake.registry.handle import TrainingSetSource
 from featurelake.registry.records import (
     Event,
     ModelRef,
@@ -47,8 +46,6 @@ from featurelake.registry.snapshots import IcebergPins
 
 if TYPE_CHECKING:
     from featurelake.project import Project
-
-TrainingSetSource: TypeAlias = Provenance | pa.Table | Mapping[str, Any] | str | Path
 
 
 class ModelRegistry:

@@ -1,4 +1,4 @@
-"""The server's Prometheus metrics, in the one featurelake registry (``featurelake.monitoring.metrics``).
+"""The server's Prometheus metrics, in the one featurelake registry (``featurelake.telemetry``).
 
 The monitoring component owns the registry and the shared metrics (``featurelake_prediction_latency_seconds``
 among them); the serving-only ones are added to the same registry here.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from featurelake.monitoring import metrics as shared
+from featurelake import telemetry as shared
 
 REGISTRY = shared.REGISTRY
 LATENCY = shared.PREDICTION_LATENCY

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -138,8 +139,18 @@ def _parse_predict(body: bytes) -> dict[str, list[Any]]:
     return req["entities"]
 
 
-def create_app(project: Project, *, store: OnlineStore | None = None) -> FastAPI:
-    """The ASGI app serving ``project``'s views from its online store (or ``store``)."""
+#: Work that runs beside the server: called when it starts, returns the function that stops it.
+Background = Callable[[], Callable[[], None]]
+
+
+def create_app(
+    project: Project, *, store: OnlineStore | None = None, background: Sequence[Background] = ()
+) -> FastAPI:
+    """The ASGI app serving ``project``'s views from its online store (or ``store``).
+
+    ``background`` starts with the server and stops with it: ``featurelake serve`` flushes the serving
+    metrics into the local metrics state that way (``monitoring.serving``), which this layer does not know.
+    """
     settings = project.config.settings.server
     service = OnlineService(
         project.definitions,
@@ -171,12 +182,10 @@ def create_app(project: Project, *, store: OnlineStore | None = None) -> FastAPI
                 service.key_is_int(view)
             except FeaturelakeError as exc:
                 log.warning("view %s is not servable yet: %s", view.name, exc)
-        # Latency and predictions into the local metrics state too, for `featurelake monitor` without Prometheus.
-        from featurelake.monitoring.serving import RegistryFlusher
-
-        flusher = RegistryFlusher(project).start()
+        stops = [start() for start in background]
         yield
-        flusher.stop()
+        for stop in reversed(stops):
+            stop()
         models.close()
         service.close()
 
@@ -253,14 +262,19 @@ def create_app(project: Project, *, store: OnlineStore | None = None) -> FastAPI
 
 
 def serve(
-    project: Project, *, host: str | None = None, port: int | None = None, log_level: str = "info"
+    project: Project,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+    background: Sequence[Background] = (),
 ) -> None:
     """Run the server in this process until interrupted (``featurelake serve``)."""
     import uvicorn
 
     settings = project.config.settings.server
     uvicorn.run(
-        create_app(project),
+        create_app(project, background=background),
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_level=log_level,

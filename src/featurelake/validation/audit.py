@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 
@@ -140,26 +140,9 @@ class AuditReport:
         worst = "; ".join(r.message for r in self.failures)
         return f"audit failed for {self.view} run {self.run_id}: {worst}"
 
-    def save(self, directory: Path, *, html: bool = True) -> Path:
-        """Write ``<run_id>.json`` (and the HTML page beside it) atomically; returns the JSON path."""
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.run_id}.json"
-        _write_atomic(path, json.dumps(self.to_dict(), indent=2, default=str))
-        if html:
-            from featurelake.validation.report_html import render_html
-
-            _write_atomic(path.with_suffix(".html"), render_html(self))
-        return path
-
     @classmethod
     def load(cls, path: Path) -> AuditReport:
         return cls.from_dict(json.loads(path.read_text()))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def implicit_checks(view: FeatureView, *, empty_window: str = "error") -> list[Check]:
@@ -174,7 +157,8 @@ def implicit_checks(view: FeatureView, *, empty_window: str = "error") -> list[C
 
 def checks_for(view: FeatureView, *, empty_window: str = "error") -> list[Check]:
     """Implicit checks followed by the declared ones; a declared check of the same kind and columns wins."""
-    declared = list(view.checks)
+    # A view holds its checks by the small protocol of ``features.definitions``; they are these Checks.
+    declared = cast("list[Check]", list(view.checks))
     keys = {c.key for c in declared}
     return [c for c in implicit_checks(view, empty_window=empty_window) if c.key not in keys] + declared
 

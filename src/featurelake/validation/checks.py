@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from featurelake.errors import ConfigError
 from featurelake.validation.core import (
@@ -48,7 +48,6 @@ __all__ = [
     "Status",
     "between",
     "column_kind",
-    "drift",
     "format_age",
     "freshness",
     "in_set",
@@ -562,22 +561,3 @@ def no_nan_or_inf(column: str, severity: Severity = "error") -> Check:
 def sql(expr: str, name: str, severity: Severity = "error") -> Check:
     """Fail when ``expr`` (DuckDB SQL over the view's columns) is false for any row."""
     return Sql(expr, name, severity)
-
-
-def drift(
-    column: str,
-    metric: Literal["psi", "js", "ks"] = "psi",
-    max: float | None = None,
-    *,
-    bins: int = 10,
-    reference: str | int | None = None,
-    severity: Severity = "error",
-) -> Check:
-    """Fail when ``column``'s distribution in the new rows drifted from the published data.
-
-    ``metric``: ``psi`` (default limit 0.2), ``js`` (Jensen-Shannon distance, 0.1) or ``ks`` (Kolmogorov-
-    Smirnov statistic, 0.1). ``reference``: a tag, branch or snapshot id instead of main. See docs/validation.md.
-    """
-    from featurelake.validation.drift import Drift
-
-    return Drift(column, metric, max, bins=bins, reference=reference, severity=severity)

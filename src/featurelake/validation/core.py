@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from featurelake.features.definitions import FeatureView
     from featurelake.lakehouse.window import Window
-    from featurelake.validation.stats import ColumnStats, Profiler
+    from featurelake.validation.colstats import ColumnStats
 
 Severity = Literal["error", "warn"]
 #: ``no-reference``: nothing published to compare with (first backfill); ``no-data``: no rows to judge.
@@ -177,6 +177,13 @@ class ReferenceData(Protocol):
         """Statistics of main (``None``), a tag or branch name, or a snapshot id."""
 
 
+class ProfileSource(Protocol):
+    """The run's column statistics, for checks judged late (drift): ``validation.stats.Profiler``."""
+
+    @property
+    def result(self) -> dict[str, ColumnStats]: ...
+
+
 @dataclass
 class AuditContext:
     """Everything a check may need besides the audited rows."""
@@ -185,7 +192,7 @@ class AuditContext:
     window: Window | None
     now: datetime
     reference: ReferenceData | None = None
-    profiler: Profiler | None = None
+    profiler: ProfileSource | None = None
 
 
 class Check(ABC):

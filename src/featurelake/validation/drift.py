@@ -37,7 +37,8 @@ from featurelake.validation.checks import (
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
-    from featurelake.validation.stats import ColumnStats, Profiler
+    from featurelake.validation.colstats import ColumnStats
+    from featurelake.validation.core import ProfileSource
 
 Metric = Literal["psi", "js", "ks"]
 DEFAULT_MAX: dict[str, float] = {"psi": 0.2, "js": 0.1, "ks": 0.1}
@@ -141,7 +142,7 @@ class Drift(Check):
             raise ConfigError(f"drift({column!r}): reference must be a tag/branch name or a snapshot id")
         self.column, self.metric, self.max, self.bins = column, metric, float(limit), bins
         self.reference = reference
-        self._profiler: Profiler | None = None
+        self._profiler: ProfileSource | None = None
         self._ref: ReferenceStats | None = None
 
     def columns(self) -> list[str]:
@@ -233,3 +234,20 @@ class Drift(Check):
             f"{new.rows} new rows vs {ref_col.rows} published, chance level ~{noise:.3f})"
         )
         return self._result(col, passed, round(value, 6), limit, msg, details=details)
+
+
+def drift(
+    column: str,
+    metric: Literal["psi", "js", "ks"] = "psi",
+    max: float | None = None,
+    *,
+    bins: int = 10,
+    reference: str | int | None = None,
+    severity: Severity = "error",
+) -> Check:
+    """Fail when ``column``'s distribution in the new rows drifted from the published data.
+
+    ``metric``: ``psi`` (default limit 0.2), ``js`` (Jensen-Shannon distance, 0.1) or ``ks`` (Kolmogorov-
+    Smirnov statistic, 0.1). ``reference``: a tag, branch or snapshot id instead of main. See docs/validation.md.
+    """
+    return Drift(column, metric, max, bins=bins, reference=reference, severity=severity)

@@ -9,6 +9,8 @@ rows, so windows of different sizes compare; categorical features get their most
 from __future__ import annotations
 
 import html
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from featurelake.validation.audit import AuditReport
     from featurelake.validation.checks import CheckResult
-    from featurelake.validation.stats import ColumnStats
+    from featurelake.validation.colstats import ColumnStats
 
 BINS = 24
 W, H, PAD_L, PAD_B, PAD_T = 540, 210, 46, 34, 12
@@ -236,3 +238,19 @@ def render_html(report: AuditReport) -> str:
         f"{_e(ref_label)} (outline)</div>"
         f'<div class="grid">{"".join(cards)}</div></body></html>'
     )
+
+
+def save_report(report: AuditReport, directory: Path, *, html: bool = True) -> Path:
+    """Write ``<run_id>.json`` (and this HTML page beside it) atomically; returns the JSON path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{report.run_id}.json"
+    _write_atomic(path, json.dumps(report.to_dict(), indent=2, default=str))
+    if html:
+        _write_atomic(path.with_suffix(".html"), render_html(report))
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

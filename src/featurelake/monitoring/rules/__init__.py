@@ -1,6 +1,6 @@
 """Alert rules as data: the shipped ``default.yaml`` merged with a project's own rules file.
 
-A rule names one metric of the catalog (:data:`featurelake.monitoring.metrics.SPECS`), how to reduce it
+A rule names one metric of the catalog (:data:`featurelake.telemetry.SPECS`), how to reduce it
 (``last`` value of a gauge, ``increase``/``rate`` of a counter over a ``window``, a histogram ``quantile``), a
 comparison (``op`` and ``threshold``, or a per-series ``threshold_metric``), a ``severity``, how long the
 condition must hold before it fires (``for``) and how often a still-firing alert is notified again
@@ -18,9 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from featurelake import telemetry as metrics
 from featurelake.errors import ConfigError
-from featurelake.monitoring import metrics
-from featurelake.monitoring.durations import parse_duration
+from featurelake.units import parse_duration
 
 Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error", "critical")

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from featurelake.monitoring.durations import format_duration
 from featurelake.monitoring.rules import PLACEHOLDER, Rule
+from featurelake.units import format_duration
 
 
 def _escape(value: str) -> str:

@@ -6,7 +6,7 @@ updates to the project's local metrics state (and pushes to a Pushgateway when c
 
 Hot-path helpers for the server (no locks beyond prometheus_client's own, no I/O)::
 
-    from featurelake.monitoring import metrics
+    from featurelake import telemetry as metrics
     metrics.observe_prediction_latency("/predict/churn", 0.0021)
     metrics.count_predictions("churn", "1.0.2", n=100)
     body, content_type = metrics.exposition()

@@ -18,7 +18,7 @@ from pyiceberg.expressions import And, EqualTo
 from pyiceberg.schema import Schema
 from pyiceberg.types import BooleanType, LongType, NestedField, StringType, TimestamptzType
 
-from featurelake.validation import logtable
+from featurelake.auditing import logtable
 
 if TYPE_CHECKING:
     from featurelake.project import Project

@@ -45,7 +45,7 @@ from pyiceberg.table.update import (
 from pyiceberg.typedef import IcebergBaseModel
 
 from featurelake.errors import ConflictError, UsageError
-from featurelake.lakehouse.maintenance.files import (
+from featurelake.maintenance.files import (
     ManifestReader,
     Progress,
     Reachable,
@@ -58,7 +58,7 @@ from featurelake.lakehouse.maintenance.files import (
     reachable,
     snapshot_files,
 )
-from featurelake.lakehouse.maintenance.report import ExpiryResult
+from featurelake.maintenance.report import ExpiryResult
 
 #: Below this, expiring (or deleting orphans) needs ``force``: readers still on a snapshot would break.
 MIN_SAFE_AGE = timedelta(hours=1)

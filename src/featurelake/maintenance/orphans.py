@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pyiceberg.table import Table
 
 from featurelake.errors import FeaturelakeError, UsageError
-from featurelake.lakehouse.maintenance.expiry import MIN_SAFE_AGE
-from featurelake.lakehouse.maintenance.files import (
+from featurelake.maintenance.expiry import MIN_SAFE_AGE
+from featurelake.maintenance.files import (
     ManifestReader,
     Progress,
     delete_all,
@@ -31,7 +31,7 @@ from featurelake.lakehouse.maintenance.files import (
     list_files,
     reachable,
 )
-from featurelake.lakehouse.maintenance.report import OrphanResult
+from featurelake.maintenance.report import OrphanResult
 
 
 def check_min_age(min_age: timedelta, force: bool) -> None:

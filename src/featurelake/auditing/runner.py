@@ -19,13 +19,14 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from featurelake.auditing import audit_log, stats_log
 from featurelake.errors import CatalogUnavailableError, ConflictError
 from featurelake.lakehouse import wap
-from featurelake.validation import audit_log, stats_log
 from featurelake.validation.audit import AuditReport, checks_for
 from featurelake.validation.checks import AuditContext, Check, ReferenceStats
 from featurelake.validation.drift import Drift
 from featurelake.validation.fast import process_pool
+from featurelake.validation.report_html import save_report
 from featurelake.validation.stats import ColumnStats, Profiler, run_seed
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ def run_audit(
         html_path=html_path,
     )
     report.seconds = time.perf_counter() - t0
-    report.save(project.audit_dir / view.name)
+    save_report(report, project.audit_dir / view.name)
     try:
         audit_log.record(project, report)
     except (CatalogUnavailableError, ConflictError) as exc:

@@ -34,9 +34,9 @@ from pyiceberg.typedef import Record
 
 from featurelake.errors import ConflictError, DataError
 from featurelake.lakehouse.lineage import OPERATION, RUN_ID
-from featurelake.lakehouse.maintenance.files import Progress, delete_file, file_key
-from featurelake.lakehouse.maintenance.report import CompactionResult, FileGroup
 from featurelake.lakehouse.wap import MAIN, is_commit_conflict
+from featurelake.maintenance.files import Progress, delete_file, file_key
+from featurelake.maintenance.report import CompactionResult, FileGroup
 
 T = TypeVar("T")
 COMPACTION = "compaction"

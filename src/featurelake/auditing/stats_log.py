@@ -26,11 +26,12 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import DoubleType, ListType, LongType, NestedField, StringType, TimestamptzType
 
+from featurelake.auditing import logtable
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window, parse_timestamp
-from featurelake.validation import logtable
 from featurelake.validation.checks import ReferenceStats
-from featurelake.validation.stats import ColumnStats, Profiler, merge_columns
+from featurelake.validation.colstats import ColumnStats, merge_columns
+from featurelake.validation.stats import Profiler
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView

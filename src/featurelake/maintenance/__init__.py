@@ -6,11 +6,11 @@ with ``dry_run`` only reports. Nothing here knows about feature views, the regis
 tags to honour come in through ``RetentionPolicy``.
 """
 
-from featurelake.lakehouse.maintenance.compaction import COMPACTION, checksum, rewrite_data_files
-from featurelake.lakehouse.maintenance.expiry import MIN_SAFE_AGE, RetentionPolicy, expire_snapshots
-from featurelake.lakehouse.maintenance.files import list_files
-from featurelake.lakehouse.maintenance.orphans import remove_orphan_files
-from featurelake.lakehouse.maintenance.report import (
+from featurelake.maintenance.compaction import COMPACTION, checksum, rewrite_data_files
+from featurelake.maintenance.expiry import MIN_SAFE_AGE, RetentionPolicy, expire_snapshots
+from featurelake.maintenance.files import list_files
+from featurelake.maintenance.orphans import remove_orphan_files
+from featurelake.maintenance.report import (
     CompactionResult,
     ExpiryResult,
     FileGroup,

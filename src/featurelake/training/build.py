@@ -16,7 +16,10 @@ from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, Le
 from pyiceberg.table import Table
 
 from featurelake.errors import UsageError
-from featurelake.features.training.entities import (
+from featurelake.lakehouse.history import resolve_snapshot
+from featurelake.lakehouse.schema import type_name
+from featurelake.lakehouse.window import parse_timestamp
+from featurelake.training.entities import (
     TIMESTAMP_COLUMN,
     EntitySource,
     check_timestamps,
@@ -24,11 +27,8 @@ from featurelake.features.training.entities import (
     join_key_column,
     load_entities,
 )
-from featurelake.features.training.join import JoinStats, ViewFrame, micros, point_in_time_join
-from featurelake.features.training.provenance import Provenance, attach
-from featurelake.lakehouse.history import resolve_snapshot
-from featurelake.lakehouse.schema import type_name
-from featurelake.lakehouse.window import parse_timestamp
+from featurelake.training.join import JoinStats, ViewFrame, micros, point_in_time_join
+from featurelake.training.provenance import Provenance, attach
 
 if TYPE_CHECKING:
     from featurelake.project import Project

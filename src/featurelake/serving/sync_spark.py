@@ -36,16 +36,14 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.conversions import from_bytes
-from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
-from pyiceberg.types import DateType, IcebergType, IntegerType, LongType, TimestamptzType
+from pyiceberg.types import IcebergType
 
+from featurelake.engines.spark_files import bounds_filter, read_files
 from featurelake.engines.spark_session import first_line, map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, OnlineStoreUnavailableError
 from featurelake.serving.sync import (
@@ -60,19 +58,16 @@ from featurelake.serving.sync import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import DataFrame
 
     from featurelake.engines.spark import SparkEngine
     from featurelake.features.definitions import FeatureView
     from featurelake.project import Project
     from featurelake.serving.base import OnlineStore
 
-_FILE = "__featurelake_file"
 _ROWS = "__featurelake_rows"
 #: Re-read keys up to this many go into the scan as an IN filter (pushed down); more are a semi-join.
 _IN_FILTER_MAX = 1000
-#: At most this many timestamp ranges prune a scan of chosen files (the closest ones are merged).
-_MAX_RANGES = 32
 _OUT_SCHEMA = pa.schema(
     [
         pa.field("rows", pa.int64()),
@@ -83,80 +78,6 @@ _OUT_SCHEMA = pa.schema(
     ]
 )
 _OUT_DDL = "rows long, keys long, changed long, written string"
-
-
-# --- reading chosen data files with Spark --------------------------------------------------------------
-
-
-def _merge(ranges: list[tuple[Any, Any]], cap: int) -> list[tuple[Any, Any]]:
-    """Overlapping ranges merged, then the closest neighbours merged until at most ``cap`` remain."""
-    merged: list[tuple[Any, Any]] = []
-    for lo, hi in sorted(ranges):
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    while len(merged) > cap:
-        i = min(range(len(merged) - 1), key=lambda j: merged[j + 1][0] - merged[j][1])
-        merged[i : i + 2] = [(merged[i][0], max(merged[i][1], merged[i + 1][1]))]
-    return merged
-
-
-def _literal(ftype: IcebergType, raw: bytes) -> Any:
-    value = from_bytes(ftype, raw)  # type: ignore[arg-type]
-    if isinstance(ftype, TimestamptzType):
-        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(value))
-    if isinstance(ftype, DateType):
-        return date(1970, 1, 1) + timedelta(days=int(value))
-    return int(value)
-
-
-def bounds_filter(tbl: Table, files: list[DataFile], column: str) -> Column | None:
-    """A filter on ``column`` covering the value ranges of ``files`` (from their column statistics), so
-    Iceberg prunes partitions and files no chosen file overlaps; None when a file has no bounds."""
-    from pyspark.sql import functions as F
-
-    field = tbl.schema().find_field(column)
-    if not files or not isinstance(field.field_type, TimestamptzType | DateType | IntegerType | LongType):
-        return None
-    ranges = []
-    for f in files:
-        lo, hi = (f.lower_bounds or {}).get(field.field_id), (f.upper_bounds or {}).get(field.field_id)
-        if lo is None or hi is None:
-            return None
-        ranges.append((_literal(field.field_type, lo), _literal(field.field_type, hi)))
-    col = F.col(quote_ident(column))
-    parts = [(col >= F.lit(lo)) & (col <= F.lit(hi)) for lo, hi in _merge(ranges, _MAX_RANGES)]
-    return functools.reduce(lambda a, b: a | b, parts)
-
-
-def read_files(
-    engine: SparkEngine,
-    tbl: Table,
-    snapshot_id: int,
-    files: list[tuple[DataFile, int]],
-    columns: list[str],
-    *,
-    prune_on: str | None = None,
-) -> DataFrame:
-    """Rows of exactly ``files`` (live in ``snapshot_id``), projected to ``columns`` by Spark's Iceberg
-    reader, each with its file's data sequence number in ``SEQ``."""
-    from pyspark.sql import functions as F
-
-    spark = engine.spark
-    select = ", ".join(quote_ident(c) for c in columns)
-    df = spark.sql(
-        f"SELECT {select}, _file AS {quote_ident(_FILE)} FROM {engine.table_ident(tbl)} VERSION AS OF {int(snapshot_id)}"
-    )
-    if not files:
-        return df.where(F.lit(False)).drop(_FILE).withColumn(SEQ, F.lit(0).cast("long"))
-    narrow = bounds_filter(tbl, [f for f, _ in files], prune_on) if prune_on else None
-    if narrow is not None:
-        df = df.where(narrow)
-    seqs = spark.createDataFrame(
-        [(f.file_path, int(seq)) for f, seq in files], f"{quote_ident(_FILE)} string, {quote_ident(SEQ)} long"
-    )
-    return df.join(F.broadcast(seqs), _FILE).drop(_FILE)
 
 
 # --- writing from the executors ------------------------------------------------------------------------
@@ -379,7 +300,9 @@ def _apply_on_spark(
             f"VERSION AS OF {current.snapshot_id}"
         ).withColumn(SEQ, F.lit(int(current.sequence_number or 0)).cast("long"))
     else:
-        rows = read_files(engine, tbl, current.snapshot_id, planned.added, columns, prune_on=ts)
+        rows = read_files(
+            engine, tbl, current.snapshot_id, planned.added, columns, prune_on=ts, seq_column=SEQ
+        )
     result.files_read = len(planned.added) + len(planned.removed)
     latest = _latest(rows, key, ts, columns)
     reused = planned.full or bool(planned.removed)
@@ -395,14 +318,23 @@ def _apply_on_spark(
         if planned.removed:
             assert planned.watermark is not None
             gone = read_files(
-                engine, tbl, planned.watermark.snapshot_id, planned.removed, [key, ts], prune_on=ts
+                engine,
+                tbl,
+                planned.watermark.snapshot_id,
+                planned.removed,
+                [key, ts],
+                prune_on=ts,
+                seq_column=SEQ,
             )
             stale = _stale_keys(latest, gone, view)
         refreshed: list[str] = []
         if stale:
             progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
             again = _only_keys(
-                read_files(engine, tbl, current.snapshot_id, planned.live_files(), columns), tbl, key, stale
+                read_files(engine, tbl, current.snapshot_id, planned.live_files(), columns, seq_column=SEQ),
+                tbl,
+                key,
+                stale,
             )
             redo = _push(_latest(again, key, ts, columns), target, force=True, report_keys=True)
             result.changed += redo.changed

@@ -43,17 +43,17 @@ from pyiceberg.manifest import DataFile, DataFileContent
 from pyiceberg.table import Table
 from pyiceberg.types import DateType, IntegerType, LongType, TimestamptzType
 
+from featurelake import maintenance
+from featurelake.engines.spark_files import read_files
 from featurelake.engines.spark_session import first_line, quote_ident, translate_commit_errors
-from featurelake.engines.spark_sync import read_files
 from featurelake.errors import ConflictError, DataError, FeaturelakeError
-from featurelake.lakehouse import maintenance
 from featurelake.lakehouse.lineage import OPERATION, RUN_ID
-from featurelake.lakehouse.maintenance.compaction import COMPACTION, landed_snapshot
-from featurelake.lakehouse.maintenance.expiry import RetentionPolicy, check_policy, plan_retention
-from featurelake.lakehouse.maintenance.files import StoredFile, file_key, is_table_file, list_files
-from featurelake.lakehouse.maintenance.orphans import check_min_age
-from featurelake.lakehouse.maintenance.report import CompactionResult, ExpiryResult, FileGroup, OrphanResult
 from featurelake.lakehouse.wap import main_snapshot_id
+from featurelake.maintenance.compaction import COMPACTION, landed_snapshot
+from featurelake.maintenance.expiry import RetentionPolicy, check_policy, plan_retention
+from featurelake.maintenance.files import StoredFile, file_key, is_table_file, list_files
+from featurelake.maintenance.orphans import check_min_age
+from featurelake.maintenance.report import CompactionResult, ExpiryResult, FileGroup, OrphanResult
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

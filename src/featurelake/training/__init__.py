@@ -5,15 +5,15 @@ snapshot, joins in DuckDB (ASOF) over Arrow and returns a table carrying its pro
 metadata key ``featurelake.provenance``; ``provenance=`` rebuilds the same bytes from a previous set.
 """
 
-from featurelake.features.training.build import (
+from featurelake.training.build import (
     TrainingSetResult,
     build_training_set,
     parse_features,
     write_training_set,
 )
-from featurelake.features.training.entities import TIMESTAMP_COLUMN, fingerprint, load_entities
-from featurelake.features.training.join import JoinStats, ViewFrame, point_in_time_join
-from featurelake.features.training.provenance import METADATA_KEY, FeatureRef, Provenance
+from featurelake.training.entities import TIMESTAMP_COLUMN, fingerprint, load_entities
+from featurelake.training.join import JoinStats, ViewFrame, point_in_time_join
+from featurelake.training.provenance import METADATA_KEY, FeatureRef, Provenance
 
 __all__ = [
     "METADATA_KEY",

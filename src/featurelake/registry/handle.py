@@ -1,0 +1,53 @@
+"""What registration and stage transitions need of the registry: the store's surface, as a protocol.
+
+``lifecycle`` and ``registration`` are the registry's two write paths; ``store.ModelRegistry`` composes them.
+Typing them against this protocol instead of the store keeps the package's import graph acyclic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from sqlalchemy.engine import Connection
+
+    from featurelake.registry.artifacts import ArtifactStore
+    from featurelake.registry.records import ModelRef, ModelVersion
+    from featurelake.registry.snapshots import IcebergPins
+    from featurelake.training.provenance import Provenance
+
+TrainingSetSource: TypeAlias = "Provenance | pa.Table | Mapping[str, Any] | str | Path"
+
+
+class RegistryHandle(Protocol):
+    artifacts: ArtifactStore
+    pins: IcebergPins | None
+    project_root: Path | None
+    release_tags_on_archive: bool
+
+    def get(self, name: str, version: str) -> ModelVersion: ...
+
+    def resolve(self, ref: str | ModelRef) -> ModelVersion: ...
+
+    def _write(self) -> Any: ...
+
+    def _event(
+        self,
+        conn: Connection,
+        name: str,
+        version: str | None,
+        kind: str,
+        from_stage: str | None,
+        to_stage: str | None,
+        user: str,
+        reason: str,
+        outcome: str,
+        detail: str,
+        *,
+        alias: str | None = None,
+        at: datetime | None = None,
+    ) -> None: ...
