@@ -211,11 +211,6 @@ def count_predictions(model: str, version: str, n: int = 1) -> None:
     PREDICTIONS_TOTAL.labels(model, version).inc(n)
 
 
-def set_prediction_mean(model: str, value: float) -> None:
-    """The mean of ``model``'s latest predictions (drift of the output, seen from outside)."""
-    PREDICTION_MEAN.labels(model).set(value)
-
-
 def exposition() -> tuple[bytes, str]:
     """The body and content type of a ``GET /metrics`` response (Prometheus text format)."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
@@ -231,6 +226,5 @@ __all__ = [
     "count_predictions",
     "exposition",
     "observe_prediction_latency",
-    "set_prediction_mean",
     "spec",
 ]

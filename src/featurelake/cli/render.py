@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from featurelake.lakehouse.history import SnapshotInfo
-from featurelake.validation.audit import AuditReport
+if TYPE_CHECKING:  # types only: `featurelake get` must not load PyIceberg or Arrow to print a row
+    import pyarrow as pa
+
+    from featurelake.lakehouse.history import SnapshotInfo
+    from featurelake.validation.audit import AuditReport
 
 # Pipes and CI logs get a wide fixed width so tables with snapshot ids stay readable.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)

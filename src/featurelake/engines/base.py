@@ -7,14 +7,17 @@ in ``featurelake.lakehouse`` and is shared by every engine.
 
 from __future__ import annotations
 
+import glob
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from featurelake.features.definitions import FeatureView
+from featurelake.errors import ConfigError
+from featurelake.features.definitions import FeatureView, Source
 from featurelake.lakehouse.window import Window
 from featurelake.validation.checks import Check, CheckResult
 
@@ -68,3 +71,21 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources (sessions, connections)."""
+
+
+def source_files(source: Source, project_dir: Any, view: str, *, urls: bool = False) -> list[str]:
+    """The files a Parquet source names: its glob resolved against the project directory, sorted.
+
+    ``urls``: the engine reads ``scheme://`` locations itself (Spark), so they are passed through as is.
+    """
+    pattern = source.location
+    if urls and "://" in pattern:
+        return [pattern]
+    full = pattern if Path(pattern).is_absolute() or "://" in pattern else str(Path(project_dir) / pattern)
+    files = sorted(glob.glob(full, recursive=True))
+    if not files:
+        raise ConfigError(
+            f"view {view!r}: source glob {pattern!r} matches no files (looked for {full}); "
+            "generate or copy the data first, or fix the path in features.py"
+        )
+    return files

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
 from featurelake import duck
-from featurelake.engines.base import Engine
+from featurelake.engines.base import Engine, source_files
 from featurelake.engines.conform import conform
 from featurelake.errors import ConfigError, SchemaError
-from featurelake.features.definitions import FeatureView, Source
+from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
 from featurelake.lakehouse.write import overwrite_days
@@ -33,28 +32,13 @@ class LocalEngine(Engine):
     name = "local"
 
     # --- sources ------------------------------------------------------------------------------------
-    def _source_files(self, source: Source, view: str) -> list[str]:
-        pattern = source.location
-        full = (
-            pattern
-            if Path(pattern).is_absolute() or "://" in pattern
-            else str(Path(self.project_dir) / pattern)
-        )
-        files = sorted(glob.glob(full, recursive=True))
-        if not files:
-            raise ConfigError(
-                f"view {view!r}: source glob {pattern!r} matches no files (looked for {full}); "
-                "generate or copy the data first, or fix the path in features.py"
-            )
-        return files
-
     def _source(
         self, con: duckdb.DuckDBPyConnection, view: FeatureView, window: Window | None
     ) -> duckdb.DuckDBPyRelation:
         """The view's source restricted to ``window`` (None: no rows, the schema only), as a relation."""
         src = view.source
         if src.kind == "parquet":
-            files = self._source_files(src, view.name)
+            files = source_files(src, self.project_dir, view.name)
             if (
                 window is not None
                 and (data := read_parquet_window(files, src.timestamp_field, window)) is not None

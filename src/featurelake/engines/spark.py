@@ -14,7 +14,6 @@ reads them up to three times (validate, write, audit; again on each rebase).
 from __future__ import annotations
 
 import contextlib
-import glob
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +22,8 @@ import pyarrow as pa
 from pyiceberg.table import Table
 
 from featurelake.config import CONFIG_FILE, CatalogConfig, ProjectConfig, SparkConfig
-from featurelake.engines.base import Engine
-from featurelake.engines.conform import _castable
+from featurelake.engines.base import Engine, source_files
+from featurelake.engines.conform import ColumnPlan, check_window, lossy_error, null_error, plan_columns
 from featurelake.engines.spark_session import (
     first_line,
     jdbc_catalog_conf,
@@ -40,7 +39,7 @@ from featurelake.engines.spark_sql import (
     to_spark_sql,
 )
 from featurelake.errors import ConfigError, DataError, SchemaError
-from featurelake.features.definitions import FeatureView, Source
+from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
 from featurelake.validation.audit import evaluate_with
@@ -117,25 +116,12 @@ class SparkEngine(Engine):
         return safe_uri(self._uri)
 
     # --- sources --------------------------------------------------------------------------------------
-    def _source_files(self, source: Source, view: str) -> list[str]:
-        pattern = source.location
-        if "://" in pattern:
-            return [pattern]
-        full = pattern if Path(pattern).is_absolute() else str(Path(self.project_dir) / pattern)
-        files = sorted(glob.glob(full, recursive=True))
-        if not files:
-            raise ConfigError(
-                f"view {view!r}: source glob {pattern!r} matches no files (looked for {full}); "
-                "generate or copy the data first, or fix the path in features.py"
-            )
-        return files
-
     def _source(self, view: FeatureView, window: Window | None) -> DataFrame:
         from pyspark.sql import functions as F
 
         src = view.source
         if src.kind == "parquet":
-            df = self.spark.read.parquet(*self._source_files(src, view.name))
+            df = self.spark.read.parquet(*source_files(src, self.project_dir, view.name, urls=True))
             if src.timestamp_field not in df.columns:
                 raise ConfigError(
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
@@ -182,85 +168,49 @@ class SparkEngine(Engine):
         return self._conform(self._query(view, window), view, table.schema().as_arrow(), window)
 
     def _conform(self, out: DataFrame, view: FeatureView, target: pa.Schema, window: Window) -> DataFrame:
-        """What ``conform.conform`` does for Arrow, in one Spark job; same rules, same messages."""
+        """``conform.conform``'s rules and messages, evaluated in one Spark job."""
         from pyspark.sql import functions as F
         from pyspark.sql.pandas.types import to_arrow_type
 
-        where = f"view {view.name!r}"
-        produced = out.columns
-        names = {f.name for f in target}
-        missing = [f.name for f in target if f.name not in produced]
-        if missing:
-            raise SchemaError(
-                f"{where}: the query does not produce column(s) {', '.join(missing)}; "
-                f"it produced {', '.join(produced)}. Fix the SELECT list in features.py"
-            )
-        extra = [c for c in produced if c not in names]
-        if extra:
-            raise SchemaError(
-                f"{where}: the query produces undeclared column(s) {', '.join(extra)}; "
-                "add them to fields={...} (then `featurelake apply`) or drop them from the SELECT"
-            )
-        got = {f.name: to_arrow_type(f.dataType) for f in out.schema.fields}
-        ts = view.timestamp_field
-        if not pa.types.is_timestamp(got[ts]) or got[ts].tz is None:
-            raise SchemaError(
-                f"{where}: {ts} must be a timezone-aware timestamp (timestamptz) but the query produces "
-                f"{got[ts]}; convert it, e.g. `CAST(x AS TIMESTAMPTZ)` or `timezone('UTC', x)`"
-            )
+        produced = [pa.field(f.name, to_arrow_type(f.dataType)) for f in out.schema.fields]
+        plans = plan_columns(view, produced, target)
         columns: list[Column] = []
         flags: list[Column] = []  # per-row "this cast changed the value", computed beside the cast
         probes: list[Column] = []
-        probe_names: list[tuple[str, str]] = []  # (kind, column)
-        for field in target:
-            have = got[field.name]
-            if not _castable(have, field.type):
-                raise SchemaError(
-                    f"{where}: column {field.name} is {have} in the query output but the table declares "
-                    f"{field.type}; cast it in the query or change its type in fields (then `featurelake apply`)"
-                )
-            col = F.col(f"`{field.name}`")
-            if have != field.type:
-                cast = col.cast(_spark_type(field.type))
-                if _lossy(have, field.type):
+        probed: list[tuple[str, ColumnPlan]] = []  # (kind, column)
+        for plan in plans:
+            col = F.col(quote_ident(plan.name))
+            if plan.cast:
+                cast = col.cast(_spark_type(plan.field.type))
+                if plan.lossy:
                     # Arrow's safe cast refuses lossy values; Spark's cast would wrap or null them silently.
                     flag = f"__lossy_{len(flags)}"
                     flags.append((col.isNotNull() & (cast.isNull() | (cast != col))).cast("int").alias(flag))
                     probes.append(F.sum(F.col(flag)))
-                    probe_names.append(("lossy", field.name))
+                    probed.append(("lossy", plan))
                 col = cast
-            if not field.nullable:
-                probes.append(F.count(F.lit(1)) - F.count(F.col(f"`{field.name}`")))
-                probe_names.append(("nulls", field.name))
-            columns.append(col.alias(field.name))
+            if not plan.field.nullable:
+                probes.append(F.count(F.lit(1)) - F.count(F.col(quote_ident(plan.name))))
+                probed.append(("nulls", plan))
+            columns.append(col.alias(plan.name))
         # One cached relation serves the checks below, the write and the audit (and every rebase).
         staged = self._cache(out.select(*columns, *flags))
-        probes += [F.min(F.col(f"`{ts}`")), F.max(F.col(f"`{ts}`"))]
+        ts = view.timestamp_field
+        probes += [F.min(F.col(quote_ident(ts))), F.max(F.col(quote_ident(ts)))]
         try:
             values = _collect_row(staged.agg(*[p.alias(f"p{i}") for i, p in enumerate(probes)]))
         except Exception as exc:
-            raise DataError(f"{where}: the query failed on Spark while computing: {first_line(exc)}") from exc
-        frame = staged.select(*[F.col(f"`{f.name}`") for f in target]) if flags else staged
-        lo, hi = values[-2], values[-1]
-        for (kind, name), value in zip(probe_names, values, strict=False):
-            if kind == "lossy" and value:
-                raise SchemaError(
-                    f"{where}: column {name} cannot be stored as {target.field(name).type} without losing "
-                    f"values ({value} rows would change); cast or round it in the query"
-                )
-        for (kind, name), value in zip(probe_names, values, strict=False):
-            if kind == "nulls" and value:
-                raise DataError(
-                    f"{where}: {value} rows have a null {name} (the "
-                    f"{'join key' if name == view.join_key else 'timestamp'} may not be null); "
-                    "filter them out in the query"
-                )
-        if lo is not None and (lo < window.start or hi >= window.end):
             raise DataError(
-                f"{where}: the query produced {ts} values from {lo.isoformat()} to {hi.isoformat()}, outside "
-                f"the backfill window {window}; rows must fall in the window (the source is already "
-                "restricted to it: check the timestamp expression)"
-            )
+                f"view {view.name!r}: the query failed on Spark while computing: {first_line(exc)}"
+            ) from exc
+        frame = staged.select(*[F.col(quote_ident(f.name)) for f in target]) if flags else staged
+        for (kind, plan), value in zip(probed, values, strict=False):
+            if kind == "lossy" and value:
+                raise lossy_error(view, plan, f"{value} rows would change")
+        for (kind, plan), value in zip(probed, values, strict=False):
+            if kind == "nulls" and value:
+                raise null_error(view, plan.name, value)
+        check_window(view, values[-2], values[-1], window)
         return frame
 
     def _cache(self, frame: DataFrame) -> DataFrame:
@@ -366,10 +316,6 @@ class SparkEngine(Engine):
             return to_arrow_schema(frame.schema).empty_table()
         return pa.Table.from_batches(batches)
 
-    def run_sql(self, sql: str) -> DataFrame:
-        """Run Spark SQL in this engine's session (the project's catalog is the default catalog)."""
-        return self.spark.sql(sql)
-
     def close(self) -> None:
         while self._cached:
             _, frame = self._cached.popitem()
@@ -445,17 +391,6 @@ def duckdb_types(schema: Any) -> dict[str, str]:
             if type(dt) is cls:
                 out[field.name] = name
     return out
-
-
-def _lossy(got: pa.DataType, want: pa.DataType) -> bool:
-    """Casts that can change values (checked row by row), as Arrow's safe cast would refuse them."""
-    if pa.types.is_integer(got) and pa.types.is_integer(want):
-        return want.bit_width < got.bit_width or (
-            pa.types.is_unsigned_integer(want) != pa.types.is_unsigned_integer(got)
-        )
-    if pa.types.is_decimal(want):
-        return True
-    return bool(pa.types.is_decimal(got) and pa.types.is_integer(want))
 
 
 def _spark_type(t: pa.DataType) -> DataType:

@@ -52,6 +52,8 @@ class Watermark:
     sequence_number: int
     table_uuid: str
     synced_at: str
+    key_type: str | None = None
+    """``long`` or ``string``: the table's join key type, so lookups need not open the catalog."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +65,7 @@ class Watermark:
             sequence_number=int(data["sequence_number"]),
             table_uuid=str(data["table_uuid"]),
             synced_at=str(data["synced_at"]),
+            key_type=data.get("key_type"),
         )
 
 

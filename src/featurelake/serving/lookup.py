@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from pyiceberg.types import IntegerType, LongType
 
 from featurelake.errors import RequestError, UsageError
 from featurelake.features.definitions import FeatureView
@@ -109,8 +108,11 @@ class OnlineService:
         """The entity's declared key type, else the one ``apply`` gave the view's table (asked once)."""
         cached = self._key_types.get(view.name)
         if cached is None:
+            mark = None if view.entity.dtype is not None else self.store.get_watermark(view.name)
             if view.entity.dtype is not None:
                 cached = view.entity.dtype == "long"
+            elif mark is not None and mark.key_type is not None:
+                cached = mark.key_type == "long"  # recorded by the last sync: no catalog round trip
             elif self._resolve_key_type is not None:
                 cached = self._resolve_key_type(view)
             else:
@@ -328,6 +330,8 @@ def table_key_types(project: Project) -> Callable[[FeatureView], bool]:
     """A resolver reading a view's key type from its Iceberg table (integer or string join key)."""
 
     def resolve(view: FeatureView) -> bool:
+        from pyiceberg.types import IntegerType, LongType
+
         try:
             tbl = project.load_table(view.name)
         except UsageError:

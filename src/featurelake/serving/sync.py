@@ -460,6 +460,11 @@ def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progres
         result.deleted = store.delete(view.name, drop)
 
 
+def _key_type(tbl: Table, view: FeatureView) -> str:
+    key = tbl.schema().find_field(view.join_key).field_type
+    return "long" if isinstance(key, IntegerType | LongType) else "string"
+
+
 def finish_sync(project: Project, store: OnlineStore, planned: SyncPlan) -> SyncResult:
     """Record the watermark (only after every write of the batch succeeded) and keep the snapshot alive."""
     result = planned.result
@@ -476,6 +481,7 @@ def finish_sync(project: Project, store: OnlineStore, planned: SyncPlan) -> Sync
                 sequence_number=int(current.sequence_number or 0),
                 table_uuid=str(planned.table.metadata.table_uuid),
                 synced_at=datetime.now(UTC).isoformat(),
+                key_type=_key_type(planned.table, planned.view),
             ),
         )
     note = _keep_alive(project, planned.view.name, current.snapshot_id, tag_name(store))

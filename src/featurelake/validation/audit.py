@@ -74,11 +74,6 @@ class AuditReport:
         return [r for r in self.results if not r.passed and r.severity == "warn"]
 
     @property
-    def unmeasured(self) -> list[CheckResult]:
-        """Checks that had nothing to compare with (``no-reference``) or nothing to judge (``no-data``)."""
-        return [r for r in self.results if r.status in ("no-reference", "no-data")]
-
-    @property
     def status(self) -> str:
         if not self.passed:
             return "failed"
