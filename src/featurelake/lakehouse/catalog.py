@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine as SAEngine
@@ -22,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from featurelake.errors import CatalogUnavailableError, ConfigError
+from featurelake.lakehouse import compat
 
 T = TypeVar("T")
 
@@ -34,15 +34,6 @@ def safe_uri(uri: str) -> str:
         return make_url(uri).render_as_string(hide_password=True)
     except Exception:
         return uri
-
-
-class _Catalog(SqlCatalog):
-    """SqlCatalog built on an engine we configure (lock timeouts, WAL), which SqlCatalog cannot take."""
-
-    def __init__(self, name: str, engine: SAEngine, **properties: str) -> None:
-        Catalog.__init__(self, name, **properties)
-        self.engine = engine
-        self._init_catalog()
 
 
 def _make_engine(uri: str, lock_timeout: float) -> SAEngine:
@@ -102,7 +93,8 @@ def open_catalog(
             f"catalog.uri {safe_uri(uri)} is not usable: {exc}; use sqlite:///path or postgresql+psycopg://..."
         ) from exc
     return retry_transient(
-        lambda: _Catalog(name, engine, uri=uri, warehouse=warehouse),
+        # SqlCatalog cannot take an engine we configure (lock timeouts, WAL): compat builds one on ours.
+        lambda: compat.sql_catalog_on_engine(name, engine, uri=uri, warehouse=warehouse),
         what="open the catalog",
         uri=uri,
         retries=retries,

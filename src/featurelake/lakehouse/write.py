@@ -8,20 +8,26 @@ handed to PyIceberg's own file writer on its own (one partition value: one filte
 with the days written in parallel, and the commit is the one ``Transaction.overwrite`` makes: the
 window's delete and the new files in one transaction, with the same snapshot properties and branch.
 
-The file writer and the append producer are PyIceberg internals (pinned to 0.12 in pyproject.toml); if
-they are missing, or the table is not partitioned, ``Table.overwrite`` does the work as before.
+The schema check, the file writer, the overwrite's delete and the append producer are PyIceberg internals
+(pinned to 0.12 in pyproject.toml), reached through ``lakehouse.compat``; if they are missing, or the table
+is not partitioned, ``Table.overwrite`` does the work as before.
 """
 
 from __future__ import annotations
 
 import itertools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 from pyiceberg.expressions import BooleanExpression
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import Table
+
+from featurelake.lakehouse import compat
+
+if TYPE_CHECKING:
+    from pyiceberg.manifest import DataFile
 
 DAY_US = 86_400_000_000
 #: Day groups written at once (Parquet encoding releases the GIL; PyIceberg's own pool does the I/O).
@@ -48,17 +54,6 @@ def day_slices(frame: pa.Table, timestamp_field: str) -> list[pa.Table] | None:
     return [frame.slice(int(a), int(b - a)) for a, b in zip(starts, stops, strict=True)]
 
 
-def _internals() -> tuple[Any, Any, Any] | None:
-    try:
-        from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
-        from pyiceberg.table.snapshots import Operation
-    except ImportError:  # pragma: no cover - a PyIceberg without these: use the public path
-        return None
-    if not hasattr(Transaction, "_append_snapshot_producer"):  # pragma: no cover
-        return None
-    return _check_pyarrow_schema_compatible, _dataframe_to_data_files, Operation
-
-
 def overwrite_days(
     table: Table,
     frame: pa.Table,
@@ -68,32 +63,21 @@ def overwrite_days(
     branch: str,
 ) -> None:
     """``table.overwrite(frame, overwrite_filter, properties, branch=branch)``, O(rows) in the day split."""
-    internals = _internals()
-    slices = day_slices(frame, timestamp_field) if internals else None
-    if internals is None or slices is None or table.metadata.spec().is_unpartitioned():
+    fast = compat.fast_overwrite_available()
+    slices = day_slices(frame, timestamp_field) if fast else None
+    if not fast or slices is None or table.metadata.spec().is_unpartitioned():
         table.overwrite(
             frame, overwrite_filter=overwrite_filter, snapshot_properties=properties, branch=branch
         )
         return
-    check_schema, to_data_files, operation = internals
     with table.transaction() as tx:
-        check_schema(
-            tx.table_metadata.schema(),
-            provided_schema=frame.schema,
-            downcast_ns_timestamp_to_us=False,
-            format_version=tx.table_metadata.format_version,
-        )
-        tx.delete(
-            delete_filter=overwrite_filter,
-            snapshot_properties=properties,
-            branch=branch,
-            _isolation_operation=operation.OVERWRITE,
-        )
-        with tx._append_snapshot_producer(properties, branch=branch) as append_files:
+        compat.check_write_schema(tx.table_metadata, frame.schema)
+        compat.delete_for_overwrite(tx, overwrite_filter, properties, branch)
+        with compat.append_data_files(tx, properties, branch) as append_files:
             metadata, io, counter = tx.table_metadata, table.io, itertools.count(0)
 
-            def write(part: pa.Table) -> list[Any]:
-                return list(to_data_files(metadata, part, io, append_files.commit_uuid, counter))
+            def write(part: pa.Table) -> list[DataFile]:
+                return compat.write_data_files(metadata, part, io, append_files.commit_uuid, counter)
 
             with ThreadPoolExecutor(max_workers=min(WRITERS, len(slices))) as pool:
                 for files in pool.map(write, slices):

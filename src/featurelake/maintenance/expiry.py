@@ -39,12 +39,11 @@ from pyiceberg.table.update import (
     TableRequirement,
     TableUpdate,
     ValidatableTableRequirement,
-    _apply_table_update,
-    _TableMetadataUpdateContext,
 )
 from pyiceberg.typedef import IcebergBaseModel
 
 from featurelake.errors import ConflictError, UsageError
+from featurelake.lakehouse import compat
 from featurelake.maintenance.files import (
     ManifestReader,
     Progress,
@@ -107,14 +106,11 @@ class TruncateSnapshotLog(IcebergBaseModel):
     snapshot_ids: list[int]
 
 
-@_apply_table_update.register(TruncateSnapshotLog)
-def _truncate_snapshot_log(  # type: ignore[misc]
-    update: TruncateSnapshotLog, base_metadata: TableMetadata, context: _TableMetadataUpdateContext
-) -> TableMetadata:
+@compat.metadata_update(TruncateSnapshotLog)
+def _truncate_snapshot_log(update: TruncateSnapshotLog, base_metadata: TableMetadata) -> TableMetadata:
     expired = set(update.snapshot_ids)
     log = base_metadata.snapshot_log
     cut = max((i for i, entry in enumerate(log) if entry.snapshot_id in expired), default=-1)
-    context.add_update(update)  # type: ignore[arg-type]
     return base_metadata.model_copy(update={"snapshot_log": log[cut + 1 :]})
 
 
