@@ -44,7 +44,8 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
 import featurelake
-from featurelake.maintenance import checksum, human_bytes, list_files
+from featurelake.maintenance import checksum, list_files
+from featurelake.units import format_size
 
 VIEW = "user_features"
 DAYS = 30
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"expiry (+8 days): {len(e.expired)} snapshot(s) expired, {len(e.deleted):,} files deleted, "
-            f"{human_bytes(e.bytes_reclaimed)} reclaimed in {expire_s:.2f}s "
+            f"{format_size(e.bytes_reclaimed)} reclaimed in {expire_s:.2f}s "
             f"({len(stored_before):,} -> {expiry.files_after:,} files under the table location)"
         )
         print(f"rows identical before/after and at the old snapshot: {'yes' if same else 'NO'}")

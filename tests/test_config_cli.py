@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -30,7 +31,7 @@ def test_defaults_resolve_against_the_project_dir(tmp_path: Path) -> None:
     assert cfg.warehouse == f"file://{tmp_path.resolve()}/.featurelake/warehouse"
     assert cfg.settings.online_store.type == "sqlite"
     assert cfg.path(cfg.settings.registry.artifacts) == tmp_path.resolve() / ".featurelake/artifacts"
-    assert cfg.settings.maintenance.expire_older_than == "7d"
+    assert cfg.settings.maintenance.expire_older_than == timedelta(days=7)
 
 
 def test_env_overrides_win_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

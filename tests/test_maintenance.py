@@ -290,16 +290,26 @@ def test_cli_refuses_unsafe_or_unclear_requests(
 
 
 def test_bad_maintenance_config_names_the_key(
-    small_files: featurelake.Featurelake, project_dir: Path
+    small_files: featurelake.Featurelake, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A bad duration or size fails when the config loads (not in the middle of a run), naming the key."""
     files = stored(table(small_files))
     cfg = project_dir / "featurelake.yaml"
-    cfg.write_text(cfg.read_text() + "maintenance:\n  orphan_min_age: three days\n")
-    with featurelake.open(project_dir) as fl2, pytest.raises(ConfigError) as info:
-        fl2.maintain(VIEW)
+    original = cfg.read_text()
+    cfg.write_text(original + "maintenance:\n  orphan_min_age: three days\n")
+    with pytest.raises(ConfigError) as info:
+        featurelake.open(project_dir)
+    assert "'maintenance.orphan_min_age': 'three days' is not a duration" in str(info.value)
+    cfg.write_text(original)
+    monkeypatch.setenv("FEATURELAKE_MAINTENANCE__COMPACTION_TARGET_FILE_SIZE", "big")
+    with pytest.raises(ConfigError) as info:
+        featurelake.open(project_dir)
     msg = str(info.value)
-    assert "maintenance.orphan_min_age 'three days' is not a duration" in msg
-    assert "FEATURELAKE_MAINTENANCE__ORPHAN_MIN_AGE" in msg
+    assert (
+        "'maintenance.compaction_target_file_size' (from env FEATURELAKE_MAINTENANCE__COMPACTION_TARGET_FILE_SIZE)"
+        in msg
+    )
+    assert "'big' is not a size" in msg
     assert stored(table(small_files)) == files
 
 

@@ -235,7 +235,7 @@ def test_project_rules_alone_when_defaults_are_off(tmp_path: Path) -> None:
         (
             "rules:\n  - {name: a, metric: featurelake_online_store_keys, op: '>', threshold: 1, severity: info, "
             "for: 5 minutes}\n",
-            "alerts.yaml:2: rule 'a': for: expected a duration like 30s",
+            "alerts.yaml:2: rule 'a': for '5 minutes' is not a duration: expected a duration like 30s",
         ),
         (
             "rules:\n  - {name: a, metric: featurelake_online_store_keys, op: '>', threshold: 1, severity: info, "

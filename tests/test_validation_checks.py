@@ -18,8 +18,9 @@ from featurelake import checks
 from featurelake.errors import ConfigError
 from featurelake.features.definitions import Entity, FeatureView, Source
 from featurelake.lakehouse.window import Window
+from featurelake.units import format_duration
 from featurelake.validation.audit import checks_for, evaluate, evaluate_with
-from featurelake.validation.checks import AuditContext, Check, CheckResult, ReferenceStats, format_age
+from featurelake.validation.checks import AuditContext, Check, CheckResult, ReferenceStats
 from featurelake.validation.stats import Profiler
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -180,7 +181,7 @@ def test_freshness_relative_to_the_window_end() -> None:
     stale = frame(event_ts=[T0 + timedelta(hours=h) for h in range(6)])
     bad = one(stale, checks.freshness(timedelta(hours=2)), window=window)
     assert not bad.passed and bad.observed == "19h" and "(limit 2h)" in bad.message
-    assert format_age(timedelta(days=2, minutes=5)) == "2d 5m"
+    assert format_duration(timedelta(days=2, minutes=5), sep=" ") == "2d 5m"  # how ages are shown
 
 
 def test_no_nan_or_inf() -> None:

@@ -2,12 +2,15 @@
 
 Every key is optional; the defaults are the embedded single-laptop setup (SQLite catalog, local warehouse).
 Relative paths resolve against the directory that holds ``featurelake.yaml``. Secrets never live in the
-file: channels name the env var that holds them (``webhook_url_env``).
+file: channels name the env var that holds them (``webhook_url_env``). Durations (``7d``, ``1h30m``) and sizes
+(``128MB``) are parsed when the config loads (``units.Duration``, ``units.ByteSize``), so a bad one fails
+there, naming its key, instead of in the middle of a job.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -17,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from featurelake.errors import ConfigError
+from featurelake.units import ByteSize, Duration
 
 CONFIG_FILE = "featurelake.yaml"
 STATE_DIR = ".featurelake"
@@ -116,8 +120,8 @@ class MonitoringConfig(_Section):
     """How long a job waits on the Pushgateway before giving up (the job itself never fails on it)."""
     state: str = ".featurelake/metrics.db"
     """Local metrics state (SQLite) every job appends to; ``monitor`` evaluates rules over it."""
-    state_retention: str = "8d"
-    """How long samples are kept in the local state; must exceed the longest rule window."""
+    state_retention: Duration = timedelta(days=8)
+    """How long samples are kept in the local state (e.g. 8d); must exceed the longest rule window."""
     rules: str | None = None
     """Project alert rules (YAML) merged over the shipped defaults by rule name."""
     default_rules: bool = True
@@ -145,14 +149,14 @@ class BackfillConfig(_Section):
 
 
 class MaintenanceConfig(_Section):
-    expire_older_than: str = "7d"
+    expire_older_than: Duration = timedelta(days=7)
     """`maintain` expires snapshots older than this (e.g. 7d, 12h) unless a tag or branch keeps them."""
     retain_last: int = 1
     """`maintain` always keeps this many of the newest snapshots of each branch (main included)."""
-    orphan_min_age: str = "3d"
+    orphan_min_age: Duration = timedelta(days=3)
     """Unreferenced files younger than this are kept (an uncommitted backfill may own them); at least 1h."""
-    compaction_target_file_size: str = "128MB"
-    """Compaction merges a partition's small files into files of up to this on-disk size."""
+    compaction_target_file_size: ByteSize = Field(default=128 * 1000**2, ge=1024)
+    """Compaction merges a partition's small files into files of up to this on-disk size (e.g. 128MB)."""
     compaction_min_input_files: int = 2
     """Compaction rewrites a partition only when it has at least this many small files."""
     keep_ancestry_tag_prefixes: list[str] = Field(default_factory=lambda: ["online-sync-"])
@@ -205,7 +209,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{where}'{origin}")
         else:
-            lines.append(f"'{where}'{origin}: {e['msg']}")
+            # A unit's own ValueError (units.Duration, units.ByteSize) already says what is wrong with the value.
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"'{where}'{origin}: {msg}")
     return (
         f"invalid configuration in {source}: " + "; ".join(lines) + " (see the config reference in README.md)"
     )

@@ -8,7 +8,8 @@ import click
 
 from featurelake.cli import render
 from featurelake.cli.app import Ctx, pass_ctx, progress
-from featurelake.maintenance import TableMaintenance, human_bytes
+from featurelake.maintenance import TableMaintenance
+from featurelake.units import format_duration, format_size
 
 #: How many files or snapshots a human-readable dry run lists per section (--json lists all).
 LIST_LIMIT = 25
@@ -34,8 +35,8 @@ def _print(r: TableMaintenance) -> None:
     after = "about " if r.dry_run else ""
     render.out.print(
         f"  files under the table location: {r.files_before} -> {after}{r.files_after} "
-        f"({human_bytes(r.bytes_before)} -> {after}{human_bytes(r.bytes_after)}); "
-        f"{would}reclaim {human_bytes(r.bytes_reclaimed)} [dim]({r.seconds:.2f}s)[/]"
+        f"({format_size(r.bytes_before)} -> {after}{format_size(r.bytes_after)}); "
+        f"{would}reclaim {format_size(r.bytes_reclaimed)} [dim]({r.seconds:.2f}s)[/]"
     )
     if (c := r.compaction) is not None:
         if c.groups:
@@ -56,7 +57,7 @@ def _print(r: TableMaintenance) -> None:
     if (e := r.expiry) is not None:
         render.out.print(
             f"  expiry: {would}expire {len(e.expired)} snapshot(s), keep {len(e.kept)}; "
-            f"{would}delete {len(e.deleted)} unreachable file(s) ({human_bytes(e.bytes_reclaimed)})"
+            f"{would}delete {len(e.deleted)} unreachable file(s) ({format_size(e.bytes_reclaimed)})"
         )
         if r.dry_run:
             _listing("snapshots to expire", [str(s) for s in e.expired])
@@ -68,19 +69,12 @@ def _print(r: TableMaintenance) -> None:
             render.out.print(f"    [dim]{line}[/]")
     if (o := r.orphans) is not None:
         render.out.print(
-            f"  orphans: {would}remove {len(o.orphans)} file(s) ({human_bytes(o.bytes_reclaimed)}); "
-            f"kept {len(o.too_young)} younger than {human_duration(o.min_age_seconds)}"
+            f"  orphans: {would}remove {len(o.orphans)} file(s) ({format_size(o.bytes_reclaimed)}); "
+            f"kept {len(o.too_young)} younger than {format_duration(o.min_age_seconds)}"
         )
         if r.dry_run:
             _listing("orphans to delete", o.orphans)
         _listing("kept (too young)", o.too_young if r.dry_run else [])
-
-
-def human_duration(seconds: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 @click.command()

@@ -18,20 +18,19 @@ from typing import TYPE_CHECKING, Any
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 
-from featurelake.errors import ConfigError, FeaturelakeError, UsageError
+from featurelake.errors import FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
 from featurelake.maintenance import (
     RetentionPolicy,
     TableMaintenance,
     expire_snapshots,
     list_files,
-    parse_duration,
-    parse_size,
     remove_orphan_files,
     rewrite_data_files,
 )
 from featurelake.maintenance.expiry import check_policy
 from featurelake.maintenance.orphans import check_min_age
+from featurelake.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from featurelake.project import Progress, Project
@@ -40,13 +39,11 @@ if TYPE_CHECKING:
 EXTRA_NAMESPACES = ("predictions",)
 
 
-def _from_config(value: str, key: str, parse: Callable[[str, str], Any]) -> Any:
+def _flag(value: Any, flag: str, parse: Callable[[Any, str], Any]) -> Any:
     try:
-        return parse(value, f"maintenance.{key}")
-    except UsageError as exc:
-        raise ConfigError(
-            f"{exc} (set in featurelake.yaml or FEATURELAKE_MAINTENANCE__{key.upper()})"
-        ) from None
+        return parse(value, flag)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _tables(project: Project, view: str | None, all_tables: bool) -> list[tuple[str, str | None]]:
@@ -136,19 +133,19 @@ def run_maintain(
     if not (compact or expire or remove_orphans):
         compact = expire = remove_orphans = True
     older = (
-        parse_duration(expire_older_than, "--expire-older-than")
+        _flag(expire_older_than, "--expire-older-than", parse_duration)
         if expire_older_than is not None
-        else _from_config(cfg.expire_older_than, "expire_older_than", parse_duration)
+        else cfg.expire_older_than
     )
     min_age = (
-        parse_duration(orphan_min_age, "--orphan-min-age")
+        _flag(orphan_min_age, "--orphan-min-age", parse_duration)
         if orphan_min_age is not None
-        else _from_config(cfg.orphan_min_age, "orphan_min_age", parse_duration)
+        else cfg.orphan_min_age
     )
     target = (
-        parse_size(target_file_size, "--target-file-size")
+        _flag(target_file_size, "--target-file-size", functools.partial(parse_size, minimum=1024))
         if target_file_size is not None
-        else _from_config(cfg.compaction_target_file_size, "compaction_target_file_size", parse_size)
+        else cfg.compaction_target_file_size
     )
     policy = RetentionPolicy(
         older_than=older,

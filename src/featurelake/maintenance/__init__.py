@@ -16,9 +16,6 @@ from featurelake.maintenance.report import (
     FileGroup,
     OrphanResult,
     TableMaintenance,
-    human_bytes,
-    parse_duration,
-    parse_size,
 )
 
 __all__ = [
@@ -32,10 +29,7 @@ __all__ = [
     "TableMaintenance",
     "checksum",
     "expire_snapshots",
-    "human_bytes",
     "list_files",
-    "parse_duration",
-    "parse_size",
     "remove_orphan_files",
     "rewrite_data_files",
 ]

@@ -1,61 +1,9 @@
-"""What a maintenance run did (or, with ``dry_run``, would do) to one table, and the units it is given in."""
+"""What a maintenance run did (or, with ``dry_run``, would do) to one table."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import Any
-
-from featurelake.errors import UsageError
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-
-
-def parse_duration(value: str | timedelta, what: str) -> timedelta:
-    """``7d``, ``12h``, ``30m``, ``90s`` or ``2w`` as a timedelta; UsageError naming ``what`` otherwise."""
-    if isinstance(value, timedelta):
-        return value
-    m = _DURATION.match(str(value))
-    if not m:
-        raise UsageError(
-            f"{what} {value!r} is not a duration: use a number and a unit, e.g. 7d, 12h, 30m, 90s"
-        )
-    return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()])
-
-
-def parse_size(value: str | int, what: str) -> int:
-    """``128MB``, ``512KiB`` or a plain number of bytes, as bytes."""
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _SIZE.match(str(value))
-        if not m:
-            raise UsageError(f"{what} {value!r} is not a size: use e.g. 128MB, 512KiB or a number of bytes")
-        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
-    if size < 1024:
-        raise UsageError(f"{what} {value!r} is too small: give at least 1KiB (e.g. 128MB)")
-    return size
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover
 
 
 @dataclass

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.utils import floatToGoString
 
 from featurelake import telemetry as metrics
-from featurelake.errors import ConfigError
 from featurelake.monitoring.state import LabelKey, MetricsState, Update, label_key
 
 if TYPE_CHECKING:
@@ -219,13 +218,8 @@ class Recorder:
 
 def state_of(project: Project) -> MetricsState:
     """The project's local metrics state (``monitoring.state``)."""
-    from featurelake.units import parse_duration
-
     cfg = project.config.settings.monitoring
-    try:
-        retention = parse_duration(cfg.state_retention, "monitoring.state_retention")
-    except ValueError as exc:
-        raise ConfigError(f"{exc}: fix monitoring.state_retention in featurelake.yaml") from None
+    retention = cfg.state_retention.total_seconds()
     return MetricsState(project.config.path(cfg.state), retention_seconds=retention)
 
 

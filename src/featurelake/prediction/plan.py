@@ -27,6 +27,7 @@ from featurelake.prediction.inputs import NAN_POLICIES, InputBinding, match_inpu
 from featurelake.prediction.table import check_existing, predictions_schema, table_identifier
 from featurelake.prediction.where import bind_where, check_where
 from featurelake.registry.records import ModelRef
+from featurelake.units import parse_duration
 
 if TYPE_CHECKING:
     from pyiceberg.schema import Schema
@@ -71,18 +72,13 @@ class PredictionPlan:
 
 
 def _max_age(value: str | timedelta | float) -> timedelta:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    else:
-        from featurelake.units import parse_duration
-
-        try:
-            seconds = parse_duration(value, "--max-age")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if seconds <= 0:
+    try:
+        age = parse_duration(value, "--max-age")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if age <= timedelta(0):
         raise UsageError(f"--max-age {value!r} must be positive (e.g. 2d)")
-    return timedelta(seconds=seconds)
+    return age
 
 
 def _infer_view(mv: ModelVersion) -> str:

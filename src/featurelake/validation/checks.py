@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from featurelake.errors import ConfigError
+from featurelake.units import format_duration
 from featurelake.validation.core import (
     NUMERIC_KINDS,
     STATUSES,
@@ -48,7 +49,6 @@ __all__ = [
     "Status",
     "between",
     "column_kind",
-    "format_age",
     "freshness",
     "in_set",
     "no_nan_or_inf",
@@ -374,27 +374,22 @@ class Freshness(Check):
 
     def judge(self, obs: Observation) -> CheckResult:
         newest, as_of = obs.values[0], self._as_of
-        limit = f"age <= {format_age(self.max_age)}"
+        limit = f"age <= {_age(self.max_age)}"
         if newest is None or as_of is None:
             return self._result(
                 self.column, True, None, limit, f"{self.column} has no values", status="no-data"
             )
         age = as_of - newest
         msg = (
-            f"newest {self.column} is {newest.isoformat()}, {format_age(age)} before {as_of.isoformat()} "
-            f"(limit {format_age(self.max_age)})"
+            f"newest {self.column} is {newest.isoformat()}, {_age(age)} before {as_of.isoformat()} "
+            f"(limit {_age(self.max_age)})"
         )
-        return self._result(self.column, age <= self.max_age, format_age(age), limit, msg)
+        return self._result(self.column, age <= self.max_age, _age(age), limit, msg)
 
 
-def format_age(age: timedelta) -> str:
-    """``2d 3h``, ``45m``, ``-1h`` (ages before the reference time are negative)."""
-    sign, secs = ("-", -age.total_seconds()) if age < timedelta(0) else ("", age.total_seconds())
-    days, rest = divmod(int(secs), 86_400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")) if v]
-    return sign + (" ".join(parts) if parts else "0s")
+def _age(age: timedelta) -> str:
+    """``2d 3h``, ``45m``, ``-1h``: whole seconds (ages before the reference time are negative)."""
+    return format_duration(int(age.total_seconds()), sep=" ")
 
 
 class NoNanOrInf(Check):

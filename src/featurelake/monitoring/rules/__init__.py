@@ -134,15 +134,15 @@ class Rule(BaseModel):
 
     @property
     def for_seconds(self) -> float:
-        return parse_duration(self.for_, "for")
+        return parse_duration(self.for_, "for").total_seconds()
 
     @property
     def repeat_seconds(self) -> float:
-        return parse_duration(self.repeat_interval, "repeat_interval")
+        return parse_duration(self.repeat_interval, "repeat_interval").total_seconds()
 
     @property
     def window_seconds(self) -> float:
-        return parse_duration(self.window or "0s", "window")
+        return parse_duration(self.window or "0s", "window").total_seconds()
 
     def compare(self, value: float, threshold: float) -> bool:
         """``value op threshold`` (False for NaN, as in PromQL)."""
