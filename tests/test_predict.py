@@ -201,7 +201,8 @@ def test_runs_append_and_a_used_run_id_is_refused(scored: tuple[featurelake.Feat
 def test_publish_rebases_onto_a_main_that_moved(scored: tuple[featurelake.Featurelake, Any]) -> None:
     """Run A writes and audits its branch; run B publishes first; A's publish re-appends onto B, re-audits."""
     from featurelake.jobs.batch_predict import _properties, _score_and_write
-    from featurelake.prediction.plan import PredictRequest, plan_prediction
+    from featurelake.prediction.plan import plan_prediction
+    from featurelake.prediction.request import PredictRequest
 
     fl, _ = scored
     project = fl.project
@@ -275,7 +276,8 @@ def test_a_publish_that_keeps_losing_the_race_leaves_nothing_behind(
     scored: tuple[featurelake.Featurelake, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from featurelake.jobs.batch_predict import _properties, _score_and_write
-    from featurelake.prediction.plan import PredictRequest, plan_prediction
+    from featurelake.prediction.plan import plan_prediction
+    from featurelake.prediction.request import PredictRequest
 
     monkeypatch.setenv("FEATURELAKE_BACKFILL__PUBLISH_ATTEMPTS", "1")  # no room for the rebase
     with featurelake.open(scored[0].project.root) as fl:

@@ -214,23 +214,14 @@ class Featurelake:
         Defaults come from the config's ``maintenance`` section; ``now`` evaluates ages as of another time.
         """
         from featurelake.jobs.maintain import run_maintain
+        from featurelake.maintenance.request import MaintenanceRequest
 
-        return run_maintain(
-            self.project,
-            view,
-            all_tables=all_tables,
-            compact=compact,
-            expire=expire,
-            remove_orphans=remove_orphans,
-            expire_older_than=expire_older_than,
-            retain_last=retain_last,
-            orphan_min_age=orphan_min_age,
-            target_file_size=target_file_size,
-            dry_run=dry_run,
-            force=force,
-            now=now,
-            progress=progress,
-        )
+        request = MaintenanceRequest(
+            view, all_tables=all_tables, compact=compact, expire=expire, remove_orphans=remove_orphans,
+            expire_older_than=expire_older_than, retain_last=retain_last, orphan_min_age=orphan_min_age,
+            target_file_size=target_file_size, dry_run=dry_run, force=force, now=now,
+        )  # fmt: skip
+        return run_maintain(self.project, request, progress=progress)
 
     def monitor(self, *, now: datetime | float | None = None, notify: bool = True) -> MonitorResult:
         """Evaluate the alert rules now and notify the channels (see docs/monitoring.md)."""
@@ -257,12 +248,13 @@ class Featurelake:
         """Score ``view`` with ``model`` (``NAME`` = Production, ``NAME@1.2.0``, ``@staging``, ``@alias``) into
         ``predictions.<model>`` through Write-Audit-Publish (see docs/prediction.md)."""
         from featurelake.jobs.batch_predict import run_predict
+        from featurelake.prediction.request import PredictRequest
 
-        return run_predict(
-            self.project, self.models, model, view=view, as_of=as_of, snapshot_id=snapshot_id, where=where,
-            output=output, start=start, end=end, max_age=max_age, run_id=run_id, nan_policy=nan_policy,
-            progress=progress,
+        request = PredictRequest(
+            model, view, as_of=as_of, snapshot_id=snapshot_id, where=where, output=output, start=start,
+            end=end, max_age=max_age, run_id=run_id, nan_policy=nan_policy,
         )  # fmt: skip
+        return run_predict(self.project, self.models, request, progress=progress)
 
 
 def open(project_dir: str | Path = ".") -> Featurelake:

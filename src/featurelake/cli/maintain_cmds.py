@@ -117,23 +117,24 @@ def maintain(
     Tagged snapshots (model training sets, online-sync watermarks, your tags) and every branch head are never
     expired. Exit 1 when any table failed.
     """
-    from featurelake.jobs.maintain import maintenance_failed
+    from featurelake.jobs.maintain import maintenance_failed, run_maintain
+    from featurelake.maintenance.request import MaintenanceRequest
 
+    request = MaintenanceRequest(
+        view,
+        all_tables=all_tables,
+        compact=compact or target_file_size is not None,
+        expire=expire or expire_older_than is not None or retain_last is not None,
+        remove_orphans=remove_orphans or orphan_min_age is not None,
+        expire_older_than=expire_older_than,
+        retain_last=retain_last,
+        orphan_min_age=orphan_min_age,
+        target_file_size=target_file_size,
+        dry_run=dry_run,
+        force=force,
+    )
     with progress(not as_json) as update:
-        reports = c.fl.maintain(
-            view,
-            all_tables=all_tables,
-            compact=compact or target_file_size is not None,
-            expire=expire or expire_older_than is not None or retain_last is not None,
-            remove_orphans=remove_orphans or orphan_min_age is not None,
-            expire_older_than=expire_older_than,
-            retain_last=retain_last,
-            orphan_min_age=orphan_min_age,
-            target_file_size=target_file_size,
-            dry_run=dry_run,
-            force=force,
-            progress=update,
-        )
+        reports = run_maintain(c.fl.project, request, progress=update)
     if as_json:
         render.print_json([r.to_dict() for r in reports])
     else:

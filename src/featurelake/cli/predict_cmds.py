@@ -148,21 +148,24 @@ def predict(
 ) -> None:
     """Score VIEW with MODEL (NAME = its Production version, NAME@1.2.0, NAME@staging, NAME@alias) and publish
     the predictions through Write-Audit-Publish: exit 0 published, 1 refused (audit, data), 2 usage error."""
+    from featurelake.jobs.batch_predict import run_predict
+    from featurelake.prediction.request import PredictRequest
+
+    request = PredictRequest(
+        model,
+        view,
+        as_of=as_of,
+        snapshot_id=snapshot_id,
+        where=where,
+        output=output,
+        start=start,
+        end=end,
+        max_age=max_age,
+        run_id=run_id,
+        nan_policy=nan_policy,
+    )
     with _progress(not as_json) as bar:
-        result = c.fl.predict(
-            model,
-            view,
-            as_of=as_of,
-            snapshot_id=snapshot_id,
-            where=where,
-            output=output,
-            start=start,
-            end=end,
-            max_age=max_age,
-            run_id=run_id,
-            nan_policy=nan_policy,
-            progress=bar,
-        )
+        result = run_predict(c.fl.project, c.fl.models, request, progress=bar)
         bar.finish(f"published {result.table}")
     d = result.to_dict()
     if as_json:

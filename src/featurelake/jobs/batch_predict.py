@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from featurelake.auditing.runner import AUDIT_REPORT
@@ -19,7 +19,8 @@ from featurelake.lakehouse import lineage
 from featurelake.monitoring.jobs import job_metrics
 from featurelake.prediction import table as ptable
 from featurelake.prediction.features import stream_features
-from featurelake.prediction.plan import PredictionPlan, PredictRequest, plan_prediction
+from featurelake.prediction.plan import PredictionPlan, plan_prediction
+from featurelake.prediction.request import PredictRequest
 from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress, ScoreStats
 from featurelake.validation.audit import AuditReport
 
@@ -154,32 +155,19 @@ def _score(
 def run_predict(
     project: Project,
     registry: ModelRegistry,
-    model: str,
+    request: PredictRequest,
     *,
-    view: str | None = None,
-    as_of: datetime | str | None = None,
-    snapshot_id: int | None = None,
-    where: str | None = None,
-    output: str | None = None,
-    start: datetime | str | None = None,
-    end: datetime | str | None = None,
-    max_age: str | timedelta | float | None = None,
-    run_id: str | None = None,
-    nan_policy: str | None = None,
     progress: PredictProgress | None = None,
 ) -> PredictionResult:
-    """Score ``view`` with ``model`` (``NAME`` = its Production version) and publish ``predictions.<model>``."""
+    """Score ``request.view`` with ``request.model`` (``NAME`` = its Production version) and publish
+    ``predictions.<model>``."""
     t0 = time.perf_counter()
     say = progress or _Quiet()
-    req = PredictRequest(
-        model, view, as_of, snapshot_id, where, output, start, end, max_age, run_id, nan_policy
-    )
-    label = (
-        output or f"{ptable.NAMESPACE}.{str(model).partition('@')[0]}"
-    )  # metrics label only: not validated
+    # metrics label only: not validated
+    label = request.output or f"{ptable.NAMESPACE}.{str(request.model).partition('@')[0]}"
     with job_metrics(project, "predict", label) as rec:
-        say.phase(f"resolving {model}")
-        plan = plan_prediction(project, registry, req)
+        say.phase(f"resolving {request.model}")
+        plan = plan_prediction(project, registry, request)
         try:
             mv = plan.model
             props = _properties(project, plan)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
@@ -21,7 +20,6 @@ from pyiceberg.table import Table
 from featurelake.errors import FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
 from featurelake.maintenance import (
-    RetentionPolicy,
     TableMaintenance,
     expire_snapshots,
     list_files,
@@ -30,20 +28,13 @@ from featurelake.maintenance import (
 )
 from featurelake.maintenance.expiry import check_policy
 from featurelake.maintenance.orphans import check_min_age
-from featurelake.units import parse_duration, parse_size
+from featurelake.maintenance.request import MaintenanceRequest
 
 if TYPE_CHECKING:
     from featurelake.project import Progress, Project
 
 #: Namespaces featurelake writes besides the feature namespace (batch predictions).
 EXTRA_NAMESPACES = ("predictions",)
-
-
-def _flag(value: Any, flag: str, parse: Callable[[Any, str], Any]) -> Any:
-    try:
-        return parse(value, flag)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _tables(project: Project, view: str | None, all_tables: bool) -> list[tuple[str, str | None]]:
@@ -112,99 +103,64 @@ def _operations(project: Project) -> tuple[Callable[..., Any], Callable[..., Any
 
 
 def run_maintain(
-    project: Project,
-    view: str | None = None,
-    *,
-    all_tables: bool = False,
-    compact: bool = False,
-    expire: bool = False,
-    remove_orphans: bool = False,
-    expire_older_than: str | timedelta | None = None,
-    retain_last: int | None = None,
-    orphan_min_age: str | timedelta | None = None,
-    target_file_size: str | int | None = None,
-    dry_run: bool = False,
-    force: bool = False,
-    now: datetime | None = None,
-    progress: Progress | None = None,
+    project: Project, request: MaintenanceRequest, *, progress: Progress | None = None
 ) -> list[TableMaintenance]:
-    """Maintain ``view`` (or every table with ``all_tables``); with no operation chosen, run all three."""
+    """Maintain ``request.view`` (or every table with ``request.all_tables``)."""
     cfg = project.config.settings.maintenance
-    if not (compact or expire or remove_orphans):
-        compact = expire = remove_orphans = True
-    older = (
-        _flag(expire_older_than, "--expire-older-than", parse_duration)
-        if expire_older_than is not None
-        else cfg.expire_older_than
-    )
-    min_age = (
-        _flag(orphan_min_age, "--orphan-min-age", parse_duration)
-        if orphan_min_age is not None
-        else cfg.orphan_min_age
-    )
-    target = (
-        _flag(target_file_size, "--target-file-size", functools.partial(parse_size, minimum=1024))
-        if target_file_size is not None
-        else cfg.compaction_target_file_size
-    )
-    policy = RetentionPolicy(
-        older_than=older,
-        retain_last=cfg.retain_last if retain_last is None else retain_last,
-        keep_ancestry_tag_prefixes=tuple(cfg.keep_ancestry_tag_prefixes),
-    )
+    policy, min_age, target = request.retention(cfg), request.orphan_age(cfg), request.file_size(cfg)
     # Refuse unsafe settings before touching any table.
-    if expire:
-        check_policy(policy, force)
-    if remove_orphans:
-        check_min_age(min_age, force)
-    tables = _tables(project, view, all_tables)
+    if request.expire:
+        check_policy(policy, request.force)
+    if request.remove_orphans:
+        check_min_age(min_age, request.force)
+    tables = _tables(project, request.view, request.all_tables)
     run_id = "maintain_" + lineage.new_run_id()
     attempts = project.config.settings.catalog.retries + 1
     locations = (
         project.catalog_call(lambda: _table_locations(project), "list table locations")
-        if remove_orphans
+        if request.remove_orphans
         else {}
     )
     compact_table, expire_table, remove_table_orphans = _operations(project)
     reports = []
     for ident, view_name in tables:
         load = _loader(project, ident, view_name)
-        report = TableMaintenance(ident, dry_run)
+        report = TableMaintenance(ident, request.dry_run)
         t0 = time.perf_counter()
         try:
             tbl = load()
             before = list_files(tbl.io, tbl.metadata.location)
             report.files_before, report.bytes_before = len(before), sum(f.size for f in before)
-            if compact:
+            if request.compact:
                 extra = {lineage.VIEW: view_name} if view_name else {}
                 report.compaction = compact_table(
                     load,
                     target_file_size=target,
                     min_input_files=cfg.compaction_min_input_files,
                     properties=lineage.lineage_properties(project.root, run_id, **extra),
-                    dry_run=dry_run,
+                    dry_run=request.dry_run,
                     attempts=attempts,
                     call=project.catalog_call,
                     progress=progress,
                 )
-            if expire:
+            if request.expire:
                 report.expiry = expire_table(
                     load,
                     policy,
-                    dry_run=dry_run,
-                    force=force,
-                    now=now,
+                    dry_run=request.dry_run,
+                    force=request.force,
+                    now=request.now,
                     attempts=attempts,
                     call=project.catalog_call,
                     progress=progress,
                 )
-            if remove_orphans:
+            if request.remove_orphans:
                 report.orphans = remove_table_orphans(
                     load,
                     min_age=min_age,
-                    dry_run=dry_run,
-                    force=force,
-                    now=now,
+                    dry_run=request.dry_run,
+                    force=request.force,
+                    now=request.now,
                     other_locations=[loc for other, loc in locations.items() if other != ident],
                     progress=progress,
                 )

@@ -17,6 +17,7 @@ from featurelake.maintenance.report import (
     OrphanResult,
     TableMaintenance,
 )
+from featurelake.maintenance.request import MaintenanceRequest
 
 __all__ = [
     "COMPACTION",
@@ -24,6 +25,7 @@ __all__ = [
     "CompactionResult",
     "ExpiryResult",
     "FileGroup",
+    "MaintenanceRequest",
     "OrphanResult",
     "RetentionPolicy",
     "TableMaintenance",

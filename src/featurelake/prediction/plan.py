@@ -10,7 +10,7 @@ the input types the flavor takes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -27,30 +27,13 @@ from featurelake.prediction.inputs import NAN_POLICIES, InputBinding, match_inpu
 from featurelake.prediction.table import check_existing, predictions_schema, table_identifier
 from featurelake.prediction.where import bind_where, check_where
 from featurelake.registry.records import ModelRef
-from featurelake.units import parse_duration
 
 if TYPE_CHECKING:
     from pyiceberg.schema import Schema
 
+    from featurelake.prediction.request import PredictRequest
     from featurelake.project import Project
     from featurelake.registry import ModelRegistry, ModelVersion
-
-
-@dataclass(frozen=True)
-class PredictRequest:
-    """A batch prediction as asked for (CLI flags or ``fl.predict`` arguments)."""
-
-    model: str
-    view: str | None = None
-    as_of: datetime | str | None = None
-    snapshot_id: int | None = None
-    where: str | None = None
-    output: str | None = None
-    start: datetime | str | None = None
-    end: datetime | str | None = None
-    max_age: str | timedelta | float | None = None
-    run_id: str | None = None
-    nan_policy: str | None = None
 
 
 @dataclass
@@ -69,16 +52,6 @@ class PredictionPlan:
     run_id: str
     predicted_at: datetime
     nan_policy: str
-
-
-def _max_age(value: str | timedelta | float) -> timedelta:
-    try:
-        age = parse_duration(value, "--max-age")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if age <= timedelta(0):
-        raise UsageError(f"--max-age {value!r} must be positive (e.g. 2d)")
-    return age
 
 
 def _infer_view(mv: ModelVersion) -> str:
@@ -112,7 +85,7 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
     if req.as_of is not None and req.snapshot_id is not None:
         raise UsageError("give either --as-of or --snapshot, not both")
     as_of = parse_timestamp(req.as_of, "--as-of") if req.as_of is not None else None
-    max_age = _max_age(req.max_age) if req.max_age is not None else None
+    max_age = req.age_limit
     predicted_at = datetime.now(UTC)
 
     mv = registry.resolve(ModelRef.parse(req.model))  # NotFoundError: no Production version, unknown alias...
@@ -190,4 +163,4 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
     )
 
 
-__all__ = ["PredictRequest", "PredictionPlan", "plan_prediction"]
+__all__ = ["PredictionPlan", "plan_prediction"]
