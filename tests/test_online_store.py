@@ -11,6 +11,7 @@ import pytest
 from featurelake.errors import OnlineStoreUnavailableError
 from featurelake.serving.base import OnlineStore, Records, Watermark
 from featurelake.serving.redis import RedisStore
+from featurelake.serving.scope import StoreScope
 from featurelake.serving.sqlite import SqliteStore
 from tests.redis_server import (
     RedisServer,
@@ -25,13 +26,17 @@ _FIXTURES = (own_redis_fixture, redis_session_fixture, redis_url_fixture)
 BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
 
 
+def scope(project: str = "contract", namespace: str = "features") -> StoreScope:
+    return StoreScope(project, "featurelake", "sqlite:////srv/catalog.db", "file:///srv/warehouse", namespace)
+
+
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
     s: OnlineStore
     if request.param == "sqlite":
-        s = SqliteStore(tmp_path / "online.db")
+        s = SqliteStore(tmp_path / "online.db", scope())
     else:
-        s = RedisStore(request.getfixturevalue("redis_url"), "contract")
+        s = RedisStore(request.getfixturevalue("redis_url"), scope())
     try:
         yield s
     finally:
@@ -151,7 +156,7 @@ def test_concurrent_writers_keep_the_newest_version(store: OnlineStore) -> None:
 def test_sqlite_unavailable_names_the_file(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store's directory should be")
-    s = SqliteStore(blocker / "online.db")
+    s = SqliteStore(blocker / "online.db", scope())
     with pytest.raises(OnlineStoreUnavailableError) as info:
         s.write("v", recs(("k", 1, 1, "{}")))
     assert str(blocker / "online.db") in str(info.value) and "online_store.path" in str(info.value)
@@ -160,7 +165,7 @@ def test_sqlite_unavailable_names_the_file(tmp_path: Path) -> None:
 
 def test_redis_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"
-    s = RedisStore(url, "p", connect_timeout=0.5)
+    s = RedisStore(url, scope("p"), connect_timeout=0.5)
     for call in (lambda: s.read([("v", ["1"])]), lambda: s.write("v", recs(("k", 1, 1, "{}"))), s.ping):
         with pytest.raises(OnlineStoreUnavailableError) as info:
             call()
@@ -171,12 +176,12 @@ def test_redis_unreachable_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_redis_bad_url_is_a_config_problem() -> None:
     with pytest.raises(OnlineStoreUnavailableError, match="not a Redis URL"):
-        RedisStore("http://127.0.0.1:1/0", "p")
+        RedisStore("http://127.0.0.1:1/0", scope("p"))
 
 
 @pytest.mark.redis
 def test_redis_recovers_after_restart_and_reloads_its_script(own_redis: RedisServer) -> None:
-    s = RedisStore(own_redis.url, "p")
+    s = RedisStore(own_redis.url, scope("p"))
     s.write("v", recs(("k", 1, 1, "one")))
     own_redis.kill()
     with pytest.raises(OnlineStoreUnavailableError):

@@ -16,7 +16,7 @@ from pyiceberg.table.snapshots import Operation
 import featurelake
 from featurelake.errors import OnlineStoreUnavailableError, UsageError
 from featurelake.lakehouse import wap
-from featurelake.serving.sync import SyncProgress
+from featurelake.serving.sync import SyncProgress, tag_name
 from tests.online_helpers import (
     VIEW,
     append,
@@ -46,7 +46,7 @@ def fl(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[featurelake.F
 
 
 def tag_of(fl: featurelake.Featurelake) -> int | None:
-    ref = table(fl).metadata.refs.get(f"online-sync-{fl.online.store.type_name}")
+    ref = table(fl).metadata.refs.get(tag_name(fl.online.store))
     return ref.snapshot_id if ref else None
 
 
@@ -163,7 +163,7 @@ def test_expired_watermark_snapshot_triggers_a_full_resync(fl: featurelake.Featu
     with pytest.raises(ValueError, match="protected"):
         tbl.maintenance.expire_snapshots().by_id(first.to_snapshot).commit()  # type: ignore[arg-type]
     # ...so expire it after removing the tag (as a maintenance run of an older version might have).
-    tbl.manage_snapshots().remove_tag(f"online-sync-{fl.online.store.type_name}").commit()
+    tbl.manage_snapshots().remove_tag(tag_name(fl.online.store)).commit()
     table(fl).maintenance.expire_snapshots().by_id(first.to_snapshot).commit()  # type: ignore[arg-type]
     assert table(fl).metadata.snapshot_by_id(first.to_snapshot) is None  # type: ignore[arg-type]
     (r,) = fl.sync()
@@ -322,11 +322,11 @@ def test_main_moved_by_a_tag_race_is_retried(fl: featurelake.Featurelake) -> Non
     original = sync_mod._keep_alive
     calls = []
 
-    def racing(project: object, view: str, snapshot_id: int, tag: str) -> str | None:
+    def racing(project: object, view: str, snapshot_id: int, *tags: str) -> str | None:
         if not calls:
             calls.append(1)
             append(fl, [(2, d(2), 20)])  # a concurrent commit
-        return original(project, view, snapshot_id, tag)  # type: ignore[arg-type]
+        return original(project, view, snapshot_id, *tags)  # type: ignore[arg-type]
 
     sync_mod._keep_alive = racing  # type: ignore[assignment]
     try:

@@ -15,7 +15,7 @@ import featurelake
 from featurelake.errors import OnlineStoreUnavailableError
 from featurelake.serving.base import Records
 from featurelake.serving.redis import RedisStore
-from featurelake.serving.sync import SyncProgress, SyncResult, sync_view
+from featurelake.serving.sync import SyncProgress, SyncResult, sync_view, tag_name
 from tests.helpers import START, day, make_project, transactions
 from tests.online_helpers import VIEW, append, assert_matches_main, config, d, online_state, overwrite, table
 from tests.redis_server import (
@@ -77,7 +77,7 @@ def test_spark_sync_writes_exactly_what_the_local_sync_writes(
     spark_url = fl.project.config.settings.online_store.url
     assert spark_url is not None
     local_url = fresh_db(redis_session, 3)
-    local = RedisStore(local_url, fl.project.config.settings.project)
+    local = RedisStore(local_url, fl.online.store.scope)
 
     def both(full: bool = False) -> SyncResult:
         (on_spark,) = fl.sync(full=full)  # engine.type spark + redis: the Spark path
@@ -131,7 +131,7 @@ def test_incremental_sync_after_a_second_backfill_pushes_only_the_changed_rows(
     assert inc.mode == "incremental" and inc.rows == len(recent) < len(main)
     assert 0 < inc.changed <= inc.keys
     assert fl.online.store.get_watermark(VIEW).snapshot_id == inc.to_snapshot  # type: ignore[union-attr]
-    assert table(fl).metadata.refs["online-sync-redis"].snapshot_id == inc.to_snapshot
+    assert table(fl).metadata.refs[tag_name(fl.online.store)].snapshot_id == inc.to_snapshot
     assert_matches_main(fl)
 
     # Re-running an old day: newer snapshot, older event times. Its rows are pushed; newest wins per key.
@@ -170,7 +170,7 @@ def test_redis_down_fails_the_spark_sync_clearly_and_keeps_the_watermark(
         assert "watermark of user_features was not advanced" in msg
         own_redis.start()  # the append-only file kept the first sync
         assert fl.online.store.get_watermark(VIEW).snapshot_id == first.to_snapshot  # type: ignore[union-attr]
-        assert table(fl).metadata.refs["online-sync-redis"].snapshot_id == first.to_snapshot
+        assert table(fl).metadata.refs[tag_name(fl.online.store)].snapshot_id == first.to_snapshot
         (r,) = fl.sync()
         assert r.mode == "incremental" and r.to_snapshot == target and r.keys == 40
         assert_matches_main(fl)

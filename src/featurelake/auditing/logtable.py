@@ -8,18 +8,16 @@ Iceberg reader. Appends retry when a concurrent writer won the commit race.
 from __future__ import annotations
 
 import contextlib
-import random
-import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
-from featurelake.errors import ConflictError
 from featurelake.lakehouse import lineage, wap
+from featurelake.lakehouse.retry import retry_commit
 
 if TYPE_CHECKING:
     from featurelake.project import Project
@@ -68,24 +66,21 @@ def append(project: Project, name: str, schema: Schema, rows: pa.Table, run_id: 
     """Append ``rows`` with lineage properties; returns the new snapshot id."""
     ident = identifier(project, name)
     props = lineage.lineage_properties(project.root, run_id, **{lineage.OPERATION: operation})
-    attempts = project.config.settings.catalog.retries + 1
-    for attempt in range(attempts):
-        tbl = _ensure(project, name, schema)
 
-        def write(t: Table = tbl) -> None:
-            t.append(rows.cast(t.schema().as_arrow()), snapshot_properties=props)
+    def write(t: Table) -> None:
+        t.append(rows.cast(t.schema().as_arrow()), snapshot_properties=props)
 
-        try:
-            project.catalog_call(write, f"append to {ident}")
-            tbl = project.catalog.load_table(ident)
-            sid = wap.main_snapshot_id(tbl)
-            assert sid is not None
-            return sid
-        except (CommitFailedException, ValueError) as exc:
-            if not wap.is_commit_conflict(exc):
-                raise
-            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-    raise ConflictError(f"could not append to {ident}: other writers kept committing; retry the command")
+    retry_commit(
+        lambda: _ensure(project, name, schema),
+        write,
+        table=ident,
+        what=f"append to {ident}",
+        attempts=project.config.settings.catalog.retries + 1,
+        call=project.catalog_call,
+    )
+    sid = wap.main_snapshot_id(project.catalog.load_table(ident))
+    assert sid is not None
+    return sid
 
 
 def scan(project: Project, name: str, row_filter: BooleanExpression | None = None) -> pa.Table | None:

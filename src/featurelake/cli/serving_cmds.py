@@ -117,6 +117,9 @@ def get(c: Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json:
             bad = next(k for k in keys if not k.lstrip("-").isdigit())
             raise UsageError(f"key {bad!r} is not an integer, but {fv.join_key} of view {view} is") from None
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    notice = online.layout_notice(view)  # asked first: the lookup then leaves it to us to say
+    if notice:
+        render.err.print(f"[yellow]warning:[/] {notice}")
     rows = online.get(view, typed, names)
     if as_json:
         render.print_json([r.to_dict() for r in rows])

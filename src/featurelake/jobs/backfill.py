@@ -5,14 +5,11 @@ Composition only: the engine computes and writes, ``validation`` judges, ``lakeh
 
 from __future__ import annotations
 
-import functools
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from featurelake.auditing.runner import (
@@ -25,6 +22,7 @@ from featurelake.auditing.runner import (
 )
 from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, UsageError
 from featurelake.lakehouse import lineage, wap
+from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.window import Window
 from featurelake.monitoring.jobs import monitored_job
 from featurelake.validation.audit import AuditReport
@@ -81,18 +79,14 @@ def _retry_commit(project: Project, view: FeatureView, what: str, fn: Callable[[
     """Run a metadata commit against a fresh table, retrying when a concurrent commit won the race."""
     # Lost races are normal under many concurrent writers: allow as many tries as a publish gets.
     settings = project.config.settings
-    attempts = max(settings.catalog.retries + 1, settings.backfill.publish_attempts)
-    for attempt in range(attempts):
-        tbl = project.load_table(view.name)
-        try:
-            return project.catalog_call(functools.partial(fn, tbl), what)
-        except (CommitFailedException, ValueError) as exc:
-            if not wap.is_commit_conflict(exc):
-                raise
-            if attempt + 1 == attempts:
-                raise ConflictError(f"could not {what}: the table kept changing; retry the command") from None
-            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-    raise AssertionError("unreachable")
+    return retry_commit(
+        lambda: project.load_table(view.name),
+        fn,
+        table=project.table_name(view.name),
+        what=what,
+        attempts=max(settings.catalog.retries + 1, settings.backfill.publish_attempts),
+        call=project.catalog_call,
+    )
 
 
 def _audit(

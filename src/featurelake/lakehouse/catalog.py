@@ -2,14 +2,13 @@
 
 The embedded default is SQLite in WAL mode, which Spark's JDBC catalog needs too (the journal mode is stored
 in the database file, so both engines see it). Lock waits are bounded by ``catalog.lock_timeout_seconds`` and
-transient failures (locked database, unreachable server) are retried with backoff, then reported as
-``CatalogUnavailableError`` with the URI (password hidden) and what to check.
+transient failures (locked database, unreachable server) are retried with jittered backoff
+(``lakehouse.retry``), then reported as ``CatalogUnavailableError`` with the URI (password hidden) and what
+to check.
 """
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +21,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from featurelake.errors import CatalogUnavailableError, ConfigError
 from featurelake.lakehouse import compat
+from featurelake.lakehouse.retry import Backoff, call_with_retries
 
 T = TypeVar("T")
 
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (OperationalError, DBAPIError)
+#: Largest base wait between transient-failure retries (only reached with more than 5 ``catalog.retries``).
+TRANSIENT_MAX_DELAY = 5.0
 
 
 def safe_uri(uri: str) -> str:
@@ -59,27 +61,42 @@ def _make_engine(uri: str, lock_timeout: float) -> SAEngine:
     return create_engine(uri, pool_pre_ping=True)
 
 
-def retry_transient(fn: Callable[[], T], *, what: str, uri: str, retries: int, base_delay: float = 0.2) -> T:
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_DB_ERRORS)
+
+
+def retry_transient(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    uri: str,
+    retries: int,
+    base_delay: float = 0.2,
+    sleep: Callable[[float], None] | None = None,
+) -> T:
     """Call ``fn``; on a locked or unreachable database retry with jittered backoff, then raise clearly."""
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except TRANSIENT_DB_ERRORS as exc:
-            attempt += 1
-            if attempt > retries:
-                reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-                locked = "locked" in reason.lower()
-                hint = (
-                    "another process holds a lock on the catalog database; retry when it finishes"
-                    if locked
-                    else "check that the database server is running and catalog.uri (or FEATURELAKE_CATALOG__URI) is right"
-                )
-                raise CatalogUnavailableError(
-                    f"catalog {safe_uri(uri)} is {'locked' if locked else 'unavailable'} while trying to {what} "
-                    f"(gave up after {retries + 1} attempts: {reason}); {hint}"
-                ) from exc
-            time.sleep(base_delay * (2 ** (attempt - 1)) * (0.5 + random.random()))
+
+    def give_up(exc: BaseException) -> CatalogUnavailableError:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        locked = "locked" in reason.lower()
+        hint = (
+            "another process holds a lock on the catalog database; retry when it finishes"
+            if locked
+            else "check that the database server is running and catalog.uri (or FEATURELAKE_CATALOG__URI) is right"
+        )
+        return CatalogUnavailableError(
+            f"catalog {safe_uri(uri)} is {'locked' if locked else 'unavailable'} while trying to {what} "
+            f"(gave up after {retries + 1} attempts: {reason}); {hint}"
+        )
+
+    return call_with_retries(
+        fn,
+        retry_on=_is_transient,
+        attempts=retries + 1,
+        backoff=Backoff(first=base_delay, cap=TRANSIENT_MAX_DELAY),
+        give_up=give_up,
+        sleep=sleep,
+    )
 
 
 def open_catalog(

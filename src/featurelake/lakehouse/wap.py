@@ -24,20 +24,10 @@ from pyiceberg.table.refs import SnapshotRefType
 
 from featurelake.errors import ConflictError, UsageError
 from featurelake.lakehouse.lineage import RUN_ID
+from featurelake.lakehouse.retry import is_commit_conflict
 
 MAIN = "main"
 BRANCH_PREFIX = "audit_"
-
-
-def is_commit_conflict(exc: BaseException) -> bool:
-    """A commit lost a race with another writer (safe to reload the table and try again).
-
-    Besides CommitFailedException, PyIceberg 0.12 reports a snapshot built on metadata that another
-    process has since advanced as a ValueError about sequence numbers.
-    """
-    if isinstance(exc, CommitFailedException):
-        return True
-    return isinstance(exc, ValueError) and "sequence number" in str(exc)
 
 
 def branch_name(run_id: str) -> str:

@@ -321,7 +321,9 @@ def score_and_write(
             progress.rows(rows)
             # The table (if new) appears with the run's first rows, never for a run refused before them.
             ptable.ensure_table(project, plan.output, plan.output_schema, props)
-            ptable._retry(project, plan.output, f"create {branch}", lambda t: wap.create_branch(t, branch))
+            ptable.commit_with_retries(
+                project, plan.output, f"create {branch}", lambda t: wap.create_branch(t, branch)
+            )
             created = True
             writer = scored.writeTo(engine.table_ident(plan.output, branch))
             # Every row has the run's predicted_at (one day partition): no shuffle to cluster them.
@@ -333,7 +335,7 @@ def score_and_write(
         except BaseException as exc:
             if created:
                 try:  # the branch holds part of the run at most: remove it, main was never touched
-                    ptable._retry(
+                    ptable.commit_with_retries(
                         project, plan.output, f"remove {branch}", lambda t: wap.remove_branch(t, branch)
                     )
                 except Exception as cleanup:  # never mask the run's own error; main is unchanged either way

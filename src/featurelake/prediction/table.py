@@ -15,14 +15,12 @@ branch removed (input errors) or kept for inspection (a failed audit); main neve
 from __future__ import annotations
 
 import contextlib
-import functools
-import random
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
-from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.expressions import EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -33,6 +31,7 @@ from pyiceberg.types import DoubleType, IcebergType, LongType, NestedField, Stri
 from featurelake.errors import AuditFailed, ConflictError, SchemaError, UsageError
 from featurelake.features.definitions import validate_identifier
 from featurelake.lakehouse import lineage, wap
+from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.schema import type_name
 from featurelake.prediction.where import sandbox
 from featurelake.validation.audit import AuditReport, evaluate_with
@@ -152,22 +151,16 @@ def ensure_table(project: Project, ident: str, schema: Schema, props: dict[str, 
     return tbl
 
 
-def _retry(project: Project, ident: str, what: str, fn: Callable[[Table], T]) -> T:
+def commit_with_retries(project: Project, ident: str, what: str, fn: Callable[[Table], T]) -> T:
     """A commit against a freshly loaded table, retried when a concurrent commit won the race."""
-    attempts = project.config.settings.catalog.retries + 1
-    for attempt in range(attempts):
-        tbl = project.catalog_call(lambda: project.catalog.load_table(ident), f"load {ident}")
-        try:
-            return project.catalog_call(functools.partial(fn, tbl), what)
-        except (CommitFailedException, ValueError) as exc:
-            if not wap.is_commit_conflict(exc) or attempt + 1 == attempts:
-                if wap.is_commit_conflict(exc):
-                    raise ConflictError(
-                        f"could not {what}: {ident} kept changing; retry the command"
-                    ) from None
-                raise
-            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-    raise AssertionError("unreachable")
+    return retry_commit(
+        lambda: project.catalog_call(lambda: project.catalog.load_table(ident), f"load {ident}"),
+        fn,
+        table=ident,
+        what=what,
+        attempts=project.config.settings.catalog.retries + 1,
+        call=project.catalog_call,
+    )
 
 
 class BranchWriter:
@@ -210,12 +203,12 @@ class BranchWriter:
         if not self.created:
             # The table (if new) appears with the run's first rows, never for a run refused before them.
             ensure_table(self.project, self.ident, self.table_schema, self.props)
-            _retry(
+            commit_with_retries(
                 self.project, self.ident, f"create {self.branch}", lambda t: wap.create_branch(t, self.branch)
             )
             self.created = True
         data = pa.Table.from_batches(self._buffer, schema=self.schema)
-        _retry(
+        commit_with_retries(
             self.project,
             self.ident,
             f"write {self.branch}",
@@ -229,7 +222,7 @@ class BranchWriter:
         """Remove the branch (after an input error): nothing of the run stays visible anywhere."""
         self._buffer, self._buffered = [], 0
         if self.created:
-            _retry(
+            commit_with_retries(
                 self.project, self.ident, f"remove {self.branch}", lambda t: wap.remove_branch(t, self.branch)
             )
 
@@ -329,7 +322,7 @@ def publish(
         # The old tip stays readable (moving a ref deletes nothing): stream the run's rows from it.
         for chunk in _chunks(_run_rows(tbl, old_tip, run_id, tuple(schema.names)), chunk_rows):
             data = pa.Table.from_batches(chunk, schema=schema)
-            _retry(
+            commit_with_retries(
                 project,
                 ident,
                 f"write {branch}",
@@ -349,7 +342,7 @@ def publish(
     except ConflictError:
         # A prediction run is cheap to redo and has no `featurelake publish`: leave nothing behind.
         with contextlib.suppress(Exception):
-            _retry(project, ident, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
+            commit_with_retries(project, ident, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
         raise ConflictError(
             f"could not publish {ident} run {run_id}: main kept moving during {attempts} attempts (other runs "
             "publishing to the same table); nothing of this run was published and its branch was removed: run "
@@ -357,7 +350,7 @@ def publish(
         ) from None
     if not project.config.settings.backfill.keep_published_branches:
         try:
-            _retry(project, ident, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
+            commit_with_retries(project, ident, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
         except ConflictError:
             result.notes.append(f"published, but branch {branch} could not be removed; remove it later")
     return result, (latest[-1] if latest else None)

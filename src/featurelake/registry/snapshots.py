@@ -9,14 +9,13 @@ the tags when ``registry.release_tags_on_archive`` is set).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 
-from featurelake.errors import ConflictError, UsageError
-from featurelake.lakehouse.wap import is_commit_conflict
+from featurelake.errors import UsageError
+from featurelake.lakehouse.retry import retry_commit
 from featurelake.registry.records import tag_name
 
 if TYPE_CHECKING:
@@ -33,15 +32,14 @@ class IcebergPins:
 
     def _commit(self, view: str, what: str, change: Callable[[Table], None]) -> None:
         # manage_snapshots never retries by itself; a concurrent backfill commit makes it fail: reload, retry.
-        for _ in range(_ATTEMPTS):
-            tbl = self.project.load_table(view)
-            try:
-                self.project.catalog_call(partial(change, tbl), what)
-                return
-            except Exception as exc:
-                if not is_commit_conflict(exc):
-                    raise
-        raise ConflictError(f"could not {what}: {self.project.table_name(view)} kept changing; retry")
+        retry_commit(
+            lambda: self.project.load_table(view),
+            change,
+            table=self.project.table_name(view),
+            what=what,
+            attempts=_ATTEMPTS,
+            call=self.project.catalog_call,
+        )
 
     def check(self, views: Mapping[str, int | None], model: str) -> None:
         """Refuse snapshots that no longer exist (expired since the training set was built)."""

@@ -1,9 +1,11 @@
 """The online store interface: latest feature values per (view, entity key), plus each view's sync watermark.
 
-A store holds one record per (view, key): the event time of the row (microseconds since the epoch, UTC), the
-Iceberg sequence number of the snapshot that added it, and the row's feature values as a JSON object
-(``codec.py``). Keys are strings at this boundary (an integer key ``42`` is stored as ``"42"``); typing them
-is the lookup layer's job.
+A store is opened for one :class:`~featurelake.serving.scope.StoreScope` (project, catalog, namespace) and
+never reads or writes outside it, so projects and namespaces can share one SQLite file or one Redis; the
+``view`` every method takes is a view of that scope. Within the scope a store holds one record per
+(view, key): the event time of the row (microseconds since the epoch, UTC), the Iceberg sequence number of
+the snapshot that added it, and the row's feature values as a JSON object (``codec.py``). Keys are strings
+at this boundary (an integer key ``42`` is stored as ``"42"``); typing them is the lookup layer's job.
 
 Write semantics, decided per key and atomically by the store (never read-then-write from the client):
 a record replaces the stored one when its ``(event_ts, seq)`` is greater, i.e. a newer event, or the same event
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from featurelake.config import ProjectConfig
+    from featurelake.serving.scope import StoreScope
 
 #: What a read returns for one key: (event_ts in µs, JSON payload), or None when the key is absent.
 Stored = tuple[int, bytes | str] | None
@@ -78,6 +81,8 @@ class OnlineStore(ABC):
 
     #: Name used in config (``online_store.type``) and in the Iceberg tag that keeps the synced snapshot.
     type_name: ClassVar[str] = "store"
+    #: Whose keys this store reads and writes (set by the constructor).
+    scope: StoreScope
 
     @classmethod
     @abstractmethod
@@ -116,6 +121,14 @@ class OnlineStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Check the store answers (raises OnlineStoreUnavailableError otherwise)."""
+
+    def has_legacy(self, view: str) -> bool:
+        """Whether the store holds data of ``view`` in the layout before scopes (never read; see scope.py)."""
+        return False
+
+    def drop_legacy(self, view: str) -> int:
+        """Remove ``view``'s data of the layout before scopes; returns how many keys were removed."""
+        return 0
 
     def count(self, view: str) -> int:
         """How many keys ``view`` has."""

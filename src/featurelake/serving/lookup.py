@@ -4,10 +4,15 @@ Both share one core: resolve the requested features to views (cached per feature
 keys against each view's key type, read every (view, key) in ONE store round trip, then judge each row:
 ``NOT_FOUND`` (never synced), ``OUTSIDE_MAX_AGE`` (older than the view's ttl: values are null, exactly as a
 training set would have them, and the event time says how old the row is), else ``PRESENT``.
+
+The store answers only for its own scope (project, catalog, namespace; ``serving/scope.py``). A view whose
+only data in the store is of the layout before scopes is never served from it: every key is ``NOT_FOUND``,
+and the first lookup of that view logs why and what to run (:meth:`OnlineService.layout_notice`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from featurelake.features.definitions import FeatureView
 from featurelake.features.loader import Definitions
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Stored
+from featurelake.serving.scope import legacy_notice
 
 if TYPE_CHECKING:
     from featurelake.project import Project
@@ -30,6 +36,7 @@ NOT_FOUND = "NOT_FOUND"
 OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
 EPOCH_ISO = "1970-01-01T00:00:00Z"
 _PLAN_CACHE_SIZE = 512
+log = logging.getLogger("featurelake.online")
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class OnlineService:
         self._resolve_key_type = key_is_int
         self._plans: dict[tuple[tuple[str, ...], bool, bool], _Plan] = {}
         self._key_types: dict[str, bool] = {}
+        self._notices: dict[str, str | None] = {}
 
     def close(self) -> None:
         self.store.close()
@@ -122,6 +130,15 @@ class OnlineService:
             self._key_types[view.name] = cached
         return cached
 
+    def layout_notice(self, view: str) -> str | None:
+        """Why every key of ``view`` is NOT_FOUND when the store holds its data only in the layout before
+        scopes (never served: it cannot be told which catalog or namespace it came from); None otherwise.
+        Asked of the store once per view."""
+        if view not in self._notices:
+            legacy = self.store.get_watermark(view) is None and self.store.has_legacy(view)
+            self._notices[view] = legacy_notice(view, self.store.location) if legacy else None
+        return self._notices[view]
+
     def _plan(self, features: Sequence[str], full_names: bool, python: bool) -> _Plan:
         for ref in features:  # before hashing: a list or object in the request must be a 4xx, not a 500
             if not isinstance(ref, str):
@@ -143,6 +160,8 @@ class OnlineService:
                 )
             view_name, field = ref.split(":")
             view = self._view(view_name)
+            if view_name not in self._notices and self.layout_notice(view_name):
+                log.warning("%s", self._notices[view_name])  # once per view, unless the caller asked first
             types = codec.field_types(view)
             if field not in types:
                 raise RequestError(

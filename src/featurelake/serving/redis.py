@@ -1,9 +1,13 @@
 """The Redis online store: one string key per (view, entity), written by a Lua script, read with one MGET.
 
-Layout (``<p>`` is the project name)::
+Layout (``<s>`` is the store's scope token ``<project>.<namespace>.<digest>``, ``serving/scope.py``: the
+digest covers the project, the catalog's name, URI and warehouse, and the namespace; ``<s>`` holds no ``:``)::
 
-    fl:<p>:<view>:<key>     "<event_ts µs>|<seq>|<JSON object of the row's features>"
-    fl:<p>:#sync:<view>     the view's sync watermark (JSON); '#' cannot occur in a view name
+    fl:<s>:<view>:<key>     "<event_ts µs>|<seq>|<JSON object of the row's features>"
+    fl:<s>:#sync:<view>     the view's sync watermark (JSON); '#' cannot occur in a view name
+
+Keys of the layout before scopes (``fl:<project>:<view>:<key>``, ``fl:<project>:#sync:<view>``) are never
+read; the first sync of a view in its scope removes that view's old keys.
 
 A single string per entity makes a lookup of any number of entities across any number of views one
 ``MGET``. Writes go through a Lua script that compares (event_ts, seq) with the stored prefix and writes only
@@ -29,6 +33,7 @@ from redis.retry import Retry
 
 from featurelake.errors import OnlineStoreUnavailableError
 from featurelake.serving.base import OnlineStore, Records, Stored, Watermark
+from featurelake.serving.scope import StoreScope, hide_password
 
 if TYPE_CHECKING:
     from featurelake.config import ProjectConfig
@@ -69,7 +74,7 @@ return changed
 
 #: Keys per script call: big enough to amortise the call, small enough not to stall Redis (~1 ms).
 KEYS_PER_CALL = 500
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+_TOKEN_LIKE = re.compile(r".*\.[0-9a-f]{16}")
 
 
 def _glob_escape(text: str) -> str:
@@ -84,13 +89,13 @@ class RedisStore(OnlineStore):
     def __init__(
         self,
         url: str | None,
-        project: str,
+        scope: StoreScope,
         *,
         connect_timeout: float = 1.0,
         timeout: float = 5.0,
     ) -> None:
         self.url = url or DEFAULT_URL
-        self.project = project
+        self.scope = scope
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 self.url,
@@ -105,7 +110,8 @@ class RedisStore(OnlineStore):
                 f"online_store.url {self.location!r} is not a Redis URL ({exc}); use redis://host:port/db"
             ) from exc
         self._script = self.client.register_script(_WRITE_LUA)
-        self._prefix = f"fl:{project}:"
+        self._prefix = f"fl:{scope.token}:"
+        self._legacy_prefix = f"fl:{scope.project}:"
         self._sync_run_ids: dict[str, str] = {}
 
     @classmethod
@@ -113,14 +119,14 @@ class RedisStore(OnlineStore):
         cfg = config.settings.online_store
         return cls(
             cfg.url,
-            config.settings.project,
+            StoreScope.of(config),
             connect_timeout=cfg.connect_timeout_seconds,
             timeout=cfg.timeout_seconds,
         )
 
     @property
     def location(self) -> str:
-        return _PASSWORD.sub(r"\1***@", self.url)
+        return hide_password(self.url)
 
     def _key(self, view: str, key: str) -> str:
         return f"{self._prefix}{view}:{key}"
@@ -225,6 +231,38 @@ class RedisStore(OnlineStore):
             lambda: self.client.set(self._watermark_key(view), json.dumps(watermark.to_dict())),
             f"write the watermark of {view}",
         )
+
+    # --- the layout before scopes -----------------------------------------------------------------------
+    def _legacy_ambiguous(self) -> bool:
+        """A project named like a scope token: its old keys cannot be told from another scope's."""
+        return _TOKEN_LIKE.fullmatch(self.scope.project) is not None
+
+    def has_legacy(self, view: str) -> bool:
+        if self._legacy_ambiguous():
+            return False
+        # The old watermark marks a view that was synced in the old layout: one EXISTS, no keyspace scan.
+        key = f"{self._legacy_prefix}#sync:{view}"
+        return bool(self._run(lambda: self.client.exists(key), f"look for old keys of {view}"))
+
+    def drop_legacy(self, view: str) -> int:
+        if self._legacy_ambiguous():
+            return 0
+        prefix = f"{self._legacy_prefix}{view}:"
+
+        def go() -> int:
+            removed = 0
+            batch: list[bytes] = []
+            for k in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=10_000):
+                batch.append(k)
+                if len(batch) >= 10_000:
+                    removed += int(self.client.unlink(*batch))
+                    batch = []
+            if batch:
+                removed += int(self.client.unlink(*batch))
+            self.client.unlink(f"{self._legacy_prefix}#sync:{view}")
+            return removed
+
+        return self._run(go, f"remove old keys of {view}")
 
     def ping(self) -> None:
         self._run(self.client.ping, "ping")

@@ -176,10 +176,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Learn every view's key type now, so no request ever waits on the catalog.
+        # Learn every view's key type now, so no request ever waits on the catalog; say now (in the log)
+        # which views the store holds only in the layout before scopes, which is never served.
         for view in project.definitions.views.values():
             try:
                 service.key_is_int(view)
+                notice = service.layout_notice(view.name)
+                if notice:
+                    log.warning("%s", notice)
             except FeaturelakeError as exc:
                 log.warning("view %s is not servable yet: %s", view.name, exc)
         stops = [start() for start in background]

@@ -1,4 +1,11 @@
-"""The embedded online store: one SQLite file (WAL mode, so the server reads while a sync writes)."""
+"""The embedded online store: one SQLite file (WAL mode, so the server reads while a sync writes).
+
+Rows and watermarks are keyed by the store's scope digest (``serving/scope.py``) as well as the view, so
+projects and namespaces sharing one file never see each other's rows; ``online_scopes`` says which project,
+namespace and catalog a digest stands for. The tables of the layout before scopes (``online_values``,
+``sync_watermarks``) are never read; the first sync of a view removes that view's rows from them, and the
+tables themselves once they are empty.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from featurelake.errors import OnlineStoreUnavailableError
 from featurelake.serving.base import OnlineStore, Records, Stored, Watermark
+from featurelake.serving.scope import StoreScope
 
 if TYPE_CHECKING:
     from featurelake.config import ProjectConfig
@@ -19,38 +28,47 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS online_values (
+CREATE TABLE IF NOT EXISTS online_rows (
+    scope    TEXT    NOT NULL,
     view     TEXT    NOT NULL,
     key      TEXT    NOT NULL,
     event_ts INTEGER NOT NULL,
     seq      INTEGER NOT NULL,
     payload  TEXT    NOT NULL,
-    PRIMARY KEY (view, key)
+    PRIMARY KEY (scope, view, key)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sync_watermarks (
-    view      TEXT PRIMARY KEY,
-    watermark TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS online_watermarks (
+    scope     TEXT NOT NULL,
+    view      TEXT NOT NULL,
+    watermark TEXT NOT NULL,
+    PRIMARY KEY (scope, view)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS online_scopes (
+    scope       TEXT PRIMARY KEY,
+    description TEXT NOT NULL
 );
 """
 
 # The whole (event_ts, seq) rule runs inside SQLite's upsert, atomically per row.
 _UPSERT = """
-INSERT INTO online_values (view, key, event_ts, seq, payload) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (view, key) DO UPDATE SET
+INSERT INTO online_rows (scope, view, key, event_ts, seq, payload) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, view, key) DO UPDATE SET
     event_ts = excluded.event_ts, seq = excluded.seq, payload = excluded.payload
-WHERE excluded.event_ts > online_values.event_ts
-   OR (excluded.event_ts = online_values.event_ts AND excluded.seq > online_values.seq)
+WHERE excluded.event_ts > online_rows.event_ts
+   OR (excluded.event_ts = online_rows.event_ts AND excluded.seq > online_rows.seq)
 """
 _REPLACE = """
-INSERT INTO online_values (view, key, event_ts, seq, payload) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (view, key) DO UPDATE SET
+INSERT INTO online_rows (scope, view, key, event_ts, seq, payload) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, view, key) DO UPDATE SET
     event_ts = excluded.event_ts, seq = excluded.seq, payload = excluded.payload
 """
 # One parameter however many keys: SQLite caps the number of bound variables per statement.
 _READ = """
-SELECT key, event_ts, payload FROM online_values
-WHERE view = ? AND key IN (SELECT value FROM json_each(?))
+SELECT key, event_ts, payload FROM online_rows
+WHERE scope = ? AND view = ? AND key IN (SELECT value FROM json_each(?))
 """
+#: Tables of the layout before scopes (rows keyed by view alone); never read, emptied view by view.
+_LEGACY = ("online_values", "sync_watermarks")
 
 
 class SqliteStore(OnlineStore):
@@ -58,8 +76,10 @@ class SqliteStore(OnlineStore):
 
     type_name = "sqlite"
 
-    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, scope: StoreScope, *, timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.scope = scope
+        self._scope = scope.digest
         self.timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -68,7 +88,7 @@ class SqliteStore(OnlineStore):
 
     @classmethod
     def from_config(cls, config: ProjectConfig) -> SqliteStore:
-        return cls(config.path(config.settings.online_store.path))
+        return cls(config.path(config.settings.online_store.path), StoreScope.of(config))
 
     @property
     def location(self) -> str:
@@ -126,8 +146,15 @@ class SqliteStore(OnlineStore):
 
     # --- OnlineStore ----------------------------------------------------------------------------------
     def write(self, view: str, records: Records, *, force: bool = False) -> int:
+        n = len(records)
         rows = zip(
-            [view] * len(records), records.keys, records.event_ts, records.seqs, records.payloads, strict=True
+            [self._scope] * n,
+            [view] * n,
+            records.keys,
+            records.event_ts,
+            records.seqs,
+            records.payloads,
+            strict=True,
         )
 
         def go(conn: sqlite3.Connection) -> int:
@@ -146,8 +173,9 @@ class SqliteStore(OnlineStore):
     def delete(self, view: str, keys: Sequence[str]) -> int:
         def go(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "DELETE FROM online_values WHERE view = ? AND key IN (SELECT value FROM json_each(?))",
-                (view, json.dumps(list(keys))),
+                "DELETE FROM online_rows WHERE scope = ? AND view = ? "
+                "AND key IN (SELECT value FROM json_each(?))",
+                (self._scope, view, json.dumps(list(keys))),
             )
             return cur.rowcount
 
@@ -157,7 +185,10 @@ class SqliteStore(OnlineStore):
         def go(conn: sqlite3.Connection) -> list[list[Stored]]:
             out: list[list[Stored]] = []
             for view, keys in requests:
-                found = {k: (ts, p) for k, ts, p in conn.execute(_READ, (view, json.dumps(list(keys))))}
+                found = {
+                    k: (ts, p)
+                    for k, ts, p in conn.execute(_READ, (self._scope, view, json.dumps(list(keys))))
+                }
                 out.append([found.get(k) for k in keys])
             return out
 
@@ -165,32 +196,84 @@ class SqliteStore(OnlineStore):
 
     def keys(self, view: str) -> Iterator[str]:
         rows = self._run(
-            lambda conn: conn.execute("SELECT key FROM online_values WHERE view = ?", (view,)).fetchall()
+            lambda conn: conn.execute(
+                "SELECT key FROM online_rows WHERE scope = ? AND view = ?", (self._scope, view)
+            ).fetchall()
         )
         return iter(r[0] for r in rows)
 
     def count(self, view: str) -> int:
         row = self._run(
-            lambda conn: conn.execute("SELECT count(*) FROM online_values WHERE view = ?", (view,)).fetchone()
+            lambda conn: conn.execute(
+                "SELECT count(*) FROM online_rows WHERE scope = ? AND view = ?", (self._scope, view)
+            ).fetchone()
         )
         return int(row[0])
 
     def get_watermark(self, view: str) -> Watermark | None:
         row = self._run(
             lambda conn: conn.execute(
-                "SELECT watermark FROM sync_watermarks WHERE view = ?", (view,)
+                "SELECT watermark FROM online_watermarks WHERE scope = ? AND view = ?", (self._scope, view)
             ).fetchone()
         )
         return Watermark.from_dict(json.loads(row[0])) if row else None
 
     def set_watermark(self, view: str, watermark: Watermark) -> None:
-        self._run(
-            lambda conn: conn.execute(
-                "INSERT INTO sync_watermarks (view, watermark) VALUES (?, ?) "
-                "ON CONFLICT (view) DO UPDATE SET watermark = excluded.watermark",
-                (view, json.dumps(watermark.to_dict())),
+        def go(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO online_watermarks (scope, view, watermark) VALUES (?, ?, ?) "
+                    "ON CONFLICT (scope, view) DO UPDATE SET watermark = excluded.watermark",
+                    (self._scope, view, json.dumps(watermark.to_dict())),
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO online_scopes (scope, description) VALUES (?, ?)",
+                    (self._scope, json.dumps(asdict(self.scope))),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        self._run(go)
+
+    # --- the layout before scopes -----------------------------------------------------------------------
+    @staticmethod
+    def _legacy_tables(conn: sqlite3.Connection) -> list[str]:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return [t for t in _LEGACY if t in names]
+
+    def has_legacy(self, view: str) -> bool:
+        def go(conn: sqlite3.Connection) -> bool:
+            return any(
+                conn.execute(f"SELECT 1 FROM {t} WHERE view = ? LIMIT 1", (view,)).fetchone() is not None
+                for t in self._legacy_tables(conn)
             )
-        )
+
+        return self._run(go)
+
+    def drop_legacy(self, view: str) -> int:
+        def go(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                tables = self._legacy_tables(conn)
+                for t in tables:
+                    cur = conn.execute(f"DELETE FROM {t} WHERE view = ?", (view,))
+                    removed += cur.rowcount if t == "online_values" else 0
+                if tables and all(
+                    conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is None for t in tables
+                ):
+                    for t in tables:  # nothing of the old layout left for any view
+                        conn.execute(f"DROP TABLE {t}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return removed
+
+        return self._run(go)
 
     def ping(self) -> None:
         self._run(lambda conn: conn.execute("SELECT 1").fetchone())

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, In
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestContent
@@ -47,8 +46,9 @@ from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IcebergType, IntegerType, LongType
 
-from featurelake.errors import CatalogUnavailableError
-from featurelake.lakehouse.wap import is_commit_conflict, main_snapshot_id
+from featurelake.errors import CatalogUnavailableError, ConflictError
+from featurelake.lakehouse.retry import retry_commit
+from featurelake.lakehouse.wap import main_snapshot_id
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Records, Watermark
 
@@ -301,8 +301,8 @@ def _write(
 
 def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str) -> str | None:
     """Point ``tag`` at the synced snapshot so expiry keeps it; a note when that could not be done."""
-    for _ in range(project.config.settings.catalog.retries + 1):
-        tbl = project.load_table(view)
+
+    def move(tbl: Table) -> str | None:
         ref = tbl.metadata.refs.get(tag)
         if ref is not None and ref.snapshot_id == snapshot_id:
             return None
@@ -310,16 +310,22 @@ def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str) -> str 
             return f"a branch named {tag} exists in {project.table_name(view)}; the synced snapshot is not tagged"
         try:
             project.catalog_call(
-                lambda t=tbl: t.manage_snapshots().create_tag(snapshot_id, tag).commit(),  # type: ignore[misc]
-                f"tag {tag}",
+                lambda: tbl.manage_snapshots().create_tag(snapshot_id, tag).commit(), f"tag {tag}"
             )
-            return None
-        except (CommitFailedException, ValueError) as exc:
-            if not is_commit_conflict(exc):
-                raise
         except CatalogUnavailableError as exc:
             return f"could not move tag {tag} ({exc}); the next sync retries"
-    return f"could not move tag {tag}: the table kept changing; the next sync retries"
+        return None
+
+    try:
+        return retry_commit(
+            lambda: project.load_table(view),
+            move,
+            table=project.table_name(view),
+            what=f"tag {tag}",
+            attempts=project.config.settings.catalog.retries + 1,
+        )
+    except ConflictError:
+        return f"could not move tag {tag}: the table kept changing; the next sync retries"
 
 
 def key_values(tbl: Table, join_key: str, keys: list[str]) -> list[Any]:

@@ -46,6 +46,7 @@ from pyiceberg.types import IcebergType
 from featurelake.engines.spark_files import bounds_filter, read_files
 from featurelake.engines.spark_session import first_line, map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, OnlineStoreUnavailableError
+from featurelake.serving.scope import StoreScope
 from featurelake.serving.sync import (
     SEQ,
     Reducer,
@@ -88,7 +89,7 @@ class RedisTarget:
     """What an executor needs to write one view's keys: where Redis is and how rows are encoded."""
 
     url: str
-    project: str
+    scope: StoreScope
     connect_timeout: float
     timeout: float
     view: str
@@ -98,7 +99,7 @@ class RedisTarget:
     chunk: int
 
     def __repr__(self) -> str:  # the URL may hold a password: never print it
-        return f"RedisTarget(project={self.project!r}, view={self.view!r})"
+        return f"RedisTarget(scope={self.scope.token!r}, view={self.view!r})"
 
 
 def write_partition(
@@ -116,7 +117,7 @@ def write_partition(
                 continue
             if store is None or reducer is None:
                 store = RedisStore(
-                    target.url, target.project, connect_timeout=target.connect_timeout, timeout=target.timeout
+                    target.url, target.scope, connect_timeout=target.connect_timeout, timeout=target.timeout
                 )
                 reducer = Reducer(target.join_key, target.timestamp_field, target.fields)
             rows = pa.Table.from_batches([batch])
@@ -279,7 +280,7 @@ def _apply_on_spark(
     cfg = project.config.settings.online_store
     target = RedisTarget(
         url=store.url,
-        project=store.project,
+        scope=store.scope,
         connect_timeout=cfg.connect_timeout_seconds,
         timeout=cfg.timeout_seconds,
         view=view.name,
