@@ -200,7 +200,8 @@ def test_runs_append_and_a_used_run_id_is_refused(scored: tuple[featurelake.Feat
 
 def test_publish_rebases_onto_a_main_that_moved(scored: tuple[featurelake.Featurelake, Any]) -> None:
     """Run A writes and audits its branch; run B publishes first; A's publish re-appends onto B, re-audits."""
-    from featurelake.jobs.batch_predict import _properties, _score_and_write
+    from featurelake.jobs.batch_predict import _properties
+    from featurelake.prediction.backend import LocalScoring
     from featurelake.prediction.plan import plan_prediction
     from featurelake.prediction.request import PredictRequest
 
@@ -215,7 +216,7 @@ def test_publish_rebases_onto_a_main_that_moved(scored: tuple[featurelake.Featur
         def phase(self, message: str) -> None: ...
         def rows(self, done: int) -> None: ...
 
-    stats = _score_and_write(project, plan, props, Quiet()).stats
+    stats = LocalScoring(project).score_and_write(fl.models, plan, props, Quiet())
     checks = ptable.audit_checks(stats.rows, "user_id", "event_ts", (0.0, 1.0), 0.0)
 
     def audit() -> Any:
@@ -275,7 +276,8 @@ def test_cli_predict_prints_a_summary_and_json(
 def test_a_publish_that_keeps_losing_the_race_leaves_nothing_behind(
     scored: tuple[featurelake.Featurelake, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featurelake.jobs.batch_predict import _properties, _score_and_write
+    from featurelake.jobs.batch_predict import _properties
+    from featurelake.prediction.backend import LocalScoring
     from featurelake.prediction.plan import plan_prediction
     from featurelake.prediction.request import PredictRequest
 
@@ -291,7 +293,7 @@ def test_a_publish_that_keeps_losing_the_race_leaves_nothing_behind(
             def phase(self, message: str) -> None: ...
             def rows(self, done: int) -> None: ...
 
-        _score_and_write(project, plan, props, Quiet())
+        LocalScoring(project).score_and_write(fl.models, plan, props, Quiet())
         plan.flavor.close()
         winner = fl.predict("churn_onnx", output="churn_lost", run_id="winner")
         checks = ptable.audit_checks(40, "user_id", "event_ts", (0.0, 1.0), 0.0)

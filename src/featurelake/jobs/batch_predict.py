@@ -1,9 +1,8 @@
 """Job: batch prediction of one view's snapshot with one registered model, through Write-Audit-Publish.
 
-Composition only: ``prediction.plan`` checks the request and loads the model, ``prediction.features``
-streams the rows to score, ``prediction.scoring`` scores them batch by batch, ``prediction.table`` writes the
-run's branch, audits it and publishes it. With ``engine.type: spark`` the score-and-write step runs on Spark
-(``engines.spark_predict``); the plan, audit and publish are the same.
+Composition only: ``prediction.plan`` checks the request and loads the model, the engine's
+``prediction.backend`` scores the rows and writes the run's branch (locally, or on Spark with
+``engine.type: spark``), ``prediction.table`` audits the branch and publishes it.
 """
 
 from __future__ import annotations
@@ -14,14 +13,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from featurelake.auditing.runner import AUDIT_REPORT
-from featurelake.errors import UsageError
 from featurelake.lakehouse import lineage
 from featurelake.monitoring.jobs import job_metrics
 from featurelake.prediction import table as ptable
-from featurelake.prediction.features import stream_features
+from featurelake.prediction.backend import backend_for
 from featurelake.prediction.plan import PredictionPlan, plan_prediction
 from featurelake.prediction.request import PredictRequest
-from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress, ScoreStats
+from featurelake.prediction.scoring import PredictProgress
 from featurelake.validation.audit import AuditReport
 
 if TYPE_CHECKING:
@@ -108,50 +106,6 @@ def _properties(project: Project, plan: PredictionPlan) -> dict[str, str]:
     )
 
 
-def _score_and_write(
-    project: Project, plan: PredictionPlan, props: dict[str, str], progress: PredictProgress
-) -> BatchScorer:
-    settings = project.config.settings.prediction
-    writer = ptable.BranchWriter(
-        project, plan.output, plan.run_id, props, settings.write_rows, plan.output_schema
-    )
-    lin = Lineage(plan.model.name, plan.model.version, plan.snapshot_id, plan.run_id, plan.predicted_at)
-    scorer = BatchScorer(plan.binding, lin, writer.schema, plan.selection.timestamp)
-    features = project.load_table(plan.view)
-    try:
-        with stream_features(features, plan.selection, settings.batch_rows) as reader:
-            for batch in scorer.score_all(reader, progress):
-                writer.write(batch)
-        if scorer.stats.rows == 0:
-            raise UsageError(
-                f"nothing to score: no rows of {plan.feature_table} at snapshot {plan.snapshot_id} match the "
-                "request (check --where, --max-age, --start/--end, or backfill the view); nothing was written"
-            )
-        writer.flush()
-    except BaseException as exc:
-        try:
-            writer.discard()  # the branch holds part of the run at most: remove it, main was never touched
-        except Exception as cleanup:  # never mask the run's own error; main is unchanged either way
-            exc.add_note(f"branch audit_{plan.run_id} could not be removed ({cleanup}); remove it later")
-        raise
-    return scorer
-
-
-def _score(
-    project: Project,
-    registry: ModelRegistry,
-    plan: PredictionPlan,
-    props: dict[str, str],
-    progress: PredictProgress,
-) -> ScoreStats:
-    """Score and write the run's branch on the project's engine."""
-    if project.config.settings.engine.type == "spark":
-        from featurelake.prediction.score_spark import score_and_write
-
-        return score_and_write(project, registry, plan, props, progress)
-    return _score_and_write(project, plan, props, progress).stats
-
-
 def run_predict(
     project: Project,
     registry: ModelRegistry,
@@ -166,6 +120,7 @@ def run_predict(
     # metrics label only: not validated
     label = request.output or f"{ptable.NAMESPACE}.{str(request.model).partition('@')[0]}"
     with job_metrics(project, "predict", label) as rec:
+        scoring = backend_for(project)
         say.phase(f"resolving {request.model}")
         plan = plan_prediction(project, registry, request)
         try:
@@ -175,7 +130,7 @@ def run_predict(
                 f"scoring {plan.view}@{plan.snapshot_id} with {mv.name} {mv.version} ({mv.flavor}, "
                 f"{plan.selection.mode})"
             )
-            stats = _score(project, registry, plan, props, say)
+            stats = scoring.score_and_write(registry, plan, props, say)
             checks = ptable.audit_checks(
                 stats.rows,
                 plan.selection.key,

@@ -1,10 +1,10 @@
 """Job: table maintenance (compaction, snapshot expiry, orphan removal) for one view or every table.
 
-Composition only: the policies come from the arguments or the config's ``maintenance`` section, lineage from
-``lakehouse.lineage``, and the work from ``lakehouse.maintenance`` (PyIceberg), or with ``engine.type: spark``
-from ``engines.spark_maintenance`` (Iceberg's Spark procedures under the same policies and report). Per table
-the order is compact, expire, remove orphans, each on freshly loaded metadata; the report counts the files
-under the table's location before and after.
+Composition only: the request (``maintenance.request``) with the config's ``maintenance`` section for what it
+leaves unset, lineage from ``lakehouse.lineage``, and the work from the engine's ``maintenance.backend``
+(PyIceberg here, or with ``engine.type: spark`` Iceberg's Spark actions under the same policies and report).
+Per table the order is compact, expire, remove orphans, each on freshly loaded metadata; the report counts
+the files under the table's location before and after.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 
 from featurelake.errors import FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
-from featurelake.maintenance import (
-    TableMaintenance,
-    expire_snapshots,
-    list_files,
-    remove_orphan_files,
-    rewrite_data_files,
-)
+from featurelake.maintenance import TableMaintenance, list_files
+from featurelake.maintenance.backend import backend_for
 from featurelake.maintenance.expiry import check_policy
 from featurelake.maintenance.orphans import check_min_age
 from featurelake.maintenance.request import MaintenanceRequest
@@ -86,22 +81,6 @@ def _table_locations(project: Project) -> dict[str, str]:
     return out
 
 
-def _operations(project: Project) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    """(compact, expire, remove orphans): on Spark for ``engine.type: spark``, else with PyIceberg."""
-    if project.config.settings.engine.type != "spark":
-        return rewrite_data_files, expire_snapshots, remove_orphan_files
-    from featurelake.engines.spark import SparkEngine
-    from featurelake.maintenance import spark as spark_maintenance
-
-    engine = project.engine
-    assert isinstance(engine, SparkEngine)
-    return (
-        functools.partial(spark_maintenance.rewrite_data_files, engine),
-        functools.partial(spark_maintenance.expire_snapshots, engine),
-        functools.partial(spark_maintenance.remove_orphan_files, engine),
-    )
-
-
 def run_maintain(
     project: Project, request: MaintenanceRequest, *, progress: Progress | None = None
 ) -> list[TableMaintenance]:
@@ -121,7 +100,7 @@ def run_maintain(
         if request.remove_orphans
         else {}
     )
-    compact_table, expire_table, remove_table_orphans = _operations(project)
+    backend = backend_for(project)
     reports = []
     for ident, view_name in tables:
         load = _loader(project, ident, view_name)
@@ -133,7 +112,7 @@ def run_maintain(
             report.files_before, report.bytes_before = len(before), sum(f.size for f in before)
             if request.compact:
                 extra = {lineage.VIEW: view_name} if view_name else {}
-                report.compaction = compact_table(
+                report.compaction = backend.compact(
                     load,
                     target_file_size=target,
                     min_input_files=cfg.compaction_min_input_files,
@@ -144,7 +123,7 @@ def run_maintain(
                     progress=progress,
                 )
             if request.expire:
-                report.expiry = expire_table(
+                report.expiry = backend.expire(
                     load,
                     policy,
                     dry_run=request.dry_run,
@@ -155,7 +134,7 @@ def run_maintain(
                     progress=progress,
                 )
             if request.remove_orphans:
-                report.orphans = remove_table_orphans(
+                report.orphans = backend.remove_orphans(
                     load,
                     min_age=min_age,
                     dry_run=request.dry_run,

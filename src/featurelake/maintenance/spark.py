@@ -44,11 +44,13 @@ from pyiceberg.table import Table
 from pyiceberg.types import DateType, IntegerType, LongType, TimestamptzType
 
 from featurelake import maintenance
+from featurelake.engines import spark_engine
 from featurelake.engines.spark_files import read_files
 from featurelake.engines.spark_session import first_line, quote_ident, translate_commit_errors
 from featurelake.errors import ConflictError, DataError, FeaturelakeError
 from featurelake.lakehouse.lineage import OPERATION, RUN_ID
 from featurelake.lakehouse.wap import main_snapshot_id
+from featurelake.maintenance.backend import Load, MaintenanceBackend
 from featurelake.maintenance.compaction import COMPACTION, landed_snapshot
 from featurelake.maintenance.expiry import RetentionPolicy, check_policy, plan_retention
 from featurelake.maintenance.files import StoredFile, file_key, is_table_file, list_files
@@ -517,4 +519,82 @@ def remove_orphan_files(
     return result
 
 
-__all__ = ["checksum", "expire_snapshots", "remove_orphan_files", "rewrite_data_files"]
+class SparkMaintenance(MaintenanceBackend):
+    """The three operations with Iceberg's Spark actions on the project's Spark engine (see above)."""
+
+    @property
+    def engine(self) -> SparkEngine:
+        return spark_engine(self.project.engine, "maintenance")
+
+    def compact(
+        self,
+        load: Load,
+        *,
+        target_file_size: int,
+        properties: dict[str, str],
+        min_input_files: int = 2,
+        dry_run: bool = False,
+        attempts: int = 5,
+        call: Call | None = None,
+        progress: Progress | None = None,
+    ) -> CompactionResult:
+        return rewrite_data_files(
+            self.engine,
+            load,
+            target_file_size=target_file_size,
+            properties=properties,
+            min_input_files=min_input_files,
+            dry_run=dry_run,
+            attempts=attempts,
+            call=call,
+            progress=progress,
+        )
+
+    def expire(
+        self,
+        load: Load,
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        now: datetime | None = None,
+        attempts: int = 5,
+        call: Call | None = None,
+        progress: Progress | None = None,
+    ) -> ExpiryResult:
+        return expire_snapshots(
+            self.engine,
+            load,
+            policy,
+            dry_run=dry_run,
+            force=force,
+            now=now,
+            attempts=attempts,
+            call=call,
+            progress=progress,
+        )
+
+    def remove_orphans(
+        self,
+        load: Load,
+        *,
+        min_age: timedelta,
+        dry_run: bool = False,
+        force: bool = False,
+        now: datetime | None = None,
+        other_locations: Iterable[str] = (),
+        progress: Progress | None = None,
+    ) -> OrphanResult:
+        return remove_orphan_files(
+            self.engine,
+            load,
+            min_age=min_age,
+            dry_run=dry_run,
+            force=force,
+            now=now,
+            other_locations=other_locations,
+            progress=progress,
+        )
+
+
+__all__ = ["SparkMaintenance", "checksum", "expire_snapshots", "remove_orphan_files", "rewrite_data_files"]

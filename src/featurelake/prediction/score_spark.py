@@ -41,6 +41,7 @@ from featurelake.engines.spark_session import map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, UsageError
 from featurelake.lakehouse import wap
 from featurelake.prediction import table as ptable
+from featurelake.prediction.backend import ScoringBackend
 from featurelake.prediction.flavors import ModelFlavor, ModelInfo, ModelPayload, model_payload
 from featurelake.prediction.inputs import BoundInput, InputBinding
 from featurelake.prediction.scoring import BatchScorer, Lineage, PredictProgress, ScoreStats
@@ -358,8 +359,22 @@ def score_and_write(
     return stats
 
 
+class SparkScoring(ScoringBackend):
+    """Batch prediction's score-and-write step on the project's Spark engine (:func:`score_and_write`)."""
+
+    def score_and_write(
+        self,
+        registry: ModelRegistry,
+        plan: PredictionPlan,
+        props: dict[str, str],
+        progress: PredictProgress,
+    ) -> ScoreStats:
+        return score_and_write(self.project, registry, plan, props, progress)
+
+
 __all__ = [
     "ScoreTask",
+    "SparkScoring",
     "cached_model",
     "from_executor",
     "output_schema",

@@ -43,9 +43,11 @@ import pyarrow.compute as pc
 from pyiceberg.table import Table
 from pyiceberg.types import IcebergType
 
+from featurelake.engines import spark_engine
 from featurelake.engines.spark_files import bounds_filter, read_files
 from featurelake.engines.spark_session import first_line, map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, OnlineStoreUnavailableError
+from featurelake.serving.backend import SyncBackend
 from featurelake.serving.scope import StoreScope
 from featurelake.serving.sync import (
     SEQ,
@@ -370,8 +372,24 @@ def sync_view_spark(
     return finish_sync(project, store, planned)
 
 
+class SparkSync(SyncBackend):
+    """The online sync with Spark reading the rows and its executors writing Redis (:func:`sync_view_spark`)."""
+
+    def sync_view(
+        self,
+        store: OnlineStore,
+        view: FeatureView,
+        *,
+        full: bool = False,
+        progress: SyncProgress | None = None,
+    ) -> SyncResult:
+        engine = spark_engine(self.project.engine, "online sync")
+        return sync_view_spark(self.project, store, view, engine=engine, full=full, progress=progress)
+
+
 __all__ = [
     "RedisTarget",
+    "SparkSync",
     "bounds_filter",
     "read_files",
     "sync_view_spark",
