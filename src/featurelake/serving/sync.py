@@ -13,14 +13,20 @@ also *remove* an entity's newest row (a correction that drops a day): for every 
 is at least as new as its best added row, the sync re-reads that key's latest row from main and writes it
 unconditionally (or deletes the key when main no longer has it).
 
+**Scope**: the store keeps keys and watermarks per project, catalog and namespace (``serving/scope.py``), so
+a sync only ever sees, overwrites and deletes its own scope's keys, and the watermark's table UUID tells a
+table that was dropped and created again apart from any other table.
+
 **Watermark**: stored in the online store; it advances only after every write of the batch succeeded, so a
 crash or a Redis restart mid-sync loses nothing: the next run redoes the same batch. When there is no
-watermark (first sync), the table was recreated, the watermark snapshot was expired, or main no longer
-descends from it (rewound), the sync says so and does a **full resync**: the latest row per entity of main,
-written unconditionally, and keys main no longer has are deleted, so the store matches main exactly.
+watermark (first sync; keys of the layout before scopes are removed after it), the table was recreated
+(new UUID), the watermark snapshot was expired, or main no longer descends from it (rewound), the sync says
+so and does a **full resync**: the latest row per entity of main, written unconditionally, and keys main no
+longer has are deleted, so the store matches main exactly.
 
-**Keep-alive**: after each sync the Iceberg tag ``online-sync-<store type>`` is moved to the synced snapshot,
-so table maintenance (which keeps tagged snapshots) does not expire the next sync's starting point.
+**Keep-alive**: after each sync the Iceberg tag ``online-sync-<store type>-<project>`` is moved to the synced
+snapshot, so table maintenance (which keeps tagged snapshots) does not expire the next sync's starting point.
+The tag of the layout before scopes (``online-sync-<store type>``) is removed then.
 
 **Stages**: :func:`plan_sync` (metadata only) and :func:`finish_sync` (watermark and tag) are shared by every
 engine; between them the rows are read, reduced and written here (PyIceberg, DuckDB, the store's client), or
@@ -29,6 +35,8 @@ by Spark and its executors for a Redis store on the Spark engine (``engines/spar
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -64,7 +72,20 @@ _IN_FILTER_MAX = 1000
 
 
 def tag_name(store: OnlineStore) -> str:
-    """The Iceberg tag that keeps the snapshot last synced to this kind of store alive."""
+    """The Iceberg tag that keeps the snapshot last synced to this kind of store, for this project, alive.
+
+    The table already fixes the catalog and namespace; the project tells apart two projects that sync the
+    same table into stores of one type (each has its own watermark, so each needs its snapshot kept).
+    """
+    project = store.scope.project
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", project)[:60]
+    if label != project:  # sanitised: keep names of different projects different
+        label += "-" + hashlib.sha256(project.encode()).hexdigest()[:8]
+    return f"{TAG_PREFIX}{store.type_name}-{label}"
+
+
+def legacy_tag_name(store: OnlineStore) -> str:
+    """The tag of the layout before scopes, one per store type whoever synced (removed by the next sync)."""
     return f"{TAG_PREFIX}{store.type_name}"
 
 
@@ -131,17 +152,32 @@ def _walk_to(tbl: Table, ancestor: int, start: int) -> str | None:
     return f"main was rewound or replaced: snapshot {ancestor} is no longer an ancestor of main"
 
 
-def plan(tbl: Table, watermark: Watermark | None, *, full: bool = False) -> tuple[str, str | None]:
-    """(mode, reason): ``empty``, ``up-to-date``, ``incremental`` or ``full`` with why."""
+def plan(
+    tbl: Table, watermark: Watermark | None, *, full: bool = False, legacy: bool = False
+) -> tuple[str, str | None]:
+    """(mode, reason): ``empty``, ``up-to-date``, ``incremental`` or ``full`` with why.
+
+    ``legacy``: the store holds this view's keys in the layout before scopes (only asked without watermark).
+    """
     current = main_snapshot_id(tbl)
     if current is None:
         return "empty", None
     if full:
         return "full", "full resync requested"
     if watermark is None:
+        if legacy:
+            return "full", (
+                "first sync in the layout that keeps namespaces apart (the keys an earlier featurelake wrote "
+                "are not read, and are removed after it)"
+            )
         return "full", "first sync"
-    if watermark.table_uuid != str(tbl.metadata.table_uuid):
-        return "full", "the table was recreated since the last sync"
+    uuid = str(tbl.metadata.table_uuid)
+    if watermark.table_uuid != uuid:
+        name = ".".join(tbl.name()[-2:])
+        return "full", (
+            f"table {name} was dropped and recreated since the last sync (table UUID {watermark.table_uuid}, "
+            f"now {uuid})"
+        )
     if watermark.snapshot_id == current:
         return "up-to-date", None
     if tbl.metadata.snapshot_by_id(watermark.snapshot_id) is None:
@@ -299,19 +335,30 @@ def _write(
     return changed
 
 
-def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str) -> str | None:
-    """Point ``tag`` at the synced snapshot so expiry keeps it; a note when that could not be done."""
+def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str, legacy_tag: str) -> str | None:
+    """Point ``tag`` at the synced snapshot so expiry keeps it, and remove ``legacy_tag`` (the layout before
+    scopes; no sync reads its watermark any more); a note when that could not be done."""
 
     def move(tbl: Table) -> str | None:
         ref = tbl.metadata.refs.get(tag)
-        if ref is not None and ref.snapshot_id == snapshot_id:
+        old = tbl.metadata.refs.get(legacy_tag)
+        drop_old = old is not None and old.snapshot_ref_type == SnapshotRefType.TAG
+        tag_it = ref is None or ref.snapshot_id != snapshot_id
+        if not tag_it and not drop_old:
             return None
         if ref is not None and ref.snapshot_ref_type == SnapshotRefType.BRANCH:
             return f"a branch named {tag} exists in {project.table_name(view)}; the synced snapshot is not tagged"
+
+        def commit() -> None:
+            ms = tbl.manage_snapshots()
+            if tag_it:
+                ms = ms.create_tag(snapshot_id, tag)
+            if drop_old:
+                ms = ms.remove_tag(legacy_tag)
+            ms.commit()
+
         try:
-            project.catalog_call(
-                lambda: tbl.manage_snapshots().create_tag(snapshot_id, tag).commit(), f"tag {tag}"
-            )
+            project.catalog_call(commit, f"tag {tag}")
         except CatalogUnavailableError as exc:
             return f"could not move tag {tag} ({exc}); the next sync retries"
         return None
@@ -355,6 +402,8 @@ class SyncPlan:
     removed: list[tuple[DataFile, int]] = field(default_factory=list)
     #: Row-level delete files exist: read all of main with PyIceberg/Spark applying them (full mode).
     deletes: bool = False
+    #: The store holds this view's data of the layout before scopes: removed once the watermark is set.
+    legacy: bool = False
     t0: float = field(default_factory=time.perf_counter)
 
     @property
@@ -380,13 +429,14 @@ def plan_sync(
     progress.phase(view.name, "planning")
     tbl = project.load_table(view.name)
     watermark = store.get_watermark(view.name)
-    mode, reason = plan(tbl, watermark, full=full)
+    legacy = watermark is None and store.has_legacy(view.name)
+    mode, reason = plan(tbl, watermark, full=full, legacy=legacy)
     current_id = main_snapshot_id(tbl)
     result = SyncResult(
         view.name, mode, reason, watermark.snapshot_id if watermark else None, current_id, tag=tag_name(store)
     )
     current = tbl.metadata.snapshot_by_id(current_id) if current_id is not None else None
-    out = SyncPlan(view, tbl, watermark, current, result, {}, [], t0=t0)
+    out = SyncPlan(view, tbl, watermark, current, result, {}, [], t0=t0, legacy=legacy)
     if mode == "empty":
         result.tag = None
     if out.done:
@@ -490,7 +540,16 @@ def finish_sync(project: Project, store: OnlineStore, planned: SyncPlan) -> Sync
                 key_type=_key_type(planned.table, planned.view),
             ),
         )
-    note = _keep_alive(project, planned.view.name, current.snapshot_id, tag_name(store))
+        if planned.legacy:
+            removed = store.drop_legacy(planned.view.name)
+            result.notes.append(
+                f"removed {removed} keys of {planned.view.name} that an earlier featurelake wrote without keeping "
+                f"namespaces apart; keys are now kept per project, catalog and namespace (here "
+                f"{store.scope.describe()})"
+            )
+    note = _keep_alive(
+        project, planned.view.name, current.snapshot_id, tag_name(store), legacy_tag_name(store)
+    )
     if note:
         result.notes.append(note)
     result.seconds = time.perf_counter() - planned.t0
@@ -523,6 +582,7 @@ __all__ = [
     "SyncResult",
     "finish_sync",
     "key_values",
+    "legacy_tag_name",
     "plan",
     "plan_sync",
     "sync_view",
