@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,9 +69,11 @@ def test_adding_a_field_evolves_without_rewrite(project_dir: Path) -> None:
     )
     with featurelake.open(project_dir) as fl:
         (result,) = fl.apply()
-        assert result.action == "evolved" and [c.describe() for c in result.changes] == [
+        assert result.action == "evolved"
+        assert [c.describe() for c in result.changes if c.kind != "property"] == [
             "add column amount_max_1d double"
         ]
+        assert [c.column for c in result.changes if c.kind == "property"] == ["featurelake.query-sha256"]
         tbl = fl.project.load_table("user_features")
         assert {f.file.file_path for f in tbl.scan().plan_files()} == files_before  # no data rewritten
         old = fl.read("user_features")
@@ -92,7 +95,7 @@ def test_widening_int_to_long_is_allowed(tmp_path: Path) -> None:
     rewrite(proj, '"txn_count_1d": "int"', '"txn_count_1d": "long"')
     with featurelake.open(proj) as fl:
         (result,) = fl.apply()
-        assert [c.kind for c in result.changes] == ["widen"]
+        assert [c.kind for c in result.changes] == ["widen"]  # the query is the same: no property change
         assert fl.read("user_features").schema.field("txn_count_1d").type == pa.int64()
 
 
@@ -144,8 +147,10 @@ def test_key_type_change_is_always_refused(project_dir: Path) -> None:
 
 def test_dry_run_changes_nothing(project_dir: Path) -> None:
     with featurelake.open(project_dir) as fl:
-        fl.apply(dry_run=True)
-        assert fl.project.catalog.list_tables("features") == []
+        (planned,) = fl.apply(dry_run=True)
+        assert planned.action == "planned" and [c.kind for c in planned.changes] == ["create"]
+        assert "partitioned by day(event_ts)" in planned.describe()
+        assert not fl.project.catalog.namespace_exists("features")  # not even the namespace
         fl.apply()
     rewrite(project_dir, '"amount_avg_1d": "double"}', '"amount_avg_1d": "double", "n2": "long"}')
     rewrite(project_dir, "avg(amount) AS amount_avg_1d", "avg(amount) AS amount_avg_1d, count(*) AS n2")
@@ -180,8 +185,182 @@ def test_dry_run_reports_a_query_only_change(project_dir: Path) -> None:
     rewrite(project_dir, "FROM source GROUP BY ALL", "FROM source WHERE amount >= 0 GROUP BY ALL")
     with featurelake.open(project_dir) as fl:
         (planned,) = fl.apply(dry_run=True)
-        assert planned.action == "planned" and not planned.changes
+        assert planned.action == "planned"
+        assert [(c.kind, c.column) for c in planned.changes] == [("property", "featurelake.query-sha256")]
         (done,) = fl.apply()
         assert done.action == "evolved"
         (again,) = fl.apply(dry_run=True)
         assert again.action == "unchanged"
+
+
+# --- renames, property removals and the full plan ------------------------------------------------------
+
+RENAMED = (
+    DEFAULT_FEATURES.replace(
+        "from featurelake import Entity, FeatureView, Source, checks",
+        "from featurelake import Entity, FeatureView, Field, Source, checks",
+    )
+    .replace('"amount_avg_1d": "double"}', '"avg_amount_1d": Field("double", renamed_from="amount_avg_1d")}')
+    .replace("avg(amount) AS amount_avg_1d", "avg(amount) AS avg_amount_1d")
+    .replace('checks.null_rate("amount_avg_1d"', 'checks.null_rate("avg_amount_1d"')
+)
+
+
+def test_a_rename_keeps_the_values_and_old_snapshots_keep_the_old_name(project_dir: Path) -> None:
+    with featurelake.open(project_dir) as fl:
+        fl.apply()
+        first = fl.backfill("user_features", day(0), day(3))
+        values = fl.read("user_features").sort_by([("user_id", "ascending"), ("event_ts", "ascending")])
+        field_id = fl.project.load_table("user_features").schema().find_field("amount_avg_1d").field_id
+    (project_dir / "features.py").write_text(RENAMED)
+    with featurelake.open(project_dir) as fl:
+        (plan,) = fl.apply(dry_run=True)
+        assert "rename column amount_avg_1d -> avg_amount_1d (values kept)" in plan.describe()
+        assert "drop" not in plan.describe() and plan.blocked is None
+        (done,) = fl.apply()  # no --allow-breaking needed: nothing is lost
+        assert [c.kind for c in done.changes] == ["rename", "property"]
+        tbl = fl.project.load_table("user_features")
+        assert tbl.schema().find_field("avg_amount_1d").field_id == field_id
+        now = fl.read("user_features").sort_by([("user_id", "ascending"), ("event_ts", "ascending")])
+        assert now.column("avg_amount_1d").equals(values.column("amount_avg_1d"))
+        assert "amount_avg_1d" not in now.column_names
+        old = fl.read("user_features", snapshot_id=first.snapshot_id)
+        assert "amount_avg_1d" in old.column_names and "avg_amount_1d" not in old.column_names
+        fl.backfill("user_features", day(3), day(5))  # writes, audits and reads under the new name
+        assert fl.read("user_features").column("avg_amount_1d").null_count == 0
+        (again,) = fl.apply()  # renamed_from may stay in features.py: the rename is done
+        assert again.action == "unchanged"
+
+
+def test_a_rename_from_a_missing_column_is_refused_and_changes_nothing(project_dir: Path) -> None:
+    with featurelake.open(project_dir) as fl:
+        fl.apply()
+        schema_before = fl.project.load_table("user_features").schema()
+    (project_dir / "features.py").write_text(
+        RENAMED.replace('renamed_from="amount_avg_1d"', 'renamed_from="avg_amt"')
+    )
+    with featurelake.open(project_dir) as fl:
+        for dry_run in (True, False):
+            with pytest.raises(SchemaError) as info:
+                fl.apply(dry_run=dry_run)
+            message = str(info.value)
+            assert "features.user_features" in message and "'avg_amount_1d'" in message
+            assert "renamed_from='avg_amt'" in message and "fix renamed_from" in message
+        assert fl.project.load_table("user_features").schema() == schema_before
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ('{"b": Field("double", renamed_from="a"), "a": "double"}', "is also declared as a field"),
+        (
+            '{"b": Field("double", renamed_from="a"), "c": Field("double", renamed_from="a")}',
+            "renamed only once",
+        ),
+        ('{"b": Field("double", renamed_from="user_id")}', "join key or timestamp, which cannot be renamed"),
+        ('{"b": Field("double", renamed_from="b")}', "names the field itself"),
+        ('{"b": Field("double", renamed_from="not a name")}', "is not a valid name"),
+        ('{"b": Field("nope", renamed_from="a")}', "unknown type 'nope'"),
+    ],
+)
+def test_bad_renames_are_refused_when_features_load(tmp_path: Path, fields: str, needle: str) -> None:
+    features = (
+        DEFAULT_FEATURES.replace("Entity, FeatureView, Source", "Entity, FeatureView, Field, Source")
+        .replace(
+            'fields={"txn_count_1d": "long", "amount_sum_1d": "double", "amount_avg_1d": "double"}',
+            f"fields={fields}",
+        )
+        .replace(
+            'checks=[checks.null_rate("amount_avg_1d", max=0.10), checks.between("txn_count_1d", 0, 10_000)],',
+            "",
+        )
+    )
+    proj = make_project(tmp_path / "p", features=features)
+    with featurelake.open(proj) as fl:
+        with pytest.raises(featurelake.ConfigError) as info:
+            fl.apply()
+        assert needle in str(info.value) and "user_features" in str(info.value)
+        assert not fl.project.catalog.table_exists("features.user_features")
+
+
+def test_field_is_exported_and_is_its_type_name() -> None:
+    from featurelake import Field
+
+    f = Field("double", renamed_from="old")
+    assert f == "double" and f.renamed_from == "old" and "Field" in featurelake.__all__
+    assert repr(f) == "Field('double', renamed_from='old')" and Field("long").renamed_from is None
+    with pytest.raises(featurelake.ConfigError, match="type name"):
+        Field(DoubleType())  # type: ignore[arg-type]
+
+
+def test_removing_the_ttl_removes_the_property(tmp_path: Path) -> None:
+    proj = make_project(
+        tmp_path / "p", features=DEFAULT_FEATURES.replace("ttl=timedelta(days=7)", "ttl=timedelta(days=45)")
+    )
+    with featurelake.open(proj) as fl:
+        fl.apply()
+        assert fl.project.load_table("user_features").properties["featurelake.ttl-seconds"] == str(45 * 86400)
+    rewrite(proj, "ttl=timedelta(days=45)", "ttl=None")
+    with featurelake.open(proj) as fl:
+        (plan,) = fl.apply(dry_run=True)
+        assert plan.action == "planned"
+        assert [c.describe() for c in plan.changes] == [
+            "remove property featurelake.ttl-seconds (was 3888000)"
+        ]
+        assert "featurelake.ttl-seconds" in fl.project.load_table("user_features").properties
+        (done,) = fl.apply()
+        assert done.action == "evolved"
+        assert "featurelake.ttl-seconds" not in fl.project.load_table("user_features").properties
+        assert fl.project.load_table("user_features").properties["featurelake.view"] == "user_features"
+        (again,) = fl.apply()
+        assert again.action == "unchanged"
+
+
+def test_dry_run_prints_every_change_marks_breaking_ones_and_exits_0(project_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "featurelake", "-C", str(project_dir), *args],
+            capture_output=True,
+            text=True,
+        )
+
+    assert cli("apply").returncode == 0
+    changed = (
+        RENAMED.replace('"txn_count_1d": "long", "amount_sum_1d": "double", ', '"txn_count_1d": "long", ')
+        .replace("sum(amount) AS amount_sum_1d, ", "max(amount) AS amount_max_1d, ")
+        .replace('"txn_count_1d": "long", ', '"txn_count_1d": "long", "amount_max_1d": "double", ')
+        .replace("ttl=timedelta(days=7),", 'ttl=None,\n    partition="month",')
+    )
+    (project_dir / "features.py").write_text(changed)
+    before = featurelake.open(project_dir)
+    try:
+        tbl = before.project.load_table("user_features")
+        state = (tbl.schema(), tbl.spec(), dict(tbl.properties), tbl.metadata.current_snapshot_id)
+    finally:
+        before.close()
+    dry = cli("apply", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "features.user_features: planned"
+    for needle in (
+        "  - add column amount_max_1d double",
+        "  - rename column amount_avg_1d -> avg_amount_1d (values kept)",
+        "  - BREAKING: drop column amount_sum_1d (double)",
+        "  - partition by month(event_ts) (was day(event_ts))",
+        "  - remove property featurelake.ttl-seconds (was 604800)",
+        "  - set property featurelake.query-sha256 ",
+        "  apply would refuse: refusing breaking schema change(s): drop column amount_sum_1d (double).",
+    ):
+        assert any(line.startswith(needle) for line in lines), (needle, dry.stdout)
+    as_json = json.loads(cli("apply", "--dry-run", "--json").stdout)
+    assert {(p["kind"], p["breaking"]) for p in as_json[0]["plan"]} >= {("drop", True), ("rename", False)}
+    refused = cli("apply")
+    assert refused.returncode == 2 and "--allow-breaking" in refused.stderr
+    with featurelake.open(project_dir) as fl:
+        tbl = fl.project.load_table("user_features")
+        assert (tbl.schema(), tbl.spec(), dict(tbl.properties), tbl.metadata.current_snapshot_id) == state
+    done = cli("apply", "--allow-breaking")
+    assert done.returncode == 0 and done.stdout.startswith("features.user_features: evolved"), done.stderr

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         SchemaError,
         UsageError,
     )
-    from featurelake.features.definitions import Entity, FeatureView, Source
+    from featurelake.features.definitions import Entity, FeatureView, Field, Source
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "open": "featurelake.api",
     "Entity": "featurelake.features.definitions",
     "FeatureView": "featurelake.features.definitions",
+    "Field": "featurelake.features.definitions",
     "Source": "featurelake.features.definitions",
     **{
         name: "featurelake.errors"
@@ -88,6 +89,7 @@ __all__ = [
     "FeatureView",
     "Featurelake",
     "FeaturelakeError",
+    "Field",
     "NotFoundError",
     "OnlineStoreUnavailableError",
     "RequestError",

@@ -27,27 +27,22 @@ def init(directory: Path) -> None:
 
 @click.command()
 @click.option("--allow-breaking", is_flag=True, help="Apply dropping/retyping changes too.")
-@click.option("--dry-run", is_flag=True, help="Show what would change without changing anything.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print every planned change (breaking ones marked) without changing anything; exit 0.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def apply(c: Ctx, allow_breaking: bool, dry_run: bool, as_json: bool) -> None:
     """Create or evolve the feature tables to match features.py."""
     results = c.fl.apply(allow_breaking=allow_breaking, dry_run=dry_run)
     if as_json:
-        render.print_json(
-            [
-                {
-                    "view": r.view,
-                    "table": r.table,
-                    "action": r.action,
-                    "changes": [ch.describe() for ch in r.changes],
-                }
-                for r in results
-            ]
-        )
+        render.print_json([r.to_dict() for r in results])
         return
     for r in results:
-        render.out.print(r.describe())
+        for line in r.lines():
+            render.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @click.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 from featurelake.errors import ConfigError
 
@@ -41,6 +41,33 @@ def validate_identifier(value: str, what: str) -> str:
             f"{what} {shown(value)} is not a valid name: use letters, digits and underscores, starting with a letter"
         )
     return value
+
+
+#: How a view's table is partitioned on its timestamp field: ``day``, ``month`` or ``year`` of it, or not at all.
+Partition = Literal["day", "month", "year", "none"]
+PARTITIONS: tuple[str, ...] = get_args(Partition)
+
+
+class Field(str):
+    """A declared feature type that carries more than its name: ``Field("double", renamed_from="old")``.
+
+    A ``Field`` *is* its type name (a ``str``), so everything that reads ``view.fields`` as
+    ``{name: type}`` keeps working; ``renamed_from`` tells ``apply`` to rename that existing column through
+    its Iceberg field id instead of dropping it and adding an empty one.
+    """
+
+    renamed_from: str | None
+
+    def __new__(cls, type: str, *, renamed_from: str | None = None) -> Field:
+        if not isinstance(type, str):
+            raise ConfigError(f"Field type must be a type name such as 'double', got {shown(type)}")
+        obj = super().__new__(cls, type)
+        obj.renamed_from = renamed_from
+        return obj
+
+    def __repr__(self) -> str:
+        extra = f", renamed_from={self.renamed_from!r}" if self.renamed_from else ""
+        return f"Field({str.__repr__(self)}{extra})"
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,7 @@ class FeatureView:
     ttl: timedelta | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    partition: Partition = "day"
 
     def __post_init__(self) -> None:
         from featurelake.lakehouse.schema import parse_type
@@ -130,6 +158,12 @@ class FeatureView:
                 parse_type(ftype)
             except ValueError as exc:
                 raise ConfigError(f"view {self.name!r}, field {fname!r}: {exc}") from exc
+        self._check_renames(reserved)
+        if self.partition not in PARTITIONS:
+            raise ConfigError(
+                f"view {self.name!r}: partition must be one of {', '.join(map(repr, PARTITIONS))}, "
+                f"got {shown(self.partition)}"
+            )
         known = {*self.fields, *reserved}
         for check in self.checks:
             for col in check.columns():
@@ -141,6 +175,36 @@ class FeatureView:
             check.validate(self)  # types, bounds, SQL: refused when features.py loads, not at run time
         if self.ttl is not None and self.ttl <= timedelta(0):
             raise ConfigError(f"view {self.name!r}: ttl must be positive")
+
+    def _check_renames(self, reserved: set[str]) -> None:
+        seen: dict[str, str] = {}
+        for fname, old in self.renames.items():
+            where = f"view {self.name!r}, field {fname!r}"
+            validate_identifier(old, f"renamed_from of {where}")
+            if old == fname:
+                raise ConfigError(f"{where}: renamed_from names the field itself; remove renamed_from")
+            if old in reserved:
+                raise ConfigError(
+                    f"{where}: renamed_from {old!r} is the join key or timestamp, which cannot be renamed; "
+                    "rename the view to create a new table instead"
+                )
+            if old in self.fields:
+                raise ConfigError(
+                    f"{where}: renamed_from {old!r} is also declared as a field, so it would be both kept and "
+                    f"renamed; remove {old!r} from fields (a rename keeps its values under {fname!r})"
+                )
+            if old in seen:
+                raise ConfigError(
+                    f"{where}: {old!r} is already renamed to {seen[old]!r}; a column can be renamed only once"
+                )
+            seen[old] = fname
+
+    @property
+    def renames(self) -> dict[str, str]:
+        """``{new name: old name}`` of the fields declared with ``Field(..., renamed_from=...)``."""
+        return {
+            name: t.renamed_from for name, t in self.fields.items() if isinstance(t, Field) and t.renamed_from
+        }
 
     @property
     def join_key(self) -> str:
