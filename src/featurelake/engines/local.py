@@ -21,7 +21,7 @@ from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
-from featurelake.lakehouse.write import overwrite_days
+from featurelake.lakehouse.write import overwrite_window
 from featurelake.validation import audit as audit_mod
 from featurelake.validation.checks import Check, CheckResult
 
@@ -99,9 +99,7 @@ class LocalEngine(Engine):
         with warnings.catch_warnings():
             # An empty window on the branch is the normal first backfill, not something to warn about.
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            overwrite_days(
-                table, frame, window.iceberg_filter(timestamp_field), timestamp_field, properties, branch
-            )
+            overwrite_window(table, frame, window, timestamp_field, properties, branch)
         tip = ref_snapshot_id(table, branch)
         assert tip is not None
         return tip

@@ -14,11 +14,14 @@ reads them up to three times (validate, write, audit; again on each rebase).
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from pyiceberg.expressions import And, Not
 from pyiceberg.table import Table
 
 from featurelake.config import CONFIG_FILE, CatalogConfig, ProjectConfig, SparkConfig
@@ -42,6 +45,7 @@ from featurelake.errors import ConfigError, DataError, SchemaError
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
+from featurelake.lakehouse.write import Span, rewrite_span
 from featurelake.validation.audit import evaluate_with
 from featurelake.validation.checks import Check, CheckResult
 
@@ -235,14 +239,26 @@ class SparkEngine(Engine):
     ) -> int:
         from pyspark.sql import functions as F
 
+        # The span no live file straddles (the window itself on day partitions): a filter overwrite of it
+        # deletes whole files only (Iceberg refuses a filter that splits a file), so the span's rows outside
+        # the window are written back beside the new ones. Same span as the local engine's.
+        span = rewrite_span(table, branch, window, timestamp_field)
+        if span != Span.of(window):
+            keep = And(span.iceberg_filter(timestamp_field), Not(window.iceberg_filter(timestamp_field)))
+            kept = self.read(table, snapshot_id=ref_snapshot_id(table, branch), row_filter=keep)
+            # As many tasks as the new rows had: on an unpartitioned table each task writes a file, and the
+            # kept rows' files must not add tasks (partitioned tables are clustered by Iceberg's write anyway).
+            tasks = frame.rdd.getNumPartitions()
+            frame = frame.unionByName(kept.select(*frame.columns)).coalesce(tasks)
+        ts = F.col(quote_ident(timestamp_field))
+        bounds = [ts >= F.lit(span.start)] if span.start is not None else []
+        bounds += [ts < F.lit(span.end)] if span.end is not None else []
+        condition = functools.reduce(operator.and_, bounds) if bounds else F.lit(True)
         writer = frame.writeTo(self.table_ident(table, branch))
         for key, value in properties.items():
             writer = writer.option(f"snapshot-property.{key}", value)
-        ts = F.col(f"`{timestamp_field}`")
-        condition = (ts >= F.lit(window.start)) & (ts < F.lit(window.end))
         with translate_commit_errors(f"write branch {branch}", self._uri_for_messages()):
-            # A filter overwrite deletes exactly the window's day partitions (metadata only, the window is
-            # day-aligned) and adds the new files, in one snapshot on the branch.
+            # Deletes the span's files (metadata only) and adds the new files, in one snapshot on the branch.
             writer.overwrite(condition)
         table.refresh()
         tip = ref_snapshot_id(table, branch)

@@ -6,6 +6,11 @@ is read with Iceberg's own projection, written back as one file, read back again
 by row count and an order-independent checksum of every row. Only then does one overwrite snapshot delete the
 old files and add the new ones, recorded with ``featurelake.operation=compaction`` and the run's lineage.
 
+Files written under an older partition spec (``apply`` after ``partition=`` changed) are always rewritten into
+the current one, whatever their size: each joins the group of the current partition its column bounds put it
+in, and is written back with PyIceberg's partitioned writer, which splits rows by the current spec, so a file
+spanning several new partitions (month to day, none to month) comes out as one file per partition.
+
 Concurrency: the commit asserts that main did not move; when it did, the table is reloaded, groups whose input
 files are no longer all live in main (a backfill replaced that partition, say) are dropped and their new files
 deleted, and the rest is committed again on the fresh metadata, so a concurrent append is never lost and
@@ -15,6 +20,7 @@ replaced data never comes back. Partitions with delete files (merge-on-read writ
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -23,6 +29,7 @@ from typing import Any, TypeVar, cast
 
 import duckdb
 import pyarrow as pa
+from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, pyarrow_to_schema, write_file
@@ -31,8 +38,10 @@ from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table, WriteTask
 from pyiceberg.typedef import Record
+from pyiceberg.types import BinaryType, PrimitiveType, StringType
 
 from featurelake.errors import ConflictError, DataError
+from featurelake.lakehouse import compat
 from featurelake.lakehouse.lineage import OPERATION, RUN_ID
 from featurelake.lakehouse.wap import MAIN, is_commit_conflict
 from featurelake.maintenance.files import Progress, delete_file, file_key
@@ -47,9 +56,10 @@ SMALL_FILE_RATIO = 0.75
 @dataclass
 class _Group:
     key: str
-    partition: Record
+    partition: Record | None  # under the current spec; None: split the rows by it on write
     inputs: list[DataFile]
     outputs: list[DataFile]
+    respec: bool = False  # holds files of an older partition spec
 
     @property
     def label(self) -> str:
@@ -96,7 +106,42 @@ def _live_files(tbl: Table) -> _LiveFiles:
     return live
 
 
-def _bin_pack(files: list[DataFile], capacity: int) -> list[list[DataFile]]:
+def _current_partition(tbl: Table, f: DataFile) -> Record | None:
+    """The partition of the current spec that all of ``f``'s rows fall in, judged by its column bounds (None
+    when they span several, or the bounds cannot tell)."""
+    values = []
+    for pf in tbl.spec().fields:
+        source = tbl.schema().find_field(pf.source_id)
+        ftype = source.field_type
+        lower = (f.lower_bounds or {}).get(pf.source_id)
+        upper = (f.upper_bounds or {}).get(pf.source_id)
+        # String and binary bounds may be truncated: they cannot place a file.
+        if lower is None or upper is None or not isinstance(ftype, PrimitiveType):
+            return None
+        if isinstance(ftype, StringType | BinaryType):
+            return None
+        transform = pf.transform.transform(ftype)
+        lo, hi = transform(from_bytes(ftype, lower)), transform(from_bytes(ftype, upper))
+        if lo != hi:
+            return None
+        values.append(lo)
+    return Record(*values)
+
+
+def _target(tbl: Table, f: DataFile) -> tuple[str, Record | None]:
+    """Where ``f`` belongs under the current spec: (group key, partition), partition None if it spans several."""
+    default = tbl.metadata.default_spec_id
+    if f.spec_id == default:
+        return _partition_key(tbl, f), f.partition
+    spec = tbl.spec()
+    partition = _current_partition(tbl, f)
+    if partition is None:
+        return f"{f.spec_id}:{_partition_key(tbl, f).split(':', 1)[1]} (older spec, spans partitions)", None
+    path = spec.partition_to_path(partition, tbl.schema()) if spec.fields else ""
+    return f"{default}:{path}", partition
+
+
+def _bin_pack(files: list[DataFile], capacity: int, respec: set[str]) -> list[list[DataFile]]:
     bins: list[list[DataFile]] = []
     room: list[int] = []
     for f in sorted(files, key=lambda f: (-f.file_size_in_bytes, f.file_path)):
@@ -108,34 +153,44 @@ def _bin_pack(files: list[DataFile], capacity: int) -> list[list[DataFile]]:
         else:
             bins.append([f])
             room.append(capacity - f.file_size_in_bytes)
-    return [b for b in bins if len(b) > 1]
+    # One file is worth rewriting on its own when it is under an older partition spec.
+    return [b for b in bins if len(b) > 1 or file_key(b[0].file_path) in respec]
 
 
 def plan(tbl: Table, target_bytes: int, min_input_files: int) -> tuple[list[_Group], int, list[str]]:
     """Groups to rewrite, the number of live data files on main, and why other partitions were skipped."""
     live = _live_files(tbl)
     by_partition: dict[str, list[DataFile]] = defaultdict(list)
+    partitions: dict[str, Record | None] = {}
+    has_deletes: dict[str, bool] = defaultdict(bool)
+    default_spec = tbl.metadata.default_spec_id
     for f in live.data.values():
-        by_partition[_partition_key(tbl, f)].append(f)
+        key, partition = _target(tbl, f)
+        by_partition[key].append(f)
+        partitions[key] = partition
+        has_deletes[key] |= _partition_key(tbl, f) in live.partitions_with_deletes
     groups: list[_Group] = []
     skipped: list[str] = []
-    default_spec = tbl.metadata.default_spec_id
     for key in sorted(by_partition):
         files = by_partition[key]
         label = key.split(":", 1)[1] or "(unpartitioned)"
-        small = [f for f in files if f.file_size_in_bytes < SMALL_FILE_RATIO * target_bytes]
-        if len(small) < max(2, min_input_files):
+        respec = {file_key(f.file_path) for f in files if f.spec_id != default_spec}
+        picked = [
+            f
+            for f in files
+            if file_key(f.file_path) in respec or f.file_size_in_bytes < SMALL_FILE_RATIO * target_bytes
+        ]
+        if not respec and len(picked) < max(2, min_input_files):
             continue
-        if key in live.partitions_with_deletes:
+        if has_deletes[key]:
             skipped.append(
                 f"{label}: has delete files (merge-on-read); rewrite it with the engine that wrote them"
             )
             continue
-        if files[0].spec_id != default_spec:
-            skipped.append(f"{label}: written with an older partition spec ({files[0].spec_id})")
-            continue
-        for b in _bin_pack(small, target_bytes):
-            groups.append(_Group(key, b[0].partition, sorted(b, key=lambda f: f.file_path), []))
+        for b in _bin_pack(picked, target_bytes, respec):
+            inputs = sorted(b, key=lambda f: f.file_path)
+            moved = any(file_key(f.file_path) in respec for f in inputs)
+            groups.append(_Group(key, partitions[key], inputs, [], respec=moved))
     return groups, len(live.data), skipped
 
 
@@ -158,7 +213,8 @@ def _read(tbl: Table, files: list[DataFile]) -> pa.Table:
 
 
 def _rewrite(tbl: Table, group: _Group, write_uuid: uuid.UUID, task_id: int) -> list[DataFile]:
-    """Write ``group``'s rows as one new file and prove it holds exactly the same rows."""
+    """Write ``group``'s rows as one new file (one per current partition for files of an older spec) and
+    prove they hold exactly the same rows."""
     name = ".".join(tbl.name())
     data = _read(tbl, group.inputs)
     expected_rows = sum(f.record_count for f in group.inputs)
@@ -169,6 +225,11 @@ def _rewrite(tbl: Table, group: _Group, write_uuid: uuid.UUID, task_id: int) -> 
         )
     before = checksum(data)
     schema = tbl.schema()
+    if group.respec or group.partition is None:
+        # Written by PyIceberg's partitioned writer: rows split by the current spec, whatever spec they had.
+        # Its own write id: the counter names files, and other groups count from 0 under ``write_uuid``.
+        written = compat.write_data_files(tbl.metadata, data, tbl.io, uuid.uuid4(), itertools.count())
+        return _verified(tbl, group, written, before)
     task = WriteTask(
         write_uuid=write_uuid,
         task_id=task_id,
@@ -179,6 +240,12 @@ def _rewrite(tbl: Table, group: _Group, write_uuid: uuid.UUID, task_id: int) -> 
         partition_key=cast(PartitionKey, _FilePartition(group.partition, tbl.spec(), schema)),
     )
     written = list(write_file(tbl.io, tbl.metadata, iter([task])))
+    return _verified(tbl, group, written, before)
+
+
+def _verified(tbl: Table, group: _Group, written: list[DataFile], before: tuple[int, int]) -> list[DataFile]:
+    """``written`` if reading it back gives exactly the rows (count and checksum) ``before`` describes."""
+    name = ".".join(tbl.name())
     for f in written:
         f.spec_id = tbl.metadata.default_spec_id  # write_file leaves it unset; reading back needs it
     after = checksum(_read(tbl, written))
@@ -247,8 +314,10 @@ def _still_valid(fresh: Table, pending: list[_Group]) -> tuple[list[_Group], lis
     ok: list[_Group] = []
     gone: list[_Group] = []
     for g in pending:
-        intact = g.key not in live.partitions_with_deletes and all(
-            file_key(f.file_path) in live.data for f in g.inputs
+        intact = all(
+            file_key(f.file_path) in live.data
+            and _partition_key(fresh, f) not in live.partitions_with_deletes
+            for f in g.inputs
         )
         (ok if intact else gone).append(g)
     return ok, gone
@@ -281,6 +350,11 @@ def rewrite_data_files(
     if not groups:
         result.notes.append("no partition has enough small files to compact")
         return result
+    if moved := sum(1 for g in groups for f in g.inputs if f.spec_id != tbl.metadata.default_spec_id):
+        result.notes.append(
+            f"{moved} file(s) written under an older partition spec {'would be' if dry_run else 'are'} "
+            "rewritten into the current one"
+        )
     if dry_run:
         result.groups = [_describe(g) for g in groups]
         result.data_files_after = files_before - sum(len(g.inputs) - 1 for g in groups)
