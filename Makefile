@@ -50,6 +50,7 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/audit.py
 	$(PY) benchmarks/online.py
 	$(PY) benchmarks/maintenance.py
+	$(PY) benchmarks/partitions.py
 	$(PY) benchmarks/monitoring.py
 	$(PY) benchmarks/training_set.py
 	$(PY) benchmarks/predict.py
