@@ -364,3 +364,22 @@ def test_dry_run_prints_every_change_marks_breaking_ones_and_exits_0(project_dir
         assert (tbl.schema(), tbl.spec(), dict(tbl.properties), tbl.metadata.current_snapshot_id) == state
     done = cli("apply", "--allow-breaking")
     assert done.returncode == 0 and done.stdout.startswith("features.user_features: evolved"), done.stderr
+
+
+def test_after_a_rename_the_next_sync_is_full_so_online_values_keep_their_new_name(tmp_path: Path) -> None:
+    no_ttl = DEFAULT_FEATURES.replace("ttl=timedelta(days=7)", "ttl=None")
+    proj = make_project(tmp_path / "p", features=no_ttl)
+    with featurelake.open(proj) as fl:
+        fl.apply()
+        fl.backfill("user_features", day(0), day(3))
+        fl.sync()
+        (before,) = fl.online.get("user_features", [1])
+    (proj / "features.py").write_text(RENAMED.replace("ttl=timedelta(days=7)", "ttl=None"))
+    with featurelake.open(proj) as fl:
+        fl.apply()
+        (synced,) = fl.sync()
+        assert synced.mode == "full" and "amount_avg_1d -> avg_amount_1d" in (synced.reason or "")
+        (after,) = fl.online.get("user_features", [1])
+        assert after.values["avg_amount_1d"] == before.values["amount_avg_1d"] is not None
+        (again,) = fl.sync()
+        assert again.mode == "up-to-date"

@@ -185,7 +185,21 @@ def plan(
     why = _walk_to(tbl, watermark.snapshot_id, current)
     if why is not None:
         return "full", why
+    if renamed := _renamed_since(tbl, watermark.snapshot_id):
+        return "full", f"column(s) renamed since the last sync ({renamed}); stored rows carry the old names"
     return "incremental", None
+
+
+def _renamed_since(tbl: Table, snapshot_id: int) -> str:
+    """``old -> new`` for every column (same field id) whose name changed after ``snapshot_id``."""
+    snap = tbl.metadata.snapshot_by_id(snapshot_id)
+    then = next((s for s in tbl.metadata.schemas if snap is not None and s.schema_id == snap.schema_id), None)
+    if then is None:
+        return ""
+    now = {f.field_id: f.name for f in tbl.schema().fields}
+    return ", ".join(
+        f"{f.name} -> {now[f.field_id]}" for f in then.fields if now.get(f.field_id, f.name) != f.name
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------------
