@@ -1,4 +1,4 @@
-"""Backfill windows: ``[start, end)`` in whole UTC days, so a window is exactly a set of day partitions."""
+"""Backfill windows: ``[start, end)`` in whole UTC days (on a day-partitioned table, exactly a set of partitions)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Window:
         for name, dt in (("--start", s), ("--end", e)):
             if dt.timetz().replace(tzinfo=None) != time(0):
                 raise UsageError(
-                    f"{name} {dt.isoformat()} is not midnight UTC: backfills replace whole day partitions, "
+                    f"{name} {dt.isoformat()} is not midnight UTC: backfills replace whole UTC days, "
                     "so give dates (e.g. 2024-01-31)"
                 )
         if s >= e:
