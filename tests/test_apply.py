@@ -383,3 +383,22 @@ def test_after_a_rename_the_next_sync_is_full_so_online_values_keep_their_new_na
         assert after.values["avg_amount_1d"] == before.values["amount_avg_1d"] is not None
         (again,) = fl.sync()
         assert again.mode == "up-to-date"
+
+
+@pytest.mark.spark
+def test_spark_backfills_and_reads_a_renamed_feature(spark: object, tmp_path: Path) -> None:
+    from tests.spark_support import engine_config
+
+    proj = make_project(tmp_path / "p", config=engine_config("spark"))
+    with featurelake.open(proj) as fl:
+        fl.apply()
+        first = fl.backfill("user_features", day(0), day(3))
+    (proj / "features.py").write_text(RENAMED)
+    with featurelake.open(proj) as fl:
+        (done,) = fl.apply()
+        assert [c.kind for c in done.changes] == ["rename", "property"]
+        fl.backfill("user_features", day(2), day(5))  # Spark writes the renamed column
+        now = fl.read("user_features")
+        assert "avg_amount_1d" in now.column_names and now.column("avg_amount_1d").null_count == 0
+        old = fl.read("user_features", snapshot_id=first.snapshot_id)
+        assert "amount_avg_1d" in old.column_names and old.num_rows == first.rows
