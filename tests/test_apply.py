@@ -140,6 +140,9 @@ def test_key_type_change_is_always_refused(project_dir: Path) -> None:
         fl.apply()
     rewrite(project_dir, "SELECT user_id,", "SELECT CAST(user_id AS VARCHAR) AS user_id,")
     with featurelake.open(project_dir) as fl:
+        (plan,) = fl.apply(dry_run=True, allow_breaking=True)  # the plan says it, without raising
+        assert "BREAKING: change key/timestamp column user_id: long -> string" in plan.describe()
+        assert plan.blocked is not None and "cannot be evolved in place" in plan.blocked
         with pytest.raises(SchemaError, match="cannot be evolved in place"):
             fl.apply(allow_breaking=True)
         assert fl.project.load_table("user_features").schema().find_field("user_id").field_type == LongType()
