@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         SchemaError,
         UsageError,
     )
+    from featurelake.features.aggregations import Aggregation
     from featurelake.features.definitions import Entity, FeatureView, Field, Source
 
 # public name -> module that defines it
@@ -37,6 +38,7 @@ _LAZY: dict[str, str] = {
     "checks": "featurelake.checks",
     "Featurelake": "featurelake.api",
     "open": "featurelake.api",
+    "Aggregation": "featurelake.features.aggregations",
     "Entity": "featurelake.features.definitions",
     "FeatureView": "featurelake.features.definitions",
     "Field": "featurelake.features.definitions",
@@ -79,6 +81,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Aggregation",
     "ArtifactIntegrityError",
     "AuditFailed",
     "CatalogUnavailableError",

@@ -131,8 +131,23 @@ def check_window(view: FeatureView, lo: datetime | None, hi: datetime | None, wi
         raise DataError(
             f"view {view.name!r}: the query produced {view.timestamp_field} values from {lo.isoformat()} to "
             f"{hi.isoformat()}, outside the backfill window {window}; rows must fall in the window "
-            "(the source is already restricted to it: check the timestamp expression)"
+            "(the source is already restricted to it, plus the view's lookback before it: check the "
+            "timestamp expression)"
         )
+
+
+def drop_before_window(result: pa.Table, view: FeatureView, window: Window) -> pa.Table:
+    """``result`` without the rows timestamped before ``window.start`` (a view with a lookback computes them
+    from the rows before the window; they are not the window's to write). Rows with a null or unusable
+    timestamp stay, for :func:`conform` to report."""
+    ts = view.timestamp_field
+    if ts not in result.column_names:
+        return result
+    col = result.column(ts)
+    if not pa.types.is_timestamp(col.type) or col.type.tz is None:
+        return result
+    keep = pc.or_kleene(pc.is_null(col), pc.greater_equal(col, pa.scalar(window.start, col.type)))
+    return result.filter(keep)
 
 
 def conform(result: pa.Table, view: FeatureView, target: pa.Schema, window: Window | None) -> pa.Table:

@@ -15,9 +15,11 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
 from featurelake import duck
+from featurelake.engines.aggregate_sql import compile_aggregations
 from featurelake.engines.base import Engine, source_files
-from featurelake.engines.conform import conform
+from featurelake.engines.conform import conform, drop_before_window
 from featurelake.errors import ConfigError, SchemaError
+from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
@@ -69,22 +71,38 @@ class LocalEngine(Engine):
         return con.from_arrow(data)
 
     def _run(self, view: FeatureView, window: Window | None) -> pa.Table:
+        """The query (then the aggregations, if declared) over the source rows ``window`` needs: from
+        ``window.start`` minus the view's lookback. Rows before ``window.start`` may come back."""
         with duck.cursor() as con:
-            source = self._source(con, view, window)
+            source = self._source(con, view, None if window is None else source_window(view, window))
+            stage = "the query"
             try:
-                result = source.query("source", view.query)
+                result = source.query("source", view.query) if view.query.strip() else source
                 if result is None:
                     raise SchemaError(f"view {view.name!r}: the query must be a SELECT that returns rows")
+                if view.aggregations:
+                    stage = "the aggregations"
+                    columns = dict(zip(result.columns, map(str, result.types), strict=True))
+                    bounds = (window.start, window.end) if window is not None else (None, None)
+                    sql = compile_aggregations(
+                        view, "prepared", columns, dialect="duckdb", start=bounds[0], end=bounds[1]
+                    )
+                    aggregated = result.query("prepared", sql)
+                    assert aggregated is not None  # a SELECT always gives a relation
+                    result = aggregated
                 return result.to_arrow_table()
             except duckdb.Error as exc:
                 first = str(exc).strip().splitlines()[0]
-                raise SchemaError(f"view {view.name!r}: the query failed in DuckDB: {first}") from exc
+                raise SchemaError(f"view {view.name!r}: {stage} failed in DuckDB: {first}") from exc
 
     def source_schema(self, view: FeatureView) -> pa.Schema:
         return self._run(view, None).schema
 
     def compute(self, view: FeatureView, window: Window, table: Table) -> pa.Table:
-        return conform(self._run(view, window), view, table.schema().as_arrow(), window)
+        result = self._run(view, window)
+        if reads_history(view):
+            result = drop_before_window(result, view, window)  # the lookback's rows: read, never written
+        return conform(result, view, table.schema().as_arrow(), window)
 
     # --- tables -------------------------------------------------------------------------------------
     def write_window(

@@ -25,6 +25,7 @@ from pyiceberg.expressions import And, Not
 from pyiceberg.table import Table
 
 from featurelake.config import CONFIG_FILE, CatalogConfig, ProjectConfig, SparkConfig
+from featurelake.engines.aggregate_sql import compile_aggregations
 from featurelake.engines.base import Engine, source_files
 from featurelake.engines.conform import ColumnPlan, check_window, lossy_error, null_error, plan_columns
 from featurelake.engines.spark_session import (
@@ -42,6 +43,7 @@ from featurelake.engines.spark_sql import (
     to_spark_sql,
 )
 from featurelake.errors import ConfigError, DataError, SchemaError
+from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
@@ -148,7 +150,31 @@ class SparkEngine(Engine):
         return df.where((ts >= F.lit(window.start)) & (ts < F.lit(window.end)))
 
     def _query(self, view: FeatureView, window: Window | None) -> DataFrame:
-        source = self._source(view, window)
+        """The query (then the aggregations, if declared) over the source rows ``window`` needs: from
+        ``window.start`` minus the view's lookback. Rows before ``window.start`` may come back."""
+        source = self._source(view, None if window is None else source_window(view, window))
+        rows = self._prepare(view, source) if view.query.strip() else source
+        if not view.aggregations:
+            return rows
+        types = duckdb_types(rows.schema)
+        columns = {name: types.get(name, "OTHER") for name in rows.columns}
+        sql = compile_aggregations(
+            view,
+            "__featurelake_rows",
+            columns,
+            dialect="spark",
+            start=window.start if window is not None else None,
+            end=window.end if window is not None else None,
+        )
+        rows.createOrReplaceTempView("__featurelake_rows")
+        try:
+            return self.spark.sql(sql)
+        except Exception as exc:
+            raise SchemaError(
+                f"view {view.name!r}: the aggregations failed in Spark SQL: {first_line(exc)}"
+            ) from exc
+
+    def _prepare(self, view: FeatureView, source: DataFrame) -> DataFrame:
         try:
             sql = to_spark_sql(view.query, source_types=duckdb_types(source.schema))
         except SqlTranslationError as exc:
@@ -178,6 +204,9 @@ class SparkEngine(Engine):
 
         produced = [pa.field(f.name, to_arrow_type(f.dataType)) for f in out.schema.fields]
         plans = plan_columns(view, produced, target)
+        if reads_history(view):  # the lookback's rows: read, never written
+            ts_col = F.col(quote_ident(view.timestamp_field))
+            out = out.where(ts_col.isNull() | (ts_col >= F.lit(window.start)))
         columns: list[Column] = []
         flags: list[Column] = []  # per-row "this cast changed the value", computed beside the cast
         probes: list[Column] = []
@@ -338,8 +367,9 @@ class SparkEngine(Engine):
             with contextlib.suppress(Exception):
                 frame.unpersist()
         if self._session is not None:
-            with contextlib.suppress(Exception):
-                self._session.catalog.dropTempView("source")
+            for name in ("source", "__featurelake_rows"):
+                with contextlib.suppress(Exception):
+                    self._session.catalog.dropTempView(name)
         self._session = None
 
 

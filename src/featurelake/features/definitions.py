@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Literal, Protocol, get_args
 
 from featurelake.errors import ConfigError
+from featurelake.features.aggregations import Aggregation, resolve
 
 
 class Check(Protocol):
@@ -115,19 +116,29 @@ class Source:
 
 @dataclass
 class FeatureView:
-    """A set of features computed by one SQL query over one source, stored as one Iceberg table."""
+    """A set of features computed by one SQL query (or declared ``aggregations``) over one source, stored as one
+    Iceberg table.
+
+    ``lookback``: the query reads the source from that long before each backfill window (rows it produces
+    before the window are not written). ``aggregations`` + ``step``: sliding-window features, with their
+    lookback and fields derived (``features/aggregations.py``); a ``query`` then prepares the rows they
+    aggregate.
+    """
 
     name: str
     entity: Entity
     source: Source
-    query: str
-    fields: dict[str, str]
+    query: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
     timestamp_field: str = "event_ts"
     checks: list[Check] = field(default_factory=list)
     ttl: timedelta | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     partition: Partition = "day"
+    lookback: timedelta | None = None
+    aggregations: list[Aggregation] = field(default_factory=list)
+    step: timedelta | None = None
 
     def __post_init__(self) -> None:
         from featurelake.lakehouse.schema import parse_type
@@ -145,6 +156,7 @@ class FeatureView:
             )
         if not isinstance(self.source, Source):
             raise ConfigError(f"view {self.name!r}: source must be Source.parquet(...) or Source.table(...)")
+        resolve(self)  # lookback, aggregations and step; fills in the aggregation outputs' fields
         if not self.fields:
             raise ConfigError(f"view {self.name!r} declares no fields: add fields={{'name': 'double', ...}}")
         reserved = {self.entity.join_key, self.timestamp_field}
