@@ -43,6 +43,8 @@ def apply(c: Ctx, allow_breaking: bool, dry_run: bool, as_json: bool) -> None:
     for r in results:
         for line in r.lines():
             render.out.print(line, markup=False, highlight=False, soft_wrap=True)
+        for warning in r.warnings:
+            render.err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
 
 @click.command()

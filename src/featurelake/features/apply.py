@@ -13,6 +13,7 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.types import LongType, PrimitiveType, StringType
 
 from featurelake.errors import SchemaError
+from featurelake.features.aggregations import table_properties
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse.lineage import OPERATION
 from featurelake.lakehouse.schema import (
@@ -35,7 +36,8 @@ class ApplyResult:
 
     ``action``: ``created``, ``evolved``, ``unchanged``, or ``planned`` for a dry run with changes;
     ``changes`` lists every change, breaking ones marked; ``blocked`` says why a real ``apply`` would refuse
-    the plan (dry runs only: a real one raises instead).
+    the plan (dry runs only: a real one raises instead). ``warnings``: what deserves a look but does not
+    stop ``apply`` (e.g. a query reading across rows in time without a lookback: ``features.lint``).
     """
 
     view: str
@@ -43,6 +45,7 @@ class ApplyResult:
     action: str
     changes: list[SchemaChange] = field(default_factory=list)
     blocked: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def _shown(self) -> list[SchemaChange]:
         # "created" says it all; a planned create shows the columns and partitioning it would get.
@@ -75,6 +78,7 @@ class ApplyResult:
                 for c in self.changes
             ],
             "blocked": self.blocked,
+            "warnings": self.warnings,
         }
 
 
@@ -121,6 +125,7 @@ def view_properties(view: FeatureView) -> dict[str, str]:
     }
     if view.ttl is not None:
         props["featurelake.ttl-seconds"] = str(int(view.ttl.total_seconds()))
+    props.update(table_properties(view))  # lookback and aggregations
     return props
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featurelake.features.apply import ApplyResult, apply_view
+from featurelake.features.lint import lookback_warnings
 from featurelake.lakehouse import lineage
 from featurelake.monitoring.jobs import monitored_job
 
@@ -32,4 +33,5 @@ def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool =
                 f"apply {view.name}",
             )
         )
+        results[-1].warnings.extend(lookback_warnings(view))
     return results
