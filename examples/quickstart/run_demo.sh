@@ -11,15 +11,17 @@ rm -rf .featurelake data
 step "1. generate ~200k seeded transactions over 60 days"
 python generate_data.py
 
-step "2. apply the feature definitions (creates features.user_features, partitioned by day(event_ts))"
+step "2. apply the feature definitions (creates features.user_features and features.user_windows, partitioned by day(event_ts))"
 $FL apply
 
 step "3. Write-Audit-Publish backfill of August"
 $FL backfill user_features --start 2026-08-01 --end 2026-09-01 --run-id aug
+$FL backfill user_windows --start 2026-08-01 --end 2026-09-01 --run-id aug
 FIRST=$($FL history user_features --json | python -c 'import json,sys; print(json.load(sys.stdin)[0]["snapshot_id"])')
 
 step "4. backfill September (a second published snapshot)"
 $FL backfill user_features --start 2026-09-01 --end 2026-09-30 --run-id sep
+$FL backfill user_windows --start 2026-09-01 --end 2026-09-30 --run-id sep
 
 step "5. an upstream export breaks: two days with most amounts missing"
 python generate_data.py --corrupt
@@ -48,6 +50,38 @@ for name in ("august", "now"):
     t = pq.read_table(f".featurelake/{name}.parquet")
     lo, hi = pc.min_max(t["event_ts"]).values()
     print(f"{name:>6}: {t.num_rows} rows, days {lo.as_py():%Y-%m-%d} .. {hi.as_py():%Y-%m-%d}")
+PY
+
+step "7b. sliding windows across backfills: user_windows' 7-day sums at the start of September"
+# September's backfill read the source from 31 days before its window, so its first days' 7-day sums count
+# August's transactions exactly as one backfill of both months would.
+python - <<'PY'
+import math
+from datetime import UTC, datetime, timedelta
+import duckdb, pyarrow.compute as pc
+import featurelake
+
+t = datetime(2026, 9, 3, tzinfo=UTC)
+with featurelake.open(".") as fl:
+    rows = fl.read("user_windows")
+at_t = rows.filter(pc.equal(rows["event_ts"], t)).to_pylist()
+raw = dict(duckdb.sql(
+    "SELECT user_id, sum(amount) FROM 'data/transactions/*.parquet' WHERE ts > $lo AND ts <= $hi GROUP BY 1",
+    params={"lo": t - timedelta(days=7), "hi": t},
+).fetchall())
+
+
+def same(got, want):
+    return got is None and want is None or None not in (got, want) and math.isclose(got, want, rel_tol=1e-9)
+
+
+bad = [r["user_id"] for r in at_t if not same(r["amount_sum_7d"], raw.get(r["user_id"]))]
+missing = set(raw) - {r["user_id"] for r in at_t}
+print(f"user_windows: {rows.num_rows} rows; on {t:%Y-%m-%d}, {len(at_t)} users have a row, {len(raw)} with "
+      f"transactions in the 7 days before; amount_sum_7d matches the raw transactions for all of them: "
+      f"{not bad and not missing}")
+if bad or missing:
+    raise SystemExit(f"demo FAILED: amount_sum_7d differs for users {sorted(bad)[:5]}, missing {sorted(missing)[:5]}")
 PY
 
 step "8. a point-in-time correct training set, a scikit-learn model bound to its feature snapshot"
