@@ -1,32 +1,7 @@
 """Table maintenance on Spark: Iceberg's own Spark implementations under featurelake's policies and report.
 
-With ``engine.type: spark``, ``featurelake maintain`` hands the heavy work (reading and rewriting data files,
-reading every manifest, deleting files) to Iceberg on Spark instead of the PyIceberg implementations in
-``lakehouse/maintenance``, and keeps what those guarantee:
-
-- **Compaction** runs Iceberg's ``rewrite_data_files`` (bin-pack, ``min-input-files`` and
-  ``target-file-size-bytes`` from the config, one commit). It calls the Spark action that the
-  ``system.rewrite_data_files`` procedure wraps, because only the action can put featurelake's lineage
-  (``featurelake.operation=compaction``, ``run-id``, ...) on the snapshot. Iceberg validates that the
-  rewritten files are still live when it commits (a replaced partition fails it, and the whole rewrite is
-  redone on fresh metadata, up to ``attempts`` times). The commit is then verified: the rows of the
-  rewritten files at the parent snapshot and of the new files at the compaction snapshot must have the same
-  count and order-independent checksum (a sum of per-row 64-bit hashes over every column and its null
-  flag). If not, main is rolled back to the parent and a ``DataError`` is raised.
-- **Expiry** plans retention with featurelake's policy (``expiry.plan_retention``: branch heads and their
-  kept ancestors, every tag, the line behind ``online-sync-`` tags, in-flight ``audit_`` branches), then
-  ``CALL <catalog>.system.expire_snapshots(snapshot_ids => <exactly those>, older_than => 1970)``, so Iceberg
-  expires nothing by its own age rule and refuses ids a ref points at. Iceberg deletes the files only the
-  expired snapshots reached. A ref Iceberg would drop (one past its ``max-ref-age-ms``) stops the run first.
-- **Orphan removal** lists the table location on the driver (skipping nested tables' locations and
-  ``version-hint.text``), checks the current metadata file is among the listed files, and passes the listing
-  to ``CALL <catalog>.system.remove_orphan_files(file_list_view => ...)``: once as a dry run that names every
-  unreferenced file (split into old and too young by the safety age), then for real on the old ones only.
-  Iceberg refuses an ``older_than`` within 24 hours of now unless the session sets ``spark.testing``;
-  featurelake's own check (at least 1 hour unless ``--force``) has already run, so that flag is set around the
-  call (``now=`` may also lie in the future).
-
-Dry runs plan with featurelake's planners (Iceberg's rewrite and expiry have no dry run) and change nothing.
+How and why (verification of compaction, exactly-planned expiry, orphan listing): docs/spark.md,
+"How maintenance runs on Spark".
 """
 
 from __future__ import annotations

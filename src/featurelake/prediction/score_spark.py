@@ -1,25 +1,7 @@
-"""Batch prediction on Spark: the feature snapshot read and scored by the cluster, written to the run's branch.
+"""Batch prediction on Spark: the feature snapshot read and scored by the cluster (``mapInArrow``, the model
+broadcast and verified once per executor worker), written to the run's branch.
 
-The job around it is the local one (``jobs.batch_predict``): the plan, the audit over the branch and the
-publish are shared. Only the score-and-write step runs here, with the same selection and per-batch code:
-
-- **selection**: the view's snapshot read through Iceberg's Spark runtime with the same Iceberg row filter
-  (``--start/--end``, ``--max-age``); latest-per-entity by ``row_number()`` over the key; ``--where`` is
-  evaluated per batch on the executor by the same sandboxed DuckDB as the local path, after the latest-row
-  pick, so a filter means exactly the same on both engines;
-- **scoring**: ``DataFrame.mapInArrow`` hands each executor Arrow batches of ``prediction.batch_rows`` rows;
-  :class:`~featurelake.prediction.scoring.BatchScorer` (NaN policy, null predictions for NaN/inf, lineage
-  columns) turns them into prediction rows, as in the local path;
-- **the model**: the artifact's bytes go to the executors as a Spark broadcast (fetched once per executor
-  over Spark's block manager, so it works on a real cluster), with the recorded SHA-256 in the task. Each
-  executor Python worker re-hashes the bytes *before* loading them and keeps the loaded model in a
-  module-level cache keyed by that digest, so a worker loads a model once however many tasks it runs;
-- **writing**: the scored rows are counted first (one Spark job; they are cached, so the model runs once
-  per row), then appended to ``<table>.branch_audit_<run_id>`` with the run's lineage as
-  ``snapshot-property.*`` write options. Any failure removes the branch; main is never touched here.
-
-Errors raised on an executor (a featurelake error: missing inputs, digest mismatch, a flavor runtime not
-installed there) come back to the driver as the same featurelake exception class and message.
+How and why: docs/spark.md, "How batch prediction runs on Spark".
 """
 
 from __future__ import annotations

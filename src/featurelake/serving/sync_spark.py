@@ -1,31 +1,7 @@
-"""Online sync on Spark: Spark reads the changed rows, its executors write them to Redis, the driver commits.
+"""Online sync on Spark: the driver plans from Iceberg metadata as the local sync does, executors write their
+partitions to Redis with the store's own script, the watermark moves after every partition succeeded.
 
-**Plan**: exactly the local sync's (``serving/sync.py``, :func:`~featurelake.serving.sync.plan_sync`): the
-watermark, the mode (full on first sync, expiry, rewind, recreated table or delete files), and the data files
-added and removed since the watermark snapshot, from a diff of the two snapshots' manifests, overwrites
-included. Only Iceberg metadata is read on the driver.
-
-**Read**: Spark's Iceberg reader reads those files at their snapshot (added ones at main, removed ones at
-the watermark snapshot), so schema evolution and merge-on-read deletes are Iceberg's. Iceberg does not push
-a filter on the ``_file`` metadata column down, so the scan is first narrowed by the files' timestamp
-bounds (partition and file pruning), then joined with the file list, which also attaches each file's data
-sequence number.
-
-**Write**: Spark reduces the rows to the latest per key by ``(event_ts, sequence number)`` (a hash
-aggregate, no sort), and each partition of the result opens its own Redis connection on its executor and
-writes its keys pipelined, through :class:`~featurelake.serving.redis.RedisStore` itself: the same
-encoding (:meth:`~featurelake.serving.sync.Reducer.encode`) and the same atomic newest-wins Lua script as
-the local sync, so both store byte-identical values. Keys whose newest row a commit removed are re-read
-from main and written unconditionally, and a full resync deletes the keys main no longer has, as locally.
-
-**Commit**: the driver records the watermark and moves the ``online-sync-<store>`` tag only after the Spark
-jobs finished, i.e. after every partition's writes succeeded. A failed partition fails the job (after
-Spark's task retries, which are idempotent), the watermark stays where it was, and the next sync redoes
-the batch.
-
-The Redis URL is the driver's ``online_store.url``; a password in it can only come from the environment
-(``FEATURELAKE_ONLINE_STORE__URL``), as for every store. It reaches the executors inside the serialized
-task only, never through the Spark configuration, which the Spark UI and event log show.
+How and why: docs/spark.md, "How online sync runs on Spark".
 """
 
 from __future__ import annotations
