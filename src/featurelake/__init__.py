@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         OnlineStoreUnavailableError,
         RequestError,
         SchemaError,
+        StorageUnavailableError,
         UsageError,
     )
     from featurelake.features.aggregations import Aggregation
@@ -57,6 +58,7 @@ _LAZY: dict[str, str] = {
             "OnlineStoreUnavailableError",
             "RequestError",
             "SchemaError",
+            "StorageUnavailableError",
             "UsageError",
         )
     },
@@ -98,6 +100,7 @@ __all__ = [
     "RequestError",
     "SchemaError",
     "Source",
+    "StorageUnavailableError",
     "UsageError",
     "__version__",
     "checks",

@@ -10,13 +10,14 @@ there, naming its key, instead of in the middle of a job.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from featurelake.errors import ConfigError
@@ -24,6 +25,7 @@ from featurelake.units import ByteSize, Duration
 
 CONFIG_FILE = "featurelake.yaml"
 STATE_DIR = ".featurelake"
+DEFAULT_SQL_CATALOG = "sqlite:///.featurelake/catalog.db"
 
 
 class _Section(BaseModel):
@@ -31,16 +33,87 @@ class _Section(BaseModel):
 
 
 class CatalogConfig(_Section):
-    uri: str = "sqlite:///.featurelake/catalog.db"
-    """SQLAlchemy URL of the PyIceberg SQL catalog: ``sqlite:///…`` or ``postgresql+psycopg://…``."""
+    type: str = "sql"
+    """``sql`` (PyIceberg SQL catalog on SQLite or PostgreSQL), ``rest``, or any other type PyIceberg's
+    ``load_catalog`` knows (``glue``, ``hive``, ``dynamodb``, ``bigquery``, ``in-memory``)."""
+    uri: str | None = None
+    """``sql``: SQLAlchemy URL (default ``sqlite:///.featurelake/catalog.db``); ``rest``: the catalog's
+    http(s) URL (required); other types: what PyIceberg wants as ``uri`` (often nothing)."""
     warehouse: str = ".featurelake/warehouse"
-    """Where table data and metadata go: a local path or an fsspec URL (``s3://…``)."""
+    """Where table data and metadata go: a local path or a URL (``s3://bucket/prefix``; ``s3a://`` is the same)."""
     name: str = "featurelake"
     """Catalog name; Spark's JDBC catalog must use the same one to share tables."""
     lock_timeout_seconds: float = 5.0
     """How long one catalog statement waits on a locked SQLite database before giving up."""
     retries: int = 4
     """How many times a job retries a catalog operation that failed transiently (lock, lost race)."""
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Passed to PyIceberg as catalog properties (REST ``credential``, ``token``, ``scope``, ``header.*``, ...).
+    A value may reference env vars as ``${NAME}``; secret keys (credential, token, ...) must, in the file."""
+
+    @field_validator("type")
+    @classmethod
+    def _lower_type(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", value):
+            raise ValueError(f"{value!r} is not a catalog type: use sql, rest, glue, hive, ...")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _stringify(cls, value: dict[str, Any]) -> dict[str, str]:
+        # YAML gives booleans and numbers; PyIceberg properties are strings ("true", "30").
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _uri_fits_type(self) -> CatalogConfig:
+        uri = self.uri or ""
+        web = urlsplit(uri).scheme in ("http", "https")
+        if self.type == "rest" and not web:
+            raise ValueError(
+                "catalog.type rest needs catalog.uri: the http(s) URL of the REST catalog "
+                "(e.g. https://catalog.example.com/api/catalog)"
+            )
+        if self.type == "sql" and web:
+            raise ValueError(
+                "catalog.uri is an http(s) URL but catalog.type is sql: set catalog.type: rest "
+                "for a REST catalog (sql wants a SQLAlchemy URL such as sqlite:///... or postgresql+psycopg://...)"
+            )
+        return self
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            yield key, (redact_properties(value) if key == "properties" else value)
+
+
+class S3Config(_Section):
+    endpoint: str | None = None
+    """S3-compatible endpoint URL (``http://127.0.0.1:9000`` for MinIO or moto); none: AWS's own."""
+    region: str | None = None
+    """Region of the buckets; none: ``AWS_REGION``/``AWS_DEFAULT_REGION``, else ``us-east-1`` with an endpoint."""
+    path_style: bool = False
+    """Address buckets as ``endpoint/bucket/key`` (MinIO, moto, most local servers) instead of ``bucket.endpoint``."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an endpoint URL: write http(s)://host[:port]")
+        if parts.username or parts.password:
+            raise ValueError(
+                "the endpoint holds credentials: remove them; S3 credentials come from the standard AWS chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)"
+            )
+        return value
+
+
+class StorageConfig(_Section):
+    s3: S3Config = Field(default_factory=S3Config)
+    """Object storage on S3 or an S3-compatible server, for every file featurelake touches."""
 
 
 class SparkConfig(_Section):
@@ -173,6 +246,7 @@ class Settings(BaseSettings):
     project: str = "featurelake"
     namespace: str = "features"
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
@@ -220,6 +294,85 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 # (section, key) of values that may carry credentials: allowed from env only, never from the file.
 _SECRET_KEYS = (("catalog", "uri"), ("registry", "uri"), ("online_store", "url"), ("server", "token"))
 
+#: ``${NAME}`` in a catalog property stands for the value of env var NAME; ``$$`` is a literal ``$``.
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Words that make a catalog property (or a ``header.*`` name) a secret, and substrings that do.
+_SECRET_WORDS = frozenset(
+    {"credential", "credentials", "token", "secret", "password", "passwd", "sas", "apikey"}
+)
+_SECRET_PARTS = ("account-key", "access-key", "api-key", "private-key", "authorization", "cookie")
+#: Keys that look like credentials in storage.s3: credentials never come from the file.
+_S3_CREDENTIAL_KEYS = frozenset(
+    {
+        "access_key",
+        "access_key_id",
+        "secret_key",
+        "secret_access_key",
+        "session_token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "credentials",
+        "profile",
+    }
+)
+REDACTED = "***"
+
+
+def is_secret_property(key: str) -> bool:
+    """Whether a catalog property holds a credential (REST ``credential``/``token``, ``s3.secret-access-key``,
+    ``header.Authorization``, ...): such values are refused in the file and redacted in every message."""
+    k = key.lower()
+    words = set(re.split(r"[.\-_]", k))
+    return bool(words & _SECRET_WORDS) or any(part in k for part in _SECRET_PARTS)
+
+
+def _switch_or_number(value: str) -> bool:
+    """Booleans and numbers are settings (``token-refresh-enabled: true``), never credentials."""
+    return value.strip().lower() in ("true", "false") or bool(re.fullmatch(r"-?\d+(\.\d+)?", value.strip()))
+
+
+def references_env(value: str) -> bool:
+    return any(m.group(1) for m in _ENV_REF.finditer(value))
+
+
+def redact_properties(props: dict[str, str]) -> dict[str, str]:
+    """``props`` with every secret value replaced by ``***`` (for messages, reprs and logs)."""
+    return {
+        k: (REDACTED if is_secret_property(k) and not _switch_or_number(str(v)) else v)
+        for k, v in props.items()
+    }
+
+
+def redact_text(text: str, props: dict[str, str]) -> str:
+    """``text`` with the value of every secret property in ``props`` replaced by ``***``."""
+    for key, value in props.items():
+        if is_secret_property(key) and len(value) >= 4 and not _switch_or_number(value):
+            text = text.replace(value, REDACTED)
+            # A bearer header's token alone, too ("Bearer abc" -> "abc").
+            token = value.split(" ", 1)[-1]
+            if len(token) >= 4:
+                text = text.replace(token, REDACTED)
+    return text
+
+
+def resolve_env_refs(where: str, value: str, environ: Any = None) -> str:
+    """``value`` with each ``${NAME}`` replaced by env var NAME; a ConfigError naming ``where`` if one is unset."""
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:
+            return "$"
+        if name not in env:
+            raise ConfigError(
+                f"{where} references ${{{name}}}, but the environment variable {name} is not set: export it "
+                "(secrets are read from the environment only)"
+            )
+        return str(env[name])
+
+    return _ENV_REF.sub(sub, value)
+
 
 def _refuse_secrets_in_file(raw: dict[str, Any], path: Path) -> None:
     for section, key in _SECRET_KEYS:
@@ -233,6 +386,35 @@ def _refuse_secrets_in_file(raw: dict[str, Any], path: Path) -> None:
                 f"{path}: {section}.{key} holds a {'token' if key == 'token' else 'password'}; secrets are read "
                 f"from the environment only: remove it from the file and set {env} instead"
             )
+    catalog = raw.get("catalog")
+    props = catalog.get("properties") if isinstance(catalog, dict) else None
+    if isinstance(props, dict):
+        for k, v in props.items():
+            text = str(v)
+            if is_secret_property(str(k)) and not _switch_or_number(text) and not references_env(text):
+                raise ConfigError(
+                    f"{path}: catalog.properties.{k} holds a secret; secrets are read from the environment only: "
+                    f'write it as a reference, e.g. {k}: "${{FL_CATALOG_SECRET}}", and export FL_CATALOG_SECRET '
+                    "(or set FEATURELAKE_CATALOG__PROPERTIES as JSON in the environment)"
+                )
+    storage = raw.get("storage")
+    s3 = storage.get("s3") if isinstance(storage, dict) else None
+    if isinstance(s3, dict):
+        for k in s3:
+            if str(k).lower() in _S3_CREDENTIAL_KEYS:
+                raise ConfigError(
+                    f"{path}: storage.s3.{k}: S3 credentials are never read from the file; remove it and use the "
+                    "standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE "
+                    "or an instance role)"
+                )
+
+
+def canonical_url(location: str) -> str:
+    """``s3a://`` and ``s3n://`` (Hadoop's names) are ``s3://``; anything else is returned as is."""
+    for alias in ("s3a://", "s3n://"):
+        if location[: len(alias)].lower() == alias:
+            return "s3://" + location[len(alias) :]
+    return location
 
 
 class ProjectConfig:
@@ -281,13 +463,26 @@ class ProjectConfig:
 
     @property
     def catalog_uri(self) -> str:
-        return self.sqlalchemy_uri(self.settings.catalog.uri)
+        """The catalog URI: for ``sql`` resolved against the project (default the embedded SQLite file)."""
+        c = self.settings.catalog
+        if c.type == "sql":
+            return self.sqlalchemy_uri(c.uri or DEFAULT_SQL_CATALOG)
+        return c.uri or ""
+
+    @property
+    def catalog_properties(self) -> dict[str, str]:
+        """``catalog.properties`` with ``${NAME}`` references replaced by the env vars; ConfigError if unset."""
+        return {
+            k: resolve_env_refs(f"catalog.properties.{k}", v)
+            for k, v in self.settings.catalog.properties.items()
+            if isinstance(v, str)
+        }
 
     @property
     def warehouse(self) -> str:
         wh = self.settings.catalog.warehouse
         if "://" in wh:
-            return wh
+            return canonical_url(wh)
         return "file://" + str(self.path(wh))
 
     @property
@@ -299,4 +494,14 @@ class ProjectConfig:
         return self.root / "features.py"
 
 
-__all__ = ["CONFIG_FILE", "ProjectConfig", "Settings"]
+__all__ = [
+    "CONFIG_FILE",
+    "REDACTED",
+    "ProjectConfig",
+    "Settings",
+    "canonical_url",
+    "is_secret_property",
+    "redact_properties",
+    "redact_text",
+    "resolve_env_refs",
+]

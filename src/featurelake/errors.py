@@ -14,6 +14,8 @@ Every error a user can provoke derives from one root, carries a message that nam
     ├── AuditFailed                  exit 1: a WAP audit refused to publish; main is unchanged
     ├── ConflictError                exit 1: a lost race that retries could not resolve (main kept moving)
     ├── CatalogUnavailableError      exit 1: the catalog or registry database is locked or unreachable
+    ├── StorageUnavailableError      exit 1: object storage (S3, ...) failed after its retries: unreachable,
+    │                                        throttling that did not stop, refused credentials
     ├── ArtifactIntegrityError       exit 1: a model artifact is missing or its bytes do not match its digest
     └── OnlineStoreUnavailableError  exit 1: Redis / the online database cannot be reached (HTTP 503)
 """
@@ -82,6 +84,13 @@ class CatalogUnavailableError(FeaturelakeError):
     transient = True
 
 
+class StorageUnavailableError(FeaturelakeError):
+    """Object storage (the warehouse, a source, artifacts, outputs on S3 or another store) failed after the
+    client's own retries: the endpoint is unreachable, kept throttling, or refused the credentials."""
+
+    transient = True
+
+
 class ArtifactIntegrityError(FeaturelakeError):
     """A registered artifact is missing or was modified: its bytes no longer hash to the recorded digest."""
 
@@ -104,5 +113,6 @@ __all__ = [
     "OnlineStoreUnavailableError",
     "RequestError",
     "SchemaError",
+    "StorageUnavailableError",
     "UsageError",
 ]

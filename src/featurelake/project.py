@@ -12,11 +12,12 @@ from featurelake.errors import UsageError
 from featurelake.features.loader import Definitions, load_definitions
 
 if TYPE_CHECKING:
-    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
     from featurelake.engines import Engine
     from featurelake.features.definitions import FeatureView
+    from featurelake.lakehouse.storage import Storage
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
@@ -37,7 +38,14 @@ class Project:
         return self.config.settings.namespace
 
     @cached_property
-    def catalog(self) -> SqlCatalog:
+    def storage(self) -> Storage:
+        """How to reach object storage (``storage`` section): every file featurelake touches goes through it."""
+        from featurelake.lakehouse.storage import Storage
+
+        return Storage.from_config(self.config.settings.storage)
+
+    @cached_property
+    def catalog(self) -> Catalog:
         from featurelake.lakehouse.catalog import open_catalog
 
         c = self.config.settings.catalog
@@ -46,6 +54,9 @@ class Project:
             c.name,
             self.config.catalog_uri,
             self.config.warehouse,
+            catalog_type=c.type,
+            # storage first: a catalog property (or a REST catalog's own config) may override it
+            properties={**self.storage.iceberg_properties(), **self.config.catalog_properties},
             lock_timeout=c.lock_timeout_seconds,
             retries=c.retries,
         )
@@ -99,4 +110,6 @@ class Project:
         if "engine" in self.__dict__:
             self.engine.close()
         if "catalog" in self.__dict__:
-            self.catalog.engine.dispose()
+            from featurelake.lakehouse.compat import close_catalog
+
+            close_catalog(self.catalog)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def audit_or_recorded(
-    fl: featurelake.Featurelake, view: str, run_id: str, html: Path | None = None
+    fl: featurelake.Featurelake, view: str, run_id: str, html: str | Path | None = None
 ) -> tuple[AuditReport, str | None]:
     """Re-audit the kept branch of ``run_id``; without one, load the run's recorded report.
 
@@ -53,8 +53,14 @@ def audit_or_recorded(
             f"{report.audited_at} from {json_path}"
         )
     if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(report))
+        from featurelake.lakehouse.storage import is_storage_failure, storage_error
+
+        try:
+            project.storage.write_text(html, render_html(report))
+        except OSError as exc:
+            if is_storage_failure(exc):
+                raise storage_error(exc, f"write the HTML report {html}") from exc
+            raise
     return report, note
 
 

@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
+        from featurelake.lakehouse.storage import is_storage_failure, storage_error
+
+        if is_storage_failure(exc):  # object storage failed somewhere no job wrapped it: still one clear line
+            err = storage_error(exc, "finish the command")
+            _error_line(str(err))
+            sys.exit(err.exit_code)
         _error_line(f"unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
         sys.exit(1)
 

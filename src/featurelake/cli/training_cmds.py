@@ -30,8 +30,8 @@ def _snapshots(values: tuple[str, ...]) -> dict[str, int] | None:
 @click.option(
     "--entities",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Parquet or CSV file: the views' join keys, event_timestamp (with time zone) and any label columns.",
+    help="Parquet or CSV file (a path or a URL such as s3://…): the views' join keys, event_timestamp (with "
+    "time zone) and any label columns.",
 )
 @click.option(
     "--features", default=None, help="Comma-separated VIEW:FEATURE list, e.g. user_features:amount_avg_1d."
@@ -47,25 +47,25 @@ def _snapshots(values: tuple[str, ...]) -> dict[str, int] | None:
 )
 @click.option("--full-feature-names", is_flag=True, help="Name feature columns VIEW__FEATURE.")
 @click.option(
-    "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .parquet file."
+    "--output", required=True, help="Output .parquet file (a path or a URL such as s3://bucket/train.parquet)."
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def training_set(
     c: Ctx,
-    entities: Path,
+    entities: str,
     features: str | None,
     as_of: str | None,
     snapshots: tuple[str, ...],
     provenance: Path | None,
     full_feature_names: bool,
-    output: Path,
+    output: str,
     as_json: bool,
 ) -> None:
     """Join features point in time onto ENTITIES and write them with their provenance to OUTPUT."""
     from featurelake.training import build_training_set, write_training_set
 
-    if output.suffix.lower() != ".parquet":
+    if Path(output).suffix.lower() != ".parquet":
         raise UsageError(f"--output {output}: use a .parquet file (the provenance lives in its metadata)")
     pinned = _snapshots(snapshots)
     if pinned is not None and as_of is not None:
@@ -80,13 +80,13 @@ def training_set(
         )
     result = build_training_set(
         c.fl.project,
-        entities,
+        entities if "://" in entities else Path(entities),
         features,
         as_of=pinned if pinned is not None else as_of,
         provenance=provenance,
         full_feature_names=full_feature_names,
     )
-    write_training_set(result.table, output)
+    write_training_set(result.table, output, c.fl.project.storage)
     if as_json:
         render.print_json({"output": str(output), **result.summary()})
         return

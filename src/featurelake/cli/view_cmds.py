@@ -76,13 +76,12 @@ def backfill(c: Ctx, view: str, start: str, end: str, run_id: str | None, as_jso
 @click.option("--run-id", required=True)
 @click.option(
     "--html",
-    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the HTML report here.",
+    help="Also write the HTML report here (a path or a URL such as s3://bucket/reports/run.html).",
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def audit(c: Ctx, view: str, run_id: str, html: Path | None, as_json: bool) -> None:
+def audit(c: Ctx, view: str, run_id: str, html: str | None, as_json: bool) -> None:
     """Re-audit the kept branch audit_<RUN_ID> of VIEW, or re-render a published run's report (exit 1 if failed)."""
     from featurelake.cli.audit_cmds import audit_or_recorded
 
@@ -146,9 +145,8 @@ def history(c: Ctx, view: str, all_snapshots: bool, as_json: bool) -> None:
 @click.option("--snapshot", "snapshot_id", type=int, default=None, help="Read this snapshot id.")
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write to a .parquet or .csv file instead of printing.",
+    help="Write to a .parquet or .csv file (a path or a URL such as s3://bucket/out.parquet) instead of printing.",
 )
 @click.option(
     "--limit",
@@ -164,7 +162,7 @@ def read(
     view: str,
     as_of: str | None,
     snapshot_id: int | None,
-    output: Path | None,
+    output: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -173,7 +171,7 @@ def read(
     if output is not None:
         from featurelake.cli.files import write_table
 
-        write_table(table, output)
+        write_table(table, output, c.fl.project.storage)
         render.out.print(f"wrote {table.num_rows} rows to {output}")
     elif as_json:
         render.print_json(table.slice(0, limit).to_pylist())

@@ -18,6 +18,7 @@ from pyiceberg.table import Table
 
 from featurelake.errors import ConfigError
 from featurelake.features.definitions import FeatureView, Source
+from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 from featurelake.lakehouse.window import Window
 from featurelake.validation.checks import Check, CheckResult
 
@@ -32,6 +33,11 @@ class Engine(ABC):
     def __init__(self, catalog: Catalog, project_dir: Any) -> None:
         self.catalog = catalog
         self.project_dir = project_dir
+
+    @property
+    def storage(self) -> Storage:
+        """Object storage as the catalog's FileIO properties describe it (the project's ``storage`` section)."""
+        return Storage.from_properties(self.catalog.properties)
 
     @abstractmethod
     def source_schema(self, view: FeatureView) -> pa.Schema:
@@ -73,14 +79,32 @@ class Engine(ABC):
         """Release engine resources (sessions, connections)."""
 
 
-def source_files(source: Source, project_dir: Any, view: str, *, urls: bool = False) -> list[str]:
+def source_files(
+    source: Source, project_dir: Any, view: str, *, urls: bool = False, storage: Storage | None = None
+) -> list[str]:
     """The files a Parquet source names: its glob resolved against the project directory, sorted.
 
     ``urls``: the engine reads ``scheme://`` locations itself (Spark), so they are passed through as is.
+    Otherwise a URL (``s3://bucket/prefix/*.parquet``, a directory of hive-style partitions) is listed through
+    ``storage`` and the matching objects come back as URLs.
     """
     pattern = source.location
     if urls and "://" in pattern:
         return [pattern]
+    if is_remote(pattern):
+        store = storage or Storage()
+        try:
+            files = store.glob(pattern)
+        except OSError as exc:
+            if is_storage_failure(exc):
+                raise storage_error(exc, f"list the source {pattern} of view {view!r}") from exc
+            raise
+        if not files:
+            raise ConfigError(
+                f"view {view!r}: source {pattern!r} matches no objects (listed with {store.describe()}); "
+                "upload the data first, or fix the path in features.py"
+            )
+        return files
     full = pattern if Path(pattern).is_absolute() or "://" in pattern else str(Path(project_dir) / pattern)
     files = sorted(glob.glob(full, recursive=True))
     if not files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from featurelake.engines.conform import conform, drop_before_window
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
+from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
 from featurelake.lakehouse.write import overwrite_window
@@ -40,7 +42,11 @@ class LocalEngine(Engine):
         """The view's source restricted to ``window`` (None: no rows, the schema only), as a relation."""
         src = view.source
         if src.kind == "parquet":
-            files = source_files(src, self.project_dir, view.name)
+            files = source_files(src, self.project_dir, view.name, storage=self.storage)
+            if is_remote(files[0]):  # object storage: Arrow lists, prunes and reads; DuckDB never sees a URL
+                return con.from_arrow(
+                    read_remote_parquet(files, src.timestamp_field, window, self.storage, view.name)
+                )
             if (
                 window is not None
                 and (data := read_parquet_window(files, src.timestamp_field, window)) is not None
@@ -177,4 +183,71 @@ def read_parquet_window(files: list[str], timestamp_field: str, window: Window) 
     return table.replace_schema_metadata(None)
 
 
-__all__ = ["LocalEngine", "read_parquet_window"]
+def _hive_base(paths: list[str]) -> str | None:
+    """The directory above the first ``key=value`` directory of the files, when they are hive-partitioned."""
+    bases = set()
+    for p in paths:
+        parts = p.split("/")[:-1]
+        i = next((i for i, part in enumerate(parts) if "=" in part), None)
+        if i is None:
+            return None
+        bases.add("/".join(parts[:i]))
+    return bases.pop() if len(bases) == 1 else None
+
+
+def _bound(value: Any, t: pa.DataType) -> pa.Scalar:
+    if pa.types.is_timestamp(t) and t.tz is None:
+        # Naive source times are UTC (DuckDB compares them so too).
+        return pa.scalar(value.astimezone(UTC).replace(tzinfo=None), t)
+    if pa.types.is_date(t):
+        return pa.scalar(value.date(), t)
+    return pa.scalar(value, t)
+
+
+def read_remote_parquet(
+    files: list[str], timestamp_field: str, window: Window | None, storage: Storage, view: str
+) -> pa.Table:
+    """The source rows of ``window`` from Parquet objects (None: no rows, the schema only).
+
+    One Arrow dataset over the objects: hive-style ``key=value`` directories become columns (as DuckDB's
+    ``read_parquet`` makes them for local files), the window is pushed down as a filter on the timestamp
+    (row groups whose statistics fall outside it are skipped), and the objects are read by Arrow's threaded
+    S3 reader with pre-buffering.
+    """
+    fs, _ = storage.filesystem(files[0])
+    paths = [storage.filesystem(f)[1] for f in files]
+    base = _hive_base(paths)
+    try:
+        dataset = ds.dataset(
+            paths,
+            filesystem=fs,
+            format="parquet",
+            partitioning="hive" if base is not None else None,
+            partition_base_dir=base,
+        )
+        if timestamp_field not in dataset.schema.names:
+            raise ConfigError(
+                f"view {view!r}: source has no timestamp field {timestamp_field!r}; its columns are "
+                f"{', '.join(dataset.schema.names)}"
+            )
+        if window is None:
+            return dataset.schema.empty_table().replace_schema_metadata(None)
+        t = dataset.schema.field(timestamp_field).type
+        if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
+            raise ConfigError(
+                f"view {view!r}: source timestamp field {timestamp_field!r} is {t}, not a timestamp or date"
+            )
+        field = pc.field(timestamp_field)
+        table = dataset.to_table(
+            filter=(field >= _bound(window.start, t)) & (field < _bound(window.end, t)), use_threads=True
+        )
+    except OSError as exc:
+        if is_storage_failure(exc):
+            raise storage_error(exc, f"read the source of view {view!r}") from exc
+        raise ConfigError(f"view {view!r}: source objects cannot be read as Parquet: {exc}") from exc
+    except pa.ArrowException as exc:
+        raise ConfigError(f"view {view!r}: source objects cannot be read as Parquet: {exc}") from exc
+    return table.replace_schema_metadata(None)
+
+
+__all__ = ["LocalEngine", "read_parquet_window", "read_remote_parquet"]

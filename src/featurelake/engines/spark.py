@@ -83,6 +83,11 @@ class SparkEngine(Engine):
             settings = settings or (loaded.engine.spark if loaded else SparkConfig())
             catalog_settings = catalog_settings or (loaded.catalog if loaded else CatalogConfig())
         self.settings = settings
+        if catalog_settings.type != "sql":
+            raise ConfigError(
+                f"the Spark engine shares the catalog through Iceberg's JDBC catalog, so it needs catalog.type sql "
+                f"(this project has {catalog_settings.type}); use engine.type: local with this catalog"
+            )
         self.catalog_name = str(catalog.name)
         self._uri = str(catalog.properties["uri"])
         self._catalog_conf = jdbc_catalog_conf(

@@ -8,6 +8,7 @@ first and read this module's docstrings against the new release's changelog.
 
 - ``sql_catalog_on_engine``: ``SqlCatalog._init_catalog`` (and a ``SqlCatalog`` built without its own
   ``__init__``); used by ``lakehouse.catalog``.
+- ``close_catalog``: ``RestCatalog._session``; used by ``project.Project.close``.
 - ``check_write_schema``: ``pyiceberg.io.pyarrow._check_pyarrow_schema_compatible``; ``lakehouse.write``.
 - ``write_data_files``: ``pyiceberg.io.pyarrow._dataframe_to_data_files``; ``lakehouse.write``.
 - ``delete_for_overwrite``: ``Transaction.delete(_isolation_operation=...)``; ``lakehouse.write``.
@@ -71,6 +72,22 @@ def sql_catalog_on_engine(name: str, engine: Engine, **properties: str) -> SqlCa
     ``SqlCatalog`` (not in PyIceberg 0.12). Until then, this function is the only place that knows.
     """
     return _EngineSqlCatalog(name, engine, **properties)
+
+
+def close_catalog(catalog: Catalog) -> None:
+    """Release what a catalog holds open: a SQL catalog's connection pool, a REST catalog's HTTP session.
+
+    Why private: ``RestCatalog`` keeps its ``requests.Session`` in ``_session`` and has no ``close()``; its
+    pooled keep-alive connections would otherwise stay open until garbage collection.
+
+    Public replacement: a ``Catalog.close()`` (not in PyIceberg 0.12).
+    """
+    if isinstance(catalog, SqlCatalog):
+        catalog.engine.dispose()
+        return
+    session = getattr(catalog, "_session", None)
+    if session is not None:
+        session.close()
 
 
 # --- writing data files ourselves (lakehouse.write) ---------------------------------------------------
@@ -228,6 +245,7 @@ __all__ = [
     "DataFileAppender",
     "append_data_files",
     "check_write_schema",
+    "close_catalog",
     "delete_for_overwrite",
     "fast_overwrite_available",
     "metadata_update",

@@ -13,7 +13,9 @@ points at a removed snapshot, so a tag created concurrently would vanish. Here:
   cutoff. No ref is ever removed.
 - **Commit**: one metadata commit whose requirement is that the table's snapshots and refs are exactly the ones
   the plan was computed from; any concurrent change (an append, a new tag) fails it, and the plan is redone on
-  fresh metadata.
+  fresh metadata. On catalogs that apply commits elsewhere (REST), only the Iceberg spec's requirements exist:
+  the commit asserts the table UUID and every ref's snapshot, and the snapshot log is not cut (see
+  ``TruncateSnapshotLog``): a new tag on an expiring snapshot between plan and commit goes unnoticed there.
 - **Deletion**, after the commit: manifest lists, manifests, data and delete files and statistics files reached
   from the expired snapshots minus everything the freshly reloaded metadata still reaches; plus metadata JSON
   files that neither the current metadata nor its log name and that are older than the current metadata file.
@@ -29,11 +31,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from pydantic import Field
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update import (
+    AssertRefSnapshotId,
     AssertTableUUID,
     RemoveSnapshotsUpdate,
     TableRequirement,
@@ -202,6 +206,20 @@ def _sized(io: Any, keys: set[str], uris: dict[str, str], listed: dict[str, Stor
 
 
 def _commit(tbl: Table, expire: set[int]) -> None:
+    if not isinstance(tbl.catalog, SqlCatalog):
+        # A catalog that applies commits elsewhere (a REST server) knows only the spec's requirements and
+        # updates: assert every ref's snapshot instead, and leave the snapshot log as PyIceberg cuts it.
+        remote_requirements: list[TableRequirement] = [AssertTableUUID(uuid=tbl.metadata.table_uuid)]
+        remote_requirements += [
+            AssertRefSnapshotId(ref=name, snapshot_id=ref.snapshot_id)  # type: ignore[call-arg]
+            for name, ref in sorted(tbl.metadata.refs.items())
+        ]
+        tbl.catalog.commit_table(
+            tbl,
+            tuple(remote_requirements),
+            (RemoveSnapshotsUpdate(snapshot_ids=sorted(expire)),),  # type: ignore[call-arg]
+        )
+        return
     requirements = (
         AssertTableUUID(uuid=tbl.metadata.table_uuid),
         AssertSnapshotsAndRefs(

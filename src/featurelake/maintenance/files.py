@@ -1,5 +1,8 @@
 """The files of one Iceberg table: what its metadata reaches, what is stored under its location, deletion.
 
+Object storage works as local disk does: listings go through the table's FileIO (on S3, PyArrow's client with
+the project's ``storage.s3`` settings), whose modification times are the objects' ``LastModified``.
+
 Paths are compared by a normalised key (the path part of the URI, so ``s3://b/k`` and ``s3a://b/k`` or
 ``file:///x`` and ``file:/x`` are the same file): the known Iceberg data-loss reports of orphan removal come
 from comparing URIs that differ only in scheme or authority.
@@ -20,6 +23,8 @@ from pyiceberg.manifest import ManifestEntryStatus, ManifestFile
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
+
+from featurelake.lakehouse.storage import Storage
 
 Progress = Callable[[str], None]
 
@@ -50,10 +55,12 @@ class StoredFile:
 
 def _filesystem(io: FileIO, location: str) -> tuple[pafs.FileSystem, str, Callable[[str], str]]:
     scheme, netloc, path = PyArrowFileIO.parse_location(location)
+    # The table's own FileIO client (S3 endpoint, region, addressing and retries from the catalog's
+    # properties); another FileIO gets the same client from lakehouse.storage.
     fs = (
         io.fs_by_scheme(scheme, netloc)
         if isinstance(io, PyArrowFileIO)
-        else pafs.FileSystem.from_uri(location)[0]
+        else Storage.from_properties(io.properties).filesystem(location)[0]
     )
 
     def to_uri(listed: str) -> str:

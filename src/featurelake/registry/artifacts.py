@@ -1,4 +1,7 @@
-"""Content-addressed artifact storage: ``<registry.artifacts>/sha256/<digest>``, local or any fsspec URL.
+"""Content-addressed artifact storage: ``<registry.artifacts>/sha256/<digest>``, a local path or a URL.
+
+URLs (``s3://bucket/artifacts``) go through ``lakehouse.storage``: PyArrow's S3 client with the project's
+``storage.s3`` settings and the AWS credential chain, behind fsspec's interface.
 
 A blob's name is the SHA-256 of its bytes, so storing the same model twice stores it once, and a load can
 always check that what it reads is what was registered: every read re-hashes the bytes and refuses a
@@ -18,10 +21,10 @@ from pathlib import Path
 from typing import IO
 
 from fsspec import AbstractFileSystem
-from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from featurelake.errors import ArtifactIntegrityError, UsageError
+from featurelake.lakehouse.storage import Storage
 
 _KEY = re.compile(r"^sha256/[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -48,11 +51,12 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes]) -> tuple[str, int]:
 
 
 class ArtifactStore:
-    """Blobs under ``root`` (a local directory or an fsspec URL such as ``s3://bucket/artifacts``)."""
+    """Blobs under ``root`` (a local directory or a URL such as ``s3://bucket/artifacts``)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, storage: Storage | None = None) -> None:
         self.root = root
-        fs, base = url_to_fs(root)
+        self.storage = storage or Storage()
+        fs, base = self.storage.fsspec(root)
         self.fs: AbstractFileSystem = fs
         self.base = base.rstrip("/") or "/"
 
@@ -78,10 +82,10 @@ class ArtifactStore:
 
     # --- writing ------------------------------------------------------------------------------------
     def put(self, source: str | Path) -> StoredArtifact:
-        """Copy the file at ``source`` (a local path or fsspec URL) into the store, hashing it on the way."""
+        """Copy the file at ``source`` (a local path or a URL) into the store, hashing it on the way."""
         text = str(source)
         if "://" in text:
-            src_fs, src_path = url_to_fs(text)
+            src_fs, src_path = self.storage.fsspec(text)
         else:
             src_fs, src_path = LocalFileSystem(), str(Path(text).expanduser().resolve())
         if not src_fs.exists(src_path):

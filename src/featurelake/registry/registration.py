@@ -9,12 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from featurelake.errors import ConflictError, FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
+from featurelake.lakehouse.storage import is_remote, is_storage_failure, storage_error
 from featurelake.registry.artifacts import StoredArtifact
 from featurelake.registry.records import (
     BUMPS,
@@ -33,6 +35,28 @@ from featurelake.training.provenance import Provenance
 if TYPE_CHECKING:
     from featurelake.registry.handle import RegistryHandle as ModelRegistry
     from featurelake.registry.handle import TrainingSetSource
+
+
+def _provenance(reg: ModelRegistry, source: TrainingSetSource) -> Provenance:
+    """The training set's provenance; a URL (``s3://…/train.parquet``) is read through the registry's storage."""
+    if not (isinstance(source, str | Path) and is_remote(source)):
+        return Provenance.load(source)
+    storage = reg.artifacts.storage
+    text = str(source)
+    try:
+        if text.lower().endswith(".json"):
+            return Provenance.from_dict(json.loads(storage.read_bytes(text)), text)
+        fs, path = storage.filesystem(text)
+        schema = pq.read_schema(path, filesystem=fs)
+    except FileNotFoundError:
+        raise UsageError(f"training set {text} does not exist") from None
+    except ValueError as exc:
+        raise UsageError(f"training set {text} cannot be read: {exc}") from None
+    except OSError as exc:
+        if is_storage_failure(exc):
+            raise storage_error(exc, f"read training set {text}") from exc
+        raise UsageError(f"training set {text} is not a Parquet file: {exc}") from None
+    return Provenance.from_schema(schema, text)
 
 
 def register(
@@ -60,7 +84,7 @@ def register(
     if bump not in BUMPS:
         raise UsageError(f"bump {bump!r} is not one of {', '.join(BUMPS)}")
     explicit = SemVer.parse(version) if version is not None else None
-    prov = Provenance.load(training_set) if training_set is not None else None
+    prov = _provenance(reg, training_set) if training_set is not None else None
     views: dict[str, int | None] = {v: s for v, s in (prov.views if prov else {}).items() if s is not None}
     if views and reg.pins is None:
         raise UsageError(

@@ -45,6 +45,7 @@ from featurelake.registry.schema import aliases, events, models, versions
 from featurelake.registry.snapshots import IcebergPins
 
 if TYPE_CHECKING:
+    from featurelake.lakehouse.storage import Storage
     from featurelake.project import Project
 
 
@@ -61,9 +62,10 @@ class ModelRegistry:
         cache_dir: Path | None = None,
         release_tags_on_archive: bool = False,
         lock_timeout: float = 10.0,
+        storage: Storage | None = None,
     ) -> None:
         self.uri = uri
-        self.artifacts = ArtifactStore(artifacts)
+        self.artifacts = ArtifactStore(artifacts, storage)
         self.pins = pins
         self.project_root = project_root
         self.cache_dir = cache_dir
@@ -84,6 +86,7 @@ class ModelRegistry:
             cache_dir=cfg.state_dir / "artifact-cache",
             release_tags_on_archive=reg.release_tags_on_archive,
             lock_timeout=reg.lock_timeout_seconds,
+            storage=project.storage,
         )
 
     @cached_property

@@ -35,6 +35,7 @@ from featurelake.errors import (
     NotFoundError,
     OnlineStoreUnavailableError,
     RequestError,
+    StorageUnavailableError,
     UsageError,
 )
 from featurelake.serving import metrics, open_store
@@ -67,7 +68,7 @@ def http_status(exc: BaseException) -> int:
         return exc.http_status
     if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, OnlineStoreUnavailableError | CatalogUnavailableError):
+    if isinstance(exc, OnlineStoreUnavailableError | CatalogUnavailableError | StorageUnavailableError):
         return 503
     if isinstance(exc, UsageError):
         return 422

@@ -18,6 +18,7 @@ from pyiceberg.table import Table
 from featurelake.errors import UsageError
 from featurelake.lakehouse.history import resolve_snapshot
 from featurelake.lakehouse.schema import type_name
+from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 from featurelake.lakehouse.window import parse_timestamp
 from featurelake.training.entities import (
     TIMESTAMP_COLUMN,
@@ -45,8 +46,8 @@ class TrainingSetResult:
     stats: JoinStats
     seconds: float = 0.0
 
-    def write(self, path: str | Path) -> Path:
-        return write_training_set(self.table, path)
+    def write(self, path: str | Path, storage: Storage | None = None) -> Path | str:
+        return write_training_set(self.table, path, storage)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -89,18 +90,28 @@ def parse_features(features: Sequence[str] | str) -> tuple[list[_Request], list[
     return [_Request(v, fs) for v, fs in grouped.items()], seen
 
 
-def write_training_set(table: pa.Table, path: str | Path) -> Path:
-    """Write a training set to Parquet with fixed options, so equal tables give equal bytes."""
-    out = Path(path)
-    if out.suffix.lower() != ".parquet":
+def write_training_set(table: pa.Table, path: str | Path, storage: Storage | None = None) -> Path | str:
+    """Write a training set to Parquet with fixed options, so equal tables give equal bytes.
+
+    ``path`` may be a URL (``s3://bucket/train.parquet``), written through ``storage`` in one PUT.
+    """
+    if Path(str(path)).suffix.lower() != ".parquet":
         raise UsageError(
-            f"training set output {out}: use a .parquet file (the provenance lives in its metadata)"
+            f"training set output {path}: use a .parquet file (the provenance lives in its metadata)"
         )
+    options: dict[str, Any] = {"compression": "zstd", "row_group_size": 1 << 20, "write_statistics": True}
+    if is_remote(path):
+        try:
+            (storage or Storage()).write_parquet(table.combine_chunks(), path, **options)
+        except OSError as exc:
+            if is_storage_failure(exc):
+                raise storage_error(exc, f"write training set {path}") from exc
+            raise
+        return str(path)
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(
-        table.combine_chunks(), tmp, compression="zstd", row_group_size=1 << 20, write_statistics=True
-    )
+    pq.write_table(table.combine_chunks(), tmp, **options)
     tmp.replace(out)
     return out
 
@@ -189,7 +200,7 @@ def build_training_set(
             )
     as_of_time = parse_timestamp(as_of, "as_of") if isinstance(as_of, datetime | str) else None
 
-    table = load_entities(entities)
+    table = load_entities(entities, project.storage)
     check_timestamps(table, timestamp_column)
     sha = fingerprint(table)
     if prov_in is not None and (sha != prov_in.entities_sha256 or table.num_rows != prov_in.entities_rows):

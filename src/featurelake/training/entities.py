@@ -12,6 +12,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from featurelake.errors import UsageError
+from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 
 TIMESTAMP_COLUMN = "event_timestamp"
 
@@ -19,10 +20,15 @@ EntitySource: TypeAlias = pa.Table | str | Path | Any
 """An Arrow table, a pandas DataFrame, or the path of a Parquet or CSV file."""
 
 
-def load_entities(entities: EntitySource) -> pa.Table:
-    """The entity frame as an Arrow table without schema metadata (which would otherwise leak into outputs)."""
+def load_entities(entities: EntitySource, storage: Storage | None = None) -> pa.Table:
+    """The entity frame as an Arrow table without schema metadata (which would otherwise leak into outputs).
+
+    A path may be a URL (``s3://bucket/entities.parquet``), read through ``storage``.
+    """
     if isinstance(entities, pa.Table):
         table = entities
+    elif isinstance(entities, str | Path) and is_remote(entities):
+        table = _read_remote(str(entities), storage or Storage())
     elif isinstance(entities, str | Path):
         table = _read_file(Path(entities))
     elif type(entities).__module__.startswith("pandas") and hasattr(entities, "columns"):
@@ -33,6 +39,26 @@ def load_entities(entities: EntitySource) -> pa.Table:
             f"not {type(entities).__name__}"
         )
     return table.replace_schema_metadata(None)
+
+
+def _read_remote(url: str, storage: Storage) -> pa.Table:
+    suffix = Path(url).suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise UsageError(f"entity file {url}: use a .parquet or .csv file")
+    try:
+        fs, path = storage.filesystem(url)
+        if suffix == ".parquet":
+            return pq.read_table(path, filesystem=fs)
+        with fs.open_input_stream(path) as f:
+            return pacsv.read_csv(f)
+    except FileNotFoundError:
+        raise UsageError(f"entity file {url} does not exist: give a Parquet or CSV file") from None
+    except pa.ArrowInvalid as exc:
+        raise UsageError(f"entity file {url} cannot be read as {suffix[1:]}: {exc}") from exc
+    except OSError as exc:
+        if is_storage_failure(exc):
+            raise storage_error(exc, f"read entity file {url}") from exc
+        raise UsageError(f"entity file {url} cannot be read as {suffix[1:]}: {exc}") from exc
 
 
 def _read_file(path: Path) -> pa.Table:
