@@ -106,6 +106,9 @@ class SqliteStore(OnlineStore):
         if conn is not None:
             return conn
         try:
+            # A file deleted since the schema was created (by hand, or a cleanup) is created again, empty:
+            # give it the schema again rather than failing every call with "no such table".
+            fresh = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -115,7 +118,7 @@ class SqliteStore(OnlineStore):
             # processes opening the store at once it fails with "database is locked". Do it once per store
             # under a lock, retrying while another process holds the file, until the timeout.
             with self._lock:
-                if not self._initialised:
+                if fresh or not self._initialised:
                     self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
                     self._retry_locked(lambda: conn.executescript(_SCHEMA))
                     self._initialised = True
