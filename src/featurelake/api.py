@@ -176,16 +176,18 @@ class Featurelake:
     def history(self, view: str, *, all_snapshots: bool = False) -> list[SnapshotInfo]:
         from featurelake.lakehouse.history import history
 
-        return history(self.project.load_table(view), all_snapshots=all_snapshots)
+        return history(self.project.load_any_table(view), all_snapshots=all_snapshots)
 
     def read(
         self, view: str, *, as_of: datetime | str | None = None, snapshot_id: int | None = None
     ) -> pa.Table:
-        """Time travel: the view's rows at ``snapshot_id``, at main as of ``as_of``, or now."""
+        """Time travel: the rows at ``snapshot_id``, at main as of ``as_of``, or now, of a feature view (its
+        bare name) or of any table of the project as ``namespace.table`` (``predictions.<model>``,
+        ``<namespace>._audits``, ``<namespace>._stats``)."""
         from featurelake.lakehouse.history import resolve_snapshot
         from featurelake.lakehouse.window import parse_timestamp
 
-        tbl = self.project.load_table(view)
+        tbl = self.project.load_any_table(view)
         ts = parse_timestamp(as_of, "--as-of") if as_of is not None else None
         sid = resolve_snapshot(tbl, as_of=ts, snapshot_id=snapshot_id)
         if sid is None:

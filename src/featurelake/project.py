@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from featurelake.config import ProjectConfig
 from featurelake.errors import UsageError
+from featurelake.features.definitions import shown
 from featurelake.features.loader import Definitions, load_definitions
 
 if TYPE_CHECKING:
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from featurelake.lakehouse.storage import Storage
 
 T = TypeVar("T")
+#: ``namespace.table`` of plain identifiers (what featurelake itself creates).
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\.[A-Za-z_][A-Za-z0-9_]{0,127}")
 Progress = Callable[[str], None]
 
 
@@ -101,6 +105,26 @@ class Project:
                 raise UsageError(f"table {ident} does not exist: run `featurelake apply` first") from None
 
         return self.catalog_call(load, f"load {ident}")
+
+    def load_any_table(self, name: str) -> Table:
+        """A feature view by its bare name (:meth:`load_table`), or any table of the catalog named
+        ``namespace.table``: ``predictions.<model>``, ``<namespace>._audits``, ``<namespace>._stats``, ..."""
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+        if "." not in name:
+            return self.load_table(name)
+        ns = self.namespace
+        tables = f"a feature view by its name, or a table as namespace.table (predictions.<model>, {ns}._audits, {ns}._stats)"
+        if not _TABLE_NAME.fullmatch(name):
+            raise UsageError(f"{shown(name)} is not a table name: give {tables}")
+
+        def load() -> Table:
+            try:
+                return self.catalog.load_table(name)
+            except (NoSuchTableError, NoSuchNamespaceError):
+                raise UsageError(f"there is no table {name} in the catalog: give {tables}") from None
+
+        return self.catalog_call(load, f"load {name}")
 
     @property
     def audit_dir(self) -> Path:

@@ -131,7 +131,7 @@ def discard(c: Ctx, view: str, run_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def history(c: Ctx, view: str, all_snapshots: bool, as_json: bool) -> None:
-    """Snapshots of VIEW with their lineage, newest first."""
+    """Snapshots of VIEW (a feature view, or a table as NAMESPACE.TABLE) with their lineage, newest first."""
     rows = c.fl.history(view, all_snapshots=all_snapshots)
     if as_json:
         render.print_json([r.to_dict() for r in rows])
@@ -166,7 +166,8 @@ def read(
     limit: int,
     as_json: bool,
 ) -> None:
-    """Time-travel read of VIEW."""
+    """Time-travel read of VIEW: a feature view's name, or any table of the project as NAMESPACE.TABLE
+    (predictions.<model>, <namespace>._audits, <namespace>._stats)."""
     table = c.fl.read(view, as_of=as_of, snapshot_id=snapshot_id)
     if output is not None:
         from featurelake.cli.files import write_table
