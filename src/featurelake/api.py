@@ -102,7 +102,7 @@ class Featurelake:
         return OnlineService(
             self.project.definitions,
             open_store(self.project.config),
-            key_is_int=table_key_types(self.project),
+            key_types=table_key_types(self.project),
             max_entities=self.project.config.settings.server.max_entities,
         )
 

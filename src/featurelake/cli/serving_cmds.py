@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -106,11 +106,17 @@ def sync(c: Ctx, view: str | None, full: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def get(c: Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json: bool) -> None:
-    """Look up KEYS of VIEW in the online store."""
+    """Look up KEYS of VIEW in the online store.
+
+    A composite key is written with every key column, e.g. user_id=1,merchant_id=7 (double-quote a value
+    holding a comma: merchant_id="a,b").
+    """
     online = c.fl.online
     fv = c.fl.definitions.view(view)
-    typed: list[int | str] = list(keys)
-    if online.key_is_int(fv):
+    typed: list[Any] = list(keys)
+    if fv.composite:
+        typed = [_composite_key(fv.name, fv.join_keys, online.key_types(fv), k) for k in keys]
+    elif online.key_is_int(fv):
         try:
             typed = [int(k) for k in keys]
         except ValueError:
@@ -126,16 +132,34 @@ def get(c: Ctx, view: str, keys: tuple[str, ...], features: str | None, as_json:
         return
     cols = list(rows[0].values) if rows else []
     t = RichTable(title=f"{view} (online, {online.store.type_name})")
-    for col in (fv.join_key, "status", "event_ts", *cols):
+    for col in (*fv.join_keys, "status", "event_ts", *cols):
         t.add_column(col)
     for r in rows:
         t.add_row(
-            str(r.key),
+            *([str(r.key[k]) for k in fv.join_keys] if isinstance(r.key, dict) else [str(r.key)]),
             r.status,
             r.event_ts.isoformat() if r.event_ts else "",
             *("" if r.values[n] is None else str(r.values[n]) for n in cols),
         )
     render.out.print(t)
+
+
+def _composite_key(view: str, columns: list[str], is_int: tuple[bool, ...], text: str) -> dict[str, Any]:
+    """``user_id=1,merchant_id=7`` as ``{"user_id": 1, "merchant_id": 7}``, typed per key column."""
+    from featurelake.features.keys import parse_key_text
+
+    out: dict[str, Any] = {}
+    for column, value, integer in zip(columns, parse_key_text(text, columns, view), is_int, strict=True):
+        if integer:
+            try:
+                out[column] = int(value)
+            except ValueError:
+                raise UsageError(
+                    f"key {text!r}: {column} {value!r} is not an integer, but {column} of view {view} is"
+                ) from None
+        else:
+            out[column] = value
+    return out
 
 
 @click.command()

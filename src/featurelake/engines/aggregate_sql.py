@@ -19,7 +19,8 @@ sketches, and it is deterministic and identical on both engines). It costs one r
 tile and step of its window.
 
 Rows with a null timestamp are left out; a null join key aggregates as its own entity (and is then refused
-by the output checks, like any null key).
+by the output checks, like any null key). A composite key is carried through every pass as one struct of
+its columns (``struct_pack`` / ``named_struct``) and unpacked into its columns at the end.
 """
 
 from __future__ import annotations
@@ -89,6 +90,20 @@ class _Sql:
     def from_us(self, expr: str) -> str:
         return f"make_timestamptz({expr})" if self.dialect == "duckdb" else f"timestamp_micros({expr})"
 
+    def key(self, columns: list[str]) -> str:
+        """The entity key as one value: the column, or a struct of a composite key's columns."""
+        if len(columns) == 1:
+            return self.ident(columns[0])
+        if self.dialect == "duckdb":
+            return f"struct_pack({', '.join(f'{self.ident(c)} := {self.ident(c)}' for c in columns)})"
+        return f"named_struct({', '.join(f'{chr(39)}{c}{chr(39)}, {self.ident(c)}' for c in columns)})"
+
+    def unpack_key(self, value: str, columns: list[str]) -> str:
+        """The key columns again, from :meth:`key`'s value ``value``."""
+        if len(columns) == 1:
+            return f"{value} AS {self.ident(columns[0])}"
+        return ", ".join(f"{value}.{self.ident(c)} AS {self.ident(c)}" for c in columns)
+
     def div(self, a: str, b: int) -> str:
         """Floor division of a BIGINT by a positive constant (both engines' ``%`` truncates toward zero)."""
         exact = f"(({a}) - ((({a}) % {b}) + {b}) % {b})"
@@ -123,12 +138,13 @@ def check_columns(view: FeatureView, columns: Mapping[str, str]) -> None:
     where = f"view {view.name!r}"
     have = ", ".join(columns) or "none"
     origin = "the query's output" if view.query.strip() else "the source"
-    need = [view.join_key, view.source.timestamp_field]
+    need = [*view.join_keys, view.source.timestamp_field]
+    keys = ", ".join(map(repr, view.join_keys))
     for col in need:
         if col not in columns:
             raise SchemaError(
                 f"{where}: the rows to aggregate ({origin}) have no column {col!r} (columns: {have}); "
-                f"aggregations need the join key {view.join_key!r}, the source timestamp "
+                f"aggregations need the join key {keys}, the source timestamp "
                 f"{view.source.timestamp_field!r} and the aggregated columns"
             )
     ts_type = columns[view.source.timestamp_field]
@@ -175,7 +191,7 @@ def compile_aggregations(
     check_columns(view, columns)
     sql = _Sql(dialect)
     p = plan(view)
-    key, ts = sql.ident(view.join_key), sql.ident(view.source.timestamp_field)
+    key, ts = sql.key(view.join_keys), sql.ident(view.source.timestamp_field)
     longest = p.longest // p.tile  # in tiles
     lo = p.first_step(start) if start is not None else None
     hi = p.first_step(end) - 1 if end is not None else None
@@ -244,7 +260,7 @@ def compile_aggregations(
         f"{' WINDOW ' + windows if windows else ''}) __all WHERE __out)"
     )
     return (
-        f"WITH {', '.join(ctes)} SELECT __out_rows.__k AS {key}, "
+        f"WITH {', '.join(ctes)} SELECT {sql.unpack_key('__out_rows.__k', view.join_keys)}, "
         f"{sql.from_us(f'__out_rows.__i * {p.tile}')} AS {sql.ident(view.timestamp_field)}, "
         f"{', '.join(finals)} FROM __out_rows {' '.join(joins)}"
     )

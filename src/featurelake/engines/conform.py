@@ -117,9 +117,15 @@ def lossy_error(view: FeatureView, plan: ColumnPlan, detail: str) -> SchemaError
 
 
 def null_error(view: FeatureView, column: str, nulls: int) -> DataError:
+    if column not in view.join_keys:
+        what = "the timestamp"
+    elif view.composite:
+        what = f"no column of the composite join key {', '.join(view.join_keys)}"
+    else:
+        what = "the join key"
     return DataError(
-        f"view {view.name!r}: {nulls} rows have a null {column} (the "
-        f"{'join key' if column == view.join_key else 'timestamp'} may not be null); filter them out in the query"
+        f"view {view.name!r}: {nulls} rows have a null {column} ({what} may not be null); filter them out in "
+        "the query"
     )
 
 

@@ -82,19 +82,21 @@ class ApplyResult:
         }
 
 
-def _key_type(view: FeatureView, produced: pa.Schema) -> PrimitiveType:
-    if view.entity.dtype is not None:
-        return parse_type(view.entity.dtype)
-    if view.join_key not in produced.names:
-        raise SchemaError(f"view {view.name!r}: the query does not produce the join key {view.join_key!r}")
-    t = produced.field(view.join_key).type
+def _key_type(view: FeatureView, key: str, produced: pa.Schema) -> PrimitiveType:
+    declared = view.entity.key_dtype(key)
+    if declared is not None:
+        return parse_type(declared)
+    if key not in produced.names:
+        raise SchemaError(f"view {view.name!r}: the query does not produce the join key {key!r}")
+    t = produced.field(key).type
     if pa.types.is_integer(t):
         return LongType()
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return StringType()
+    hint = f"dtype={{{key!r}: 'string'|'long'}}" if view.composite else "dtype='string'|'long'"
     raise SchemaError(
-        f"view {view.name!r}: join key {view.join_key} is {t}; entity keys must be strings or integers "
-        "(cast it in the query or set Entity(..., dtype='string'|'long'))"
+        f"view {view.name!r}: join key {key} is {t}; entity keys must be strings or integers "
+        f"(cast it in the query or set Entity(..., {hint}))"
     )
 
 
@@ -107,8 +109,7 @@ def view_schema(view: FeatureView, produced: pa.Schema) -> ViewSchema:
             f"(it produces {', '.join(produced.names)}); fix the SELECT or the fields in features.py"
         )
     return ViewSchema(
-        join_key=view.join_key,
-        key_type=_key_type(view, produced),
+        keys={key: _key_type(view, key, produced) for key in view.join_keys},
         timestamp_field=view.timestamp_field,
         fields={name: parse_type(t) for name, t in view.fields.items()},
         partition=view.partition,
@@ -119,10 +120,14 @@ def view_properties(view: FeatureView) -> dict[str, str]:
     props = {
         "featurelake.view": view.name,
         "featurelake.entity": view.entity.name,
-        "featurelake.join-key": view.join_key,
         "featurelake.timestamp-field": view.timestamp_field,
         "featurelake.query-sha256": hashlib.sha256(view.query.encode()).hexdigest(),
     }
+    # One key column: featurelake.join-key as always; a composite key lists its columns in order instead.
+    if view.composite:
+        props["featurelake.join-keys"] = ",".join(view.join_keys)
+    else:
+        props["featurelake.join-key"] = view.join_key
     if view.ttl is not None:
         props["featurelake.ttl-seconds"] = str(int(view.ttl.total_seconds()))
     props.update(table_properties(view))  # lookback and aggregations
@@ -144,7 +149,7 @@ def _property_changes(current: dict[str, str], desired: dict[str, str]) -> list[
 
 def _describe_new_table(desired: ViewSchema) -> str:
     cols = [
-        f"{desired.join_key} {type_name(desired.key_type)}",
+        *(f"{k} {type_name(t)}" for k, t in desired.keys.items()),
         f"{desired.timestamp_field} timestamp",
         *(f"{n} {type_name(t)}" for n, t in desired.fields.items()),
     ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol, cast, get_args
 
-from featurelake.errors import ConfigError
+from featurelake.errors import ConfigError, UsageError
 from featurelake.features.aggregations import Aggregation, resolve
 
 
@@ -71,24 +72,138 @@ class Field(str):
         return f"Field({str.__repr__(self)}{extra})"
 
 
-@dataclass(frozen=True)
-class Entity:
-    """A business object features are keyed by, e.g. ``Entity("user", join_key="user_id")``.
+#: The type of one key column: ``string`` or ``long`` (an integer).
+KeyDtype = Literal["string", "long"]
+KEY_DTYPES: tuple[str, ...] = get_args(KeyDtype)
 
-    ``dtype`` (``"string"`` or ``"long"``) is optional: when omitted it is taken from the type the view's
-    query produces for the join key at ``apply`` time.
+
+@dataclass(frozen=True, init=False)
+class Entity:
+    """A business object features are keyed by: ``Entity("user", join_key="user_id")``, or with a composite
+    key ``Entity("user_merchant", join_keys=["user_id", "merchant_id"])`` (give exactly one of the two).
+
+    ``dtype`` is optional: ``"string"`` or ``"long"`` for every key column, or a dict naming the type of some
+    key columns (``dtype={"user_id": "long", "merchant_id": "string"}``). A key column without a declared
+    type takes the type the view's query produces for it at ``apply`` time. Key columns are never null.
     """
 
     name: str
-    join_key: str
-    dtype: Literal["string", "long"] | None = None
-    description: str = ""
+    join_keys: tuple[str, ...]
+    """The key columns, in order (one for a plain key)."""
+    dtypes: tuple[KeyDtype | None, ...]
+    """The declared type of each key column (None: taken from the query at ``apply``)."""
+    description: str
 
-    def __post_init__(self) -> None:
-        validate_identifier(self.name, "entity name")
-        validate_identifier(self.join_key, f"join key of entity {self.name!r}")
-        if self.dtype not in (None, "string", "long"):
-            raise ConfigError(f"entity {self.name!r}: dtype must be 'string' or 'long', got {self.dtype!r}")
+    def __init__(
+        self,
+        name: str,
+        join_key: str | None = None,
+        dtype: KeyDtype | Mapping[str, KeyDtype] | None = None,
+        description: str = "",
+        *,
+        join_keys: Sequence[str] | None = None,
+    ) -> None:
+        validate_identifier(name, "entity name")
+        keys = _entity_keys(name, join_key, join_keys)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "join_keys", keys)
+        object.__setattr__(self, "dtypes", _entity_dtypes(name, keys, dtype))
+        object.__setattr__(self, "description", description)
+
+    @property
+    def composite(self) -> bool:
+        """Whether the key has several columns."""
+        return len(self.join_keys) > 1
+
+    @property
+    def join_key(self) -> str:
+        """The key column of a one-column key (UsageError for a composite key: use ``join_keys``)."""
+        if self.composite:
+            raise UsageError(
+                f"entity {self.name!r} has a composite key ({', '.join(self.join_keys)}), not one join_key: "
+                "use join_keys"
+            )
+        return self.join_keys[0]
+
+    @property
+    def dtype(self) -> KeyDtype | dict[str, KeyDtype] | None:
+        """As declared: the key's type for a one-column key, else ``{column: type}`` of the declared ones."""
+        if not self.composite:
+            return self.dtypes[0]
+        declared = {k: t for k, t in zip(self.join_keys, self.dtypes, strict=True) if t is not None}
+        return declared or None
+
+    def key_dtype(self, column: str) -> KeyDtype | None:
+        """The declared type of key column ``column`` (None: inferred at ``apply``)."""
+        return dict(zip(self.join_keys, self.dtypes, strict=True))[column]
+
+    def __repr__(self) -> str:
+        keys = (
+            f"join_key={self.join_keys[0]!r}" if not self.composite else f"join_keys={list(self.join_keys)!r}"
+        )
+        dtype = f", dtype={self.dtype!r}" if self.dtype is not None else ""
+        return f"Entity({self.name!r}, {keys}{dtype})"
+
+
+def _entity_keys(name: str, join_key: object, join_keys: object) -> tuple[str, ...]:
+    what = f"entity {name!r}"
+    if join_key is not None and join_keys is not None:
+        raise ConfigError(
+            f"{what}: give join_key='col' for a one-column key or join_keys=['col1', 'col2'] for a composite "
+            "key, not both"
+        )
+    if join_key is None and join_keys is None:
+        raise ConfigError(
+            f"{what} has no key: give join_key='user_id', or join_keys=['user_id', 'merchant_id'] for a "
+            "composite key"
+        )
+    if join_keys is None:
+        keys: tuple[object, ...] = (join_key,)
+    elif isinstance(join_keys, str) or not isinstance(join_keys, Sequence):
+        raise ConfigError(
+            f"{what}: join_keys must be a list of column names such as ['user_id', 'merchant_id'], got "
+            f"{shown(join_keys)} (for one key column write join_key={shown(join_keys)})"
+        )
+    else:
+        keys = tuple(join_keys)
+        if not keys:
+            raise ConfigError(
+                f"{what}: join_keys is empty; list the key columns, e.g. ['user_id', 'merchant_id']"
+            )
+    for k in keys:
+        validate_identifier(k, f"join key of {what}")  # type: ignore[arg-type]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})  # type: ignore[type-var]
+    if repeated:
+        raise ConfigError(
+            f"{what}: join_keys lists {', '.join(map(str, repeated))} twice; list each key column once"
+        )
+    return tuple(str(k) for k in keys)
+
+
+def _entity_dtypes(name: str, keys: tuple[str, ...], dtype: object) -> tuple[KeyDtype | None, ...]:
+    what = f"entity {name!r}"
+    allowed = " or ".join(map(repr, KEY_DTYPES))
+    if dtype is None:
+        return (None,) * len(keys)
+    if isinstance(dtype, str):
+        if dtype not in KEY_DTYPES:
+            raise ConfigError(f"{what}: dtype must be {allowed}, got {shown(dtype)}")
+        return (cast(KeyDtype, dtype),) * len(keys)
+    if not isinstance(dtype, Mapping):
+        raise ConfigError(
+            f"{what}: dtype must be {allowed} (every key column), or a dict such as "
+            f"{{{keys[0]!r}: 'long'}} naming key columns, got {shown(dtype)}"
+        )
+    unknown = [str(k) for k in dtype if k not in keys]
+    if unknown:
+        raise ConfigError(
+            f"{what}: dtype names {', '.join(map(repr, unknown))}, which is not a key column; its key columns "
+            f"are {', '.join(keys)}"
+        )
+    for k, t in dtype.items():
+        if t not in KEY_DTYPES:
+            raise ConfigError(f"{what}: dtype of key column {k!r} must be {allowed}, got {shown(t)}")
+    return tuple(cast("KeyDtype | None", dtype.get(k)) for k in keys)
 
 
 @dataclass(frozen=True)
@@ -159,7 +274,12 @@ class FeatureView:
         resolve(self)  # lookback, aggregations and step; fills in the aggregation outputs' fields
         if not self.fields:
             raise ConfigError(f"view {self.name!r} declares no fields: add fields={{'name': 'double', ...}}")
-        reserved = {self.entity.join_key, self.timestamp_field}
+        if self.timestamp_field in self.join_keys:
+            raise ConfigError(
+                f"view {self.name!r}: the timestamp field {self.timestamp_field!r} is also a join key of entity "
+                f"{self.entity.name!r}; key columns and the timestamp must be different columns"
+            )
+        reserved = {*self.join_keys, self.timestamp_field}
         for fname, ftype in self.fields.items():
             validate_identifier(fname, f"field of view {self.name!r}")
             if fname in reserved:
@@ -219,10 +339,26 @@ class FeatureView:
         }
 
     @property
+    def join_keys(self) -> list[str]:
+        """The key columns, in order: one for a plain key, several for a composite key."""
+        return list(self.entity.join_keys)
+
+    @property
+    def composite(self) -> bool:
+        """Whether the view's entity has a composite key."""
+        return self.entity.composite
+
+    @property
     def join_key(self) -> str:
-        return self.entity.join_key
+        """The key column of a one-column key; UsageError for a composite key (use ``join_keys``)."""
+        if self.entity.composite:
+            raise UsageError(
+                f"view {self.name!r} has a composite key ({', '.join(self.join_keys)}) where one key column "
+                "is assumed; use join_keys"
+            )
+        return self.entity.join_keys[0]
 
     @property
     def columns(self) -> list[str]:
-        """Table column order: join key, timestamp, then the fields as declared."""
-        return [self.join_key, self.timestamp_field, *self.fields]
+        """Table column order: the key columns, the timestamp, then the fields as declared."""
+        return [*self.join_keys, self.timestamp_field, *self.fields]

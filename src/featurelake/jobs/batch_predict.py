@@ -133,7 +133,7 @@ def run_predict(
             stats = scoring.score_and_write(registry, plan, props, say)
             checks = ptable.audit_checks(
                 stats.rows,
-                plan.selection.key,
+                plan.selection.keys,
                 plan.selection.timestamp,
                 plan.flavor.output_range,
                 project.config.settings.prediction.max_null_rate,
@@ -141,7 +141,7 @@ def run_predict(
 
             def audit() -> AuditReport:
                 return ptable.audit_branch(
-                    project, plan.output, plan.run_id, checks, plan.selection.key, plan.selection.timestamp
+                    project, plan.output, plan.run_id, checks, plan.selection.keys, plan.selection.timestamp
                 )
 
             say.phase(f"auditing branch audit_{plan.run_id} ({stats.rows} rows)")

@@ -136,20 +136,23 @@ def describe_spec(spec: PartitionSpec, schema: Schema) -> str:
 
 @dataclass(frozen=True)
 class ViewSchema:
-    """The desired table layout of one view: key, timestamp, fields (names and Iceberg types)."""
+    """The desired table layout of one view: key columns, timestamp, fields (names and Iceberg types).
 
-    join_key: str
-    key_type: PrimitiveType
+    ``keys`` maps each key column to its type, in key order (one entry, or several for a composite key);
+    key columns and the timestamp are required (never null).
+    """
+
+    keys: dict[str, PrimitiveType]
     timestamp_field: str
     fields: dict[str, PrimitiveType]
     partition: str = "day"
 
     def iceberg_schema(self) -> Schema:
         cols = [
-            NestedField(1, self.join_key, self.key_type, required=True),
-            NestedField(2, self.timestamp_field, TimestamptzType(), required=True),
+            NestedField(i, name, t, required=True) for i, (name, t) in enumerate(self.keys.items(), start=1)
         ]
-        for i, (name, t) in enumerate(self.fields.items(), start=3):
+        cols.append(NestedField(len(cols) + 1, self.timestamp_field, TimestamptzType(), required=True))
+        for i, (name, t) in enumerate(self.fields.items(), start=len(cols) + 1):
             cols.append(NestedField(i, name, t, required=False))
         return Schema(*cols)
 
@@ -203,6 +206,10 @@ class SchemaChange:
             return f"widen {self.column} {self.old} -> {self.new}"
         if self.kind == "drop":
             return f"drop column {self.column} ({self.old})"
+        if self.kind == "key" and self.new is None:
+            return f"drop key/timestamp column {self.column} ({self.old})"
+        if self.kind == "key" and self.old is None:
+            return f"add key/timestamp column {self.column} {self.new}"
         if self.kind == "key":
             return f"change key/timestamp column {self.column}: {self.old} -> {self.new}"
         return f"change type of {self.column} {self.old} -> {self.new}"
@@ -225,7 +232,7 @@ def diff_schema(
     """
     changes: list[SchemaChange] = []
     cur = {f.name: f for f in current.fields}
-    for name, t in ((desired.join_key, desired.key_type), (desired.timestamp_field, TimestamptzType())):
+    for name, t in (*desired.keys.items(), (desired.timestamp_field, TimestamptzType())):
         f = cur.get(name)
         if f is None or f.field_type != t:
             changes.append(SchemaChange("key", name, type_name(f.field_type) if f else None, type_name(t)))
@@ -248,8 +255,11 @@ def diff_schema(
         elif f.field_type != t:
             kind = "widen" if is_widening(f.field_type, t) else "retype"
             changes.append(SchemaChange(kind, name, type_name(f.field_type), type_name(t)))
-    wanted = {desired.join_key, desired.timestamp_field, *desired.fields, *renamed}
+    wanted = {*desired.keys, desired.timestamp_field, *desired.fields, *renamed}
     for name, f in cur.items():
         if name not in wanted:
-            changes.append(SchemaChange("drop", name, type_name(f.field_type), None))
+            # Key columns and the timestamp are the table's only required columns: dropping one (a composite
+            # key losing a column) would merge rows of different entities, so it is a key change.
+            kind = "key" if f.required else "drop"
+            changes.append(SchemaChange(kind, name, type_name(f.field_type), None))
     return changes

@@ -39,7 +39,8 @@ class FeatureSelection:
     """What to read: a snapshot, the columns, the mode and the filters."""
 
     snapshot_id: int
-    key: str
+    keys: tuple[str, ...]
+    """The view's key column(s): the latest row is picked per key (every key column, for a composite key)."""
     timestamp: str
     columns: list[str]
     """Columns to read besides the key and the timestamp."""
@@ -71,11 +72,11 @@ class FeatureSelection:
         return out
 
     def sql(self) -> str:
-        cols = ", ".join(quote(c) for c in [self.key, self.timestamp, *self.columns])
+        cols = ", ".join(quote(c) for c in [*self.keys, self.timestamp, *self.columns])
         if self.mode == "latest":
             inner = (
                 f"SELECT {cols} FROM feats QUALIFY row_number() OVER "
-                f"(PARTITION BY {quote(self.key)} ORDER BY {quote(self.timestamp)} DESC) = 1"
+                f"(PARTITION BY {', '.join(quote(k) for k in self.keys)} ORDER BY {quote(self.timestamp)} DESC) = 1"
             )
         else:
             inner = f"SELECT {cols} FROM feats"
@@ -87,7 +88,7 @@ class FeatureSelection:
 @contextmanager
 def stream_features(table: Table, sel: FeatureSelection, batch_rows: int) -> Iterator[pa.RecordBatchReader]:
     """The selected rows as a RecordBatchReader of at most ``batch_rows`` rows per batch."""
-    fields = tuple(dict.fromkeys([sel.key, sel.timestamp, *sel.columns]))
+    fields = tuple(dict.fromkeys([*sel.keys, sel.timestamp, *sel.columns]))
     scan = table.scan(row_filter=sel.iceberg_filter(), selected_fields=fields, snapshot_id=sel.snapshot_id)
     source = scan.to_arrow_batch_reader()
     con = sandbox()

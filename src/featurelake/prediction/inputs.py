@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurelake.errors import DataError, SchemaError, UsageError
+from featurelake.features.keys import as_keys, describe_key
 from featurelake.prediction.flavors.base import ModelFlavor, ModelInfo, ModelInput
 
 NanPolicy = Literal["fail", "fill"]
@@ -49,8 +50,11 @@ def _column_for(inp: ModelInput, view: str) -> tuple[str | None, str]:
     return None, inp.name
 
 
-def match_inputs(info: ModelInfo, view: str, key: str, column_types: dict[str, str]) -> list[BoundInput]:
-    """Bind each signature input of ``info`` to a column of ``view`` (``column_types``: column -> type name).
+def match_inputs(
+    info: ModelInfo, view: str, key: str | Sequence[str], column_types: dict[str, str]
+) -> list[BoundInput]:
+    """Bind each signature input of ``info`` to a column of ``view`` (``column_types``: column -> type name;
+    ``key``: the view's key column, or its key columns; they are never model inputs).
 
     Raises UsageError when no signature was recorded and SchemaError naming every feature the view lacks.
     """
@@ -60,6 +64,7 @@ def match_inputs(info: ModelInfo, view: str, key: str, column_types: dict[str, s
             "register it with --training-set (the signature is read from the training set), or pass "
             "signature=[...] to fl.models.register"
         )
+    keys = as_keys(key)
     other: dict[str, list[str]] = {}
     missing: list[str] = []
     bound: list[BoundInput] = []
@@ -68,7 +73,7 @@ def match_inputs(info: ModelInfo, view: str, key: str, column_types: dict[str, s
         if source is not None and source != view:
             other.setdefault(source, []).append(inp.feature or inp.name)
             continue
-        if column not in column_types or column == key:
+        if column not in column_types or column in keys:
             missing.append(column)
             continue
         bound.append(BoundInput(inp.name, column, column_types[column], inp.default))
@@ -81,7 +86,7 @@ def match_inputs(info: ModelInfo, view: str, key: str, column_types: dict[str, s
     if missing:
         raise SchemaError(
             f"{info.ref} needs features that view {view} does not have: {', '.join(missing)} (the view has "
-            f"{', '.join(c for c in column_types if c != key)}); add them to the view and backfill, or "
+            f"{', '.join(c for c in column_types if c not in keys)}); add them to the view and backfill, or "
             "score a model trained on this view"
         )
     return bound
@@ -94,13 +99,14 @@ class InputBinding:
         self,
         flavor: ModelFlavor,
         inputs: Sequence[BoundInput],
-        key: str,
+        key: str | Sequence[str],
         nan_policy: NanPolicy,
         view: str,
     ) -> None:
         self.flavor = flavor
         self.inputs = list(inputs)
-        self.key = key
+        self.keys = as_keys(key)
+        """The view's key column(s): never model inputs; they name the rows an error is about."""
         self.nan_policy = nan_policy
         self.view = view
         self.dtype = flavor.input_dtype
@@ -113,7 +119,12 @@ class InputBinding:
 
     @classmethod
     def bind(
-        cls, flavor: ModelFlavor, inputs: Sequence[BoundInput], view: str, key: str, nan_policy: str
+        cls,
+        flavor: ModelFlavor,
+        inputs: Sequence[BoundInput],
+        view: str,
+        key: str | Sequence[str],
+        nan_policy: str,
     ) -> InputBinding:
         """Check that ``flavor`` takes every bound input's type (SchemaError naming the input if not)."""
         if nan_policy not in NAN_POLICIES:
@@ -125,11 +136,19 @@ class InputBinding:
         return cls(flavor, inputs, key, nan_policy, view)  # type: ignore[arg-type]
 
     # --- per batch ----------------------------------------------------------------------------------------
-    def _missing(self, b: BoundInput, count: int, keys: list[Any]) -> DataError:
+    def _keys(self, batch: pa.RecordBatch, rows: pa.Array, *, more: bool = True) -> str:
+        """``user_id 3, 5`` (``...`` after five): the keys of the rows ``rows`` marks, for messages; a
+        composite key as ``user_id=1,merchant_id=7; ...``."""
+        values = list(zip(*(batch.column(k).filter(rows).to_pylist() for k in self.keys), strict=True))
+        tail = " ..." if more and len(values) > 5 else ""
+        if len(self.keys) == 1:
+            return f"{self.keys[0]} {', '.join(str(v[0]) for v in values[:5])}{tail}"
+        return "; ".join(describe_key(self.keys, v) for v in values[:5]) + tail
+
+    def _missing(self, b: BoundInput, count: int, shown: str) -> DataError:
         where = f"input {b.name}" + (
             f" (column {b.column} of view {self.view})" if b.column != b.name else ""
         )
-        shown = ", ".join(map(str, keys[:5])) + (" ..." if len(keys) > 5 else "")
         if self.nan_policy == "fill":
             why = "the model has no recorded default for it (nan policy 'fill')"
             todo = (
@@ -144,7 +163,7 @@ class InputBinding:
             )
         return DataError(
             f"{self.flavor.info.ref}: {where} is missing (null or NaN) for {count} row(s) of this batch "
-            f"({self.key} {shown}); {why}. Nothing was written: {todo}"
+            f"({shown}); {why}. Nothing was written: {todo}"
         )
 
     def _fillable(self, b: BoundInput) -> bool:
@@ -158,8 +177,7 @@ class InputBinding:
             col = batch.column(b.column)
             if col.null_count:
                 if not self._fillable(b):
-                    keys = batch.column(self.key).filter(pc.is_null(col)).to_pylist()
-                    raise self._missing(b, col.null_count, keys)
+                    raise self._missing(b, col.null_count, self._keys(batch, pc.is_null(col)))
                 col = pc.fill_null(col, pa.scalar(b.default).cast(col.type, safe=False))
             x[:, j] = col.to_numpy(zero_copy_only=False)
         # One contiguous reduction proves the whole matrix finite; only when it is not (NaN, inf, or an
@@ -176,16 +194,14 @@ class InputBinding:
         nan = np.isnan(col)
         inf = np.isinf(col)
         if inf.any():
-            keys = batch.column(self.key).filter(pa.array(inf)).to_pylist()
             raise DataError(
                 f"{self.flavor.info.ref}: input {b.name} is infinite for {int(inf.sum())} row(s) of this batch "
-                f"({self.key} {', '.join(map(str, keys[:5]))}); no model input may be infinite. Nothing was "
+                f"({self._keys(batch, pa.array(inf), more=False)}); no model input may be infinite. Nothing was "
                 f"written: fix the view's query, or skip them with --where 'isfinite({b.column})'"
             )
         if nan.any():
             if not self._fillable(b):
-                keys = batch.column(self.key).filter(pa.array(nan)).to_pylist()
-                raise self._missing(b, int(nan.sum()), keys)
+                raise self._missing(b, int(nan.sum()), self._keys(batch, pa.array(nan)))
             col[nan] = b.default
 
 

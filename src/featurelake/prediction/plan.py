@@ -100,23 +100,22 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
     schema = tbl.scan(snapshot_id=sid).projection()
     column_types = {f.name: type_name(f.field_type) for f in schema.fields}
     info = model_info(mv)
-    bound = match_inputs(info, view_name, fv.join_key, column_types)
+    keys = fv.join_keys
+    bound = match_inputs(info, view_name, keys, column_types)
 
     where: str | None = None
     where_cols: list[str] = []
     if req.where is not None:
         where, where_cols = check_where(req.where, list(column_types))
     columns = list(dict.fromkeys([*(b.column for b in bound), *where_cols]))
-    columns = [c for c in columns if c not in (fv.join_key, fv.timestamp_field)]
+    columns = [c for c in columns if c not in (*keys, fv.timestamp_field)]
     if where is not None:
-        read = [fv.join_key, fv.timestamp_field, *columns]
+        read = [*keys, fv.timestamp_field, *columns]
         arrow: pa.Schema = schema.as_arrow()
         bind_where(where, pa.schema([arrow.field(c) for c in read]), view_name)
 
     ident = table_identifier(mv.name, req.output)
-    out_schema = predictions_schema(
-        fv.join_key, schema.find_field(fv.join_key).field_type, fv.timestamp_field
-    )
+    out_schema = predictions_schema(keys, [schema.find_field(k).field_type for k in keys], fv.timestamp_field)
     try:
         existing: Any = project.catalog.load_table(ident)
     except NoSuchTableError:
@@ -130,7 +129,7 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
 
     flavor = load_model(registry, mv, allow_pickle=settings.registry.allow_pickle)
     try:
-        binding = InputBinding.bind(flavor, bound, view_name, fv.join_key, nan_policy)
+        binding = InputBinding.bind(flavor, bound, view_name, keys, nan_policy)
     except BaseException:
         flavor.close()
         raise
@@ -139,7 +138,7 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
         cutoff = (as_of or predicted_at) - max_age
     selection = FeatureSelection(
         snapshot_id=sid,
-        key=fv.join_key,
+        keys=tuple(keys),
         timestamp=fv.timestamp_field,
         columns=columns,
         start=start,

@@ -74,7 +74,7 @@ class ScoreTask:
     allow_pickle: bool
     artifact: _Bytes
     inputs: tuple[BoundInput, ...]
-    key: str
+    keys: tuple[str, ...]
     timestamp: str
     nan_policy: str
     view: str
@@ -130,7 +130,7 @@ def score_partition(task: ScoreTask, batches: Iterator[pa.RecordBatch]) -> Itera
     con = None
     try:
         model = cached_model(task)
-        binding = InputBinding(model, task.inputs, task.key, task.nan_policy, task.view)  # type: ignore[arg-type]
+        binding = InputBinding(model, task.inputs, task.keys, task.nan_policy, task.view)  # type: ignore[arg-type]
         scorer = BatchScorer(binding, task.lineage, task.schema, task.timestamp)
         if task.where is not None:
             from featurelake.prediction.where import sandbox
@@ -186,11 +186,11 @@ def select_features(engine: SparkEngine, project: Project, view: str, sel: Featu
 
     tbl = project.load_table(view)
     df = engine.read(tbl, snapshot_id=sel.snapshot_id, row_filter=sel.iceberg_filter())
-    cols = list(dict.fromkeys([sel.key, sel.timestamp, *sel.columns]))
+    cols = list(dict.fromkeys([*sel.keys, sel.timestamp, *sel.columns]))
     df = df.select(*[F.col(quote_ident(c)) for c in cols])
     if sel.mode == "latest":
         # Keys and timestamps are unique in a published view (the backfill audits it): no ties to break.
-        latest = Window.partitionBy(F.col(quote_ident(sel.key))).orderBy(
+        latest = Window.partitionBy(*[F.col(quote_ident(k)) for k in sel.keys]).orderBy(
             F.col(quote_ident(sel.timestamp)).desc()
         )
         df = df.withColumn(_ROW_NUMBER, F.row_number().over(latest))
@@ -199,10 +199,10 @@ def select_features(engine: SparkEngine, project: Project, view: str, sel: Featu
 
 
 def output_schema(features: DataFrame, plan: PredictionPlan) -> StructType:
-    """The predictions table's columns as Spark types, in the table's order (the key keeps its own type)."""
+    """The predictions table's columns as Spark types, in the table's order (key columns keep their types)."""
     from pyspark.sql import types as st
 
-    key, ts = plan.selection.key, plan.selection.timestamp
+    keys, ts = plan.selection.keys, plan.selection.timestamp
     fixed: dict[str, Any] = {
         ts: st.TimestampType(),
         ptable.PREDICTION: st.DoubleType(),
@@ -214,7 +214,7 @@ def output_schema(features: DataFrame, plan: PredictionPlan) -> StructType:
     }
     fields = []
     for f in plan.output_schema.fields:
-        dtype = features.schema[key].dataType if f.name == key else fixed[f.name]
+        dtype = features.schema[f.name].dataType if f.name in keys else fixed[f.name]
         fields.append(st.StructField(f.name, dtype, nullable=not f.required))
     return st.StructType(fields)
 
@@ -275,7 +275,7 @@ def score_and_write(
         allow_pickle=payload.allow_pickle,
         artifact=artifact,
         inputs=tuple(plan.binding.inputs),
-        key=sel.key,
+        keys=sel.keys,
         timestamp=sel.timestamp,
         nan_policy=plan.nan_policy,
         view=plan.view,

@@ -64,12 +64,12 @@ class ScoreStats:
 
 
 class BatchScorer:
-    """Turns feature batches into prediction batches (key, timestamp, prediction, lineage)."""
+    """Turns feature batches into prediction batches (key columns, timestamp, prediction, lineage)."""
 
     def __init__(self, binding: InputBinding, lineage: Lineage, schema: pa.Schema, timestamp: str) -> None:
         self.binding = binding
         self.schema = schema
-        self.key = binding.key
+        self.keys = binding.keys
         self.timestamp = timestamp
         self.lineage = lineage
         self.stats = ScoreStats()
@@ -112,7 +112,7 @@ class BatchScorer:
         prediction = pa.array(preds, pa.float64(), mask=bad if nulls else None)
         arrays: list[pa.Array] = []
         for f in self.schema:
-            if f.name == self.key or f.name == self.timestamp:
+            if f.name in self.keys or f.name == self.timestamp:
                 col = batch.column(f.name)
                 arrays.append(col if col.type == f.type else col.cast(f.type))
             elif f.name == PREDICTION:

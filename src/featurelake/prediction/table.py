@@ -2,9 +2,10 @@
 
 ``predictions.<model>`` (or ``--output``) holds one row per scored feature row::
 
-    <join key>, <event_ts>, prediction, model_name, model_version, feature_snapshot_id, run_id, predicted_at
+    <join key(s)>, <event_ts>, prediction, model_name, model_version, feature_snapshot_id, run_id, predicted_at
 
-partitioned by ``day(predicted_at)``; runs append. A run writes only to branch ``audit_<run_id>`` (in chunks,
+partitioned by ``day(predicted_at)``; runs append. A view with a composite key gives one column per key column,
+in key order, each required. A run writes only to branch ``audit_<run_id>`` (in chunks,
 as scoring streams), is audited there (row count equal to the rows scored, one row per key and timestamp,
 prediction null rate, and for classifiers every prediction inside its range), and is then published with
 ``lakehouse.wap.publish``: main moves to the branch tip only if main is still its parent, otherwise the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -30,6 +31,7 @@ from pyiceberg.types import DoubleType, IcebergType, LongType, NestedField, Stri
 
 from featurelake.errors import AuditFailed, ConflictError, SchemaError, UsageError
 from featurelake.features.definitions import validate_identifier
+from featurelake.features.keys import as_keys
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.schema import type_name
@@ -72,22 +74,30 @@ def table_identifier(model: str, output: str | None) -> str:
     return ".".join(parts)
 
 
-def predictions_schema(key: str, key_type: IcebergType, timestamp: str) -> Schema:
-    clash = {key, timestamp} & {PREDICTION, *LINEAGE_COLUMNS}
+def predictions_schema(
+    key: str | Sequence[str], key_type: IcebergType | Sequence[IcebergType], timestamp: str
+) -> Schema:
+    """The predictions table of a view keyed by ``key`` (a column, or the columns of a composite key, with
+    their types in ``key_type`` in the same order)."""
+    keys = as_keys(key)
+    types = [key_type] if isinstance(key_type, IcebergType) else list(key_type)
+    clash = {*keys, timestamp} & {PREDICTION, *LINEAGE_COLUMNS}
     if clash:
         raise SchemaError(
             f"the view's key/timestamp column {', '.join(sorted(clash))} clashes with a predictions column; "
             "rename it in the view"
         )
+    cols = [NestedField(i, k, t, required=True) for i, (k, t) in enumerate(zip(keys, types, strict=True), 1)]
+    n = len(cols)
     return Schema(
-        NestedField(1, key, key_type, required=True),
-        NestedField(2, timestamp, TimestamptzType(), required=True),
-        NestedField(3, PREDICTION, DoubleType(), required=False),
-        NestedField(4, "model_name", StringType(), required=True),
-        NestedField(5, "model_version", StringType(), required=True),
-        NestedField(6, "feature_snapshot_id", LongType(), required=True),
-        NestedField(7, "run_id", StringType(), required=True),
-        NestedField(8, "predicted_at", TimestamptzType(), required=True),
+        *cols,
+        NestedField(n + 1, timestamp, TimestamptzType(), required=True),
+        NestedField(n + 2, PREDICTION, DoubleType(), required=False),
+        NestedField(n + 3, "model_name", StringType(), required=True),
+        NestedField(n + 4, "model_version", StringType(), required=True),
+        NestedField(n + 5, "feature_snapshot_id", LongType(), required=True),
+        NestedField(n + 6, "run_id", StringType(), required=True),
+        NestedField(n + 7, "predicted_at", TimestamptzType(), required=True),
     )
 
 
@@ -238,14 +248,14 @@ def _run_rows(tbl: Table, snapshot_id: int, run_id: str, columns: tuple[str, ...
 
 def audit_checks(
     expected_rows: int,
-    key: str,
+    key: str | Sequence[str],
     timestamp: str,
     output_range: tuple[float, float] | None,
     max_null_rate: float,
 ) -> list[Check]:
     checks: list[Check] = [
         RowCount(min=expected_rows, max=expected_rows),
-        Unique([key, timestamp]),
+        Unique([*as_keys(key), timestamp]),
         NullRate(PREDICTION, max=max_null_rate),
     ]
     if output_range is not None:
@@ -258,7 +268,7 @@ def audit_branch(
     ident: str,
     run_id: str,
     checks: list[Check],
-    key: str,
+    key: str | Sequence[str],
     timestamp: str,
 ) -> AuditReport:
     """Evaluate ``checks`` over the run's rows on its branch; save the report beside the backfill reports."""
@@ -270,7 +280,7 @@ def audit_branch(
         raise UsageError(f"no branch {branch} in {ident}: nothing to audit")
     con = sandbox()
     try:
-        con.register("run_rows", _run_rows(tbl, tip, run_id, (key, timestamp, PREDICTION)))
+        con.register("run_rows", _run_rows(tbl, tip, run_id, (*as_keys(key), timestamp, PREDICTION)))
         # The reader streams once; the audit may query twice (exact counts on failure): keep a narrow copy.
         con.execute("CREATE TEMP TABLE frame AS SELECT * FROM run_rows")
 

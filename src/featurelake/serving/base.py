@@ -5,7 +5,8 @@ never reads or writes outside it, so projects and namespaces can share one SQLit
 ``view`` every method takes is a view of that scope. Within the scope a store holds one record per
 (view, key): the event time of the row (microseconds since the epoch, UTC), the Iceberg sequence number of
 the snapshot that added it, and the row's feature values as a JSON object (``codec.py``). Keys are strings
-at this boundary (an integer key ``42`` is stored as ``"42"``); typing them is the lookup layer's job.
+at this boundary (an integer key ``42`` is stored as ``"42"``, a composite key as its values joined by ``,``
+after escaping: ``features/keys.py``); typing them is the lookup layer's job.
 
 Write semantics, decided per key and atomically by the store (never read-then-write from the client):
 a record replaces the stored one when its ``(event_ts, seq)`` is greater, i.e. a newer event, or the same event
@@ -56,7 +57,8 @@ class Watermark:
     table_uuid: str
     synced_at: str
     key_type: str | None = None
-    """``long`` or ``string``: the table's join key type, so lookups need not open the catalog."""
+    """``long`` or ``string``: the table's join key type, so lookups need not open the catalog; for a
+    composite key the type of each key column in order, joined by ``,`` (``long,string``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,6 +5,11 @@ keys against each view's key type, read every (view, key) in ONE store round tri
 ``NOT_FOUND`` (never synced), ``OUTSIDE_MAX_AGE`` (older than the view's ttl: values are null, exactly as a
 training set would have them, and the event time says how old the row is), else ``PRESENT``.
 
+A view keyed by several columns (a composite key) takes one value per key column: Feast-style
+``{"user_id": [1, 2], "merchant_id": [7, 8]}`` over HTTP, a dict or tuple per key in Python
+(``fl.online.get("user_merchant_features", [{"user_id": 1, "merchant_id": 7}])``); each key is checked
+column by column and encoded as the store holds it (``features/keys.py``).
+
 The store answers only for its own scope (project, catalog, namespace; ``serving/scope.py``). A view whose
 only data in the store is of the layout before scopes is never served from it: every key is ``NOT_FOUND``,
 and the first lookup of that view logs why and what to run (:meth:`OnlineService.layout_notice`).
@@ -17,12 +22,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from featurelake.errors import RequestError, UsageError
 from featurelake.features.definitions import FeatureView
+from featurelake.features.keys import encode_key
 from featurelake.features.loader import Definitions
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Stored
@@ -43,7 +49,8 @@ log = logging.getLogger("featurelake.online")
 class OnlineRow:
     """One entity's lookup in one view: status, event time of the row and the requested values."""
 
-    key: int | str
+    key: int | str | dict[str, int | str]
+    """The key as asked: its value, or ``{column: value}`` for a composite key."""
     status: str
     event_ts: datetime | None
     values: dict[str, Any]
@@ -62,8 +69,8 @@ class _Group:
     """The features requested from one view, with their decoders."""
 
     view: str
-    join_key: str
-    key_is_int: bool
+    join_keys: tuple[str, ...]
+    key_is_int: tuple[bool, ...]
     ttl_us: int | None
     fields: tuple[str, ...]
     out_names: tuple[str, ...]
@@ -90,15 +97,15 @@ class OnlineService:
         definitions: Definitions,
         store: OnlineStore,
         *,
-        key_is_int: Callable[[FeatureView], bool] | None = None,
+        key_types: Callable[[FeatureView], tuple[bool, ...]] | None = None,
         max_entities: int = 10_000,
     ) -> None:
         self.definitions = definitions
         self.store = store
         self.max_entities = max_entities
-        self._resolve_key_type = key_is_int
+        self._resolve_key_types = key_types
         self._plans: dict[tuple[tuple[str, ...], bool, bool], _Plan] = {}
-        self._key_types: dict[str, bool] = {}
+        self._key_types: dict[str, tuple[bool, ...]] = {}
         self._notices: dict[str, str | None] = {}
 
     def close(self) -> None:
@@ -112,23 +119,34 @@ class OnlineService:
             raise RequestError(f"unknown feature view {name!r}: features.py defines {known}", 404)
         return view
 
-    def key_is_int(self, view: FeatureView) -> bool:
-        """The entity's declared key type, else the one ``apply`` gave the view's table (asked once)."""
+    def key_types(self, view: FeatureView) -> tuple[bool, ...]:
+        """Per key column, whether it is an integer: the entity's declared type, else the one ``apply`` gave
+        the view's table (asked once)."""
         cached = self._key_types.get(view.name)
         if cached is None:
-            mark = None if view.entity.dtype is not None else self.store.get_watermark(view.name)
-            if view.entity.dtype is not None:
-                cached = view.entity.dtype == "long"
-            elif mark is not None and mark.key_type is not None:
-                cached = mark.key_type == "long"  # recorded by the last sync: no catalog round trip
-            elif self._resolve_key_type is not None:
-                cached = self._resolve_key_type(view)
+            declared = [view.entity.key_dtype(k) for k in view.join_keys]
+            recorded: list[str] | None = None
+            if any(d is None for d in declared):
+                mark = self.store.get_watermark(view.name)
+                if mark is not None and mark.key_type is not None:
+                    recorded = mark.key_type.split(",")  # recorded by the last sync: no catalog round trip
+                    recorded = recorded if len(recorded) == len(declared) else None
+            if all(d is not None for d in declared):
+                cached = tuple(d == "long" for d in declared)
+            elif recorded is not None:
+                cached = tuple((d or r) == "long" for d, r in zip(declared, recorded, strict=True))
+            elif self._resolve_key_types is not None:
+                cached = self._resolve_key_types(view)
             else:
                 raise RequestError(
                     f"the key type of view {view.name!r} is unknown: declare Entity(..., dtype='long'|'string')"
                 )
             self._key_types[view.name] = cached
         return cached
+
+    def key_is_int(self, view: FeatureView) -> bool:
+        """Whether the key of a one-column-key view is an integer (see :meth:`key_types`)."""
+        return self.key_types(view)[0] if not view.composite else _composite(view)
 
     def layout_notice(self, view: str) -> str | None:
         """Why every key of ``view`` is NOT_FOUND when the store holds its data only in the layout before
@@ -181,8 +199,8 @@ class OnlineService:
             built.append(
                 _Group(
                     view=view_name,
-                    join_key=view.join_key,
-                    key_is_int=self.key_is_int(view),
+                    join_keys=tuple(view.join_keys),
+                    key_is_int=self.key_types(view),
                     ttl_us=int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None,
                     fields=fields,
                     out_names=tuple(f"{view_name}__{f}" if full_names else f for f in fields),
@@ -204,7 +222,7 @@ class OnlineService:
             names.append(name)
         plan = _Plan(
             groups=tuple(built),
-            join_keys=tuple(dict.fromkeys(g.join_key for g in built)),
+            join_keys=tuple(dict.fromkeys(k for g in built for k in g.join_keys)),
             names=tuple(names),
             order=tuple(index[o] for o in order),
         )
@@ -214,22 +232,31 @@ class OnlineService:
         return plan
 
     # --- key checks -----------------------------------------------------------------------------------
-    def _check_keys(self, group: _Group, keys: Sequence[Any]) -> list[str]:
-        if group.key_is_int:
+    @staticmethod
+    def _check_column(group: _Group, column: str, is_int: bool, keys: Sequence[Any]) -> None:
+        if is_int:
             for k in keys:
                 if type(k) is not int:
                     raise RequestError(
-                        f"{group.join_key} of view {group.view!r} is an integer key; got {k!r} "
+                        f"{column} of view {group.view!r} is an integer key; got {k!r} "
                         f"({_type_name(k)}): send numbers, e.g. [1, 2]"
                     )
-            return [str(k) for k in keys]
+            return
         for k in keys:
             if type(k) is not str:
                 raise RequestError(
-                    f"{group.join_key} of view {group.view!r} is a string key; got {k!r} "
+                    f"{column} of view {group.view!r} is a string key; got {k!r} "
                     f'({_type_name(k)}): send strings, e.g. ["u0001"]'
                 )
-        return list(keys)
+
+    def _check_keys(self, group: _Group, entities: Mapping[str, Sequence[Any]]) -> list[str]:
+        """The store keys of ``group``'s view for the entity columns, each column checked against its type."""
+        columns = [entities[k] for k in group.join_keys]
+        for column, is_int, keys in zip(group.join_keys, group.key_is_int, columns, strict=True):
+            self._check_column(group, column, is_int, keys)
+        if len(columns) == 1:
+            return [str(k) for k in columns[0]] if group.key_is_int[0] else list(columns[0])
+        return [encode_key(values) for values in zip(*columns, strict=True)]
 
     def _read(self, plan: _Plan, entities: Mapping[str, Sequence[Any]]) -> tuple[int, list[list[Stored]]]:
         if not isinstance(entities, Mapping) or not entities:
@@ -239,8 +266,16 @@ class OnlineService:
         n = -1
         for jk in plan.join_keys:
             if jk not in entities:
-                views = ", ".join(g.view for g in plan.groups if g.join_key == jk)
-                raise RequestError(f"entities lack {jk!r}, the join key of {views}")
+                owners = [g for g in plan.groups if jk in g.join_keys]
+                if all(len(g.join_keys) == 1 for g in owners):
+                    raise RequestError(
+                        f"entities lack {jk!r}, the join key of {', '.join(g.view for g in owners)}"
+                    )
+                keyed = "; ".join(f"{g.view} is keyed by {', '.join(g.join_keys)}" for g in owners)
+                raise RequestError(
+                    f"entities lack {jk!r}, a column of a composite key ({keyed}): send a list for every key "
+                    "column, all of the same length"
+                )
         for name, values in entities.items():
             if not isinstance(values, list):
                 raise RequestError(f"entities[{name!r}] must be a list of keys, got {_type_name(values)}")
@@ -258,7 +293,7 @@ class OnlineService:
                 "(server.max_entities); split the request",
                 413,
             )
-        requests = [(g.view, self._check_keys(g, entities[g.join_key])) for g in plan.groups]
+        requests = [(g.view, self._check_keys(g, entities)) for g in plan.groups]
         return n, self.store.read(requests)
 
     # --- the two faces --------------------------------------------------------------------------------
@@ -312,18 +347,23 @@ class OnlineService:
     def get(
         self,
         view: str,
-        keys: Sequence[int | str],
+        keys: Sequence[Any] | int | str | Mapping[str, Any],
         features: Sequence[str] | None = None,
         *,
         now: datetime | None = None,
     ) -> list[OnlineRow]:
-        """Look up ``keys`` of ``view`` (all its features unless ``features`` names some), one row per key."""
+        """Look up ``keys`` of ``view`` (all its features unless ``features`` names some), one row per key.
+
+        ``keys``: key values (``[1, 2]``; one value alone is one key); for a view with a composite key, a
+        list of dicts naming every key column (``[{"user_id": 1, "merchant_id": 7}]``) or of tuples in the
+        order of the view's ``join_keys`` (``[(1, 7)]``); one dict or tuple alone is one key. Rows carry
+        the key as given, as a dict for a composite key.
+        """
         fv = self._view(view)
         names = list(features) if features else list(fv.fields)
         plan = self._plan([f"{view}:{f}" for f in names], False, python=True)
-        if isinstance(keys, str | int):
-            keys = [keys]
-        _, stored = self._read(plan, {fv.join_key: list(keys)})
+        keys, entities = _key_columns(fv, keys)
+        _, stored = self._read(plan, entities)
         group = plan.groups[0]
         now_us = int((now.timestamp() if now else time.time()) * 1_000_000)
         out: list[OnlineRow] = []
@@ -345,10 +385,74 @@ class OnlineService:
         return out
 
 
-def table_key_types(project: Project) -> Callable[[FeatureView], bool]:
-    """A resolver reading a view's key type from its Iceberg table (integer or string join key)."""
+def _composite(view: FeatureView) -> NoReturn:
+    raise RequestError(
+        f"view {view.name!r} has a composite key ({', '.join(view.join_keys)}): ask key_types() for the type of "
+        "each key column"
+    )
 
-    def resolve(view: FeatureView) -> bool:
+
+def _key_columns(fv: FeatureView, keys: Any) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The keys as a list (one per row asked) and as entity columns (one list per key column)."""
+    columns = fv.join_keys
+    if len(columns) == 1:
+        if isinstance(keys, str | int | Mapping):
+            keys = [keys]
+        if not isinstance(keys, Sequence):
+            raise RequestError(
+                f"keys of view {fv.name!r} must be a list such as [1, 2], got {_type_name(keys)}"
+            )
+        values = [k[columns[0]] if isinstance(k, Mapping) and set(k) == {columns[0]} else k for k in keys]
+        return values, {columns[0]: values}
+    example = "{" + ", ".join(f"{c!r}: ..." for c in columns) + "}"
+    if isinstance(keys, Mapping) or (
+        isinstance(keys, tuple) and keys and not any(isinstance(k, tuple | list | Mapping) for k in keys)
+    ):
+        keys = [keys]
+    if not isinstance(keys, Sequence) or isinstance(keys, str):
+        raise RequestError(
+            f"view {fv.name!r} has a composite key ({', '.join(columns)}): pass a list of dicts such as "
+            f"[{example}] or of tuples in that order"
+        )
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    given: list[Any] = []
+    for key in keys:
+        if isinstance(key, Mapping):
+            unknown = [str(c) for c in key if c not in columns]
+            if unknown:
+                raise RequestError(
+                    f"key {key!r} of view {fv.name!r} names {', '.join(map(repr, unknown))}, which is not a key "
+                    f"column; its key columns are {', '.join(columns)}"
+                )
+            missing = [c for c in columns if c not in key]
+            if missing:
+                raise RequestError(
+                    f"key {key!r} of view {fv.name!r} lacks {', '.join(missing)}: a composite key names every key "
+                    f"column ({example})"
+                )
+            values = [key[c] for c in columns]
+        elif isinstance(key, tuple | list):
+            if len(key) != len(columns):
+                raise RequestError(
+                    f"key {tuple(key)!r} of view {fv.name!r} has {len(key)} value(s) but the key has "
+                    f"{len(columns)} columns ({', '.join(columns)}): give one value per key column, in that order"
+                )
+            values = list(key)
+        else:
+            raise RequestError(
+                f"key {key!r} of view {fv.name!r}: the view has a composite key ({', '.join(columns)}); give each "
+                f"key as a dict {example} or a tuple in that order"
+            )
+        for c, v in zip(columns, values, strict=True):
+            out[c].append(v)
+        given.append(dict(zip(columns, values, strict=True)))
+    return given, out
+
+
+def table_key_types(project: Project) -> Callable[[FeatureView], tuple[bool, ...]]:
+    """A resolver reading a view's key types from its Iceberg table (per key column: integer or not)."""
+
+    def resolve(view: FeatureView) -> tuple[bool, ...]:
         from pyiceberg.types import IntegerType, LongType
 
         try:
@@ -358,7 +462,10 @@ def table_key_types(project: Project) -> Callable[[FeatureView], bool]:
                 f"view {view.name!r} has no table yet: run `featurelake apply`, a backfill and `featurelake sync`",
                 404,
             ) from None
-        return isinstance(tbl.schema().find_field(view.join_key).field_type, IntegerType | LongType)
+        schema = tbl.schema()
+        return tuple(
+            isinstance(schema.find_field(k).field_type, IntegerType | LongType) for k in view.join_keys
+        )
 
     return resolve
 

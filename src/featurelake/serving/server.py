@@ -156,7 +156,7 @@ def create_app(
     service = OnlineService(
         project.definitions,
         store if store is not None else open_store(project.config),
-        key_is_int=table_key_types(project),
+        key_types=table_key_types(project),
         max_entities=settings.max_entities,
     )
     token = settings.token.encode() if settings.token else None
@@ -181,7 +181,7 @@ def create_app(
         # which views the store holds only in the layout before scopes, which is never served.
         for view in project.definitions.views.values():
             try:
-                service.key_is_int(view)
+                service.key_types(view)
                 notice = service.layout_notice(view.name)
                 if notice:
                     log.warning("%s", notice)

@@ -7,6 +7,9 @@ Each added file carries the data sequence number of the snapshot that added it. 
 manifests (only the manifests that differ are read) also copes with expired snapshots *between* the two and
 ignores files that came and went in between.
 
+**Keys**: an entity's store key is its key value's text, or for a composite key the values' texts joined
+with ``,`` after escaping (``features/keys.py``: distinct keys never share a string).
+
 **Writes**: the latest row per entity among the added rows, by (event_ts, sequence number), written with the
 store's conditional rule, so replays and re-runs are idempotent and stale history never wins. A backfill can
 also *remove* an entity's newest row (a correction that drops a day): for every key whose best removed row
@@ -39,6 +42,7 @@ import hashlib
 import re
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -55,6 +59,7 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IcebergType, IntegerType, LongType
 
 from featurelake.errors import CatalogUnavailableError, ConflictError
+from featurelake.features.keys import as_keys, decode_key, key_sql
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.wap import main_snapshot_id
 from featurelake.serving import codec
@@ -270,9 +275,12 @@ class Reducer:
     The Spark sync runs :meth:`encode` on its executors, so both engines store byte-identical records.
     """
 
-    def __init__(self, join_key: str, timestamp_field: str, fields: dict[str, Any]) -> None:
-        self.key_name, self.ts_name = join_key, timestamp_field
-        self.key = codec.quote(join_key)
+    def __init__(self, join_key: str | Sequence[str], timestamp_field: str, fields: dict[str, Any]) -> None:
+        self.key_names, self.ts_name = as_keys(join_key), timestamp_field
+        #: The key columns, to group and partition by.
+        self.key = ", ".join(codec.quote(k) for k in self.key_names)
+        #: The store key (the encoded text of the key columns).
+        self.key_text = key_sql(self.key_names, codec.quote)
         self.ts = codec.quote(timestamp_field)
         self.payload = codec.payload_sql(fields)
         self.con = duckdb.connect()
@@ -292,13 +300,13 @@ class Reducer:
         """The latest row per key of ``rows`` (restricted to keys ``only``) as store records."""
         # Pick the winning row numbers with a hash aggregate over the narrow columns, then encode only those
         # rows: much cheaper than a window sort that carries every feature column.
-        narrow = rows.select([self.key_name, self.ts_name, SEQ])
+        narrow = rows.select([*self.key_names, self.ts_name, SEQ])
         narrow = narrow.append_column(_RID, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
         self.con.register("narrow_in", narrow)
         where = ""
         if only is not None:
             self.con.register("only_keys", pa.table({"k": pa.array(only, pa.string())}))
-            where = f"WHERE {self.key}::VARCHAR IN (SELECT k FROM only_keys)"
+            where = f"WHERE {self.key_text} IN (SELECT k FROM only_keys)"
         picked = self.con.sql(
             f"SELECT arg_max({_RID}, {self._order()}) AS r FROM narrow_in {where} GROUP BY {self.key}"
         ).to_arrow_table()
@@ -309,7 +317,7 @@ class Reducer:
         """Store records of ``latest`` (at most one row per key, with SEQ), in the stored encoding."""
         self.con.register("latest_in", latest)
         out = self.con.sql(
-            f"SELECT {self.key}::VARCHAR AS k, epoch_us({self.ts}) AS t, {SEQ} AS s, {self.payload} AS v "
+            f"SELECT {self.key_text} AS k, epoch_us({self.ts}) AS t, {SEQ} AS s, {self.payload} AS v "
             "FROM latest_in"
         ).to_arrow_table()
         self.con.unregister("latest_in")
@@ -326,8 +334,8 @@ class Reducer:
         self.con.register("removed_in", removed)
         rows = self.con.sql(
             f"""
-            WITH a AS (SELECT {self.key}::VARCHAR AS k, {self.ts} AS t, {SEQ} AS s FROM ({self._latest("added_in")})),
-                 r AS (SELECT {self.key}::VARCHAR AS k, {self.ts} AS t, {SEQ} AS s FROM ({self._latest("removed_in")}))
+            WITH a AS (SELECT {self.key_text} AS k, {self.ts} AS t, {SEQ} AS s FROM ({self._latest("added_in")})),
+                 r AS (SELECT {self.key_text} AS k, {self.ts} AS t, {SEQ} AS s FROM ({self._latest("removed_in")}))
             SELECT r.k FROM r LEFT JOIN a USING (k)
             WHERE a.k IS NULL OR r.t > a.t OR (r.t = a.t AND r.s >= a.s)
             """
@@ -389,10 +397,29 @@ def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str, legacy_
         return f"could not move tag {tag}: the table kept changing; the next sync retries"
 
 
-def key_values(tbl: Table, join_key: str, keys: list[str]) -> list[Any]:
-    """String keys as the values of the table's key column (integers for an integer key)."""
-    is_int = isinstance(tbl.schema().find_field(join_key).field_type, IntegerType | LongType)
-    return [int(k) for k in keys] if is_int else list(keys)
+def key_values(tbl: Table, join_key: str | Sequence[str], keys: list[str]) -> list[Any]:
+    """Store keys as the values of the table's key column (integers for an integer key); for a composite
+    key, tuples of the key columns' values."""
+    columns = as_keys(join_key)
+    ints = [isinstance(tbl.schema().find_field(c).field_type, IntegerType | LongType) for c in columns]
+    if len(columns) == 1:
+        return [int(k) for k in keys] if ints[0] else list(keys)
+    return [
+        tuple(int(v) if i else v for v, i in zip(decode_key(k, len(columns)), ints, strict=True))
+        for k in keys
+    ]
+
+
+def key_filter(tbl: Table, join_key: str | Sequence[str], keys: list[str]) -> BooleanExpression | None:
+    """An Iceberg filter keeping at least the rows of store keys ``keys`` (None: too many to list): the key
+    column IN the values, or for a composite key the first key column IN its values (file pruning only)."""
+    columns = as_keys(join_key)
+    values = key_values(tbl, columns, keys)
+    if len(columns) > 1:
+        values = sorted({v[0] for v in values})
+    if len(values) > _IN_FILTER_MAX:
+        return None
+    return In(columns[0], values)  # type: ignore[call-arg,arg-type]
 
 
 @dataclass
@@ -463,7 +490,7 @@ def plan_sync(
         result.notes.append(
             f"{', '.join(missing)} not in table {project.table_name(view.name)} yet (run `featurelake apply`)"
         )
-    out.columns = [view.join_key, view.timestamp_field, *out.types]
+    out.columns = [*view.join_keys, view.timestamp_field, *out.types]
     if mode == "incremental":
         assert watermark is not None
         old = tbl.metadata.snapshot_by_id(watermark.snapshot_id)
@@ -483,7 +510,7 @@ def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progres
     tbl, view, result = planned.table, planned.view, planned.result
     current = planned.current
     assert current is not None
-    reducer = Reducer(view.join_key, view.timestamp_field, planned.types)
+    reducer = Reducer(view.join_keys, view.timestamp_field, planned.types)
     try:
         progress.phase(
             view.name, f"reading {len(planned.added)} added and {len(planned.removed)} removed data files"
@@ -504,13 +531,13 @@ def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progres
         records = reducer.records(rows)
         stale: list[str] = []
         if planned.removed:
-            gone = _read(tbl, planned.removed, [view.join_key, view.timestamp_field])
-            stale = reducer.stale_keys(rows.select([view.join_key, view.timestamp_field, SEQ]), gone)
+            narrow = [*view.join_keys, view.timestamp_field]
+            gone = _read(tbl, planned.removed, narrow)
+            stale = reducer.stale_keys(rows.select([*narrow, SEQ]), gone)
         refreshed = Records([], [], [], [])
         if stale:
             progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
-            values = key_values(tbl, view.join_key, stale)
-            flt = In(view.join_key, values) if len(values) <= _IN_FILTER_MAX else None  # type: ignore[call-arg,arg-type]
+            flt = key_filter(tbl, view.join_keys, stale)
             refreshed = reducer.records(_read(tbl, planned.live_files(), planned.columns, flt), only=stale)
     finally:
         reducer.close()
@@ -531,8 +558,9 @@ def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progres
 
 
 def _key_type(tbl: Table, view: FeatureView) -> str:
-    key = tbl.schema().find_field(view.join_key).field_type
-    return "long" if isinstance(key, IntegerType | LongType) else "string"
+    """``long`` or ``string``; for a composite key one per key column, joined by ``,``."""
+    types = [tbl.schema().find_field(k).field_type for k in view.join_keys]
+    return ",".join("long" if isinstance(t, IntegerType | LongType) else "string" for t in types)
 
 
 def finish_sync(project: Project, store: OnlineStore, planned: SyncPlan) -> SyncResult:
@@ -595,6 +623,7 @@ __all__ = [
     "SyncProgress",
     "SyncResult",
     "finish_sync",
+    "key_filter",
     "key_values",
     "legacy_tag_name",
     "plan",

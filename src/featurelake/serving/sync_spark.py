@@ -10,7 +10,7 @@ import contextlib
 import functools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from featurelake.engines import spark_engine
 from featurelake.engines.spark_files import bounds_filter, read_files
 from featurelake.engines.spark_session import first_line, map_in_arrow, quote_ident
 from featurelake.errors import ConfigError, FeaturelakeError, OnlineStoreUnavailableError
+from featurelake.features.keys import key_sql
 from featurelake.serving.backend import SyncBackend
 from featurelake.serving.scope import StoreScope
 from featurelake.serving.sync import (
@@ -37,7 +38,7 @@ from featurelake.serving.sync import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
     from featurelake.engines.spark import SparkEngine
     from featurelake.features.definitions import FeatureView
@@ -71,7 +72,7 @@ class RedisTarget:
     connect_timeout: float
     timeout: float
     view: str
-    join_key: str
+    join_keys: tuple[str, ...]
     timestamp_field: str
     fields: dict[str, IcebergType]
     chunk: int
@@ -97,7 +98,7 @@ def write_partition(
                 store = RedisStore(
                     target.url, target.scope, connect_timeout=target.connect_timeout, timeout=target.timeout
                 )
-                reducer = Reducer(target.join_key, target.timestamp_field, target.fields)
+                reducer = Reducer(target.join_keys, target.timestamp_field, target.fields)
             rows = pa.Table.from_batches([batch])
             records = reducer.encode(rows)
             changed = 0
@@ -119,14 +120,21 @@ def write_partition(
             store.close()
 
 
-def _latest(rows: DataFrame, join_key: str, timestamp_field: str, columns: list[str]) -> DataFrame:
+def _key_text(keys: Sequence[str]) -> Column:
+    """The store key of each row, built by Spark exactly as DuckDB builds it (``features/keys.py``)."""
+    from pyspark.sql import functions as F
+
+    return F.expr(key_sql(keys, quote_ident, "STRING"))
+
+
+def _latest(rows: DataFrame, join_keys: Sequence[str], timestamp_field: str, columns: list[str]) -> DataFrame:
     """The latest row per key by (event time, sequence number), with how many rows the key had."""
     from pyspark.sql import functions as F
 
     row = F.struct(*[F.col(quote_ident(c)) for c in columns], F.col(SEQ))
     order = F.struct(F.col(quote_ident(timestamp_field)), F.col(SEQ))
     return (
-        rows.groupBy(F.col(quote_ident(join_key)))
+        rows.groupBy(*[F.col(quote_ident(k)) for k in join_keys])
         .agg(F.max_by(row, order).alias("__latest"), F.count(F.lit(1)).alias(_ROWS))
         .select("__latest.*", _ROWS)
     )
@@ -207,21 +215,27 @@ def _stale_keys(latest: DataFrame, gone: DataFrame, view: FeatureView) -> list[s
     """Keys whose newest removed row is at least as new as their newest added row (or that got none)."""
     from pyspark.sql import functions as F
 
-    key, ts = quote_ident(view.join_key), quote_ident(view.timestamp_field)
-    removed = gone.groupBy(F.col(key)).agg(F.max(F.struct(F.col(ts), F.col(SEQ))).alias("__r"))
-    added = latest.select(F.col(key), F.struct(F.col(ts), F.col(SEQ)).alias("__a"))
+    keys, ts = [quote_ident(k) for k in view.join_keys], quote_ident(view.timestamp_field)
+    removed = gone.groupBy(*[F.col(k) for k in keys]).agg(F.max(F.struct(F.col(ts), F.col(SEQ))).alias("__r"))
+    added = latest.select(*[F.col(k) for k in keys], F.struct(F.col(ts), F.col(SEQ)).alias("__a"))
     stale = (
-        removed.join(added, view.join_key, "left")
+        removed.join(added, view.join_keys, "left")
         .where(F.col("__a").isNull() | (F.col("__r") >= F.col("__a")))
-        .select(F.col(key).cast("string"))
+        .select(_key_text(view.join_keys))
     )
     return _collect_keys(stale, view.name, "comparing removed rows")
 
 
-def _only_keys(rows: DataFrame, tbl: Table, join_key: str, keys: list[str]) -> DataFrame:
+def _only_keys(rows: DataFrame, tbl: Table, join_keys: Sequence[str], keys: list[str]) -> DataFrame:
     from pyspark.sql import functions as F
 
-    values = key_values(tbl, join_key, keys)
+    values = key_values(tbl, join_keys, keys)
+    if len(join_keys) > 1:  # a composite key: its tuples as a broadcast semi-join
+        wanted = rows.sparkSession.createDataFrame(
+            values, rows.select(*[quote_ident(k) for k in join_keys]).schema
+        )
+        return rows.join(F.broadcast(wanted), list(join_keys), "left_semi")
+    join_key = join_keys[0]
     if len(values) <= _IN_FILTER_MAX:
         return rows.where(
             F.col(quote_ident(join_key)).isin(values)
@@ -234,13 +248,12 @@ def _only_keys(rows: DataFrame, tbl: Table, join_key: str, keys: list[str]) -> D
 
 def _absent_keys(store: OnlineStore, latest: DataFrame, view: FeatureView) -> list[str]:
     """Keys the store holds for ``view`` that the full read of main did not produce."""
-    from pyspark.sql import functions as F
 
     stored = list(store.keys(view.name))
     if not stored:
         return []
     have = latest.sparkSession.createDataFrame([(k,) for k in stored], "k string")
-    present = latest.select(F.col(quote_ident(view.join_key)).cast("string").alias("k"))
+    present = latest.select(_key_text(view.join_keys).alias("k"))
     return _collect_keys(have.join(present, "k", "left_anti"), view.name, "listing keys to delete")
 
 
@@ -262,12 +275,12 @@ def _apply_on_spark(
         connect_timeout=cfg.connect_timeout_seconds,
         timeout=cfg.timeout_seconds,
         view=view.name,
-        join_key=view.join_key,
+        join_keys=tuple(view.join_keys),
         timestamp_field=view.timestamp_field,
         fields=planned.types,
         chunk=cfg.write_chunk,
     )
-    key, ts, columns = view.join_key, view.timestamp_field, planned.columns
+    key, ts, columns = view.join_keys, view.timestamp_field, planned.columns
     progress.phase(
         view.name,
         f"reading {len(planned.added)} added and {len(planned.removed)} removed data files on Spark",
@@ -301,7 +314,7 @@ def _apply_on_spark(
                 tbl,
                 planned.watermark.snapshot_id,
                 planned.removed,
-                [key, ts],
+                [*key, ts],
                 prune_on=ts,
                 seq_column=SEQ,
             )

@@ -16,6 +16,7 @@ from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, Le
 from pyiceberg.table import Table
 
 from featurelake.errors import UsageError
+from featurelake.features.keys import as_keys
 from featurelake.lakehouse.history import resolve_snapshot
 from featurelake.lakehouse.schema import type_name
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
@@ -135,7 +136,7 @@ class _ViewPlan:
 
     view: str
     features: list[str]
-    join_key: str
+    join_keys: tuple[str, ...]
     timestamp_field: str
     ttl: timedelta | None
     declared: list[str]
@@ -149,7 +150,9 @@ def _plan(project: Project, req: _Request, prov: Provenance | None) -> _ViewPlan
             raise UsageError(
                 f"view {req.view!r} has no feature {', '.join(unknown)}: it defines {', '.join(fv.fields)}"
             )
-        return _ViewPlan(req.view, req.features, fv.join_key, fv.timestamp_field, fv.ttl, list(fv.fields))
+        return _ViewPlan(
+            req.view, req.features, tuple(fv.join_keys), fv.timestamp_field, fv.ttl, list(fv.fields)
+        )
     # Rebuilding: what the set was built with wins over today's definitions (a ttl may have changed since).
     try:
         fv = project.view(req.view)
@@ -159,7 +162,7 @@ def _plan(project: Project, req: _Request, prov: Provenance | None) -> _ViewPlan
     return _ViewPlan(
         req.view,
         req.features,
-        prov.join_keys.get(req.view) or project.view(req.view).join_key,
+        as_keys(prov.join_keys.get(req.view) or project.view(req.view).join_keys),
         prov.timestamp_fields.get(req.view) or project.view(req.view).timestamp_field,
         prov.ttl(req.view),
         declared,
@@ -248,14 +251,17 @@ def build_training_set(
             prov.features.append(ref)
             prov.columns[ref] = name
             prov.feature_types[ref] = _type_name(tbl, sid, feat, data.schema.field(feat).type)
-        ekey = f"__featurelake_key_{len(frames)}"
-        key_col = join_key_column(table, plan.join_key, data.schema.field(plan.join_key).type, plan.view)
-        work = work.append_column(ekey, key_col)
+        ekeys = []
+        for j, key in enumerate(plan.join_keys):
+            ekey = f"__featurelake_key_{len(frames)}" + (f"_{j}" if j else "")
+            key_col = join_key_column(table, key, data.schema.field(key).type, plan.view)
+            work = work.append_column(ekey, key_col)
+            ekeys.append(ekey)
         frames.append(
             ViewFrame(
                 name=plan.view,
-                entity_key=ekey,
-                key=plan.join_key,
+                entity_key=tuple(ekeys),
+                key=plan.join_keys,
                 timestamp_field=plan.timestamp_field,
                 features=tuple(plan.features),
                 output_names=tuple(out_names),
@@ -266,7 +272,8 @@ def build_training_set(
         )
         prov.views[plan.view] = sid
         prov.ttl_seconds[plan.view] = plan.ttl.total_seconds() if plan.ttl is not None else None
-        prov.join_keys[plan.view] = plan.join_key
+        # One key column is recorded by name as always; a composite key as the list of its columns.
+        prov.join_keys[plan.view] = list(plan.join_keys) if len(plan.join_keys) > 1 else plan.join_keys[0]
         prov.timestamp_fields[plan.view] = plan.timestamp_field
         prov.tables[plan.view] = project.table_name(plan.view)
 
@@ -305,7 +312,7 @@ def _read_view(
 ) -> pa.Table:
     """The view's key, time and requested features at ``sid``, pruned to the entity frame's time range."""
     name = project.table_name(plan.view)
-    columns = (plan.join_key, plan.timestamp_field, *plan.features)
+    columns = (*plan.join_keys, plan.timestamp_field, *plan.features)
     if sid is None or hi_us is None:
         scan = tbl.scan(selected_fields=columns)
     else:

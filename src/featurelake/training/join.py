@@ -1,7 +1,7 @@
 """The point-in-time join itself: an entity frame against one or more views' feature rows, over Arrow.
 
 For every entity row (join key, time ``t``) and every view, the chosen feature row is the one with the same
-key and the greatest ``event_ts <= t``; it is used only when ``t - event_ts <= ttl`` (else the features are
+key (every key column equal, for a composite key) and the greatest ``event_ts <= t``; it is used only when ``t - event_ts <= ttl`` (else the features are
 null: every earlier row is older still). Rows are never dropped or reordered: the output has exactly one row
 per entity row, in the entity frame's order.
 
@@ -37,10 +37,10 @@ class ViewFrame:
     """One view's feature rows and how to join them onto the entity frame."""
 
     name: str
-    entity_key: str
-    """Join key column in the entity frame (already of a type comparable with ``key`` in ``data``)."""
-    key: str
-    """Join key column in ``data``."""
+    entity_key: str | tuple[str, ...]
+    """Join key column(s) in the entity frame (already of types comparable with ``key`` in ``data``)."""
+    key: str | tuple[str, ...]
+    """Join key column in ``data``; a tuple of them (in the order of ``entity_key``) for a composite key."""
     timestamp_field: str
     """Event time column in ``data`` (timestamptz)."""
     features: tuple[str, ...]
@@ -51,6 +51,14 @@ class ViewFrame:
     data: pa.Table
     tie_order: tuple[str, ...] = ()
     """Columns that decide between duplicate rows (default: ``features``)."""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,) if isinstance(self.key, str) else tuple(self.key)
+
+    @property
+    def entity_keys(self) -> tuple[str, ...]:
+        return (self.entity_key,) if isinstance(self.entity_key, str) else tuple(self.entity_key)
 
 
 @dataclass
@@ -88,23 +96,36 @@ def _sort_key(value: Any) -> tuple[Any, ...]:
     return (1, value)
 
 
+def _key_columns(n: int) -> list[str]:
+    return ["k"] if n == 1 else [f"k{i}" for i in range(n)]
+
+
+def _key_match(left: str, right: str, n: int) -> str:
+    return " AND ".join(f"{left}.{c} = {right}.{c}" for c in _key_columns(n))
+
+
 def _resolve_ties(
-    con: duckdb.DuckDBPyConnection, view: ViewFrame, keys: pa.Array, t0: np.ndarray, pos: np.ndarray
+    con: duckdb.DuckDBPyConnection,
+    view: ViewFrame,
+    keys: Sequence[pa.Array],
+    t0: np.ndarray,
+    pos: np.ndarray,
 ) -> int:
     """Re-point matched rows whose (key, event time) has several feature rows to the content-chosen one.
 
-    ``f`` (key, time, position of every feature row) must be registered on ``con``. Returns the number of
-    entity rows that matched a tie.
+    ``f`` (key columns, time, position of every feature row) must be registered on ``con``. Returns the
+    number of entity rows that matched a tie.
     """
     matched = np.nonzero(pos >= 0)[0]
     if matched.size == 0:
         return 0
     idx = pa.array(matched, pa.int64())
-    con.register("m", pa.table({"r": idx, "k": keys.take(idx), "t": pa.array(t0[matched], pa.int64())}))
+    m = {"r": idx, **{c: k.take(idx) for c, k in zip(_key_columns(len(keys)), keys, strict=True)}}
+    con.register("m", pa.table({**m, "t": pa.array(t0[matched], pa.int64())}))
     groups = (
         con.sql(
-            "SELECT m.r, list(f.p ORDER BY f.p) AS candidates FROM m JOIN f ON f.k = m.k AND f.t = m.t "
-            "GROUP BY m.r HAVING count(*) > 1"
+            "SELECT m.r, list(f.p ORDER BY f.p) AS candidates FROM m JOIN f ON "
+            f"{_key_match('f', 'm', len(keys))} AND f.t = m.t GROUP BY m.r HAVING count(*) > 1"
         )
         .to_arrow_table()
         .to_pylist()
@@ -125,17 +146,24 @@ def _resolve_ties(
 def _positions(
     con: duckdb.DuckDBPyConnection,
     entity_t: np.ndarray,
-    entity_keys: pa.Array,
+    entity_keys: Sequence[pa.Array],
     view: ViewFrame,
     stats: JoinStats,
 ) -> np.ndarray:
     """For each entity row the position of its feature row in ``view.data``, or -1."""
     n = len(entity_t)
     data = view.data
-    e = pa.table({"r": pa.array(np.arange(n, dtype=np.int64)), "k": entity_keys, "t": pa.array(entity_t)})
+    names = _key_columns(len(entity_keys))
+    e = pa.table(
+        {
+            "r": pa.array(np.arange(n, dtype=np.int64)),
+            **dict(zip(names, entity_keys, strict=True)),
+            "t": pa.array(entity_t),
+        }
+    )
     f = pa.table(
         {
-            "k": data.column(view.key),
+            **{c: data.column(k) for c, k in zip(names, view.keys, strict=True)},
             "t": pa.array(micros(data.column(view.timestamp_field)) if data.num_rows else [], pa.int64()),
             "p": pa.array(np.arange(data.num_rows, dtype=np.int64)),
         }
@@ -143,7 +171,8 @@ def _positions(
     con.register("e", e)
     con.register("f", f)
     res = con.sql(
-        "SELECT e.r, f.t AS t0, f.p FROM e ASOF LEFT JOIN f ON e.k = f.k AND e.t >= f.t"
+        f"SELECT e.r, f.t AS t0, f.p FROM e ASOF LEFT JOIN f ON {_key_match('e', 'f', len(names))} "
+        "AND e.t >= f.t"
     ).to_arrow_table()
     if res.num_rows != n:  # pragma: no cover - an ASOF LEFT JOIN keeps every left row exactly once
         raise AssertionError(
@@ -183,8 +212,15 @@ def point_in_time_join(
     try:
         con.execute("SET TimeZone = 'UTC'")
         for view in views:
-            col = entities.column(view.entity_key)
-            keys = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if len(view.entity_keys) != len(view.keys):
+                raise ValueError(
+                    f"view {view.name!r}: {len(view.entity_keys)} entity key columns for {len(view.keys)} key "
+                    "columns of the view"
+                )
+            keys = []
+            for name in view.entity_keys:
+                col = entities.column(name)
+                keys.append(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
             pos = _positions(con, entity_t, keys, view, stats)
             idx = pa.array(pos, pa.int64(), mask=pos < 0)
             taken = view.data.select(list(view.features)).take(idx)

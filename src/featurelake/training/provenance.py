@@ -53,7 +53,8 @@ class Provenance:
     """Type name per feature reference (``double``, ``long``, ...): the model's input signature."""
     ttl_seconds: dict[str, float | None] = field(default_factory=dict)
     """Each view's ttl when the set was built; a rebuild uses these, not the current definitions."""
-    join_keys: dict[str, str] = field(default_factory=dict)
+    join_keys: dict[str, str | list[str]] = field(default_factory=dict)
+    """Each view's key column, or the list of its key columns for a composite key."""
     timestamp_fields: dict[str, str] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)
     timestamp_column: str = "event_timestamp"
@@ -68,7 +69,7 @@ class Provenance:
             "columns": dict(self.columns),
             "feature_types": dict(self.feature_types),
             "ttl_seconds": dict(self.ttl_seconds),
-            "join_keys": dict(self.join_keys),
+            "join_keys": {k: (list(v) if isinstance(v, list) else v) for k, v in self.join_keys.items()},
             "timestamp_fields": dict(self.timestamp_fields),
             "tables": dict(self.tables),
             "timestamp_column": self.timestamp_column,
@@ -106,7 +107,10 @@ class Provenance:
                 str(k): (float(v) if v is not None else None)
                 for k, v in (data.get("ttl_seconds") or {}).items()
             },
-            join_keys={str(k): str(v) for k, v in (data.get("join_keys") or {}).items()},
+            join_keys={
+                str(k): ([str(c) for c in v] if isinstance(v, list) else str(v))
+                for k, v in (data.get("join_keys") or {}).items()
+            },
             timestamp_fields={str(k): str(v) for k, v in (data.get("timestamp_fields") or {}).items()},
             tables={str(k): str(v) for k, v in (data.get("tables") or {}).items()},
             timestamp_column=str(data.get("timestamp_column", "event_timestamp")),

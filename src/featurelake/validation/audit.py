@@ -141,10 +141,11 @@ class AuditReport:
 
 
 def implicit_checks(view: FeatureView, *, empty_window: str = "error") -> list[Check]:
-    """Checks every feature table gets: rows present, no null key or timestamp, unique (key, timestamp)."""
+    """Checks every feature table gets: rows present, no null key column or timestamp, unique (key columns,
+    timestamp)."""
     return [
         RowCount(min=1, severity="warn" if empty_window == "warn" else "error"),
-        NotNull(view.join_key),
+        *(NotNull(key) for key in view.join_keys),
         NotNull(view.timestamp_field),
         Unique(),
     ]

@@ -244,7 +244,7 @@ class Unique(Check):
         if self.cols is not None:
             return self
         bound = self._copy()
-        bound.cols = [ctx.view.join_key, ctx.view.timestamp_field]
+        bound.cols = [*ctx.view.join_keys, ctx.view.timestamp_field]
         return bound
 
     def _cols(self) -> list[str]:
@@ -468,7 +468,7 @@ class Sql(Check):
         return self._result(self.check_name, bad == 0, bad, f"0 rows violate {self.expr}", msg)
 
 
-def _empty_frame(view: FeatureView, key_type: str) -> pa.Table:
+def _empty_frame(view: FeatureView, undeclared_key_type: str) -> pa.Table:
     import pyarrow as pa
 
     from featurelake.lakehouse.schema import parse_type
@@ -480,7 +480,8 @@ def _empty_frame(view: FeatureView, key_type: str) -> pa.Table:
 
         return schema_to_pyarrow(Schema(NestedField(1, "x", parse_type(t), required=False))).field("x").type
 
-    cols = {view.join_key: arrow(key_type), view.timestamp_field: pa.timestamp("us", tz="UTC")}
+    cols = {k: arrow(view.entity.key_dtype(k) or undeclared_key_type) for k in view.join_keys}
+    cols[view.timestamp_field] = pa.timestamp("us", tz="UTC")
     cols.update({name: arrow(t) for name, t in view.fields.items()})
     return pa.schema(list(cols.items())).empty_table()
 
@@ -490,7 +491,8 @@ def _validate_sql(view: FeatureView, aggregate: str, what: str) -> None:
     import duckdb
 
     errors = []
-    for key_type in [view.entity.dtype] if view.entity.dtype else ["long", "string"]:
+    undeclared = any(view.entity.key_dtype(k) is None for k in view.join_keys)
+    for key_type in ["long", "string"] if undeclared else ["long"]:
         con = duckdb.connect()
         try:
             con.register("frame", _empty_frame(view, key_type))

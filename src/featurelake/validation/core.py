@@ -274,8 +274,8 @@ def column_kind(view: FeatureView, column: str) -> str:
 
     if column == view.timestamp_field:
         return "timestamp"
-    if column == view.join_key:
-        return {"string": "string", "long": "integer"}.get(view.entity.dtype or "", "key")
+    if column in view.join_keys:
+        return {"string": "string", "long": "integer"}.get(view.entity.key_dtype(column) or "", "key")
     t = str(parse_type(view.fields[column]))
     if t in ("int", "long"):
         return "integer"

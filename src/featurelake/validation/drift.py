@@ -154,7 +154,7 @@ class Drift(Check):
 
     def validate(self, view: FeatureView) -> None:
         kind = column_kind(view, self.column)
-        if self.column in (view.join_key, view.timestamp_field):
+        if self.column in (*view.join_keys, view.timestamp_field):
             raise ConfigError(
                 f"view {view.name!r}: drift({self.column!r}) needs a feature column, not the key or timestamp"
             )
