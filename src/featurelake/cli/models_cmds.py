@@ -97,15 +97,14 @@ def models() -> None:
 @models.command("register")
 @click.argument("name")
 @click.option(
-    "--artifact", required=True, help="The model file (local path or fsspec URL); stored by its SHA-256."
+    "--artifact", required=True, help="The model file (a local path or a URL such as s3://…); stored by its SHA-256."
 )
 @click.option("--flavor", required=True, type=click.Choice(FLAVORS), help="How the artifact is loaded.")
 @click.option(
     "--training-set",
     "training_set",
     default=None,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The training set Parquet (its provenance binds the model to the feature snapshots).",
+    help="The training set Parquet, a path or a URL (its provenance binds the model to the feature snapshots).",
 )
 @click.option("--bump", type=click.Choice(BUMPS), default="patch", show_default=True)
 @click.option("--version", "version", default=None, help="Explicit version (must be higher than the latest).")
@@ -126,7 +125,7 @@ def register(
     name: str,
     artifact: str,
     flavor: str,
-    training_set: Path | None,
+    training_set: str | None,
     bump: str,
     version: str | None,
     metrics: tuple[str, ...],
@@ -141,7 +140,7 @@ def register(
         name,
         artifact,
         flavor,
-        training_set=training_set,
+        training_set=Path(training_set) if training_set and "://" not in training_set else training_set,
         metrics=_pairs(metrics, "metric"),
         params=_pairs(params, "param"),
         defaults=_pairs(defaults, "default"),

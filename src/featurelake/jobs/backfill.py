@@ -20,7 +20,13 @@ from featurelake.auditing.runner import (
     run_audit,
     start_statistics,
 )
-from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, UsageError
+from featurelake.errors import (
+    AuditFailed,
+    CatalogUnavailableError,
+    ConflictError,
+    StorageUnavailableError,
+    UsageError,
+)
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.window import Window
@@ -161,8 +167,8 @@ def _publish(
 
     try:
         result = _call_publish(project, view, branch, run_id, rebase)
-    except CatalogUnavailableError as exc:
-        raise CatalogUnavailableError(
+    except (CatalogUnavailableError, StorageUnavailableError) as exc:
+        raise type(exc)(
             f"{exc}. Nothing was lost: branch {branch} is kept and main is unchanged; finish with "
             f"`featurelake publish {view.name} --run-id {run_id}`"
         ) from exc
@@ -210,8 +216,14 @@ def run_backfill(
     )
     branch = wap.branch_name(run_id)
     _say(progress, f"writing branch {branch}")
-    _retry_commit(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
-    _, report = _write_and_audit(project, view, window, run_id, frame, props)
+    try:
+        _retry_commit(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
+        _, report = _write_and_audit(project, view, window, run_id, frame, props)
+    except StorageUnavailableError as exc:
+        raise StorageUnavailableError(
+            f"{exc}. main is unchanged. To run the window again: `featurelake discard {view.name} --run-id "
+            f"{run_id}` (if branch {branch} was created) and repeat the backfill, or give a new --run-id"
+        ) from exc
     _say(progress, f"audit passed ({len(report.results)} checks); publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
     return BackfillResult(
