@@ -6,7 +6,7 @@ among them); the serving-only ones are added to the same registry here.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from featurelake import telemetry as shared
 
@@ -22,6 +22,12 @@ REQUESTS = Counter(
 ONLINE_STORE_ERRORS = Counter(
     "featurelake_online_store_errors_total",
     "Requests that failed because the online store was unreachable (answered 503).",
+    registry=REGISTRY,
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "featurelake_model_load_seconds",
+    "How long the last load of a model's Production version took (not part of the prediction latency).",
+    ("model",),
     registry=REGISTRY,
 )
 
@@ -44,6 +50,7 @@ def exposition() -> tuple[bytes, str]:
 
 __all__ = [
     "LATENCY",
+    "MODEL_LOAD_SECONDS",
     "ONLINE_STORE_ERRORS",
     "REGISTRY",
     "REQUESTS",

@@ -172,6 +172,7 @@ def create_app(
         refresh_seconds=settings.model_refresh_seconds,
         allow_pickle=project.config.settings.registry.allow_pickle,
         fill_defaults=project.config.settings.prediction.nan_policy == "fill",
+        registry_exists=lambda: _registry_exists(project),
     )
     limit = settings.max_request_bytes
 
@@ -187,6 +188,7 @@ def create_app(
                     log.warning("%s", notice)
             except FeaturelakeError as exc:
                 log.warning("view %s is not servable yet: %s", view.name, exc)
+        models.start()  # load every Production model now, in the background, not on its first request
         stops = [start() for start in background]
         yield
         for stop in reversed(stops):
@@ -226,11 +228,11 @@ def create_app(
 
     @app.post("/predict/{model}")
     async def predict(model: str, request: Request) -> Response:
-        t0 = time.perf_counter()
+        t0, loading = time.perf_counter(), 0.0
         try:
             authorize(request)
             entities = _parse_predict(await _read_body(request, limit))
-            result = await run_in_threadpool(models.predict, model, entities)
+            result, loading = await run_in_threadpool(models.predict_timed, model, entities)
             scored = sum(p is not None for p in result["predictions"])
             metrics.count_predictions(result["model"], result["model_version"], scored)
             response = Response(orjson.dumps(result), media_type=JSON)
@@ -240,7 +242,8 @@ def create_app(
             if not isinstance(exc, HTTPError | UsageError | OnlineStoreUnavailableError):
                 log.exception("predict %s failed", model)
             response = _error_response(exc)
-        metrics.observe(f"/predict/{model}", response.status_code, time.perf_counter() - t0)
+        # Waiting for the model to load (a request right after the server started) is not serving latency.
+        metrics.observe(f"/predict/{model}", response.status_code, time.perf_counter() - t0 - loading)
         return response
 
     @app.get("/healthz")
@@ -264,6 +267,13 @@ def create_app(
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _registry_exists(project: Project) -> bool:
+    """False for an embedded SQLite registry not created yet (starting a server must not create it)."""
+    uri = project.config.sqlalchemy_uri(project.config.settings.registry.uri)
+    prefix = "sqlite:///"
+    return not uri.startswith(prefix) or project.config.path(uri[len(prefix) :]).exists()
 
 
 def serve(
