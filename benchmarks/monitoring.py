@@ -71,7 +71,11 @@ def recording(n: int, workdir: Path) -> list[tuple[str, float, float]]:
     def rec_gauge() -> None:
         rec = Recorder("bench")
         for i in range(n):
-            rec.set("featurelake_feature_null_rate", {"view": "v", "feature": f"f{i % 10}"}, i)
+            rec.set(
+                "featurelake_feature_null_rate",
+                {"view": "v", "feature": f"f{i % 10}", "published": "true"},
+                i,
+            )
         state.record(rec.updates, rec.source)
 
     def raw_hist() -> None:

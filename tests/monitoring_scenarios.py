@@ -67,14 +67,16 @@ VIEW = "user_features"
 
 
 def _null_rate() -> Scenario:
-    feature = {"view": VIEW, "feature": "amount_avg_1d"}
-    fine = {"view": VIEW, "feature": "txn_count_1d"}
+    feature = {"view": VIEW, "feature": "amount_avg_1d", "published": "true"}
+    fine = {"view": VIEW, "feature": "txn_count_1d", "published": "true"}
+    refused = {"view": VIEW, "feature": "amount_sum_1d", "published": "false"}
     return Scenario(
         "high_feature_null_rate",
         10,
         [
             gauge("featurelake_feature_null_rate", feature, [0.02] * 3 + [0.35] * 4 + [0.02] * 3),
             gauge("featurelake_feature_null_rate", fine, [0.1] * 10),  # at the limit, not over it
+            gauge("featurelake_feature_null_rate", refused, [0.9] * 10),  # a refused run: never main's data
         ],
         {2: [], 4: [Expect(feature, 0.35, 0.1)], 8: []},
     )

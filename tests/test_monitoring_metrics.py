@@ -19,7 +19,7 @@ ISSUE_METRICS = {
     "featurelake_job_failure_total": ("counter", ("job", "view", "reason")),
     "featurelake_audit_failures_total": ("counter", ("view", "check")),
     "featurelake_rows_written_total": ("counter", ("job", "table")),
-    "featurelake_feature_null_rate": ("gauge", ("view", "feature")),
+    "featurelake_feature_null_rate": ("gauge", ("view", "feature", "published")),
     "featurelake_feature_drift_score": ("gauge", ("view", "feature")),
     "featurelake_prediction_mean": ("gauge", ("model",)),
     "featurelake_model_age_hours": ("gauge", ("model", "stage")),

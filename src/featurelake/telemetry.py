@@ -18,7 +18,7 @@ Hot-path helpers for the server (no locks beyond prometheus_client's own, no I/O
 | featurelake_job_failure_total | counter | job, view, reason | jobs that raised; reason from the error class |
 | featurelake_audit_failures_total | counter | view, check | failed audit checks (error and warn severity) |
 | featurelake_rows_written_total | counter | job, table | rows a job wrote to an Iceberg table |
-| featurelake_feature_null_rate | gauge | view, feature | null share of a feature in the last audited rows |
+| featurelake_feature_null_rate | gauge | view, feature, published | null share of a feature in the last audited rows (`published`: `true` for the last published run, `false` for the last refused or unpublished one) |
 | featurelake_feature_drift_score | gauge | view, feature | last drift score (PSI / JS / KS) of a feature |
 | featurelake_feature_drift_threshold | gauge | view, feature | the drift check's limit for that feature |
 | featurelake_prediction_mean | gauge | model | mean of the last batch of predictions |
@@ -96,8 +96,8 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(
             "featurelake_feature_null_rate",
             "gauge",
-            ("view", "feature"),
-            "Null share of a feature in the last audited rows.",
+            ("view", "feature", "published"),
+            "Null share of a feature in the last audited rows (published: of a run that reached main).",
         ),
         MetricSpec(
             "featurelake_feature_drift_score", "gauge", ("view", "feature"), "Last drift score of a feature."

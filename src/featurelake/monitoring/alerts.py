@@ -13,6 +13,7 @@ channel(s) as ``delivery_failed`` records and reported in the result.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -257,10 +258,16 @@ def _advance(
     def event(rule: Rule, st: AlertState, status: str, value: float | None, thr: float, **kw: Any) -> None:
         labels = dict(st.labels)
         summary = rule.render(labels, value if value is not None else float("nan"), thr)
+        run = runs.get(rule.name, {}).get(st.labels)
+        if run is not None:
+            summary, kw["extra"] = summary + run[0], run[1]
         events.append(
             _event(status, rule.name, rule.severity, st, value, thr, summary, ts, name, evaluated_by, **kw)
         )
 
+    # Which run set each gauge an alert is about (e.g. a null rate), as the jobs noted it.
+    runs = {rule.name: _run_notes(state, rule) for rule, _ in found}
+    runs.update({st.rule: _run_notes(state, by) for st in previous.values() if (by := _rule(rules, st.rule))})
     for rule, actives in found:
         result = RuleResult(rule)
         for a in actives:
@@ -278,6 +285,8 @@ def _advance(
                     st.last_notified = ts
             upserts.append(st)
             summary = rule.render(dict(a.labels), a.value, a.threshold)
+            if (run := runs[rule.name].get(a.labels)) is not None:
+                summary += run[0]
             result.instances.append(
                 Instance(dict(a.labels), st.state, a.value, a.threshold, st.active_since, summary)
             )
@@ -300,6 +309,31 @@ def _advance(
     if notify:
         state.save_alert_states(upserts, previous.keys())
     return MonitorResult(ts, evaluated_by, results, events, errors, notify)
+
+
+def _rule(rules: list[Rule], name: str) -> Rule | None:
+    return next((r for r in rules if r.name == name), None)
+
+
+def _run_notes(state: MetricsState, rule: Rule) -> dict[LabelKey, tuple[str, dict[str, Any]]]:
+    """Per series of the rule's gauge: the text added to its alerts' summary naming the run that set it, and
+    the same as the event's ``extra`` (``run_id``, ``published``)."""
+    if rule.aggregate != "last" or rule.by is not None:
+        return {}
+    out = {}
+    for labels, note in state.notes(rule.metric).items():
+        try:
+            data = json.loads(note)
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or data.get("run_id") is None:
+            continue
+        published = data.get("published")
+        how = (
+            "published" if published else "not published: refused by its audit, or audited but not published"
+        )
+        out[labels] = (f" (run {data['run_id']}, {how})", {"run_id": data["run_id"], "published": published})
+    return out
 
 
 def export_prometheus_rules(project: Project, path: Path) -> list[Rule]:

@@ -29,6 +29,9 @@ log = logging.getLogger("featurelake.monitoring")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Jobs whose successful result means the audited rows are on main now.
+PUBLISHING_JOBS = frozenset({"backfill", "publish"})
+
 #: Failure reasons are a closed set (label cardinality): featurelake errors by class, anything else
 #: ``unexpected``.
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -79,7 +82,8 @@ class JobRecorder(Recorder):
         if isinstance(table, str) and isinstance(rows, int):
             self.rows_written(self.job, table, rows)
         if report is not None:
-            self.audit_report(report, self._features())
+            # backfill and publish return only once main holds the run; audit re-checks a kept branch.
+            self.audit_report(report, self._features(), published=self.job in PUBLISHING_JOBS)
 
     def _features(self) -> Collection[str] | None:
         if self.project is None:

@@ -14,6 +14,7 @@ Components that are not jobs record with :func:`recording`::
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import re
@@ -69,6 +70,7 @@ class Recorder:
         self.source = source
         self._counters: dict[tuple[str, LabelKey], float] = {}
         self._gauges: dict[tuple[str, LabelKey], float] = {}
+        self._notes: dict[tuple[str, LabelKey], str | None] = {}
         # (metric, labels) -> [count per bucket (non-cumulative, +Inf last), sum, count]
         self._histograms: dict[tuple[str, LabelKey], tuple[list[float], list[float]]] = {}
 
@@ -80,11 +82,12 @@ class Recorder:
         k = (metric, key)
         self._counters[k] = self._counters.get(k, 0.0) + value
 
-    def set(self, metric: str, labels: dict[str, Any], value: float) -> None:
-        """Set gauge ``metric``."""
+    def set(self, metric: str, labels: dict[str, Any], value: float, *, note: str | None = None) -> None:
+        """Set gauge ``metric``; ``note`` (JSON) says where the value came from (kept beside it in the state)."""
         key, child, _ = _series(metric, "gauge", labels)
         child.set(value)
         self._gauges[(metric, key)] = float(value)
+        self._notes[(metric, key)] = note
 
     def observe(self, metric: str, labels: dict[str, Any], value: float) -> None:
         """Observe ``value`` in histogram ``metric`` (stored as cumulative buckets, sum and count)."""
@@ -102,7 +105,10 @@ class Recorder:
     def updates(self) -> list[Update]:
         """The aggregated updates as state samples (histograms complete: every bucket, 0 or not)."""
         out = [Update("inc", m, m, key, v, "counter") for (m, key), v in self._counters.items()]
-        out += [Update("set", m, m, key, v, "gauge") for (m, key), v in self._gauges.items()]
+        out += [
+            Update("set", m, m, key, v, "gauge", self._notes.get((m, key)))
+            for (m, key), v in self._gauges.items()
+        ]
         for (m, key), (counts, (total, n)) in self._histograms.items():
             bounds = metrics.SPECS[m].buckets
             cumulative = 0.0
@@ -117,14 +123,21 @@ class Recorder:
     def clear(self) -> None:
         self._counters.clear()
         self._gauges.clear()
+        self._notes.clear()
         self._histograms.clear()
 
     # --- what components record ----------------------------------------------------------------------
     def rows_written(self, job: str, table: str, rows: int) -> None:
         self.inc("featurelake_rows_written_total", {"job": job, "table": table}, rows)
 
-    def null_rate(self, view: str, feature: str, rate: float) -> None:
-        self.set("featurelake_feature_null_rate", {"view": view, "feature": feature}, rate)
+    def null_rate(
+        self, view: str, feature: str, rate: float, *, published: bool = True, run_id: str | None = None
+    ) -> None:
+        """Null share of ``feature`` in the rows of run ``run_id``: one series for the last published run,
+        one for the last run that did not reach main (refused by its audit, or audited but not published)."""
+        labels = {"view": view, "feature": feature, "published": "true" if published else "false"}
+        note = json.dumps({"run_id": run_id, "published": published}) if run_id is not None else None
+        self.set("featurelake_feature_null_rate", labels, rate, note=note)
 
     def drift(self, view: str, feature: str, score: float, threshold: float | None = None) -> None:
         """A feature's drift score, and the limit it is judged against (the rule compares the two)."""
@@ -158,9 +171,12 @@ class Recorder:
         if lag_seconds is not None:
             self.set("featurelake_online_sync_lag_seconds", {"view": view}, lag_seconds)
 
-    def audit_report(self, report: Any, features: Collection[str] | None = None) -> None:
+    def audit_report(
+        self, report: Any, features: Collection[str] | None = None, *, published: bool = False
+    ) -> None:
         """Failed checks, null rates and drift scores from an :class:`~featurelake.validation.audit.AuditReport`
-        (null rates of ``features`` only, when given: the view's fields, not its key and timestamp)."""
+        (null rates of ``features`` only, when given: the view's fields, not its key and timestamp);
+        ``published`` says whether the audited rows reached main (the null rates' ``published`` label)."""
         view, rows = report.view, report.rows
         rates: dict[str, float] = {}
         # The audit's column profile covers every column, checked or not; checks fill in without one.
@@ -183,7 +199,8 @@ class Recorder:
                 self.drift(view, r.column, float(r.observed), float(found.group()) if found else None)
         for feature, rate in rates.items():
             if features is None or feature in features:
-                self.null_rate(view, feature, rate)
+                run_id = getattr(report, "run_id", None)
+                self.null_rate(view, feature, rate, published=published, run_id=run_id)
 
     # --- persistence ---------------------------------------------------------------------------------
     def flush(self, project: Project, *, ts: float | None = None) -> bool:

@@ -47,9 +47,16 @@ CREATE TABLE IF NOT EXISTS alerts (
     PRIMARY KEY (rule, labels)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (
+    sample TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (sample, labels)
+);
 """
 
-SCHEMA_VERSION = 1
+#: 2: ``notes`` (which run a gauge's latest value came from); the tables of 1 are kept as they are.
+SCHEMA_VERSION = 2
 
 #: Pruning old samples is a table scan: do it at most this often.
 PRUNE_EVERY_SECONDS = 3600.0
@@ -79,6 +86,8 @@ class Update:
     labels: LabelKey
     value: float
     kind: str
+    note: str | None = None
+    """Where a gauge's value came from (JSON, e.g. the run id), shown with alerts on it."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,8 @@ class MetricsState:
                         (value, now, source, series_id),
                     )
                 con.execute("INSERT INTO samples VALUES (?, ?, ?)", (series_id, now, value))
+                if u.note is not None:
+                    con.execute("INSERT OR REPLACE INTO notes VALUES (?, ?, ?)", (sample, text, u.note))
             self._maybe_prune(con, now)
         return len(merged)
 
@@ -217,6 +228,14 @@ class MetricsState:
                 (t, sample),
             ).fetchall()
         return {_load(labels): float(value) for labels, value in rows}
+
+    def notes(self, sample: str) -> dict[LabelKey, str]:
+        """The note recorded with the latest value of each series of ``sample`` (e.g. which run set it)."""
+        if not self.exists:
+            return {}
+        with self._connect(write=False) as con:
+            rows = con.execute("SELECT labels, note FROM notes WHERE sample = ?", (sample,)).fetchall()
+        return {_load(labels): str(note) for labels, note in rows}
 
     def latest(self, *, exclude_sources: Iterable[str] = ()) -> list[SeriesRow]:
         """The newest value of every stored series (what a Pushgateway push carries)."""
