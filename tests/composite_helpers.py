@@ -111,3 +111,54 @@ class SumModel:
 
     def predict(self, x: Any) -> Any:
         return np.asarray(x, dtype=float) @ np.asarray(self.weights)
+
+
+def drop_pair_on_day(root: Path, pair: tuple[int, str], day_index: int) -> int:
+    """Rewrite the source without ``pair``'s transactions of day ``day_index``; returns how many went."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = root / "data" / "transactions" / "part-0.parquet"
+    data = pq.read_table(path)
+    lo = ANCHOR + timedelta(days=day_index)
+    gone = pc.and_(
+        pc.and_(pc.equal(data["user_id"], pair[0]), pc.equal(data["merchant_id"], pair[1])),
+        pc.and_(
+            pc.greater_equal(data["ts"], pa.scalar(lo, data["ts"].type)),
+            pc.less(data["ts"], pa.scalar(lo + timedelta(days=1), data["ts"].type)),
+        ),
+    )
+    pq.write_table(data.filter(pc.invert(gone)), path)
+    return int(pc.sum(gone).as_py() or 0)
+
+
+AGGREGATIONS = """
+from datetime import timedelta
+from featurelake import Aggregation, Entity, FeatureView, Source
+
+user_merchant = Entity("user_merchant", join_keys=["user_id", "merchant_id"])
+
+pair_windows = FeatureView(
+    name="pair_windows",
+    entity=user_merchant,
+    source=Source.parquet("data/transactions/*.parquet", timestamp_field="ts"),
+    aggregations=[Aggregation("amount", "sum", window=timedelta(days=2)), Aggregation("*", "count", window=timedelta(days=2))],
+    step=timedelta(days=1),
+)
+"""
+
+
+def window_reference(source: pa.Table, rows: pa.Table) -> list[tuple[Any, ...]]:
+    """For each produced row (pair, t): the brute-force sum and count over ``t - 2 days < ts <= t``."""
+    out = []
+    events = source.to_pylist()
+    for r in rows.to_pylist():
+        t = r["event_ts"]
+        hits = [
+            e["amount"]
+            for e in events
+            if (e["user_id"], e["merchant_id"]) == (r["user_id"], r["merchant_id"])
+            and t - timedelta(days=2) < e["ts"] <= t
+        ]
+        out.append((r["user_id"], r["merchant_id"], t, round(sum(hits), 6) if hits else None, len(hits)))
+    return out

@@ -30,6 +30,7 @@ from featurelake.features.keys import decode_key, describe_key, encode_key, key_
 from featurelake.serving.codec import quote
 from featurelake.serving.server import create_app
 from tests.composite_helpers import (
+    AGGREGATIONS,
     ANCHOR,
     FEATURES,
     KEYS,
@@ -37,8 +38,10 @@ from tests.composite_helpers import (
     SumModel,
     composite_project,
     day,
+    drop_pair_on_day,
     latest_rows,
     transactions,
+    window_reference,
 )
 from tests.helpers import make_project
 from tests.redis_server import redis_session_fixture, redis_url_fixture
@@ -505,6 +508,132 @@ def test_http_lookup_and_predict_with_several_entity_columns(
         assert pred["predictions"][1] is None and pred["statuses"] == ["PRESENT", "NOT_FOUND"]
         bad = client.post("/predict/pairs_online", json={"entities": {"merchant_id": ["a,b"]}})
         assert bad.status_code == 422 and "entities lack 'user_id'" in bad.json()["detail"]
+
+
+def _store_matches_main(fl: featurelake.Featurelake) -> None:
+    """Every key of main's latest rows is stored with its values, and nothing else is."""
+    from featurelake.features.keys import encode_key
+
+    latest = latest_rows(fl)
+    assert sorted(fl.online.store.keys(VIEW)) == sorted(encode_key(k) for k in latest)
+    rows = fl.online.get(VIEW, list(latest), now=ANCHOR + timedelta(days=6))
+    got = {(r.key["user_id"], r.key["merchant_id"]): r for r in rows}  # type: ignore[index]
+    for key, row in latest.items():
+        assert got[key].event_ts == row["event_ts"], key
+        fresh = ANCHOR + timedelta(days=6) - row["event_ts"] <= timedelta(days=3)
+        assert got[key].status == ("PRESENT" if fresh else "OUTSIDE_MAX_AGE"), key
+        assert got[key].values["um_amount_1d"] == (row["um_amount_1d"] if fresh else None), key
+
+
+def test_sync_rewrites_a_pair_whose_newest_row_a_backfill_removed(tmp_path: Path) -> None:
+    root = composite_project(tmp_path / "proj")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(6), run_id="all")
+        fl.sync(VIEW)
+        before = latest_rows(fl)
+        newest = max(
+            (r["event_ts"], k) for k, r in before.items() if r["event_ts"] == ANCHOR + timedelta(days=5)
+        )
+        pair = newest[1]
+        assert drop_pair_on_day(root, pair, 5) > 0
+        fl.backfill(VIEW, day(5), day(6), run_id="fix")
+        (res,) = fl.sync(VIEW)
+        assert res.mode == "incremental"
+        after = latest_rows(fl)
+        assert after[pair]["event_ts"] < ANCHOR + timedelta(days=5)  # its newest row is an older one now
+        _store_matches_main(fl)
+
+
+def test_window_aggregations_per_composite_key(tmp_path: Path) -> None:
+    data = transactions()
+    root = make_project(tmp_path / "proj", features=AGGREGATIONS, data=data)
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill("pair_windows", day(1), day(6))
+        rows = fl.read("pair_windows")
+    assert rows.column_names == ["user_id", "merchant_id", "event_ts", "amount_sum_2d", "count_2d"]
+    got = [
+        (
+            r["user_id"],
+            r["merchant_id"],
+            r["event_ts"],
+            None if r["amount_sum_2d"] is None else round(r["amount_sum_2d"], 6),
+            r["count_2d"],
+        )
+        for r in rows.to_pylist()
+    ]
+    assert got == window_reference(data, rows)
+    pairs = {(r[0], r[1]) for r in got}
+    assert {"a,b", "a%2Cb"} <= {m for _, m in pairs} and len(pairs) > len({u for u, _ in pairs})
+
+
+def _sorted(rows: pa.Table) -> list[dict[str, Any]]:
+    return sorted(rows.to_pylist(), key=lambda r: (r["user_id"], r["merchant_id"], r["event_ts"]))
+
+
+@pytest.mark.spark
+@pytest.mark.redis
+def test_spark_backfill_sync_and_predict_of_a_composite_view(
+    spark: Any, redis_url: str, tmp_path: Path
+) -> None:
+    features = FEATURES + AGGREGATIONS.split("user_merchant = Entity", 1)[1].split("\n", 1)[1]
+    features = features.replace(
+        "from featurelake import Entity", "from featurelake import Aggregation, Entity"
+    )
+    local_root = make_project(tmp_path / "local", features=features, data=transactions())
+    with featurelake.open(local_root) as fl:
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(6))
+        expected = _sorted(fl.read(VIEW))
+    config = (
+        'project: spark-composite\nnamespace: features\nengine:\n  type: spark\n  spark:\n    master: "local[2]"\n'
+        f"online_store:\n  type: redis\n  url: {redis_url}\n"
+    )
+    root = make_project(tmp_path / "spark", features=features, config=config, data=transactions())
+    with featurelake.open(root) as fl:
+        assert fl.project.engine.name == "spark"
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(6), run_id="spark")
+        got = _sorted(fl.read(VIEW))
+        assert [(r["user_id"], r["merchant_id"], r["event_ts"], r["um_count_1d"]) for r in got] == [
+            (r["user_id"], r["merchant_id"], r["event_ts"], r["um_count_1d"]) for r in expected
+        ]
+        assert [r["um_amount_1d"] for r in got] == pytest.approx([r["um_amount_1d"] for r in expected])
+
+        (res,) = fl.sync(VIEW)  # Spark reads, its executors write Redis
+        assert res.mode == "full" and res.keys == len(latest_rows(fl))
+        _store_matches_main(fl)
+        _check_online(fl)
+        pair = next(k for k, r in latest_rows(fl).items() if r["event_ts"] == ANCHOR + timedelta(days=5))
+        assert drop_pair_on_day(root, pair, 5) > 0
+        fl.backfill(VIEW, day(5), day(6), run_id="fix")
+        (res,) = fl.sync(VIEW)
+        assert res.mode == "incremental" and latest_rows(fl)[pair]["event_ts"] < ANCHOR + timedelta(days=5)
+        _store_matches_main(fl)
+
+        fl.backfill("pair_windows", day(1), day(6))
+        windows = fl.read("pair_windows")
+        assert [
+            (
+                r["user_id"],
+                r["merchant_id"],
+                r["event_ts"],
+                round(r["amount_sum_2d"], 6) if r["amount_sum_2d"] else None,
+                r["count_2d"],
+            )
+            for r in windows.to_pylist()
+        ] == window_reference(pq.read_table(root / "data" / "transactions" / "part-0.parquet"), windows)
+
+        _register(fl, tmp_path, "spark_pairs")
+        pred = fl.predict("spark_pairs", VIEW)
+        latest = latest_rows(fl)
+        assert pred.rows == len(latest)
+        scored = fl.project.catalog.load_table("predictions.spark_pairs").scan().to_arrow().to_pylist()
+        assert {(r["user_id"], r["merchant_id"]) for r in scored} == set(latest)
+        for r in scored:
+            row = latest[(r["user_id"], r["merchant_id"])]
+            assert r["prediction"] == pytest.approx(row["um_count_1d"] + 0.5 * row["um_amount_1d"])
 
 
 # --- the store key encoding ---------------------------------------------------------------------------------
