@@ -668,6 +668,25 @@ def test_store_key_round_trips_and_duckdb_builds_the_same_string(values: list[An
     assert got is not None and got[0] == text
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "user_id=1,merchant_id=a,b",
+            """'b' is not COLUMN=VALUE; view 'v' has a composite key, written user_id=...,merchant_id=... (double-quote a value holding a comma: col="a,b")""",
+        ),
+        ('user_id=1,merchant_id="a"b', "after the quoted value of merchant_id comes 'b'"),
+        ("user_id=1,merchant_id=a,", "ends with ','; remove it"),
+        ("", "'' is not COLUMN=VALUE"),
+    ],
+)
+def test_malformed_key_text_says_how_to_write_it(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_key_text(text, ["user_id", "merchant_id"], "v")
+    assert message in str(err.value)
+    assert parse_key_text('merchant_id="a,b",user_id=1', ["user_id", "merchant_id"], "v") == ["1", "a,b"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_TEXT, min_size=2, max_size=3))
 def test_cli_key_text_round_trips(values: list[str]) -> None:

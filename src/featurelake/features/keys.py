@@ -88,7 +88,7 @@ def _split(text: str, view: str, example: str) -> list[tuple[str, str]]:
             part = text[i : comma if comma >= 0 else n]
             raise UsageError(
                 f"key {text!r} of view {view!r}: {part!r} is not COLUMN=VALUE; view {view!r} has a composite "
-                f"key, written {example}"
+                f'key, written {example} (double-quote a value holding a comma: col="a,b")'
             )
         column = text[i:eq].strip()
         j = eq + 1
