@@ -179,7 +179,7 @@ def test_features_missing_from_the_view_are_named(dirty: featurelake.Featurelake
         {"name": "refund_rate_7d", "type": "double", "feature": "user_features:refund_rate_7d"},
         {"name": "chargebacks", "type": "long"},
     ]
-    register(dirty, tmp_path, "wants_more", b"never loaded", "pickle", signature=sig)
+    register(dirty, tmp_path, "wants_more", pickle.dumps("never loaded"), "pickle", signature=sig)
     dirty.models.promote("wants_more", "1.0.0", "Staging")
     msg = refused(
         dirty, SchemaError, "needs features that view user_features does not have", "wants_more@staging"
@@ -192,10 +192,10 @@ def test_features_missing_from_the_view_are_named(dirty: featurelake.Featurelake
 
 def test_features_of_another_view_and_no_signature(dirty: featurelake.Featurelake, tmp_path: Path) -> None:
     sig = [{"name": "segment", "type": "string", "feature": "user_segments:segment"}]
-    register(dirty, tmp_path, "elsewhere", b"never loaded", "pickle", signature=sig)
+    register(dirty, tmp_path, "elsewhere", pickle.dumps("never loaded"), "pickle", signature=sig)
     refused(dirty, SchemaError, r"reads features of other views \(user_segments: user_segments:segment\)",
             "elsewhere@latest", "user_features")  # fmt: skip
-    register(dirty, tmp_path, "unsigned", b"never loaded", "pickle")
+    register(dirty, tmp_path, "unsigned", pickle.dumps("never loaded"), "pickle")
     refused(dirty, UsageError, "has no recorded input signature", "unsigned@latest", "user_features")
     refused(dirty, UsageError, "give --view VIEW", "unsigned@latest")
 
@@ -250,15 +250,17 @@ def test_model_inputs_that_disagree_with_the_signature(
     zipmap = to_onnx(
         two, np.zeros((1, 2), np.float32)
     )  # skl2onnx's default: probabilities as a list of dicts
-    register(
-        dirty,
-        tmp_path,
-        "zipmap",
-        zipmap.SerializeToString(),
-        "onnx",
-        signature={"txn_count_1d": "long", "amount_sum_1d": "double"},
-    )
-    refused(dirty, SchemaError, "sequence of maps.*zipmap", "zipmap@latest", "user_features")
+    # Found when it is registered now (the graph is checked then), before anything can score it.
+    with pytest.raises(SchemaError, match="model zipmap .*sequence of maps.*zipmap"):
+        register(
+            dirty,
+            tmp_path,
+            "zipmap",
+            zipmap.SerializeToString(),
+            "onnx",
+            signature={"txn_count_1d": "long", "amount_sum_1d": "double"},
+        )
+    assert "zipmap" not in {m.name for m in dirty.models.list_models()}
 
 
 # --- the data -----------------------------------------------------------------------------------------------

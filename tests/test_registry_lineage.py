@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +44,7 @@ def proj(tmp_path: Path) -> Path:
 
 def test_register_binds_and_tags_the_training_snapshots(proj: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         prov = Provenance.load(ts)
@@ -70,7 +71,7 @@ def test_register_binds_and_tags_the_training_snapshots(proj: Path, tmp_path: Pa
 
 def test_tagged_snapshots_survive_expiry_and_still_rebuild(proj: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     ents_file = tmp_path / "ents.parquet"
     pq.write_table(entities(80), ents_file)
     with featurelake.open(proj) as fl:
@@ -93,7 +94,7 @@ def test_tagged_snapshots_survive_expiry_and_still_rebuild(proj: Path, tmp_path:
 
 def test_training_set_whose_snapshot_expired_cannot_be_registered(proj: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         old = Provenance.load(ts).views["user_features"]
@@ -111,7 +112,7 @@ def test_a_snapshot_expired_between_check_and_tag_rolls_the_registration_back(
     proj: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         old = Provenance.load(ts).views["user_max"]
@@ -139,7 +140,7 @@ def test_archiving_may_release_the_tags(tmp_path: Path) -> None:
         "project: test\nnamespace: features\nregistry:\n  release_tags_on_archive: true\n"
     )
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         reg = fl.models
@@ -172,7 +173,7 @@ def test_archiving_may_release_the_tags(tmp_path: Path) -> None:
 
 def test_archiving_keeps_the_tags_by_default(proj: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         fl.models.register("fraud", model, "pickle", training_set=ts)
@@ -183,7 +184,7 @@ def test_archiving_keeps_the_tags_by_default(proj: Path, tmp_path: Path) -> None
 
 def test_models_cli_with_json(proj: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
 
@@ -197,10 +198,12 @@ def test_models_cli_with_json(proj: Path, tmp_path: Path, capsys: pytest.Capture
     assert (
         isinstance(reg1, dict)
         and reg1["version"] == "1.0.0"
-        and reg1["params"] == {"depth": 3, "name": "gbm"}
+        and {k: v for k, v in reg1["params"].items() if k != "featurelake.artifact"}
+        == {"depth": 3, "name": "gbm"}
+        and reg1["params"]["featurelake.artifact"]["format"] == "pickle"
         and [f["default"] for f in reg1["signature"]] == [None, 0, None]
     )
-    reg2 = ok("register", "fraud", "--artifact", str(model), "--flavor", "onnx", "--bump", "minor")
+    reg2 = ok("register", "fraud", "--artifact", str(model), "--flavor", "pickle", "--bump", "minor")
     assert isinstance(reg2, dict) and reg2["version"] == "1.1.0" and reg2["training_set"] is None
     ok("promote", "fraud", "1.0.0", "staging")
     promoted = ok("promote", "fraud", "1.0.0", "Production", "--reason", "launch")
@@ -272,7 +275,7 @@ def test_training_set_and_registry_on_postgres(
     monkeypatch.setenv("FEATURELAKE_REGISTRY__URI", pg_url)
     proj = two_view_project(tmp_path / "proj")
     model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
+    model.write_bytes(pickle.dumps("weights"))
     ents_file = tmp_path / "ents.parquet"
     pq.write_table(entities(60), ents_file)
     with featurelake.open(proj) as fl:

@@ -232,7 +232,7 @@ def test_a_model_whose_features_are_missing_is_refused(spark: Any, lake: Path, t
         {"name": "refund_rate_7d", "type": "double", "feature": "user_features:refund_rate_7d"},
     ]
     path = tmp_path / "m.bin"
-    path.write_bytes(b"never loaded")
+    path.write_bytes(pickle.dumps("never loaded"))
     with opened(lake, "spark") as fl:
         fl.models.register("wants_more", path, "pickle", signature=sig)
         msg = str(refused(fl, SchemaError, "needs features that view user_features does not have",

@@ -60,9 +60,15 @@ class Featurelake:
     @cached_property
     def models(self) -> ModelRegistry:
         """The model registry: ``fl.models.register(...)``, ``.promote(...)``, ``.resolve("fraud@production")``."""
+        from featurelake.prediction.flavors.check import ArtifactChecker
         from featurelake.registry import ModelRegistry
 
-        return ModelRegistry.for_project(self.project)
+        registry = ModelRegistry.for_project(self.project)
+        # Registration checks each artifact with the flavors (which the registry layer cannot import).
+        registry.artifact_check = ArtifactChecker(
+            allow_pickle=self.project.config.settings.registry.allow_pickle
+        )
+        return registry
 
     def training_set(
         self,

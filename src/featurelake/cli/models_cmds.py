@@ -97,7 +97,9 @@ def models() -> None:
 @models.command("register")
 @click.argument("name")
 @click.option(
-    "--artifact", required=True, help="The model file (a local path or a URL such as s3://…); stored by its SHA-256."
+    "--artifact",
+    required=True,
+    help="The model file (a local path or a URL such as s3://…); stored by its SHA-256.",
 )
 @click.option("--flavor", required=True, type=click.Choice(FLAVORS), help="How the artifact is loaded.")
 @click.option(
@@ -118,6 +120,12 @@ def models() -> None:
 )
 @click.option("--description", default="")
 @click.option("--run-id", default=None, help="The training run's id (default: generated).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also load the model in a subprocess with CPU and memory limits and score a sample of the training "
+    "set; records the output's shape and type.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def register(
@@ -133,9 +141,12 @@ def register(
     defaults: tuple[str, ...],
     description: str,
     run_id: str | None,
+    verify: bool,
     as_json: bool,
 ) -> None:
-    """Register a new version of model NAME (1.0.0 first, then bumped)."""
+    """Register a new version of model NAME (1.0.0 first, then bumped). The artifact is checked first,
+    without running it: a pickle's opcodes (and the modules it imports), an ONNX graph and its inputs, a
+    TorchScript archive's entries."""
     mv = c.fl.models.register(
         name,
         artifact,
@@ -148,13 +159,39 @@ def register(
         version=version,
         description=description,
         run_id=run_id,
+        verify=verify,
     )
     if as_json:
         render.print_json(mv.to_dict())
         return
     render.out.print(f"[green]registered[/] {mv.name} {mv.version}")
+    for line in _artifact_lines(mv):
+        render.out.print(line)
     for line in _version_lines(mv, None)[1:]:
         render.out.print(line)
+
+
+def _artifact_lines(mv: Any) -> list[str]:
+    """What checking the artifact found: a pickle's imports (warning on those that can run commands), the
+    verified output."""
+    found = mv.params.get("featurelake.artifact") or {}
+    lines = []
+    if found.get("imports") is not None:
+        lines.append(f"pickle imports: {', '.join(found['imports']) or 'none'}")
+    if found.get("dangerous_imports"):
+        lines.append(
+            f"[yellow]warning:[/] the pickle imports {', '.join(found['dangerous_imports'])}, which can run "
+            "commands when it is loaded: register it only if you trust its author"
+        )
+    if found.get("inputs"):
+        lines.append(f"onnx inputs: {'; '.join(found['inputs'])}")
+    verified = found.get("verified")
+    if verified:
+        lines.append(
+            f"verified: {verified['rows']} rows -> {verified['output_kind']} {verified['output_dtype']} "
+            f"shape {verified['output_shape']}, range [{verified['min']}, {verified['max']}]"
+        )
+    return lines
 
 
 @models.command("list")

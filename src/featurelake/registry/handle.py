@@ -6,7 +6,7 @@ Typing them against this protocol instead of the store keeps the package's impor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from featurelake.training.provenance import Provenance
 
 TrainingSetSource: TypeAlias = "Provenance | pa.Table | Mapping[str, Any] | str | Path"
+#: ``check(name, flavor, data, signature, params, training_set=, verify=) -> details to record``; raises a
+#: FeaturelakeError naming the model, the flavor and what is wrong (``prediction.flavors.check``).
+ArtifactCheck: TypeAlias = Callable[..., dict[str, Any]]
 
 
 class RegistryHandle(Protocol):
     artifacts: ArtifactStore
+    artifact_check: ArtifactCheck | None
     pins: IcebergPins | None
     project_root: Path | None
     release_tags_on_archive: bool

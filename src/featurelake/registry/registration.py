@@ -32,6 +32,9 @@ from featurelake.registry.records import (
 from featurelake.registry.schema import aliases, models, versions
 from featurelake.training.provenance import Provenance
 
+#: The params key under which a version records what checking its artifact found.
+ARTIFACT_PARAM = "featurelake.artifact"
+
 if TYPE_CHECKING:
     from featurelake.registry.handle import RegistryHandle as ModelRegistry
     from featurelake.registry.handle import TrainingSetSource
@@ -76,6 +79,7 @@ def register(
     run_id: str | None = None,
     code_version: str | None = None,
     user: str | None = None,
+    verify: bool = False,
 ) -> ModelVersion:
     """Register a new version of ``name`` (see ``ModelRegistry.register``); returns its record."""
     check_model_name(name)
@@ -96,6 +100,9 @@ def register(
     sig = _with_defaults(name, _signature(prov, signature), defaults)
     clean_metrics = _metrics(name, metrics)
     clean_params = _params(params)
+    checked = _check_artifact(reg, name, flavor, artifact, sig, clean_params, training_set, verify)
+    if checked:
+        clean_params[ARTIFACT_PARAM] = checked
     stored = reg.artifacts.put(artifact)
     who = user or lineage.pipeline_user()
     run = run_id or lineage.new_run_id()
@@ -132,6 +139,39 @@ def register(
                 .values(snapshot_tags=records)
             )
     return reg.get(name, created)
+
+
+def _check_artifact(
+    reg: ModelRegistry,
+    name: str,
+    flavor: str,
+    artifact: str | Path,
+    sig: list[SignatureField],
+    params: dict[str, Any],
+    training_set: TrainingSetSource | None,
+    verify: bool,
+) -> dict[str, Any]:
+    """What ``reg.artifact_check`` found in the artifact (raises when it is not a model of ``flavor``)."""
+    if reg.artifact_check is None:
+        if verify:
+            raise UsageError(
+                f"model {name}: --verify needs the prediction flavors; open the registry through "
+                "featurelake.open(dir).models"
+            )
+        return {}
+    if is_remote(artifact):
+        try:
+            fs, location = reg.artifacts.storage.fsspec(str(artifact))
+            with fs.open(location, "rb") as f:
+                data = f.read()
+        except Exception:
+            return {}  # storing it fails the same way, with the storage's own message
+    else:
+        path = Path(artifact).expanduser()
+        if not path.is_file():
+            return {}  # storing it refuses it (missing, a directory) with the usual message
+        data = path.read_bytes()
+    return reg.artifact_check(name, flavor, data, sig, params, training_set=training_set, verify=verify)
 
 
 def _insert_version(

@@ -25,7 +25,7 @@ from featurelake.lakehouse import lineage
 from featurelake.lakehouse.catalog import safe_uri
 from featurelake.registry import db, lifecycle, registration
 from featurelake.registry.artifacts import ArtifactStore
-from featurelake.registry.handle import TrainingSetSource
+from featurelake.registry.handle import ArtifactCheck, TrainingSetSource
 from featurelake.registry.records import (
     Event,
     ModelRef,
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 class ModelRegistry:
     """Registered models of one project (or any registry database plus artifact root)."""
+
+    #: Checks a new version's artifact bytes before anything is stored (the prediction layer's flavors,
+    #: installed by ``featurelake.open(dir).models``); None: artifacts are stored unchecked.
+    artifact_check: ArtifactCheck | None = None
 
     def __init__(
         self,
@@ -293,6 +297,7 @@ class ModelRegistry:
         run_id: str | None = None,
         code_version: str | None = None,
         user: str | None = None,
+        verify: bool = False,
     ) -> ModelVersion:
         """Register a new version of ``name`` and return its record.
 
@@ -302,6 +307,9 @@ class ModelRegistry:
         path, or its provenance) the version is bound to its snapshots, each tagged
         ``model-<name>-<version>`` so expiry keeps it, and its input signature comes from the set's features
         (or ``signature``); ``defaults`` records, per input, the value a missing feature was filled with.
+        The artifact is first checked by :attr:`artifact_check` (its format, without running it; with
+        ``verify`` also loaded and scored in a jailed subprocess) and what it found is recorded in the
+        version's ``params["featurelake.artifact"]``.
         """
         return registration.register(
             self,
@@ -319,6 +327,7 @@ class ModelRegistry:
             run_id=run_id,
             code_version=code_version,
             user=user,
+            verify=verify,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------------

@@ -91,6 +91,13 @@ class ModelFlavor(ABC):
         inputs disagree with the recorded signature (count, names or types).
         """
 
+    @classmethod
+    def validate(cls, data: bytes, info: ModelInfo) -> dict[str, Any]:
+        """Check at registration, without running the artifact's code, that ``data`` is this flavor's format
+        (and, where the format says, that its inputs fit ``info``'s signature); return what to record about
+        it (JSON). Raises UsageError / SchemaError naming the model, the flavor and what is wrong."""
+        return {}
+
     # --- what it takes ----------------------------------------------------------------------------------
     @property
     @abstractmethod

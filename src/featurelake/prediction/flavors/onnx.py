@@ -59,6 +59,38 @@ class OnnxFlavor(ModelFlavor):
         self._classes = classes
 
     @classmethod
+    def validate(cls, data: bytes, info: ModelInfo) -> dict[str, Any]:
+        """Parse the graph (``onnx``'s checker when installed) and build an onnxruntime session over it, which
+        interprets the graph and runs no Python code, checking its inputs against the signature as scoring
+        will; nothing is scored."""
+        details: dict[str, Any] = {"format": "onnx"}
+        onnx: Any
+        try:
+            import onnx
+        except ImportError:  # onnx is a dev dependency: onnxruntime's parser below is the check then
+            onnx = None
+        if onnx is not None:
+            try:
+                model = onnx.load_model_from_string(data)
+                onnx.checker.check_model(model)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UsageError(
+                    f"{info.ref}: its artifact is registered as flavor onnx but is not a valid ONNX model "
+                    f"({first}); export it with torch.onnx.export or skl2onnx and register that file"
+                ) from None
+            details["opsets"] = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+            details["producer"] = f"{model.producer_name} {model.producer_version}".strip()
+        flavor = cls.from_bytes(data, info)
+        try:
+            details["inputs"] = [f"{i.name}: {i.type} {list(i.shape)}" for i in flavor.session.get_inputs()]
+            details["output"] = flavor._output
+            details["output_kind"] = flavor.output_kind
+        finally:
+            flavor.close()
+        return details
+
+    @classmethod
     def from_bytes(cls, data: bytes, info: ModelInfo) -> OnnxFlavor:
         ort = require("onnxruntime", "onnx", "onnx")
         providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]

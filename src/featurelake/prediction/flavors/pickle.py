@@ -58,6 +58,26 @@ class PickleFlavor(ModelFlavor):
             self._kind = "probability" if info.task == "classification" else "value"
 
     @classmethod
+    def validate(cls, data: bytes, info: ModelInfo) -> dict[str, Any]:
+        """Walk the pickle's opcodes (nothing is unpickled): refuse what is not one whole pickle, and report
+        every ``module.name`` it would import when loaded, flagging those that can run commands."""
+        from featurelake.prediction.flavors.scan import dangerous, pickle_imports
+
+        try:
+            protocol, imports = pickle_imports(data)
+        except ValueError as exc:
+            raise UsageError(
+                f"{info.ref}: its artifact is registered as flavor pickle but is not a pickle ({exc}); register "
+                "the file pickle.dump wrote, or give the flavor it really is (onnx, torchscript)"
+            ) from None
+        return {
+            "format": "pickle",
+            "protocol": protocol,
+            "imports": imports,
+            "dangerous_imports": dangerous(imports),
+        }
+
+    @classmethod
     def from_bytes(cls, data: bytes, info: ModelInfo) -> PickleFlavor:
         try:
             model = pickle.loads(data)

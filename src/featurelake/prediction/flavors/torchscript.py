@@ -40,6 +40,21 @@ class TorchScriptFlavor(ModelFlavor):
             self._kind = "probability" if info.task == "classification" else "value"
 
     @classmethod
+    def validate(cls, data: bytes, info: ModelInfo) -> dict[str, Any]:
+        """Check the archive's structure on its zip directory (nothing is loaded): what ``torch.jit.save``
+        writes, not ``torch.save``. Its inputs are only proven by loading it (``models register --verify``)."""
+        from featurelake.prediction.flavors.scan import torchscript_entries
+
+        try:
+            found = torchscript_entries(data)
+        except ValueError as exc:
+            raise UsageError(
+                f"{info.ref}: its artifact is registered as flavor torchscript but is not a TorchScript archive "
+                f"({exc}); save the model with torch.jit.save(torch.jit.script(model), path) and register that file"
+            ) from None
+        return {"format": "torchscript", **found}
+
+    @classmethod
     def from_bytes(cls, data: bytes, info: ModelInfo) -> TorchScriptFlavor:
         torch = require("torch", "torchscript", "torch")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
