@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 from pyiceberg.catalog import Catalog
@@ -116,12 +117,12 @@ def build_app(catalog: Catalog, *, token: str | None = None, credential: str | N
         return wrapped
 
     async def config(request: Request) -> Response:
-        if not authorized(request) and credential is None:
+        if not authorized(request):
             return error(401, "NotAuthorizedException", "missing or wrong bearer token")
         return JSONResponse({"defaults": {}, "overrides": {}, "endpoints": ENDPOINTS})
 
     async def tokens(request: Request) -> Response:
-        form = await request.form()
+        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
         given = f"{form.get('client_id', '')}:{form.get('client_secret', '')}"
         if credential is None or given != credential or token is None:
             return JSONResponse(

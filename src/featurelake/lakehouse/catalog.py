@@ -79,6 +79,12 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, HTTPConnectionError | Timeout | ServiceUnavailableError)
 
 
+def _refused(exc: BaseException) -> bool:
+    from pyiceberg.exceptions import ForbiddenError, OAuthError, UnauthorizedError
+
+    return isinstance(exc, UnauthorizedError | ForbiddenError | OAuthError)
+
+
 def retry_transient(
     fn: Callable[[], T],
     *,
@@ -102,6 +108,12 @@ def retry_transient(
         except Exception as exc:
             if is_storage_failure(exc):
                 raise storage_error(exc, what) from exc
+            if _refused(exc):
+                raise ConfigError(
+                    f"catalog {safe_uri(uri)} refused the credentials while trying to {what} "
+                    f"({type(exc).__name__}: {exc}); check catalog.properties (credential, token, scope: set "
+                    "through the environment variables they name)"
+                ) from None
             raise
 
     def give_up(exc: BaseException) -> CatalogUnavailableError:

@@ -302,15 +302,7 @@ def _s3(storage: Storage) -> pafs.S3FileSystem:
 
 #: Substrings of errors from PyArrow's object-store clients (the AWS SDK's error names, curl's) that mean the
 #: store failed, as opposed to a missing file or a local problem.
-_STORE_FAILURES = (
-    "AWS Error",
-    "curlCode",
-    "Could not connect",
-    "Couldn't connect",
-    "Connection refused",
-    "GCS",
-    "Azure",
-)
+_STORE_FAILURES = ("AWS Error", "curlCode", "google::cloud", "Azure Error")
 
 
 def is_storage_failure(exc: BaseException) -> bool:
@@ -319,6 +311,8 @@ def is_storage_failure(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, OSError) or isinstance(exc, FileNotFoundError):
         return False
+    if type(exc).__module__.split(".")[0] in ("requests", "urllib3"):
+        return False  # an HTTP client's error (a REST catalog), not the object store's
     text = str(exc)
     return any(s in text for s in _STORE_FAILURES)
 
@@ -333,13 +327,22 @@ def storage_error(exc: BaseException, what: str) -> StorageUnavailableError:
     denied = any(
         s in reason for s in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
     )
-    hint = (
-        "the store refused the credentials: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and "
-        "the bucket's permissions"
-        if denied
-        else "check that storage.s3.endpoint (FEATURELAKE_STORAGE__S3__ENDPOINT) is reachable and the bucket "
-        "exists, then run the command again"
-    )
+    throttled = any(s in reason for s in ("SLOW_DOWN", "SlowDown", "HTTP status 503", "THROTTLING"))
+    if denied:
+        hint = (
+            "the store refused the credentials: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
+            "and the bucket's permissions"
+        )
+    elif throttled:
+        hint = (
+            f"the store kept throttling (503 SlowDown) through {S3_ATTEMPTS} tries with backoff: run fewer jobs "
+            "at once against the bucket, or run the command again later"
+        )
+    else:
+        hint = (
+            "check that storage.s3.endpoint (FEATURELAKE_STORAGE__S3__ENDPOINT) is reachable and the bucket "
+            "exists, then run the command again"
+        )
     return StorageUnavailableError(f"object storage failed while trying to {what} ({reason}); {hint}")
 
 
