@@ -200,7 +200,9 @@ def test_healthz(shared: tuple[featurelake.Featurelake, TestClient]) -> None:
 
 
 @pytest.mark.redis
-def test_redis_down_is_503_and_the_server_recovers(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_redis_down_is_503_and_the_server_recovers(
+    tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
     redis: RedisServer = request.getfixturevalue("own_redis")
     fl = project(tmp_path / "proj", "redis", redis.url)
     try:
@@ -211,7 +213,10 @@ def test_redis_down_is_503_and_the_server_recovers(tmp_path: Path, request: pyte
             r = c.post("/get-online-features", json=REQUEST)
             assert r.status_code == 503
             assert r.json()["error"] == "OnlineStoreUnavailableError"
-            assert "check that Redis is running" in r.json()["detail"]
+            # The caller learns what is down; the address and the advice go to the server log.
+            assert r.json()["detail"].startswith("the online store is unavailable")
+            assert "127.0.0.1" not in r.json()["detail"]
+            assert "check that Redis is running" in caplog.text
             health = c.get("/healthz")
             assert health.status_code == 503 and health.json()["status"] == "unavailable"
             assert "featurelake_online_store_errors_total" in c.get("/metrics").text

@@ -156,6 +156,19 @@ class ServerConfig(_Section):
     """Largest request body accepted (HTTP 413 above)."""
     model_refresh_seconds: float = Field(default=2.0, ge=0)
     """How often ``/predict/{model}`` re-reads which version is in Production (a promotion shows up within)."""
+    workers: int | None = Field(default=None, ge=1)
+    """Server processes sharing the port (``featurelake serve --workers``); none: one per core."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection must send a request's complete headers within this (from connect, or from the request's
+    first byte after a keep-alive pause); else 408 and closed (a silent connection is just closed)."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A request's whole body must arrive within this after its headers; else 408 and closed."""
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    """An idle keep-alive connection is closed after this (keep it above a load balancer's idle timeout)."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open connections per worker process; one more is answered 503 and closed at once."""
+    max_header_bytes: int = Field(default=65_536, ge=1024)
+    """Largest request line plus headers (HTTP 431 and closed above)."""
 
 
 class RegistryConfig(_Section):

@@ -166,10 +166,16 @@ def _composite_key(view: str, columns: list[str], is_int: tuple[bool, ...], text
 @click.option("--host", default=None, help="Address to bind (default: server.host, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default: server.port, 8666).")
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Server processes sharing the port (default: server.workers, else one per core).",
+)
+@click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
 )
 @pass_ctx
-def serve(c: Ctx, host: str | None, port: int | None, log_level: str) -> None:
+def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Serve online features and predictions over HTTP.
 
     POST /get-online-features, POST /predict/{model}, GET /metrics, GET /healthz.
@@ -185,4 +191,29 @@ def serve(c: Ctx, host: str | None, port: int | None, log_level: str) -> None:
         port=port,
         log_level=log_level,
         background=[lambda: RegistryFlusher(project).start().stop],
+        workers=workers,
+        worker_app=f"{__name__}:worker_app",
+    )
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``featurelake serve --workers N`` (uvicorn calls it by name).
+
+    The worker opens the project itself, so its online store, registry and DuckDB connections are its own,
+    and flushes its own serving metrics into the local metrics state (the state's SQLite write lock adds up
+    the workers' counter increments; the last worker to flush sets a gauge).
+    """
+    import os
+
+    from featurelake.api import open as open_project
+    from featurelake.monitoring.serving import RegistryFlusher
+    from featurelake.serving.server import WORKER_PROJECT_ENV, create_app
+
+    fl = open_project(os.environ[WORKER_PROJECT_ENV])
+    project = fl.project
+    return create_app(
+        project,
+        # Stopped in reverse: the last flush runs before the project closes.
+        background=[lambda: fl.close, lambda: RegistryFlusher(project).start().stop],
+        dedicated=True,
     )

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from featurelake.errors import RequestError, UsageError
-from featurelake.features.definitions import FeatureView
+from featurelake.features.definitions import FeatureView, shown
 from featurelake.features.keys import encode_key
 from featurelake.features.loader import Definitions
 from featurelake.serving import codec
@@ -115,8 +115,8 @@ class OnlineService:
     def _view(self, name: str) -> FeatureView:
         view = self.definitions.views.get(name)
         if view is None:
-            known = ", ".join(sorted(self.definitions.views)) or "none"
-            raise RequestError(f"unknown feature view {name!r}: features.py defines {known}", 404)
+            # Remote callers learn nothing about the views they did not name (`featurelake get` lists them).
+            raise RequestError(f"unknown feature view {shown(name)}", 404)
         return view
 
     def key_types(self, view: FeatureView) -> tuple[bool, ...]:
@@ -182,9 +182,7 @@ class OnlineService:
                 log.warning("%s", self._notices[view_name])  # once per view, unless the caller asked first
             types = codec.field_types(view)
             if field not in types:
-                raise RequestError(
-                    f"view {view_name!r} has no feature {field!r}; its features are {', '.join(types)}", 404
-                )
+                raise RequestError(f"view {view_name!r} has no feature {shown(field)}", 404)
             g = groups.setdefault(view_name, {"view": view, "types": types, "fields": []})
             if field not in g["fields"]:
                 g["fields"].append(field)

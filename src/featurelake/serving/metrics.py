@@ -2,11 +2,20 @@
 
 The monitoring component owns the registry and the shared metrics (``featurelake_prediction_latency_seconds``
 among them); the serving-only ones are added to the same registry here.
+
+Several worker processes (``featurelake serve --workers N``) each count their own requests. ``serve`` then
+sets ``PROMETHEUS_MULTIPROC_DIR`` before it starts them, so prometheus_client keeps every process's values in
+memory-mapped files there, and :func:`exposition` (whichever worker answers ``GET /metrics``) sums them:
+counters and histograms over all workers, including workers that have since been replaced; the gauge
+``featurelake_model_load_seconds`` is the most recent value any worker set.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from featurelake import telemetry as shared
 
@@ -29,7 +38,11 @@ MODEL_LOAD_SECONDS = Gauge(
     "How long the last load of a model's Production version took (not part of the prediction latency).",
     ("model",),
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
+
+#: Set (by ``serve``, for its worker processes) before prometheus_client was imported: multiprocess mode.
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def observe(endpoint: str, status: int, seconds: float) -> None:
@@ -44,13 +57,18 @@ def count_predictions(model: str, version: str, n: int) -> None:
 
 
 def exposition() -> tuple[bytes, str]:
-    """Body and content type of ``GET /metrics``."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """Body and content type of ``GET /metrics``: this process's registry, or every worker's, summed."""
+    if MULTIPROCESS_DIR is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    summed = CollectorRegistry()
+    MultiProcessCollector(summed, path=MULTIPROCESS_DIR)
+    return generate_latest(summed), CONTENT_TYPE_LATEST
 
 
 __all__ = [
     "LATENCY",
     "MODEL_LOAD_SECONDS",
+    "MULTIPROCESS_DIR",
     "ONLINE_STORE_ERRORS",
     "REGISTRY",
     "REQUESTS",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurelake.errors import NotFoundError, RequestError
+from featurelake.features.definitions import shown
 from featurelake.serving import metrics
 from featurelake.serving.lookup import PRESENT, OnlineService
 
@@ -180,7 +181,11 @@ class ModelServer:
             cached = self._served.get(model)
             if cached is not None and time.monotonic() - cached[1] < self.refresh_seconds / 2:
                 return cached[0]  # another caller just did it
-            mv = self.registry.resolve(f"{model}@production")
+            try:
+                mv = self.registry.resolve(f"{model}@production")
+            except NotFoundError as exc:
+                # The registry's message names its database and every model: for the log, not the caller.
+                raise NotFoundError(self._not_served(model)) from exc
             if cached is not None and cached[0].version == mv.version:
                 served = cached[0]
             else:
@@ -189,6 +194,17 @@ class ModelServer:
                 metrics.MODEL_LOAD_SECONDS.labels(model).set(time.perf_counter() - t0)
             self._served[model] = (served, time.monotonic())
             return served
+
+    def _not_served(self, model: str) -> str:
+        """Why ``model`` cannot be served, naming nothing but ``model`` itself."""
+        try:
+            self.registry.versions(model)
+        except NotFoundError:
+            return f"unknown model {shown(model)}"
+        return (
+            f"model {shown(model)} has no version in Production: promote one with "
+            f"`featurelake models promote {model} VERSION Production`"
+        )
 
     def current(self, model: str) -> ServedModel:
         """The Production version of ``model`` (see the class docstring for when it is re-resolved)."""

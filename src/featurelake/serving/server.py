@@ -6,28 +6,45 @@ Endpoints::
                                 when it is not application/json; we parse the body as JSON regardless)
     POST /predict/{model}       {"entities": {...}} -> predictions of the model's Production version
     GET  /healthz               200 when the online store answers, else 503 (never needs the token)
-    GET  /metrics               Prometheus exposition
+    GET  /metrics               Prometheus exposition (summed over the worker processes)
+
+With ``server.token`` set, every path but ``/healthz`` (``/openapi.json`` and unknown paths too) answers
+401 without ``Authorization: Bearer <token>``; the check is an ASGI middleware in front of the routes.
 
 Every error is JSON ``{"error": <class>, "detail": <message>}`` with its status decided in ONE place
 (:func:`http_status`): 400 malformed JSON, 401 missing/wrong bearer token, 404 unknown view, feature or
-model (or no Production version), 413 body or entity count over the limits, 422 a request that is valid JSON
-but not a valid lookup, 500 a model that cannot be loaded, 503 the online store or the registry database is
-unreachable (the server keeps running and recovers when it returns).
+model (or no Production version), 408 a body that did not arrive in time, 413 body or entity count over the
+limits, 422 a request that is valid JSON but not a valid lookup, 500 a model that cannot be loaded, 503 the
+online store or the registry database is unreachable (the server keeps running and recovers when it returns).
+An error body names nothing the caller did not ask about: no other view or model, no file path (5xx bodies
+say what is unavailable and leave the details to the server log; local paths are masked in any error body).
+
+:func:`serve` runs ``server.workers`` processes (default: one per core) behind one socket, each with its own
+online store, registry and DuckDB connections, and the slow-client limits of ``serving.guard``.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import hmac
 import logging
+import os
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from featurelake.errors import (
     CatalogUnavailableError,
@@ -43,13 +60,26 @@ from featurelake.serving.lookup import OnlineService, table_key_types
 from featurelake.serving.models import ModelServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, MutableMapping
 
     from featurelake.project import Project
     from featurelake.serving.base import OnlineStore
 
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+    ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
+
 log = logging.getLogger("featurelake.server")
 JSON = "application/json"
+#: Environment of a ``featurelake serve --workers N`` worker process: the project directory it serves.
+WORKER_PROJECT_ENV = "FEATURELAKE_SERVE_PROJECT"
+#: What a 5xx body says (the exception's own message, which may name files and hosts, goes to the log).
+_UNAVAILABLE = {
+    OnlineStoreUnavailableError: "the online store",
+    CatalogUnavailableError: "the catalog or the model registry database",
+    StorageUnavailableError: "object storage",
+}
 
 
 class HTTPError(Exception):
@@ -75,10 +105,39 @@ def http_status(exc: BaseException) -> int:
     return 500
 
 
+def _public_detail(exc: BaseException, status: int) -> str:
+    """What the caller is told: a 4xx says what was wrong with the request; a 5xx only what failed."""
+    if status < 500 and isinstance(exc, FeaturelakeError | HTTPError):
+        return str(exc)
+    _log_throttled(exc)
+    for kind, what in _UNAVAILABLE.items():
+        if isinstance(exc, kind):
+            return (
+                f"{what} is unavailable ({type(exc).__name__}); the server keeps running and answers again "
+                "once it is back (details in the server log)"
+            )
+    return f"internal error: {type(exc).__name__} (see the server log)"
+
+
+_logged: dict[type, float] = {}
+_logged_lock = threading.Lock()
+
+
+def _log_throttled(exc: BaseException, every: float = 10.0) -> None:
+    """Log a 5xx's full message, once per error class per ``every`` seconds (an outage is not a log flood)."""
+    if not isinstance(exc, FeaturelakeError):
+        return  # unexpected errors are logged with their traceback where they are caught
+    now = time.monotonic()
+    with _logged_lock:
+        if now - _logged.get(type(exc), -every) < every:
+            return
+        _logged[type(exc)] = now
+    log.warning("answering %d: %s", http_status(exc), exc)
+
+
 def _error_response(exc: BaseException) -> Response:
     status = http_status(exc)
-    known = isinstance(exc, FeaturelakeError | HTTPError)
-    detail = str(exc) if known else f"internal error: {type(exc).__name__} (see the server log)"
+    detail = _public_detail(exc, status)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     body = orjson.dumps({"error": type(exc).__name__, "detail": detail})
     return Response(body, status_code=status, media_type=JSON, headers=headers)
@@ -92,13 +151,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(
-                f"request body exceeds the limit of {limit} bytes (server.max_request_bytes)", 413
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(
+                    f"request body exceeds the limit of {limit} bytes (server.max_request_bytes)", 413
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body, or the slow-client guard closed it (server.body_timeout_seconds).
+        raise HTTPError("the request body did not arrive in full", 408) from None
     return b"".join(chunks)
 
 
@@ -143,14 +206,119 @@ def _parse_predict(body: bytes) -> dict[str, list[Any]]:
 #: Work that runs beside the server: called when it starts, returns the function that stops it.
 Background = Callable[[], Callable[[], None]]
 
+_UNAUTHORIZED = orjson.dumps(
+    {"error": "HTTPError", "detail": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}
+)
+
+
+def _local_paths(project: Project) -> tuple[str, ...]:
+    """The server's own directories and files that an error message might name, longest first."""
+    cfg = project.config
+    settings = cfg.settings
+    found: set[Path] = {Path(project.root), Path(project.root).resolve(), Path.home()}
+    for value in (settings.online_store.path, settings.registry.artifacts, settings.catalog.warehouse):
+        if value and "://" not in value:
+            found.add(cfg.path(value).resolve())
+    for uri in (settings.registry.uri, settings.catalog.uri):
+        if uri and uri.startswith("sqlite:///"):
+            file = cfg.path(cfg.sqlalchemy_uri(uri)[len("sqlite:///") :]).resolve()
+            found.update((file, file.parent))
+    texts = {str(p) for p in found if len(str(p)) > 4}
+    return tuple(sorted(texts, key=len, reverse=True))
+
+
+class _Edge:
+    """Pure ASGI, in front of every route: the bearer token on every path but ``/healthz``, and no local
+    path in an error body (any status >= 400 has its body scanned; successful responses pass untouched)."""
+
+    def __init__(self, app: ASGIApp, token: bytes | None, hidden: tuple[str, ...]) -> None:
+        self.app = app
+        self.token = token
+        self.hidden = tuple(h.encode() for h in hidden)
+
+    def _authorized(self, scope: Message) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token or b"")
+        return False
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.token is not None and scope["path"] != "/healthz" and not self._authorized(scope):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", JSON.encode()),
+                        (b"content-length", str(len(_UNAUTHORIZED)).encode()),
+                        (b"www-authenticate", b"Bearer"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _UNAUTHORIZED})
+            return
+        await self.app(scope, receive, self._masking(send) if self.hidden else send)
+
+    def _masking(self, send: Send) -> Send:
+        held: list[Message] = []
+
+        async def masked(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held.append(message)  # hold the head: the body's length may change
+                return
+            if not held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            held.append(message)
+            if message.get("more_body", False):
+                return
+            start, *parts = held
+            held.clear()
+            body = b"".join(p.get("body", b"") for p in parts)
+            for path in self.hidden:
+                body = body.replace(path, b"<server path>")
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        return masked
+
+
+def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method, ...) in the server's error shape, not ``{"detail"}``."""
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    headers = getattr(exc, "headers", None)
+    if status in (404, 405):
+        path = request.url.path if len(request.url.path) <= 100 else request.url.path[:100] + "..."
+        name = "NotFound" if status == 404 else "MethodNotAllowed"
+        detail = (
+            f"no route for {request.method} {path}: the server answers POST /get-online-features, "
+            "POST /predict/{model}, GET /metrics and GET /healthz"
+        )
+    else:
+        name, detail = "HTTPError", str(getattr(exc, "detail", "") or status)
+    body = orjson.dumps({"error": name, "detail": detail})
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
 
 def create_app(
-    project: Project, *, store: OnlineStore | None = None, background: Sequence[Background] = ()
+    project: Project,
+    *,
+    store: OnlineStore | None = None,
+    background: Sequence[Background] = (),
+    dedicated: bool = False,
 ) -> FastAPI:
     """The ASGI app serving ``project``'s views from its online store (or ``store``).
 
     ``background`` starts with the server and stops with it: ``featurelake serve`` flushes the serving
     metrics into the local metrics state that way (``monitoring.serving``), which this layer does not know.
+    ``dedicated``: the app owns its process (``featurelake serve``), which is tuned for serving once started
+    (the objects of start-up are moved out of the garbage collector's way with ``gc.freeze``, so no request
+    waits for a full collection of the imported libraries).
     """
     settings = project.config.settings.server
     service = OnlineService(
@@ -190,6 +358,9 @@ def create_app(
                 log.warning("view %s is not servable yet: %s", view.name, exc)
         models.start()  # load every Production model now, in the background, not on its first request
         stops = [start() for start in background]
+        if dedicated:
+            gc.collect()
+            gc.freeze()
         yield
         for stop in reversed(stops):
             stop()
@@ -198,20 +369,14 @@ def create_app(
 
     app = FastAPI(title="featurelake feature server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-
-    def authorize(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-            raise HTTPError("missing or wrong bearer token: send 'Authorization: Bearer <token>'", 401)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    # Outermost: the token is checked before routing (so /openapi.json and unknown paths need it too).
+    app.add_middleware(_Edge, token=token, hidden=_local_paths(project))
 
     @app.post("/get-online-features")
     async def get_online_features(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            authorize(request)
             features, entities, full = _parse_lookup(await _read_body(request, limit))
             result = await run_in_threadpool(
                 service.get_online_features, features, entities, full_feature_names=full
@@ -230,7 +395,6 @@ def create_app(
     async def predict(model: str, request: Request) -> Response:
         t0, loading = time.perf_counter(), 0.0
         try:
-            authorize(request)
             entities = _parse_predict(await _read_body(request, limit))
             result, loading = await run_in_threadpool(models.predict_timed, model, entities)
             scored = sum(p is not None for p in result["predictions"])
@@ -251,19 +415,19 @@ def create_app(
         try:
             await run_in_threadpool(service.store.ping)
         except OnlineStoreUnavailableError as exc:
-            body = {"status": "unavailable", "online_store": service.store.type_name, "detail": str(exc)}
+            body = {
+                "status": "unavailable",
+                "online_store": service.store.type_name,
+                "detail": _public_detail(exc, 503),
+            }
             return Response(orjson.dumps(body), status_code=503, media_type=JSON)
         return Response(
             orjson.dumps({"status": "ok", "online_store": service.store.type_name}), media_type=JSON
         )
 
     @app.get("/metrics")
-    async def metrics_endpoint(request: Request) -> Response:
-        try:
-            authorize(request)
-        except HTTPError as exc:
-            return _error_response(exc)
-        body, content_type = metrics.exposition()
+    async def metrics_endpoint() -> Response:
+        body, content_type = await run_in_threadpool(metrics.exposition)
         return Response(body, media_type=content_type)
 
     return app
@@ -276,6 +440,18 @@ def _registry_exists(project: Project) -> bool:
     return not uri.startswith(prefix) or project.config.path(uri[len(prefix) :]).exists()
 
 
+def default_workers() -> int:
+    """``server.workers`` when unset: one worker process per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: prometheus_client's switch to its multiprocess mode (read when a worker process imports it).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def serve(
     project: Project,
     *,
@@ -283,18 +459,78 @@ def serve(
     port: int | None = None,
     log_level: str = "info",
     background: Sequence[Background] = (),
+    workers: int | None = None,
+    worker_app: str | None = None,
 ) -> None:
-    """Run the server in this process until interrupted (``featurelake serve``)."""
+    """Run the server until interrupted (``featurelake serve``).
+
+    ``workers`` processes (default ``server.workers``, else :func:`default_workers`) share one listening
+    socket under uvicorn's supervisor, which restarts a worker that dies. One worker runs here, with
+    ``background``. With more, every worker process imports ``worker_app`` (``"module:function"``, called
+    without arguments, finding the project directory in :data:`WORKER_PROJECT_ENV`) and so opens its own
+    online store, registry and DuckDB, and starts its own background work; their metrics are summed on
+    ``/metrics`` through prometheus_client's multiprocess mode, in a temporary directory removed on exit.
+    """
     import uvicorn
 
+    try:
+        from featurelake.serving.guard import ConnectionLimits, GuardedHttpToolsProtocol
+    except ImportError as exc:  # httptools is part of the server extra
+        raise UsageError(f"featurelake serve needs {exc.name}: pip install 'featurelake[server]'") from exc
+
     settings = project.config.settings.server
-    uvicorn.run(
-        create_app(project, background=background),
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        log_level=log_level,
-        access_log=False,
+    count = workers if workers is not None else (settings.workers or default_workers())
+    if count < 1:
+        raise UsageError(f"--workers must be at least 1, got {count}")
+    limits = ConnectionLimits(
+        header_timeout_seconds=settings.header_timeout_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        max_connections=settings.max_connections,
+        max_header_bytes=settings.max_header_bytes,
     )
+    options: dict[str, Any] = {
+        "host": host or settings.host,
+        "port": port if port is not None else settings.port,
+        "log_level": log_level,
+        "access_log": False,
+        # uvicorn's httptools protocol with the deadlines it has no setting for (serving/guard.py).
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits),
+        "timeout_keep_alive": max(1, round(settings.keep_alive_seconds)),  # the guard applies the exact value
+        # uvicorn answers 503 to a request arriving with this many connections open, counting its own; the
+        # guard closes connections over max_connections at accept, so this only backs it up.
+        "limit_concurrency": settings.max_connections + 1,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # A worker busy starting (imports, the project, the catalog) on a loaded machine is not hung.
+        "timeout_worker_healthcheck": 30,
+    }
+    if count == 1:
+        uvicorn.run(create_app(project, background=background, dedicated=True), **options)
+        return
+    if worker_app is None:
+        raise UsageError("serving with several workers needs worker_app, the import path of the app factory")
+    metrics_dir = tempfile.mkdtemp(prefix="featurelake-metrics-")
+    saved = {name: os.environ.get(name) for name in (METRICS_DIR_ENV, WORKER_PROJECT_ENV)}
+    os.environ[METRICS_DIR_ENV] = metrics_dir  # inherited by the worker processes uvicorn spawns
+    os.environ[WORKER_PROJECT_ENV] = str(project.root)
+    try:
+        log.info("starting %d worker processes (metrics summed through %s)", count, metrics_dir)
+        uvicorn.run(worker_app, factory=True, workers=count, **options)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-__all__ = ["HTTPError", "create_app", "http_status", "serve"]
+__all__ = [
+    "METRICS_DIR_ENV",
+    "WORKER_PROJECT_ENV",
+    "HTTPError",
+    "create_app",
+    "default_workers",
+    "http_status",
+    "serve",
+]
