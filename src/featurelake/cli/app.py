@@ -40,8 +40,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "discard",
         "Remove the kept branch audit_<RUN_ID> of VIEW (main is not touched).",
     ),
-    "history": ("view_cmds", "history", "Snapshots of VIEW with their lineage, newest first."),
-    "read": ("view_cmds", "read", "Time-travel read of VIEW."),
+    "history": (
+        "view_cmds",
+        "history",
+        "Snapshots of VIEW (a feature view, or a table as NAMESPACE.TABLE) with their lineage, newest first.",
+    ),
+    "read": (
+        "view_cmds",
+        "read",
+        "Time-travel read of VIEW: a feature view's name, or any table of the project as NAMESPACE.TABLE (predictions.<model>, <namespace>._audits, <namespace>._stats).",
+    ),
     "audits": (
         "audit_cmds",
         "audits",
