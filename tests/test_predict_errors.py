@@ -251,7 +251,7 @@ def test_model_inputs_that_disagree_with_the_signature(
         two, np.zeros((1, 2), np.float32)
     )  # skl2onnx's default: probabilities as a list of dicts
     # Found when it is registered now (the graph is checked then), before anything can score it.
-    with pytest.raises(SchemaError, match="model zipmap .*sequence of maps.*zipmap"):
+    with pytest.raises(SchemaError, match=r"model zipmap .*sequence of maps.*zipmap"):
         register(
             dirty,
             tmp_path,
