@@ -30,6 +30,10 @@ spark: $(SPARK_STAMP) ## install the Spark engine: JDK, JDBC drivers, Iceberg ru
 demo: $(STAMP) ## run the quickstart end to end on the embedded default
 	PATH="$(abspath $(VENV))/bin:$$PATH" FL=featurelake bash examples/quickstart/run_demo.sh
 
+.PHONY: demo-s3
+demo-s3: $(STAMP) ## the quickstart with its warehouse and artifacts on S3 (a moto server on loopback; S3_ENDPOINT= for yours)
+	PATH="$(abspath $(VENV))/bin:$$PATH" FL=featurelake bash examples/quickstart/run_demo_s3.sh
+
 test: $(STAMP) $(SPARK_STAMP) ## run the whole test suite (PostgreSQL tests need 127.0.0.1:5432 or FEATURELAKE_TEST_PG_URL)
 	$(PY) -m pytest -q
 

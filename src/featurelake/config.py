@@ -313,7 +313,15 @@ _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_WORDS = frozenset(
     {"credential", "credentials", "token", "secret", "password", "passwd", "sas", "apikey"}
 )
-_SECRET_PARTS = ("account-key", "access-key", "api-key", "private-key", "authorization", "cookie")
+_SECRET_PARTS = (
+    "account-key",
+    "access-key",
+    "api-key",
+    "private-key",
+    "connection-string",
+    "authorization",
+    "cookie",
+)
 #: Keys that look like credentials in storage.s3: credentials never come from the file.
 _S3_CREDENTIAL_KEYS = frozenset(
     {
