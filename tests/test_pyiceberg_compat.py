@@ -87,6 +87,30 @@ def test_sql_catalog_on_engine(tmp_path: Path) -> None:
     assert rows(again.load_table("ns.t")) == 10
 
 
+def test_close_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+    from pyiceberg.catalog import load_catalog
+
+    from tests.rest_catalog import RestCatalogProcess
+
+    sql = open_catalog("c", f"sqlite:///{tmp_path}/c.db", f"file://{tmp_path}/warehouse")
+    sql.list_namespaces()
+    compat.close_catalog(sql)
+    assert sql.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    closed: list[requests.Session] = []
+    real_close = requests.Session.close
+    monkeypatch.setattr(requests.Session, "close", lambda self: (closed.append(self), real_close(self))[1])
+    server = RestCatalogProcess(f"sqlite:///{tmp_path}/rest.db", f"file://{tmp_path}/rest-warehouse").start()
+    try:
+        rest = load_catalog("r", type="rest", uri=server.url)
+        rest.list_namespaces()
+        closed.clear()  # load_catalog closes the session it fetched /v1/config with
+        compat.close_catalog(rest)
+        assert len(closed) == 1  # the catalog's own session, with its pooled keep-alive connections
+    finally:
+        server.stop()
+
+
 def test_fast_overwrite_available() -> None:
     assert compat.fast_overwrite_available(), (
         "this PyIceberg lacks the internals lakehouse.write uses: writes fall back to Table.overwrite "
