@@ -10,6 +10,8 @@ from pathlib import Path
 
 from featurelake.errors import ConfigError, UsageError
 from featurelake.features.definitions import Entity, FeatureView, shown
+from featurelake.features.ondemand import OnDemandFeatureView
+from featurelake.features.services import FeatureService, resolve_services, unknown_service
 
 
 @dataclass
@@ -18,13 +20,29 @@ class Definitions:
 
     entities: dict[str, Entity] = field(default_factory=dict)
     views: dict[str, FeatureView] = field(default_factory=dict)
+    on_demand: dict[str, OnDemandFeatureView] = field(default_factory=dict)
+    """On-demand (request-time) views, by name (``features/ondemand.py``)."""
+    services: dict[str, FeatureService] = field(default_factory=dict)
+    service_features: dict[str, list[str]] = field(default_factory=dict)
+    """Each service's features as ``view:feature`` references, resolved and checked when the file loaded."""
 
     def view(self, name: str) -> FeatureView:
         try:
             return self.views[name]
         except KeyError:
+            if name in self.on_demand:
+                raise UsageError(
+                    f"{name!r} is an on-demand feature view: it is computed when asked for (training sets, online "
+                    "lookups), never stored, so it has no table"
+                ) from None
             known = ", ".join(sorted(self.views)) or "none"
             raise UsageError(f"unknown feature view {shown(name)}: features.py defines {known}") from None
+
+    def service(self, name: str) -> list[str]:
+        """The features of feature service ``name`` as ``view:feature`` (UsageError when there is none)."""
+        if not isinstance(name, str) or name not in self.service_features:
+            raise unknown_service(name, list(self.services))
+        return list(self.service_features[name])
 
 
 def load_definitions(path: Path) -> Definitions:
@@ -66,4 +84,25 @@ def load_definitions(path: Path) -> Definitions:
                 raise ConfigError(f"{path}: two feature views are named {value.name!r}")
             defs.views[value.name] = value
             defs.entities.setdefault(value.entity.name, value.entity)
+        elif isinstance(value, OnDemandFeatureView):
+            if defs.on_demand.get(value.name, value) is not value:
+                raise ConfigError(f"{path}: two on-demand feature views are named {value.name!r}")
+            defs.on_demand[value.name] = value
+        elif isinstance(value, FeatureService):
+            if defs.services.get(value.name, value) is not value:
+                raise ConfigError(f"{path}: two feature services are named {value.name!r}")
+            defs.services[value.name] = value
+    try:
+        for odfv in defs.on_demand.values():
+            if odfv.name in defs.views:
+                raise ConfigError(
+                    f"on-demand feature view {odfv.name!r} has the name of a feature view; rename one"
+                )
+            for source in odfv.views:  # a source view defined inline is still a view of the project
+                if defs.views.setdefault(source.name, source) is not source:
+                    raise ConfigError(f"two feature views are named {source.name!r}")
+                defs.entities.setdefault(source.entity.name, source.entity)
+        defs.service_features = resolve_services(defs.services, defs.views, defs.on_demand)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return defs

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from featurelake.features.apply import ApplyResult, apply_view
 from featurelake.features.lint import lookback_warnings
+from featurelake.features.service_log import apply_services
 from featurelake.lakehouse import lineage
 from featurelake.monitoring.jobs import monitored_job
 
@@ -34,4 +35,18 @@ def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool =
             )
         )
         results[-1].warnings.extend(lookback_warnings(view))
+    # Feature services: recorded (and versioned when their feature lists change) in <namespace>._services.
+    defs = project.definitions
+    results.extend(
+        apply_services(
+            project.catalog,
+            project.namespace,
+            defs.services,
+            defs.service_features,
+            lineage_props=lineage.lineage_properties(project.root, run_id),
+            dry_run=dry_run,
+            call=project.catalog_call,
+            attempts=project.config.settings.catalog.retries + 1,
+        )
+    )
     return results
