@@ -50,6 +50,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print their tables
+	bash benchmarks/need-wrk.sh
 	$(PY) benchmarks/backfill.py
 	$(PY) benchmarks/audit.py
 	$(PY) benchmarks/online.py
@@ -61,6 +62,7 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/engines.py
 
 bench-peers: $(STAMP) ## featurelake vs Feast side by side (own venv benchmarks/.peers-venv); writes docs/benchmarks.md
+	bash benchmarks/need-wrk.sh
 	PYTHON=$(PYTHON) bash benchmarks/peers/setup.sh
 	$(PY) benchmarks/peers/run.py $(ARGS)
 

@@ -2,8 +2,10 @@
 
 Given the shared Parquet files and the shared redis-server, it writes a Feast feature repo (file offline store,
 redis online store on db 1), applies it, and measures: in-process ``materialize`` of the whole range,
-``get_online_features`` at 1 and 100 entities, ``feast serve`` through benchmarks/peers/loadgen.py, and
-``get_historical_features`` of the entity rows (the result goes to a Parquet file for the value check).
+``get_online_features`` at 1 and 100 entities, ``feast serve`` through benchmarks/peers/loadgen.py and under
+1, 8 and 32 concurrent keep-alive clients (benchmarks/peers/concurrency.py, wrk) with its defaults (one
+worker) and again with ``--workers N`` (featurelake's worker count), and ``get_historical_features`` of the
+entity rows (the result goes to a Parquet file for the value check).
 Results: one JSON object on the path given by --out. Each figure carries the 1-minute load average.
 
     benchmarks/.peers-venv/bin/python benchmarks/peers/feast_side.py --work DIR --redis-port P --out F
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from concurrency import run_levels  # noqa: E402
 
 REPO_PY = """
 from datetime import timedelta
@@ -83,6 +89,40 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
+@contextlib.contextmanager
+def feast_server(repo: Path, *extra: str) -> Iterator[int]:
+    """``feast serve`` (its defaults plus ``--no-access-log`` and ``extra``) on a free port, until the block ends."""
+    port = free_port()
+    feast_bin = str(Path(sys.executable).parent / "feast")
+    server = subprocess.Popen(
+        [feast_bin, "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    err = server.stderr.read().decode() if server.stderr else ""
+                    raise SystemExit(f"feast serve did not start: {err[-2000:]}") from None
+                time.sleep(0.2)
+        yield port
+    finally:
+        # feast serve runs gunicorn workers: end its whole process group (we started it in its own session).
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
@@ -91,6 +131,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=90)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--concurrency-seconds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2, help="the second concurrency run's --workers")
     args = ap.parse_args()
 
     meta = json.loads((args.work / "meta.json").read_text())
@@ -144,26 +186,8 @@ def main() -> None:
         }  # fmt: skip
         print(f"feast sdk {width}: p50 {pct(lat, 0.5):.2f} p99 {pct(lat, 0.99):.2f} ms", file=sys.stderr)
 
-    # (2b) feast serve through the shared load generator.
-    port = free_port()
-    feast_bin = str(Path(sys.executable).parent / "feast")
-    server = subprocess.Popen(
-        [feast_bin, "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    err = server.stderr.read().decode() if server.stderr else ""
-                    raise SystemExit(f"feast serve did not start: {err[-2000:]}") from None
-                time.sleep(0.2)
+    # (2b) feast serve through the shared load generator, then under concurrent clients (wrk).
+    with feast_server(repo) as port:
         la = load()
         gen = subprocess.run(
             [sys.executable, str(HERE / "loadgen.py"), str(port), str(users), str(args.requests),
@@ -179,15 +203,15 @@ def main() -> None:
             for w, d in http.items()
         }  # fmt: skip
         print(f"feast serve: {out['http']}", file=sys.stderr)
-    finally:
-        # feast serve runs gunicorn workers: end its whole process group (we started it in its own session).
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        out["concurrency"] = run_levels(port, users, refs, seconds=args.concurrency_seconds, seed=args.seed)
+        print(f"feast serve, concurrent clients: {out['concurrency']}", file=sys.stderr)
+    with feast_server(repo, "--workers", str(args.workers)) as port:
+        out["concurrency_workers"] = run_levels(
+            port, users, refs, seconds=args.concurrency_seconds, seed=args.seed
+        )
+        out["workers"] = args.workers
+        print(f"feast serve --workers {args.workers}, concurrent clients: {out['concurrency_workers']}",
+              file=sys.stderr)  # fmt: skip
 
     # (3) point-in-time training set (historical retrieval on the file offline store).
     ents = pq.read_table(args.work / "data" / "entities.parquet").to_pandas()

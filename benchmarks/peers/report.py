@@ -10,8 +10,10 @@ OWN_BENCHES = [
      "a plain PyIceberg `table.append` of the same rows (target WAP / append <= 1.5)"),
     ("audit.py", "the audit of a backfill branch (checks and statistics)",
      "DuckDB `SELECT count(*), count(c1), ...` over the same frame"),
-    ("online.py", "`fl.sync()` into Redis; `featurelake serve` and in-process lookups, 1 and 100 entities",
-     "raw redis-py pipelined `HSET` of the latest rows / raw `HGETALL` (pipelined for 100 keys)"),
+    ("online.py", "`fl.sync()` into Redis; `featurelake serve` and in-process lookups, 1 and 100 entities; "
+     "requests/s and p50/p99 under 1, 8 and 32 concurrent keep-alive clients (wrk)",
+     "raw redis-py pipelined `HSET` of the latest rows / raw `HGETALL` (pipelined for 100 keys); "
+     "`featurelake serve --workers 1` for the concurrency run"),
     ("maintenance.py", "compaction of many small files, expiry",
      "the same full scan before compaction (speed-up = before / after)"),
     ("monitoring.py", "metric hooks on jobs and on the server hot path",
@@ -27,6 +29,34 @@ OWN_BENCHES = [
 
 def _fmt(x: float, unit: str) -> str:
     return f"{x:,.0f}" if unit == "rows/s" else f"{x:,.2f}"
+
+
+def _concurrency(add: Any, fl: dict[str, Any], fe: dict[str, Any]) -> None:
+    n = fl["workers"]
+    add("")
+    add("### Concurrent clients (one entity per request)\n")
+    add(f"`wrk` (outside both servers, `benchmarks/peers/concurrency.py` with `lookup.lua`: Feast's request shape, "
+        "a random user per request, `Content-Type: application/json`) keeps N keep-alive connections busy, each "
+        "sending its next request when the previous answer arrived; 2 s of warm-up, then the timed run. "
+        f"`featurelake serve` runs its default {n} workers (one per core); Feast is measured with its defaults "
+        f"(`feast serve`: one gunicorn worker, recycled every ~1,000 requests) and with `--workers {n}`. Target: "
+        "featurelake >= 2x Feast's requests/s at every level, p99 <= 25 ms at 32 clients. Client, servers and Redis "
+        "share the machine's cores.\n")  # fmt: skip
+    add(f"| clients | featurelake req/s | p50 ms | p99 ms | Feast req/s | p50 ms | p99 ms | ratio | "
+        f"Feast --workers {n} req/s | p50 ms | p99 ms | ratio | load avg (fl / Feast / Feast x{n}) |")  # fmt: skip
+    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for c, d in fl["concurrency"].items():
+        f, g = fe["concurrency"][c], fe["concurrency_workers"][c]
+        add(f"| {c} | {d['rps']:,.0f} | {d['p50']:.2f} | {d['p99']:.2f} | {f['rps']:,.0f} | {f['p50']:.2f} | "
+            f"{f['p99']:.2f} | **{d['rps'] / f['rps']:.2f}x** | {g['rps']:,.0f} | {g['p50']:.2f} | {g['p99']:.2f} | "
+            f"{d['rps'] / g['rps']:.2f}x | {d['load'][0]:.1f}-{d['load'][1]:.1f} / {f['load'][0]:.1f}-{f['load'][1]:.1f}"
+            f" / {g['load'][0]:.1f}-{g['load'][1]:.1f} |")  # fmt: skip
+    errors = {name: sum(x["errors"] for x in side.values())
+              for name, side in (("featurelake", fl["concurrency"]), ("Feast", fe["concurrency"]),
+                                 (f"Feast --workers {n}", fe["concurrency_workers"]))}  # fmt: skip
+    add("")
+    add("Errors (connect, read, write, timeouts, non-2xx) over all levels: "
+        + ", ".join(f"{k} {v}" for k, v in errors.items()) + ".\n")  # fmt: skip
 
 
 def write_page(r: dict[str, Any], path: Path) -> None:
@@ -81,6 +111,7 @@ def write_page(r: dict[str, Any], path: Path) -> None:
             f"{fl['http'][w]['n']} requests, {fl['http'][w]['errors']} dropped, {fl['http'][w]['stalls']} over 250 ms. "
             "`feast serve` ran with its defaults plus `--no-access-log` (one gunicorn worker, recycled every "
             "~1,000 requests); `featurelake serve` with `--log-level warning`.")  # fmt: skip
+    _concurrency(add, fl, fe)
     ts_fl, ts_fe = fl["training_set"], fe["training_set"]
     add(f"- Training set: featurelake returned **{ts_fl['rows_out']:,}** rows for {ts_fl['entity_rows']:,} entity "
         f"rows (exactly one per entity row, in order); Feast returned **{ts_fe['rows_out']:,}** "

@@ -8,10 +8,12 @@ virtualenv made by benchmarks/peers/setup.sh. Steps:
    times from a day before the first feature row to a day after the last, plus a ``row_id`` column);
 2. start ONE ``redis-server`` on a free loopback port (featurelake on db 0, Feast on db 1);
 3. featurelake: apply, backfill (timed apart: Feast does no such step), ``fl.sync()``, in-process
-   ``fl.online.get_online_features`` at 1 and 100 entities, ``featurelake serve`` through loadgen.py,
+   ``fl.online.get_online_features`` at 1 and 100 entities, ``featurelake serve`` (its default workers: one
+   per core) through loadgen.py, then under 1, 8 and 32 concurrent keep-alive clients (wrk, concurrency.py),
    ``fl.training_set``;
-4. Feast: materialize, ``get_online_features``, ``feast serve`` through the same loadgen.py,
-   ``get_historical_features``;
+4. Feast: materialize, ``get_online_features``, ``feast serve`` (its defaults: one worker) through the same
+   loadgen.py and the same concurrent clients, then ``feast serve --workers <cores>`` under the concurrent
+   clients too (the same number of processes as featurelake), ``get_historical_features``;
 5. check both training sets hold the same values where both have a row, print the table with the ratio per
    line, write docs/benchmarks.md and docs/img/bench-peers.png.
 
@@ -49,6 +51,7 @@ ROOT = HERE.parent.parent
 PEERS_PY = ROOT / "benchmarks" / ".peers-venv" / "bin" / "python"
 sys.path.insert(0, str(HERE))
 
+from concurrency import run_levels, wrk_binary  # noqa: E402
 from report import write_page  # noqa: E402
 
 import featurelake  # noqa: E402
@@ -74,6 +77,11 @@ user = Entity("user", join_key="user_id", dtype="long")
     ttl=timedelta(days={TTL_DAYS}),
 )
 '''
+
+
+def workers() -> int:
+    """What ``featurelake serve`` starts without --workers: one process per core."""
+    return len(os.sched_getaffinity(0))
 
 
 def load() -> float:
@@ -232,6 +240,11 @@ def featurelake_side(work: Path, meta: dict[str, Any], args: argparse.Namespace)
                 for w, d in http.items()
             }  # fmt: skip
             print(f"featurelake serve: {out['http']}", file=sys.stderr)
+            out["concurrency"] = run_levels(
+                port, users, refs, seconds=args.concurrency_seconds, seed=args.seed
+            )
+            out["workers"] = workers()
+            print(f"featurelake serve, concurrent clients: {out['concurrency']}", file=sys.stderr)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -318,6 +331,14 @@ def lines(fl: dict[str, Any], fe: dict[str, Any]) -> list[dict[str, Any]]:
                              "feast": a, "featurelake": b, "unit": "ms", "ratio": a / b,
                              "load": fe[kind][w]["load"] + fl[kind][w]["load"],
                              "key": f"{kind} {w} {q}"})  # fmt: skip
+    for c, d in fl["concurrency"].items():
+        f = fe["concurrency"][c]
+        rows.append({"measure": f"HTTP, {c} concurrent keep-alive client{'s' if c != '1' else ''}, 1 entity, requests/s",
+                     "feast": f["rps"], "featurelake": d["rps"], "unit": "req/s", "ratio": d["rps"] / f["rps"],
+                     "load": f["load"] + d["load"], "key": f"http x{c} req/s"})  # fmt: skip
+        rows.append({"measure": f"  HTTP, {c} concurrent client{'s' if c != '1' else ''}, 1 entity, p99",
+                     "feast": f["p99"], "featurelake": d["p99"], "unit": "ms", "ratio": f["p99"] / d["p99"],
+                     "load": f["load"] + d["load"], "key": f"http x{c} p99"})  # fmt: skip
     a, b = fe["training_set"]["seconds"], fl["training_set"]["seconds"]
     rows.append({"measure": f"training set, {fl['training_set']['entity_rows']:,} entity rows x {n:,} feature rows",
                  "feast": a, "featurelake": b, "unit": "s", "ratio": a / b,
@@ -339,6 +360,20 @@ def print_table(
     print(f"training-set rows: featurelake {fl['training_set']['rows_out']:,}, Feast {fe['training_set']['rows_out']:,} "
           f"of {fl['training_set']['entity_rows']:,} entity rows; same values on {check['common_rows']:,} common rows: "
           f"{check['mismatched_rows']} mismatched")  # fmt: skip
+    print(
+        f"\nconcurrent keep-alive clients, 1 entity (wrk; featurelake serve: {fl['workers']} workers, "
+        f"Feast: 1 worker (its default) and {fl['workers']} workers):"
+    )
+    print(f"{'clients':>8} {'fl req/s':>9} {'p50':>6} {'p99':>7} {'Feast req/s':>11} {'p50':>6} {'p99':>7} "
+          f"{'ratio':>6} {'Feast xN req/s':>14} {'p50':>6} {'p99':>7} {'ratio':>6}  load avg")  # fmt: skip
+    for c, d in fl["concurrency"].items():
+        f, g = fe["concurrency"][c], fe["concurrency_workers"][c]
+        print(f"{c:>8} {d['rps']:>9,.0f} {d['p50']:>6.2f} {d['p99']:>7.2f} {f['rps']:>11,.0f} {f['p50']:>6.2f} "
+              f"{f['p99']:>7.2f} {d['rps'] / f['rps']:>5.2f}x {g['rps']:>14,.0f} {g['p50']:>6.2f} {g['p99']:>7.2f} "
+              f"{d['rps'] / g['rps']:>5.2f}x  {d['load'][0]:.1f}-{d['load'][1]:.1f}")  # fmt: skip
+        errors = d["errors"] + f["errors"] + g["errors"]
+        if errors:
+            print(f"         errors: featurelake {d['errors']}, Feast {f['errors']}, Feast xN {g['errors']}")
     for kind in ("http",):
         for w in ("1", "100"):
             print(f"{kind} {w}: Feast errors {fe[kind][w]['errors']} stalls>250ms {fe[kind][w]['stalls']}; "
@@ -353,12 +388,16 @@ def main() -> int:
     ap.add_argument("--entities", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=2000, help="timed lookups per width and system")
     ap.add_argument("--seconds", type=int, default=90, help="time limit per HTTP width and system")
+    ap.add_argument(
+        "--concurrency-seconds", type=int, default=10, help="wrk run per concurrency level and server"
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-docs", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     if not PEERS_PY.exists():
         raise SystemExit(f"{PEERS_PY} missing: run `make bench-peers` (it runs benchmarks/peers/setup.sh)")
+    wrk_binary()  # fail now, not after the data generation, when wrk is missing
 
     work = Path(tempfile.mkdtemp(prefix="fl-bench-peers-"))
     print(f"work dir {work}; load average {os.getloadavg()}", file=sys.stderr)
@@ -371,7 +410,8 @@ def main() -> int:
         subprocess.run(
             [str(PEERS_PY), str(HERE / "feast_side.py"), "--work", str(work), "--redis-port", str(redis_port),
              "--out", str(feast_out), "--requests", str(args.requests), "--seconds", str(args.seconds),
-             "--seed", str(args.seed)],
+             "--seed", str(args.seed), "--concurrency-seconds", str(args.concurrency_seconds),
+             "--workers", str(workers())],
             check=True,
         )  # fmt: skip
         fe = json.loads(feast_out.read_text())

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from featurelake import telemetry as shared
@@ -45,10 +52,21 @@ MODEL_LOAD_SECONDS = Gauge(
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
 def observe(endpoint: str, status: int, seconds: float) -> None:
-    """One answered request: its status and latency."""
-    REQUESTS.labels(endpoint, str(status)).inc()
-    LATENCY.labels(endpoint).observe(seconds)
+    """One answered request: its status and latency (the labelled children are looked up once)."""
+    pair = _children.get((endpoint, status))
+    if pair is None:
+        if len(_children) > 10_000:  # endpoints carry model names: keep the cache bounded
+            _children.clear()
+        pair = _children[(endpoint, status)] = (
+            REQUESTS.labels(endpoint, str(status)),
+            LATENCY.labels(endpoint),
+        )
+    pair[0].inc()
+    pair[1].observe(seconds)
 
 
 def count_predictions(model: str, version: str, n: int) -> None:

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -60,7 +61,7 @@ from featurelake.serving.lookup import OnlineService, table_key_types
 from featurelake.serving.models import ModelServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, MutableMapping
+    from collections.abc import AsyncIterator, MutableMapping
 
     from featurelake.project import Project
     from featurelake.serving.base import OnlineStore
@@ -227,14 +228,33 @@ def _local_paths(project: Project) -> tuple[str, ...]:
     return tuple(sorted(texts, key=len, reverse=True))
 
 
+#: ``POST /predict/{model}``: the path's prefix (``{model}`` is one path segment, as FastAPI matches it).
+_PREDICT = "/predict/"
+
+
 class _Edge:
     """Pure ASGI, in front of every route: the bearer token on every path but ``/healthz``, and no local
-    path in an error body (any status >= 400 has its body scanned; successful responses pass untouched)."""
+    path in an error body (any status >= 400 has its body scanned; successful responses pass untouched).
 
-    def __init__(self, app: ASGIApp, token: bytes | None, hidden: tuple[str, ...]) -> None:
+    It also dispatches the two hot routes, ``POST /get-online-features`` and ``POST /predict/{model}``,
+    straight to their FastAPI endpoint functions (the same functions FastAPI routes to, and documents in
+    ``/openapi.json``): their handlers read the raw request and catch every error themselves, so FastAPI's
+    routing, dependency solving and middleware layers would only add ~0.1 ms of CPU to each request.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: bytes | None,
+        hidden: tuple[str, ...],
+        lookup: Callable[[Request], Awaitable[Response]] | None = None,
+        predict: Callable[[str, Request], Awaitable[Response]] | None = None,
+    ) -> None:
         self.app = app
         self.token = token
         self.hidden = tuple(h.encode() for h in hidden)
+        self.lookup = lookup
+        self.predict = predict
 
     def _authorized(self, scope: Message) -> bool:
         for name, value in scope["headers"]:
@@ -261,7 +281,20 @@ class _Edge:
             )
             await send({"type": "http.response.body", "body": _UNAUTHORIZED})
             return
-        await self.app(scope, receive, self._masking(send) if self.hidden else send)
+        send = self._masking(send) if self.hidden else send
+        if scope["method"] == "POST":
+            path = scope["path"]
+            response = None
+            if path == "/get-online-features" and self.lookup is not None:
+                response = await self.lookup(Request(scope, receive))
+            elif path.startswith(_PREDICT) and self.predict is not None:
+                model = path[len(_PREDICT) :]
+                if model and "/" not in model:
+                    response = await self.predict(model, Request(scope, receive))
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
     def _masking(self, send: Send) -> Send:
         held: list[Message] = []
@@ -370,8 +403,6 @@ def create_app(
     app = FastAPI(title="featurelake feature server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_exception_handler(StarletteHTTPException, _http_exception)
-    # Outermost: the token is checked before routing (so /openapi.json and unknown paths need it too).
-    app.add_middleware(_Edge, token=token, hidden=_local_paths(project))
 
     @app.post("/get-online-features")
     async def get_online_features(request: Request) -> Response:
@@ -430,6 +461,19 @@ def create_app(
         body, content_type = await run_in_threadpool(metrics.exposition)
         return Response(body, media_type=content_type)
 
+    # Outermost: the token is checked before routing (so /openapi.json and unknown paths need it too).
+    hot = {
+        route.path: route.endpoint
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.methods == {"POST"}
+    }
+    app.add_middleware(
+        _Edge,
+        token=token,
+        hidden=_local_paths(project),
+        lookup=hot.get("/get-online-features"),
+        predict=hot.get("/predict/{model}"),
+    )
     return app
 
 
