@@ -7,6 +7,7 @@ import io
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -338,3 +339,68 @@ def test_naive_window_bound_is_utc() -> None:
 
     t = pa.timestamp("us")
     assert _bound(datetime(2024, 1, 2, tzinfo=UTC), t).as_py() == datetime(2024, 1, 2)
+
+
+def test_storage_errors_say_what_to_check() -> None:
+    from featurelake.lakehouse.storage import storage_error
+
+    denied = storage_error(
+        OSError("AWS Error ACCESS_DENIED during PutObject operation: Access Denied"), "write x"
+    )
+    assert "refused the credentials: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)" in str(
+        denied
+    )
+    down = storage_error(OSError("AWS Error NETWORK_CONNECTION during HeadObject operation"), "load t")
+    assert str(down).startswith("object storage failed while trying to load t (AWS Error NETWORK_CONNECTION")
+    assert not is_storage_failure(FileNotFoundError("AWS Error NO_SUCH_KEY"))
+    assert not is_storage_failure(OSError("disk full"))
+
+
+def test_an_object_store_failure_nothing_wrapped_is_still_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_project(tmp_path)
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise OSError(
+            "When reading key 'k' in bucket 'b': AWS Error NETWORK_CONNECTION during GetObject operation"
+        )
+
+    monkeypatch.setattr(featurelake.Featurelake, "history", boom)
+    r = cli_here(capsys, tmp_path, "history", "user_features")
+    assert r.returncode == 1
+    assert r.stderr.startswith(
+        "error: object storage failed while trying to finish the command (When reading key"
+    )
+    assert "unexpected" not in r.stderr
+
+
+def test_the_spark_engine_refuses_other_catalog_types(tmp_path: Path) -> None:
+    pytest.importorskip("pyspark")
+    from featurelake.config import CatalogConfig, SparkConfig
+    from featurelake.engines.spark import SparkEngine
+
+    class Cat:
+        name = "featurelake"
+        properties: ClassVar[dict[str, str]] = {"uri": "http://127.0.0.1:1", "warehouse": "s3://b/wh"}
+
+    settings = CatalogConfig(type="rest", uri="http://127.0.0.1:1")
+    with pytest.raises(
+        ConfigError, match=r"the Spark engine .* needs catalog.type sql \(this project has rest\)"
+    ):
+        SparkEngine(Cat(), tmp_path, SparkConfig(), settings)
+
+
+@pytest.mark.s3
+def test_a_server_that_is_no_rest_catalog_is_a_config_error_without_the_secret(
+    s3: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FL_TEST_TOKEN", "tok-should-not-show")
+    make_project(
+        tmp_path,
+        config=f"catalog:\n  type: rest\n  uri: {s3.endpoint}\n  properties:\n    token: '${{FL_TEST_TOKEN}}'\n",
+    )  # moto's S3 endpoint answers /v1/config, but not as an Iceberg REST catalog
+    with featurelake.open(tmp_path) as fl, pytest.raises(ConfigError) as caught:
+        fl.history("user_features")
+    assert f"rest catalog {s3.endpoint} cannot be opened" in str(caught.value)
+    assert "tok-should-not-show" not in str(caught.value)
