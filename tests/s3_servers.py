@@ -121,12 +121,14 @@ class S3Proxy:
         self.log = log
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started: list[subprocess.Popen[bytes]] = []  # every process, so none outlives the test
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> S3Proxy:
+        self.kill()  # one proxy per port: a start without a kill before it replaces the running one
         args = [
             sys.executable,
             str(HERE / "s3_proxy.py"),
@@ -140,6 +142,7 @@ class S3Proxy:
         if self.log is not None:
             args += ["--log", str(self.log)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.started.append(self.proc)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("listening"):
@@ -150,11 +153,12 @@ class S3Proxy:
 
     def kill(self) -> None:
         """SIGKILL: S3 is gone for the client (open connections reset, new ones refused)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
     def slowdowns(self) -> int:
         """How many requests were answered 503 SlowDown."""
