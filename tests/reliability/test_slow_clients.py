@@ -172,6 +172,15 @@ def test_oversized_headers_are_431_and_closed(server: ServeProcess) -> None:
     assert normal_request(server) == 200
 
 
+def test_a_header_that_never_ends_is_cut_at_the_limit(server: ServeProcess) -> None:
+    """3,000 bytes of one header, no line end: refused once the bytes buffered pass the limit, not later."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HANG_GUARD) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: " + b"a" * 3000)
+        answer = read_to_end(s)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert normal_request(server) == 200
+
+
 def read_to_end(s: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (a timeout fails the test)."""
     out = b""

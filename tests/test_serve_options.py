@@ -1,0 +1,70 @@
+"""``featurelake serve`` refusals that need no running server: workers, a missing HTTP parser, and the
+server's shape for Starlette's own refusals."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+import featurelake
+from featurelake.errors import UsageError
+from featurelake.serving import server
+from tests.helpers import make_project
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[featurelake.Featurelake]:
+    with featurelake.open(make_project(tmp_path / "proj")) as fl:
+        yield fl
+
+
+def test_workers_below_one_are_refused_by_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from featurelake.cli.main import main
+
+    root = make_project(tmp_path / "proj")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-C", str(root), "serve", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_workers_below_one_are_refused_by_serve(project: featurelake.Featurelake) -> None:
+    with pytest.raises(UsageError, match="--workers must be at least 1, got 0"):
+        server.serve(project.project, workers=0)
+
+
+def test_several_workers_need_the_app_factory(project: featurelake.Featurelake) -> None:
+    with pytest.raises(UsageError, match="worker_app"):
+        server.serve(project.project, workers=2)
+
+
+def test_a_missing_http_parser_names_the_extra(
+    project: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("featurelake.serving.guard", "uvicorn.protocols.http.httptools_impl"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "httptools", None)  # import httptools now raises ImportError
+    with pytest.raises(UsageError, match=r"needs httptools: pip install 'featurelake\[server\]'"):
+        server.serve(project.project, workers=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "detail"),
+    [
+        (404, "NotFound", "no route for GET /x"),
+        (405, "MethodNotAllowed", "no route for GET /x"),
+        (413, "HTTPError", "too large"),
+    ],
+)
+def test_starlette_refusals_come_in_the_server_shape(status: int, error: str, detail: str) -> None:
+    request = Request({"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""})
+    response = server._http_exception(request, HTTPException(status, "too large"))
+    assert response.status_code == status
+    body = orjson.loads(bytes(response.body))
+    assert body["error"] == error and body["detail"].startswith(detail), body
