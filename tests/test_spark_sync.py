@@ -12,6 +12,7 @@ import redis
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
 import featurelake
+from featurelake.config import reveal
 from featurelake.errors import OnlineStoreUnavailableError
 from featurelake.serving.base import Records
 from featurelake.serving.redis import RedisStore
@@ -74,7 +75,7 @@ def test_spark_sync_writes_exactly_what_the_local_sync_writes(
     spark_fl: featurelake.Featurelake, redis_session: RedisServer
 ) -> None:
     fl = spark_fl
-    spark_url = fl.project.config.settings.online_store.url
+    spark_url = reveal(fl.project.config.settings.online_store.url)
     assert spark_url is not None
     local_url = fresh_db(redis_session, 3)
     local = RedisStore(local_url, fl.online.store.scope)

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Secret,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from featurelake.errors import ConfigError
@@ -26,19 +37,76 @@ from featurelake.units import ByteSize, Duration
 CONFIG_FILE = "featurelake.yaml"
 STATE_DIR = ".featurelake"
 DEFAULT_SQL_CATALOG = "sqlite:///.featurelake/catalog.db"
+#: What a namespace may be: one Iceberg identifier (it also names a directory of the warehouse).
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+class SecretURL(Secret[str]):
+    """A URL that may carry a password (``postgresql+psycopg://fl:pw@db/f``, ``redis://:pw@cache``).
+
+    ``repr``, ``str`` and JSON dumps show it with the password (and secret query parameters) masked;
+    code that needs the real URL asks for it: ``.get_secret_value()`` (or :func:`reveal`).
+    """
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value())
+
+
+def reveal(value: Secret[str] | str | None) -> str | None:
+    """The real value of a secret setting (``SecretURL``, ``SecretStr``); ``None`` stays ``None``."""
+    if value is None or isinstance(value, str):
+        return value
+    return value.get_secret_value()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user info and the values of secret query parameters replaced by
+    ``***`` (for reprs and messages); a URL that does not parse is hidden whole."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return REDACTED
+    netloc, query = parts.netloc, parts.query
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{REDACTED}@{host}"
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(is_secret_property(k) for k, _ in pairs):
+            query = urlencode([(k, REDACTED if is_secret_property(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_mapping(values: dict[str, Any]) -> dict[str, Any]:
+    """A mapping's secret-looking values (keys such as ``*.secret.key``, ``token``, ``webhook_url``) as ``***``."""
+    return {
+        k: (REDACTED if _secret_key(str(k)) and not _env_name_key(str(k)) else v) for k, v in values.items()
+    }
+
+
+def _secret_key(key: str) -> bool:
+    k = key.lower()
+    return is_secret_property(k) or is_secret_property(k.replace(".", "-")) or "webhook" in k
+
+
+def _env_name_key(key: str) -> bool:
+    """``webhook_url_env``: the name of an env var, not the secret itself."""
+    return key.lower().endswith("_env")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class CatalogConfig(_Section):
     type: str = "sql"
     """``sql`` (PyIceberg SQL catalog on SQLite or PostgreSQL), ``rest``, or any other type PyIceberg's
     ``load_catalog`` knows (``glue``, ``hive``, ``dynamodb``, ``bigquery``, ``in-memory``)."""
-    uri: str | None = None
+    uri: SecretURL | None = None
     """``sql``: SQLAlchemy URL (default ``sqlite:///.featurelake/catalog.db``); ``rest``: the catalog's
-    http(s) URL (required); other types: what PyIceberg wants as ``uri`` (often nothing)."""
+    http(s) URL (required); other types: what PyIceberg wants as ``uri`` (often nothing). A password in it is
+    masked in every repr and dump (``ProjectConfig.catalog_uri`` has the real one)."""
     warehouse: str = ".featurelake/warehouse"
     """Where table data and metadata go: a local path or a URL (``s3://bucket/prefix``; ``s3a://`` is the same)."""
     name: str = "featurelake"
@@ -65,9 +133,14 @@ class CatalogConfig(_Section):
         # YAML gives booleans and numbers; PyIceberg properties are strings ("true", "30").
         return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
 
+    @field_serializer("properties")
+    def _dump_properties(self, value: dict[str, str]) -> dict[str, str]:
+        # model_dump / JSON never carry a secret property (ProjectConfig.catalog_properties has them).
+        return redact_properties(value)
+
     @model_validator(mode="after")
     def _uri_fits_type(self) -> CatalogConfig:
-        uri = self.uri or ""
+        uri = reveal(self.uri) or ""
         web = urlsplit(uri).scheme in ("http", "https")
         if self.type == "rest" and not web:
             raise ValueError(
@@ -120,7 +193,16 @@ class SparkConfig(_Section):
     master: str = "local[2]"
     """Spark master URL: ``local[N]`` on this machine, or ``spark://host:7077`` for a standalone cluster."""
     conf: dict[str, str] = Field(default_factory=dict)
-    """Extra Spark settings (``spark.executor.memory``, ``spark.jars.packages``...); they win over ours."""
+    """Extra Spark settings (``spark.executor.memory``, ``spark.jars.packages``...); they win over ours.
+    Secret-looking ones (``spark.hadoop.fs.s3a.secret.key``, ``*.token``) are masked in reprs and dumps."""
+
+    @field_serializer("conf")
+    def _dump_conf(self, value: dict[str, str]) -> dict[str, Any]:
+        return _redact_mapping(value)
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            yield key, (_redact_mapping(value) if key == "conf" else value)
 
 
 class EngineConfig(_Section):
@@ -133,8 +215,9 @@ class OnlineStoreConfig(_Section):
     """Backend of the online store: ``sqlite`` (embedded, one file) or ``redis``."""
     path: str = ".featurelake/online.db"
     """SQLite file of the ``sqlite`` store (relative to the project directory)."""
-    url: str | None = None
-    """Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (default when unset: that one)."""
+    url: SecretURL | None = None
+    """Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (default when unset: that one); a password in it is masked
+    in reprs and dumps."""
     connect_timeout_seconds: float = Field(default=1.0, gt=0)
     """How long connecting to Redis may take before the store counts as unavailable."""
     timeout_seconds: float = Field(default=5.0, gt=0)
@@ -148,8 +231,9 @@ class ServerConfig(_Section):
     """Address ``featurelake serve`` binds (loopback unless you mean to expose it)."""
     port: int = Field(default=8666, ge=0, le=65535)
     """Port ``featurelake serve`` listens on."""
-    token: str | None = None
-    """Bearer token required on every endpoint but ``/healthz``; set it as FEATURELAKE_SERVER__TOKEN."""
+    token: SecretStr | None = None
+    """Bearer token required on every endpoint but ``/healthz``; set it as FEATURELAKE_SERVER__TOKEN (never
+    shown: ``.get_secret_value()`` gives it)."""
     max_entities: int = Field(default=10_000, ge=1)
     """Most entity keys one request may ask for (HTTP 413 above)."""
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
@@ -172,8 +256,9 @@ class ServerConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    uri: str = "sqlite:///.featurelake/registry.db"
-    """SQLAlchemy URL of the model registry: ``sqlite:///…`` or ``postgresql+psycopg://…`` (schema via Alembic)."""
+    uri: SecretURL = Field(default=SecretURL("sqlite:///.featurelake/registry.db"))
+    """SQLAlchemy URL of the model registry: ``sqlite:///…`` or ``postgresql+psycopg://…`` (schema via Alembic);
+    a password in it is masked in reprs and dumps."""
     artifacts: str = ".featurelake/artifacts"
     """Root of the content-addressed artifact store (``sha256/<digest>``): a local path or an fsspec URL."""
     release_tags_on_archive: bool = False
@@ -200,8 +285,9 @@ class MonitoringConfig(_Section):
         default_factory=lambda: [{"type": "console"}, {"type": "file", "path": ".featurelake/alerts.jsonl"}]
     )
     """Where alerts go: ``console``, ``file`` (``path``), ``slack`` (``webhook_url_env``); see docs/monitoring.md."""
-    pushgateway: str | None = None
-    """Prometheus Pushgateway URL (``http://127.0.0.1:9091``) batch jobs push their metrics to."""
+    pushgateway: SecretURL | None = None
+    """Prometheus Pushgateway URL (``http://127.0.0.1:9091``) batch jobs push their metrics to (credentials in
+    it are masked in reprs and dumps)."""
     push_timeout_seconds: float = 3.0
     """How long a job waits on the Pushgateway before giving up (the job itself never fails on it)."""
     state: str = ".featurelake/metrics.db"
@@ -212,14 +298,27 @@ class MonitoringConfig(_Section):
     """Project alert rules (YAML) merged over the shipped defaults by rule name."""
     default_rules: bool = True
     """Start from the shipped rules (featurelake/monitoring/rules/default.yaml); false: project rules only."""
-    prometheus_url: str | None = None
-    """Evaluate rules by querying this Prometheus server instead of the local state."""
+    prometheus_url: SecretURL | None = None
+    """Evaluate rules by querying this Prometheus server instead of the local state (credentials masked)."""
     evaluate_after_jobs: bool = False
     """Run ``monitor`` at the end of every job (alerts fire without a scheduler; failures never fail the job)."""
     flush_interval_seconds: float = 15.0
     """How often ``serve`` appends its latency and prediction metrics to the local state (0: never)."""
     collect: tuple[Literal["online", "models"], ...] = ("online", "models")
     """Gauges ``monitor`` measures before evaluating: online store keys and sync lag, model ages."""
+
+    @field_validator("pushgateway", "prometheus_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_serializer("channels")
+    def _dump_channels(self, value: list[dict[str, Any]]) -> list[Any]:
+        return [_redact_mapping(c) if isinstance(c, dict) else c for c in value]
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            yield key, (self._dump_channels(value) if key == "channels" else value)
 
 
 class BackfillConfig(_Section):
@@ -249,6 +348,13 @@ class MaintenanceConfig(_Section):
     """Tags starting with these (online-sync watermarks) also keep every snapshot from them to the branch head."""
 
 
+class FeaturesConfig(_Section):
+    load_timeout: Duration = timedelta(seconds=30)
+    """How long loading ``features.py`` may take (e.g. 30s, 2m; 0 = no limit); longer is a ConfigError naming
+    the file and the line it was stuck at (in the main thread a SIGALRM timer interrupts it; elsewhere the
+    load runs in a daemon thread that is abandoned; see docs/reliability.md)."""
+
+
 class Settings(BaseSettings):
     """The whole configuration of one featurelake project."""
 
@@ -268,6 +374,19 @@ class Settings(BaseSettings):
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_identifier(cls, value: str) -> str:
+        if not _NAMESPACE.fullmatch(value):
+            shown = repr(value if len(value) <= 60 else value[:60] + "...")
+            raise ValueError(
+                f"{shown} is not a namespace: use letters, digits and '_' (not starting with a digit, at most "
+                "128 characters), e.g. features; it names the Iceberg namespace of the tables and their directory "
+                "in the warehouse"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -400,7 +519,10 @@ def _refuse_secrets_in_file(raw: dict[str, Any], path: Path) -> None:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if not isinstance(value, str):
             continue
-        secret = key == "token" or bool(urlsplit(value).password)
+        try:
+            secret = key == "token" or bool(urlsplit(value).password)
+        except ValueError:  # not a URL at all: validation says so, naming the key
+            continue
         if secret:
             env = _env_name((section, key))
             raise ConfigError(
@@ -428,6 +550,80 @@ def _refuse_secrets_in_file(raw: dict[str, Any], path: Path) -> None:
                     "standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE "
                     "or an instance role)"
                 )
+    monitoring = raw.get("monitoring")
+    channels = monitoring.get("channels") if isinstance(monitoring, dict) else None
+    for i, channel in enumerate(channels if isinstance(channels, list) else []):
+        for k, v in channel.items() if isinstance(channel, dict) else ():
+            if _secret_key(str(k)) and not _env_name_key(str(k)) and isinstance(v, str) and v.strip():
+                raise ConfigError(
+                    f"{path}: monitoring.channels[{i}].{k} holds a secret; secrets are read from the environment "
+                    "only: remove it and name the env var that holds it instead (e.g. webhook_url_env: "
+                    "SLACK_WEBHOOK_URL)"
+                )
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int, first: int) -> None:
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML would keep the last)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` overrides on purpose
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (``{}`` when empty); a ConfigError naming the file when it cannot be read,
+    is not UTF-8 text, is not valid YAML or writes a key twice in one mapping."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or exc}; check that it is a readable file"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1].hex()
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{bad} at offset {exc.start}): featurelake.yaml must be a YAML text "
+            "file; was something else saved under this name? Restore it (`featurelake init DIR` writes a fresh one)"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader subclass: no arbitrary objects
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{path}: key {exc.key!r} is written twice in the same mapping (line {exc.first} and line {exc.line}); "
+            "YAML keeps only one of them, so featurelake refuses the file: remove or merge one"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        raise ConfigError(
+            f"{path} is not valid YAML{where}"
+            + (f" ({problem})" if problem else "")
+            + ": fix the syntax and retry"
+        ) from None
 
 
 def canonical_url(location: str) -> str:
@@ -452,15 +648,10 @@ class ProjectConfig:
         path = root / CONFIG_FILE
         if not path.is_file():
             raise ConfigError(
-                f"no {CONFIG_FILE} in {root}: run `featurelake init {root}` to create a project, "
+                f"no {CONFIG_FILE} in {root}: run `featurelake init {shlex.quote(str(root))}` to create a project, "
                 "or pass the project directory with --project"
             )
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path} is not valid YAML{where}: fix the syntax and retry") from exc
+        raw = read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of keys (project, namespace, catalog, ...)")
         _refuse_secrets_in_file(raw, path)
@@ -487,8 +678,8 @@ class ProjectConfig:
         """The catalog URI: for ``sql`` resolved against the project (default the embedded SQLite file)."""
         c = self.settings.catalog
         if c.type == "sql":
-            return self.sqlalchemy_uri(c.uri or DEFAULT_SQL_CATALOG)
-        return c.uri or ""
+            return self.sqlalchemy_uri(reveal(c.uri) or DEFAULT_SQL_CATALOG)
+        return reveal(c.uri) or ""
 
     @property
     def catalog_properties(self) -> dict[str, str]:
@@ -519,10 +710,14 @@ __all__ = [
     "CONFIG_FILE",
     "REDACTED",
     "ProjectConfig",
+    "SecretURL",
     "Settings",
     "canonical_url",
     "is_secret_property",
+    "mask_url",
+    "read_yaml",
     "redact_properties",
     "redact_text",
     "resolve_env_refs",
+    "reveal",
 ]

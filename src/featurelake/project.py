@@ -51,9 +51,11 @@ class Project:
     @cached_property
     def catalog(self) -> Catalog:
         from featurelake.lakehouse.catalog import open_catalog
+        from featurelake.lakehouse.storage import writing
 
         c = self.config.settings.catalog
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.config.state_dir, "create the project's state directory"):
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
         return open_catalog(
             c.name,
             self.config.catalog_uri,
@@ -67,7 +69,8 @@ class Project:
 
     @cached_property
     def definitions(self) -> Definitions:
-        return load_definitions(self.config.definitions_file)
+        timeout = self.config.settings.features.load_timeout.total_seconds()
+        return load_definitions(self.config.definitions_file, timeout=timeout or None)
 
     @cached_property
     def engine(self) -> Engine:
@@ -82,11 +85,23 @@ class Project:
         return f"{self.namespace}.{view}"
 
     def catalog_call(self, fn: Callable[[], T], what: str) -> T:
-        """Run a catalog operation with the configured transient-failure retries."""
+        """Run a catalog operation with the configured transient-failure retries.
+
+        A local warehouse that cannot be written (``catalog.warehouse: /proc``, a read-only disk) is a
+        ConfigError naming the setting, not a bare ``OSError``.
+        """
         from featurelake.lakehouse.catalog import retry_transient
 
         c = self.config.settings.catalog
-        return retry_transient(fn, what=what, uri=self.config.catalog_uri, retries=c.retries)
+        try:
+            return retry_transient(fn, what=what, uri=self.config.catalog_uri, retries=c.retries)
+        except OSError as exc:
+            warehouse = self.config.warehouse.removeprefix("file://")
+            if "://" in warehouse or warehouse not in f"{exc.filename or ''} {exc}":
+                raise
+            from featurelake.lakehouse.storage import io_failure
+
+            raise io_failure(exc, warehouse, f"{what} in the warehouse", setting="catalog.warehouse") from exc
 
     def load_table(self, view: str) -> Table:
         from pyiceberg.exceptions import NoSuchTableError

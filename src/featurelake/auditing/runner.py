@@ -10,6 +10,10 @@ before the branch is written, so the write puts them into the branch snapshot's 
 (``featurelake.audit-report``, ``featurelake.audit-report-html``, relative to the project directory); the
 audit that follows the write creates the files. A re-audit (rebase, ``featurelake audit``) rewrites them,
 so they always hold the run's latest verdict; every earlier verdict stays in the audit log.
+
+A run id can be used again once nothing on the table remembers it (its branch discarded, its snapshots
+expired): the new run then first moves the earlier run's files to ``<run_id>.<snapshot id>.json``/``.html``
+(:func:`keep_earlier_reports`), so a report is never overwritten by another run's.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from featurelake.auditing import audit_log, stats_log
-from featurelake.errors import CatalogUnavailableError, ConflictError
+from featurelake.errors import CatalogUnavailableError, ConflictError, FeaturelakeError
 from featurelake.lakehouse import wap
 from featurelake.validation.audit import AuditReport, checks_for
 from featurelake.validation.checks import AuditContext, Check, ReferenceStats
 from featurelake.validation.drift import Drift
 from featurelake.validation.fast import process_pool
-from featurelake.validation.report_html import save_report
+from featurelake.validation.report_html import keep_earlier_report, save_report
 from featurelake.validation.stats import ColumnStats, Profiler, run_seed
 
 if TYPE_CHECKING:
@@ -42,6 +46,17 @@ def report_paths(project: Project, view: str, run_id: str) -> tuple[str, str]:
     """The run's JSON and HTML report paths, relative to the project directory."""
     base = (project.audit_dir / view / run_id).relative_to(project.root)
     return str(base.with_suffix(".json")), str(base.with_suffix(".html"))
+
+
+def keep_earlier_reports(project: Project, table: str, run_id: str) -> list[str]:
+    """A new run of ``table`` (a view, or a predictions table) is starting with ``run_id``: move an earlier
+    run's reports out of its way; returns a note saying where they went (none when there were none)."""
+    moved = keep_earlier_report(project.audit_dir / table, run_id)
+    if moved is None:
+        return []
+    return [
+        f"an earlier run with id {run_id} left an audit report; it is kept as {moved.relative_to(project.root)}"
+    ]
 
 
 def report_properties(project: Project, view: str, run_id: str) -> dict[str, str]:
@@ -179,7 +194,14 @@ def run_audit(
         html_path=html_path,
     )
     report.seconds = time.perf_counter() - t0
-    save_report(report, project.audit_dir / view.name)
+    try:
+        save_report(report, project.audit_dir / view.name)
+    except FeaturelakeError as exc:  # the report's file cannot be written (permissions, a full disk)
+        raise type(exc)(
+            f"{exc}. The audit of {view.name} run {run_id} ({report.status}) was not recorded, so nothing was "
+            f"published: main is unchanged and branch {report.branch} is kept; once fixed, finish with "
+            f"`featurelake publish {view.name} --run-id {run_id}`"
+        ) from exc
     try:
         audit_log.record(project, report)
     except (CatalogUnavailableError, ConflictError) as exc:

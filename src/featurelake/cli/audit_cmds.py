@@ -31,6 +31,7 @@ def audit_or_recorded(
     """
     from featurelake.auditing.runner import report_paths
     from featurelake.lakehouse import lineage, wap
+    from featurelake.lakehouse.storage import writing
     from featurelake.validation.audit import AuditReport
     from featurelake.validation.report_html import render_html
 
@@ -47,20 +48,15 @@ def audit_or_recorded(
             fl.audit(view, run_id)  # raises the usual "no branch audit_<run id>" error
             raise AssertionError("unreachable")
         report = AuditReport.load(recorded)
-        (project.root / html_path).write_text(render_html(report))
+        with writing(project.root / html_path, "re-render the audit report"):
+            project.storage.write_text(project.root / html_path, render_html(report))
         note = (
             f"run {run_id} has no kept branch (it was published or removed): showing its recorded audit of "
             f"{report.audited_at} from {json_path}"
         )
     if html is not None:
-        from featurelake.lakehouse.storage import is_storage_failure, storage_error
-
-        try:
+        with writing(html, "write the HTML report (--html)"):
             project.storage.write_text(html, render_html(report))
-        except OSError as exc:
-            if is_storage_failure(exc):
-                raise storage_error(exc, f"write the HTML report {html}") from exc
-            raise
     return report, note
 
 

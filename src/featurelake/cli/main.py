@@ -49,12 +49,16 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        from featurelake.lakehouse.storage import is_storage_failure, storage_error
+        from featurelake.lakehouse.storage import io_failure, is_storage_failure, storage_error
 
         if is_storage_failure(exc):  # object storage failed somewhere no job wrapped it: still one clear line
             err = storage_error(exc, "finish the command")
             _error_line(str(err))
             sys.exit(err.exit_code)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename:  # a file no command wrapped
+            failed = io_failure(exc, exc.filename, "finish the command")
+            _error_line(f"{failed} (re-run with --debug for the traceback)")
+            sys.exit(failed.exit_code)
         _error_line(f"unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
         sys.exit(1)
 

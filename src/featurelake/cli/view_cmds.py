@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,9 +20,13 @@ def init(directory: Path) -> None:
     from featurelake.cli.scaffold import scaffold
 
     for path in scaffold(directory):
-        render.out.print(f"created {path}")
+        render.out.print(f"created {path}", markup=False, highlight=False, soft_wrap=True)
     render.out.print(
-        f"next: put data under {directory}/data, edit features.py, then `featurelake -C {directory} apply`"
+        f"next: put data under {directory / 'data'}, edit features.py, then "
+        f"`featurelake -C {shlex.quote(str(directory))} apply`",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurelake.errors import ConfigError, UsageError
 from featurelake.features.definitions import Entity, FeatureView, shown
+from featurelake.features.load_guard import run_definitions
 from featurelake.features.ondemand import OnDemandFeatureView
 from featurelake.features.services import FeatureService, resolve_services, unknown_service
 
@@ -45,8 +45,12 @@ class Definitions:
         return list(self.service_features[name])
 
 
-def load_definitions(path: Path) -> Definitions:
-    """Import ``path`` as a fresh module and collect module-level ``Entity``/``FeatureView`` objects."""
+def load_definitions(path: Path, *, timeout: float | None = None) -> Definitions:
+    """Import ``path`` as a fresh module and collect module-level ``Entity``/``FeatureView`` objects.
+
+    Whatever goes wrong while it runs is a ConfigError naming ``file:line`` (``features/load_guard.py``);
+    ``timeout`` (seconds, ``features.load_timeout``) bounds the run; a file without views warns on stderr.
+    """
     if not path.is_file():
         raise ConfigError(f"no feature definitions at {path}: create features.py (see `featurelake init`)")
     module_name = f"_featurelake_defs_{abs(hash(str(path)))}"
@@ -59,19 +63,9 @@ def load_definitions(path: Path) -> Definitions:
     added = project_dir not in sys.path
     if added:
         sys.path.insert(0, project_dir)
+    loader = spec.loader
     try:
-        spec.loader.exec_module(module)
-    except ConfigError as exc:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
-        where = f" (line {frames[-1].lineno})" if frames else ""
-        raise ConfigError(f"{path}{where}: {exc}") from exc
-    except Exception as exc:
-        # The line in features.py that raised, not the innermost frame inside featurelake.
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
-        frame = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
-        raise ConfigError(
-            f"{path} failed to load at line {frame.lineno}: {type(exc).__name__}: {exc}"
-        ) from exc
+        run_definitions(path, lambda: loader.exec_module(module), timeout)
     finally:
         if added:
             sys.path.remove(project_dir)
@@ -105,4 +99,11 @@ def load_definitions(path: Path) -> Definitions:
         defs.service_features = resolve_services(defs.services, defs.views, defs.on_demand)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if not defs.views:  # nothing to apply, backfill or serve: say so instead of a silent exit 0
+        print(
+            f"warning: {path} defines no feature views (no module-level FeatureView objects); "
+            "commands have nothing to work on: define views (see `featurelake init`)",
+            file=sys.stderr,
+            flush=True,
+        )
     return defs

@@ -15,6 +15,7 @@ from pyiceberg.table import Table
 from featurelake.auditing.runner import (
     AUDIT_REPORT,
     AUDIT_REPORT_HTML,
+    keep_earlier_reports,
     record_published,
     report_properties,
     run_audit,
@@ -201,6 +202,7 @@ def run_backfill(
         raise UsageError(
             f"run id {run_id} already exists for {view.name} ({where}): pass a new --run-id or omit it"
         )
+    earlier = keep_earlier_reports(project, view.name, run_id)
 
     _say(progress, f"computing {view.name} for {window}")
     frame = project.engine.compute(view, window, tbl)
@@ -237,7 +239,7 @@ def run_backfill(
         report=report,
         rebases=result.rebases,
         seconds=time.perf_counter() - t0,
-        notes=result.notes,
+        notes=[*earlier, *result.notes],
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from featurelake.auditing.runner import AUDIT_REPORT
+from featurelake.auditing.runner import AUDIT_REPORT, keep_earlier_reports
 from featurelake.lakehouse import lineage
 from featurelake.monitoring.jobs import job_metrics
 from featurelake.prediction import table as ptable
@@ -126,6 +126,7 @@ def run_predict(
         try:
             mv = plan.model
             props = _properties(project, plan)
+            earlier = keep_earlier_reports(project, plan.output, plan.run_id)
             say.phase(
                 f"scoring {plan.view}@{plan.snapshot_id} with {mv.name} {mv.version} ({mv.flavor}, "
                 f"{plan.selection.mode})"
@@ -137,6 +138,7 @@ def run_predict(
                 plan.selection.timestamp,
                 plan.flavor.output_range,
                 project.config.settings.prediction.max_null_rate,
+                [f.name for f in plan.output_schema.fields if f.name.startswith(ptable.PROBA_PREFIX)],
             )
 
             def audit() -> AuditReport:
@@ -173,7 +175,7 @@ def run_predict(
             score_seconds=stats.score_seconds,
             prediction_mean=stats.mean,
             rebases=published.rebases,
-            notes=published.notes,
+            notes=[*earlier, *published.notes],
         )
         rec.predictions(mv.name, mv.version, stats.rows, stats.mean)
         rec.result(result)

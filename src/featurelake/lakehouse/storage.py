@@ -22,9 +22,12 @@ installed. The artifact store keeps its fsspec interface through fsspec's ``Arro
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from featurelake.config import canonical_url
-from featurelake.errors import StorageUnavailableError, UsageError
+from featurelake.errors import ConfigError, FeaturelakeError, StorageUnavailableError, UsageError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -248,32 +251,132 @@ class Storage:
             data: bytes = f.read()
         return data
 
+    # Every write is whole or nothing: locally a temporary file in the target's directory renamed over it
+    # (an existing file is replaced in one step, never truncated first), on object storage one PUT.
     def write_parquet(self, table: pa.Table, location: str | Path, **options: Any) -> None:
-        """Write ``table`` as Parquet: locally through a temporary file and a rename, on object storage in
-        one PUT (an object appears whole or not at all)."""
+        """Write ``table`` as Parquet (whole or not at all)."""
         fs, path = self.filesystem(location)
         if is_remote(location):
             pq.write_table(table, path, filesystem=fs, **options)
             return
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        pq.write_table(table, tmp, **options)
-        tmp.replace(out)
+        write_atomic(Path(path), lambda tmp: pq.write_table(table, tmp, **options))
 
     def write_csv(self, table: pa.Table, location: str | Path) -> None:
+        """Write ``table`` as CSV (whole or not at all)."""
         fs, path = self.filesystem(location)
-        if not is_remote(location):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_output_stream(path) as f:
-            pacsv.write_csv(table, f)
+        if is_remote(location):
+            with fs.open_output_stream(path) as f:
+                pacsv.write_csv(table, f)
+            return
+        write_atomic(Path(path), lambda tmp: pacsv.write_csv(table, str(tmp)))
 
     def write_text(self, location: str | Path, text: str) -> None:
+        """Write ``text`` as UTF-8 (whole or not at all)."""
         fs, path = self.filesystem(location)
-        if not is_remote(location):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
+        if is_remote(location):
+            with fs.open_output_stream(path) as f:
+                f.write(text.encode())
+            return
+        write_atomic(Path(path), lambda tmp: tmp.write_bytes(text.encode()))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Create ``path`` through ``write(tmp)`` on a temporary file beside it, then rename it into place: readers
+    and a crash see the old file or the new one, never a half-written one; the temporary goes on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def same_location(a: str | Path, b: str | Path) -> bool:
+    """Whether two spellings name the same file: local paths after resolving ``..``, the current directory and
+    symlinks (and, when both exist, the same inode: hard links), URLs after normalising ``s3a://``."""
+    if is_remote(a) or is_remote(b):
+        norm = [canonical_url(str(x)).rstrip("/") for x in (a, b)]
+        return norm[0] == norm[1]
+    pa_, pb = (Path(str(x)[len("file://") :] if str(x).startswith("file://") else str(x)) for x in (a, b))
+    try:
+        if pa_.exists() and pb.exists():
+            return os.path.samefile(pa_, pb)
+        return pa_.expanduser().resolve() == pb.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop or an unreadable directory: compare the spellings
+        return os.path.abspath(pa_) == os.path.abspath(pb)
+
+
+#: errno -> what went wrong with a path the user can change (a UsageError, exit 2).
+_PATH_PROBLEMS = {
+    errno.ENOENT: "no such file or directory (a parent directory is missing, or the file system does not let files be created there)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted there",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory, not a file",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EEXIST: "something else already exists there",
+    errno.ELOOP: "the path has a symbolic link loop",
+    errno.EINVAL: "the name is not valid there",
+}
+#: errno -> what went wrong with the machine (a FeaturelakeError, exit 1: retry once it is fixed).
+_MACHINE_PROBLEMS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EIO: "an input/output error",
+    errno.EMFILE: "too many open files",
+}
+
+
+def io_failure(
+    exc: BaseException, location: str | Path, what: str, *, setting: str | None = None
+) -> FeaturelakeError:
+    """The one error for a file operation that failed at ``location``: what was being done, the path, why (the
+    system's words and errno name) and what to do.
+
+    Object-store failures become ``StorageUnavailableError``. A problem with the path itself (missing parent
+    that cannot be made, permissions, a read-only or virtual file system, a file in the way) is a
+    ``UsageError`` (exit 2), or a ``ConfigError`` naming ``setting`` when the path came from the configuration;
+    a full disk or an I/O error is a plain ``FeaturelakeError`` (exit 1: run the command again once fixed).
+    """
+    if isinstance(exc, FeaturelakeError):
+        return exc
+    if is_storage_failure(exc):
+        return storage_error(exc, f"{what} at {location}")
+    code = getattr(exc, "errno", None)
+    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    if code in _PATH_PROBLEMS:
+        reason = _PATH_PROBLEMS[code]
+    elif code in _MACHINE_PROBLEMS:
+        reason = _MACHINE_PROBLEMS[code]
+    else:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:300]
+    why = f"{reason} ({name})" if name else reason
+    if code in _MACHINE_PROBLEMS:
+        return FeaturelakeError(
+            f"cannot {what} at {location}: {why}; free space (or fix the disk) and run the command again"
+        )
+    if setting is not None:
+        env = "FEATURELAKE_" + setting.upper().replace(".", "__")
+        return ConfigError(
+            f"cannot {what} at {location}: {why}; set {setting} (or {env}) to a directory featurelake can create "
+            "and write"
+        )
+    return UsageError(
+        f"cannot {what} at {location}: {why}; choose a path in a directory you can "
+        "write (its parent directories must exist or be creatable)"
+    )
+
+
+@contextmanager
+def writing(location: str | Path, what: str, *, setting: str | None = None) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block into :func:`io_failure`'s one clear error."""
+    try:
+        yield
+    except OSError as exc:
+        raise io_failure(exc, location, what, setting=setting) from exc
 
 
 def _fsspec_native(location: str) -> tuple[AbstractFileSystem, str]:
@@ -351,8 +454,12 @@ __all__ = [
     "ObjectStoreRetry",
     "Storage",
     "glob_regex",
+    "io_failure",
     "is_remote",
     "is_storage_failure",
+    "same_location",
     "scheme",
     "storage_error",
+    "write_atomic",
+    "writing",
 ]

@@ -118,7 +118,7 @@ def project_rules(project: Project) -> list[Rule]:
 def rule_source(project: Project) -> RuleSource:
     cfg = project.config.settings.monitoring
     if cfg.prometheus_url:
-        return PrometheusSource(cfg.prometheus_url)
+        return PrometheusSource(cfg.prometheus_url.get_secret_value())
     return LocalSource(state_of(project))
 
 
@@ -338,15 +338,13 @@ def _run_notes(state: MetricsState, rule: Rule) -> dict[LabelKey, tuple[str, dic
 
 def export_prometheus_rules(project: Project, path: Path) -> list[Rule]:
     """Write the project's rules as a Prometheus alerting-rules file at ``path``."""
-    from featurelake.errors import UsageError
+    from featurelake.lakehouse.storage import write_atomic, writing
     from featurelake.monitoring.rules.promql import dump
 
     rules = project_rules(project)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump(rules))
-    except OSError as exc:
-        raise UsageError(f"cannot write Prometheus rules to {path}: {exc.strerror}") from None
+    text = dump(rules)
+    with writing(path, "write the Prometheus rules file"):
+        write_atomic(path, lambda tmp: tmp.write_text(text))
     return rules
 
 

@@ -128,7 +128,7 @@ def online_gauges(
 
 def model_gauges(project: Project, rec: Recorder, *, now: float | None = None) -> int:
     """Age in hours of every model's Production and Staging versions into ``rec``; returns versions measured."""
-    if _sqlite_file_missing(project, project.config.settings.registry.uri):
+    if _sqlite_file_missing(project, project.config.settings.registry.uri.get_secret_value()):
         return 0
     from featurelake.registry import ModelRegistry
 

@@ -152,6 +152,7 @@ def push_state(
     """Record ``updates`` in ``state``, then push every group they touched (push errors are logged)."""
     cfg = project.config.settings.monitoring
     assert cfg.pushgateway
+    gateway = cfg.pushgateway.get_secret_value()
     with file_lock(state.path.with_name(state.path.name + ".pushlock")):
         state.record(updates, source, ts=ts)
         if source in SCRAPED_SOURCES:
@@ -165,7 +166,7 @@ def push_state(
             registry.register(StateCollector(by_group[group]))
             try:
                 push_to_gateway(
-                    cfg.pushgateway,
+                    gateway,
                     job=group,
                     registry=registry,
                     grouping_key={"project": project.config.settings.project},
@@ -177,7 +178,7 @@ def push_state(
                     "could not push metrics group job=%s to the Pushgateway at %s: %s (recorded locally in %s; "
                     "the next successful push carries them)",
                     group,
-                    redact(cfg.pushgateway),
+                    redact(gateway),
                     exc,
                     state.path,
                 )

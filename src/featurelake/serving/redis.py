@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from featurelake.config import reveal
 from featurelake.errors import OnlineStoreUnavailableError
 from featurelake.serving.base import OnlineStore, Records, Stored, Watermark
 from featurelake.serving.scope import StoreScope, hide_password
@@ -118,7 +119,7 @@ class RedisStore(OnlineStore):
     def from_config(cls, config: ProjectConfig) -> RedisStore:
         cfg = config.settings.online_store
         return cls(
-            cfg.url,
+            reveal(cfg.url),
             StoreScope.of(config),
             connect_timeout=cfg.connect_timeout_seconds,
             timeout=cfg.timeout_seconds,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from featurelake.lakehouse.storage import write_atomic, writing
 
 if TYPE_CHECKING:
     from featurelake.validation.audit import AuditReport
@@ -241,16 +244,43 @@ def render_html(report: AuditReport) -> str:
 
 
 def save_report(report: AuditReport, directory: Path, *, html: bool = True) -> Path:
-    """Write ``<run_id>.json`` (and this HTML page beside it) atomically; returns the JSON path."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``<run_id>.json`` (and this HTML page beside it) atomically; returns the JSON path.
+
+    The plain name belongs to the run now using the id: a new run first moves an earlier run's report aside
+    (:func:`keep_earlier_report`), so this only ever replaces the same run's previous verdict (a re-audit).
+    A path that cannot be written is one clear error naming it (``lakehouse.storage.io_failure``).
+    """
     path = directory / f"{report.run_id}.json"
-    _write_atomic(path, json.dumps(report.to_dict(), indent=2, default=str))
-    if html:
-        _write_atomic(path.with_suffix(".html"), render_html(report))
+    with writing(path, "write the audit report"):
+        _write_atomic(path, json.dumps(report.to_dict(), indent=2, default=str))
+        if html:
+            _write_atomic(path.with_suffix(".html"), render_html(report))
     return path
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def keep_earlier_report(directory: Path, run_id: str) -> Path | None:
+    """Before a new run with ``run_id`` writes its report: move the report an earlier run with the same id
+    left at ``<run_id>.json`` (and its ``.html``) to ``<run_id>.<snapshot id>.json`` (the snapshot it audited,
+    as the ``_audits`` log records it; a ``-2``, ``-3``, ... suffix if taken), so no run's report is ever
+    overwritten by another's. Returns where it went, or None when there was none."""
+    plain = directory / f"{run_id}.json"
+    if not plain.is_file():
+        return None
+    with writing(plain, "keep the earlier run's audit report"):
+        try:
+            tag = str(json.loads(plain.read_text()).get("snapshot_id") or "")
+        except (ValueError, AttributeError):  # not a report of ours: keep it under its modification time
+            tag = ""
+        tag = tag if tag.lstrip("-").isdigit() else f"earlier-{int(plain.stat().st_mtime)}"
+        target, n = directory / f"{run_id}.{tag}.json", 1
+        while target.exists() or target.with_suffix(".html").exists():
+            n += 1
+            target = directory / f"{run_id}.{tag}-{n}.json"
+        os.replace(plain, target)  # the JSON first: the HTML can always be rendered again from it
+        if plain.with_suffix(".html").is_file():
+            os.replace(plain.with_suffix(".html"), target.with_suffix(".html"))
+    return target
