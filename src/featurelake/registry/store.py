@@ -83,7 +83,7 @@ class ModelRegistry:
         reg = cfg.settings.registry
         root = reg.artifacts if "://" in reg.artifacts else str(cfg.path(reg.artifacts))
         return cls(
-            cfg.sqlalchemy_uri(reg.uri),
+            cfg.sqlalchemy_uri(reg.uri.get_secret_value()),
             root,
             pins=IcebergPins(project),
             project_root=project.root,

@@ -47,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from featurelake.config import reveal
 from featurelake.errors import (
     CatalogUnavailableError,
     FeaturelakeError,
@@ -220,7 +221,7 @@ def _local_paths(project: Project) -> tuple[str, ...]:
     for value in (settings.online_store.path, settings.registry.artifacts, settings.catalog.warehouse):
         if value and "://" not in value:
             found.add(cfg.path(value).resolve())
-    for uri in (settings.registry.uri, settings.catalog.uri):
+    for uri in (reveal(settings.registry.uri), reveal(settings.catalog.uri)):
         if uri and uri.startswith("sqlite:///"):
             file = cfg.path(cfg.sqlalchemy_uri(uri)[len("sqlite:///") :]).resolve()
             found.update((file, file.parent))
@@ -360,7 +361,7 @@ def create_app(
         key_types=table_key_types(project),
         max_entities=settings.max_entities,
     )
-    token = settings.token.encode() if settings.token else None
+    token = settings.token.get_secret_value().encode() if settings.token else None
 
     def registry() -> Any:
         from featurelake.registry import ModelRegistry
@@ -479,7 +480,7 @@ def create_app(
 
 def _registry_exists(project: Project) -> bool:
     """False for an embedded SQLite registry not created yet (starting a server must not create it)."""
-    uri = project.config.sqlalchemy_uri(project.config.settings.registry.uri)
+    uri = project.config.sqlalchemy_uri(project.config.settings.registry.uri.get_secret_value())
     prefix = "sqlite:///"
     return not uri.startswith(prefix) or project.config.path(uri[len(prefix) :]).exists()
 
