@@ -10,6 +10,7 @@ from rich.table import Table as RichTable
 from featurelake.cli import render
 from featurelake.cli.app import Ctx, pass_ctx
 from featurelake.errors import UsageError
+from featurelake.lakehouse.storage import same_location, writing
 
 
 def _snapshots(values: tuple[str, ...]) -> dict[str, int] | None:
@@ -24,6 +25,16 @@ def _snapshots(values: tuple[str, ...]) -> dict[str, int] | None:
             )
         out[view.strip()] = int(sid)
     return out
+
+
+def _refuse_overwriting_inputs(output: str, inputs: dict[str, str | Path | None]) -> None:
+    """--output must not name an input file, however it is spelled (relative, via a symlink, a hard link)."""
+    for option, value in inputs.items():
+        if value is not None and same_location(output, value):
+            raise UsageError(
+                f"--output {output} is the same file as {option} {value}: writing the training set would "
+                "replace its own input; give another --output"
+            )
 
 
 @click.command("training-set")
@@ -67,6 +78,7 @@ def training_set(
 
     if Path(output).suffix.lower() != ".parquet":
         raise UsageError(f"--output {output}: use a .parquet file (the provenance lives in its metadata)")
+    _refuse_overwriting_inputs(output, {"--entities": entities, "--from-provenance": provenance})
     pinned = _snapshots(snapshots)
     if pinned is not None and as_of is not None:
         raise UsageError("give either --as-of or --snapshot, not both")
@@ -86,7 +98,8 @@ def training_set(
         provenance=provenance,
         full_feature_names=full_feature_names,
     )
-    write_training_set(result.table, output, c.fl.project.storage)
+    with writing(output, "write the training set"):
+        write_training_set(result.table, output, c.fl.project.storage)
     if as_json:
         render.print_json({"output": str(output), **result.summary()})
         return
