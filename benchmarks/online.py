@@ -17,9 +17,14 @@
     entity per request, 2 s warm-up, then ``--concurrency-seconds``): requests/s and p50/p99. Reference: the
     same server with ``--workers 1``, measured right after it; ratio = requests/s of the default / of one
     worker. Feast under the same clients: ``make bench-peers`` (docs/benchmarks.md).
+(e) **On-demand overhead**: in process, 1 entity, ``bench_ratio:amount_x_f00`` (an on-demand view multiplying
+    a request field by a stored feature: ``pc.multiply(t["amount"], t["f00"])``, mode arrow) beside the plain
+    lookup ``bench_features:f00`` of the same entity, interleaved; overhead = difference of the medians
+    (target <= 0.2 ms), and the ratio of the medians. The on-demand lookup reads all 20 features of its source
+    view (the udf sees them all, as in a training set), builds the input table and runs the udf.
 
     .venv/bin/python benchmarks/online.py [--users 50000] [--days 20] [--requests 2000]
-                                          [--concurrency-seconds 10] [--json PATH]
+                                          [--concurrency-seconds 10] [--json PATH] [--on-demand-only]
 
 Targets (feast-baseline.md, same machine): sync >= 2x faster than Feast's materialize; server p99 <= 2 ms at
 1 entity and <= 10 ms at 100 (issue: 3 ms / 15 ms); in-process 100-entity lookup p99 <= 3 ms; p99 <= 25 ms at
@@ -78,7 +83,22 @@ user = Entity("user", join_key="user_id", dtype="long")
     fields={{{", ".join(f'"{f}": "double"' for f in FEATURES)}}},
     ttl=timedelta(days=3650),
 )
+
+import pyarrow.compute as pc
+from featurelake import OnDemandFeatureView, RequestSource
+
+txn = RequestSource({{"amount": "double"}}, name="txn")
+
+
+def scaled(t):
+    return {{"amount_x_f00": pc.multiply(t["amount"], t["f00"])}}
+
+
+bench_ratio = OnDemandFeatureView(
+    name="bench_ratio", sources=[{VIEW}, txn], fields={{"amount_x_f00": "double"}}, udf=scaled
+)
 '''
+ON_DEMAND_TARGET_MS = 0.2
 
 LOADGEN = textwrap.dedent(
     """
@@ -323,6 +343,58 @@ def bench_inprocess(
     return out
 
 
+def bench_on_demand(args: argparse.Namespace, fl: featurelake.Featurelake) -> dict[str, list[float]]:
+    """Interleaved in-process lookups of 1 entity: the on-demand feature vs a plain stored one."""
+    rng = np.random.default_rng(args.seed + 1)
+    plain, odfv = [f"{VIEW}:f00"], ["bench_ratio:amount_x_f00"]
+    out: dict[str, list[float]] = {"plain": [], "on_demand": []}
+    for i in range(args.requests + 200):
+        uid = int(rng.integers(1, args.users + 1))
+        amount = float(rng.random())
+        t0 = time.perf_counter()
+        fl.online.get_online_features(plain, {"user_id": [uid]})
+        t1 = time.perf_counter()
+        got = fl.online.get_online_features(odfv, {"user_id": [uid], "amount": [amount]})
+        t2 = time.perf_counter()
+        if got["results"][1]["statuses"][0] != "PRESENT":
+            raise SystemExit(f"on-demand lookup of user {uid} answered {got['results'][1]}")
+        if i >= 200:
+            out["plain"].append(t1 - t0)
+            out["on_demand"].append(t2 - t1)
+    return out
+
+
+def print_on_demand(d: dict[str, list[float]]) -> None:
+    plain, odfv = statistics.median(d["plain"]) * 1e3, statistics.median(d["on_demand"]) * 1e3
+    print(f"\n(e) on-demand feature, 1 entity, {len(d['plain'])} interleaved in-process lookups each (ms)")
+    print(f"  {'lookup':48s} {'p50':>7s} {'p99':>7s}")
+    print(f"  {'plain bench_features:f00':48s} {plain:7.3f} {pct(d['plain'], 0.99):7.3f}")
+    print(
+        f"  {'on demand bench_ratio:amount_x_f00 (+request field)':48s} {odfv:7.3f} {pct(d['on_demand'], 0.99):7.3f}"
+    )
+    print(
+        f"  overhead per lookup (p50 difference): {odfv - plain:.3f} ms (target <= {ON_DEMAND_TARGET_MS} ms); "
+        f"ratio to the plain lookup: {odfv / plain:.2f}"
+    )
+
+
+def on_demand_only(args: argparse.Namespace) -> None:
+    """(e) alone, on a small synced project (no server, no wrk)."""
+    work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
+    redis_proc, redis_port = start_redis(work)
+    try:
+        rows = make_rows(args.users, args.days, args.seed)
+        fl = setup_project(work / "proj", f"redis://127.0.0.1:{redis_port}/0", rows)
+        fl.sync()
+        print(f"load average {os.getloadavg()[0]:.2f}; {args.users} users x {args.days} days x 20 features")
+        print_on_demand(bench_on_demand(args, fl))
+        fl.close()
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=50_000)
@@ -332,7 +404,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--concurrency-seconds", type=float, default=10.0, help="wrk run per level and server")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--on-demand-only", action="store_true", help="only (e), on a small synced project")
     args = ap.parse_args()
+    if args.on_demand_only:
+        on_demand_only(args)
+        return
     wrk_binary()  # fail now when wrk is missing, not after the sync
 
     work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
@@ -404,10 +480,21 @@ def main() -> None:
             )
         errors = sum(x["errors"] for side in conc.values() for x in side.values())
         print(f"  errors (connect, read, write, timeout, non-2xx): {errors}")
+        on_demand = bench_on_demand(args, fl)
+        print_on_demand(on_demand)
         print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
         if args.json:
             args.json.write_text(
-                json.dumps({"sync": s, "server": server, "inprocess": inproc, "concurrency": conc}, indent=1)
+                json.dumps(
+                    {
+                        "sync": s,
+                        "server": server,
+                        "inprocess": inproc,
+                        "concurrency": conc,
+                        "on_demand": on_demand,
+                    },
+                    indent=1,
+                )
             )
         fl.close()
     finally:

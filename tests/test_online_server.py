@@ -112,7 +112,18 @@ ERRORS = [
         422,
         "unknown request field",
     ),
-    ("feature service", b'{"feature_service": "fs", "entities": {"user_id": [1]}}', 422, "feature services"),
+    (
+        "unknown feature service",
+        b'{"feature_service": "fs", "entities": {"user_id": [1]}}',
+        404,
+        "unknown feature service 'fs'",
+    ),
+    (
+        "features and feature service",
+        b'{"features": ["user_features:a"], "feature_service": "fs", "entities": {"user_id": [1]}}',
+        422,
+        "not both",
+    ),
     ("unknown view", b'{"features": ["nope:a"], "entities": {"user_id": [1]}}', 404, "unknown feature view"),
     (
         "unknown feature",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from featurelake.auditing.audit_log import LoggedAudit
     from featurelake.features.apply import ApplyResult
     from featurelake.features.loader import Definitions
+    from featurelake.features.service_log import ServiceRecord
     from featurelake.jobs.backfill import BackfillResult
     from featurelake.jobs.batch_predict import PredictionResult
     from featurelake.lakehouse.history import SnapshotInfo
@@ -75,6 +76,7 @@ class Featurelake:
         entities: Any,
         features: list[str] | str | None = None,
         *,
+        service: str | None = None,
         as_of: datetime | str | dict[str, int] | None = None,
         provenance: Provenance | pa.Table | dict[str, Any] | str | Path | None = None,
         full_feature_names: bool = False,
@@ -83,7 +85,9 @@ class Featurelake:
 
         ``entities`` holds the views' join keys and an ``event_timestamp`` (timestamptz); each feature
         (``"view:feature"``) is the latest value with ``event_ts <= event_timestamp`` within the view's ttl,
-        else null; one output row per entity row, in order. ``as_of`` reads each view at main as of a time,
+        else null; one output row per entity row, in order. ``service`` takes the features of an applied
+        feature service instead (recorded in the provenance with its version); on-demand features are computed
+        after the join, their request fields read from the entity frame's columns. ``as_of`` reads each view at main as of a time,
         or at given snapshots (``{view: snapshot_id}``); default: main now. ``provenance`` (a previous
         training set, its Parquet path or its provenance) rebuilds exactly that set. The result carries its
         provenance as JSON in the schema metadata key ``featurelake.provenance``.
@@ -94,6 +98,7 @@ class Featurelake:
             self.project,
             entities,
             features,
+            service=service,
             as_of=as_of,
             provenance=provenance,
             full_feature_names=full_feature_names,
@@ -125,6 +130,15 @@ class Featurelake:
     @property
     def definitions(self) -> Definitions:
         return self.project.definitions
+
+    def services(self, *, history: bool = False) -> list[ServiceRecord]:
+        """The feature services applied to the catalog (name, version, features, description), each with how
+        features.py compares (``state``); ``history``: every recorded version and removal, oldest first."""
+        from featurelake.features.service_log import listing, read_records
+
+        project = self.project
+        records = read_records(project.catalog, project.namespace, project.catalog_call)
+        return listing(records, project.definitions.service_features, history=history)
 
     def apply(self, *, allow_breaking: bool = False, dry_run: bool = False) -> list[ApplyResult]:
         from featurelake.jobs.apply import run_apply

@@ -65,6 +65,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "training_set",
         "Join features point in time onto ENTITIES and write them with their provenance to OUTPUT.",
     ),
+    "services": (
+        "services_cmds",
+        "services",
+        "Feature services applied to the catalog: name, version, features and description.",
+    ),
     "models": ("models_cmds", "models", "The model registry: versions, stages, aliases and their lineage."),
     "predict": (
         "predict_cmds",

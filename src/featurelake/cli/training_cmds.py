@@ -47,6 +47,11 @@ def _refuse_overwriting_inputs(output: str, inputs: dict[str, str | Path | None]
 @click.option(
     "--features", default=None, help="Comma-separated VIEW:FEATURE list, e.g. user_features:amount_avg_1d."
 )
+@click.option(
+    "--service",
+    default=None,
+    help="An applied feature service: its features, in its order (instead of --features).",
+)
 @click.option("--as-of", default=None, help="Read each view at main as of this time (ISO, UTC if no offset).")
 @click.option("--snapshot", "snapshots", multiple=True, help="Read VIEW at a snapshot: VIEW=ID (repeatable).")
 @click.option(
@@ -58,7 +63,9 @@ def _refuse_overwriting_inputs(output: str, inputs: dict[str, str | Path | None]
 )
 @click.option("--full-feature-names", is_flag=True, help="Name feature columns VIEW__FEATURE.")
 @click.option(
-    "--output", required=True, help="Output .parquet file (a path or a URL such as s3://bucket/train.parquet)."
+    "--output",
+    required=True,
+    help="Output .parquet file (a path or a URL such as s3://bucket/train.parquet).",
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -66,6 +73,7 @@ def training_set(
     c: Ctx,
     entities: str,
     features: str | None,
+    service: str | None,
     as_of: str | None,
     snapshots: tuple[str, ...],
     provenance: Path | None,
@@ -82,18 +90,21 @@ def training_set(
     pinned = _snapshots(snapshots)
     if pinned is not None and as_of is not None:
         raise UsageError("give either --as-of or --snapshot, not both")
-    if provenance is not None and (features or as_of or pinned):
+    if provenance is not None and (features or service or as_of or pinned):
         raise UsageError(
-            "--from-provenance already fixes features and snapshots: drop --features/--as-of/--snapshot"
+            "--from-provenance already fixes features and snapshots: drop --features/--service/--as-of/--snapshot"
         )
-    if provenance is None and not features:
+    if features and service:
+        raise UsageError("give either --features or --service, not both")
+    if provenance is None and not features and not service:
         raise UsageError(
-            "give --features VIEW:FEATURE,... (or --from-provenance F to rebuild a training set)"
+            "give --features VIEW:FEATURE,... or --service NAME (or --from-provenance F to rebuild a training set)"
         )
     result = build_training_set(
         c.fl.project,
         entities if "://" in entities else Path(entities),
         features,
+        service=service,
         as_of=pinned if pinned is not None else as_of,
         provenance=provenance,
         full_feature_names=full_feature_names,
@@ -103,7 +114,11 @@ def training_set(
     if as_json:
         render.print_json({"output": str(output), **result.summary()})
         return
-    t = RichTable(title=f"training set {output} ({result.table.num_rows} rows, {result.seconds:.2f}s)")
+    svc = result.provenance.service
+    served = f", feature service {svc['name']} v{svc['version']}" if svc else ""
+    t = RichTable(
+        title=f"training set {output} ({result.table.num_rows} rows{served}, {result.seconds:.2f}s)"
+    )
     for col in ("view", "snapshot", "features", "rows matched", "too old (ttl)", "ties resolved"):
         t.add_column(col, overflow="fold")
     refs = result.provenance.feature_refs()
@@ -116,6 +131,9 @@ def training_set(
             str(result.stats.outside_ttl.get(view, 0)),
             str(result.stats.ties.get(view, 0)),
         )
+    for odfv in result.provenance.on_demand:
+        cols = ", ".join(r.column for r in refs if r.view == odfv)
+        t.add_row(odfv, "on demand", cols, "-", "-", "-")
     render.out.print(t)
     render.out.print(
         f"entities sha256 {result.provenance.entities_sha256}; provenance in {output}'s schema metadata"

@@ -25,6 +25,7 @@ import hashlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pyarrow as pa
@@ -220,13 +221,22 @@ class OnDemandFeatureView:
 
     # --- computing ----------------------------------------------------------------------------------
     def input_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(k, arrow_type(t)) for k, t in self.inputs.items()])
+        """The udf's input table schema: one column per input, in :attr:`inputs` order."""
+        return self._schemas[0]
+
+    @cached_property
+    def _schemas(self) -> tuple[pa.Schema, dict[str, pa.DataType]]:
+        # Asked on every online lookup: built once (the definition does not change after features.py loads).
+        inputs = pa.schema([pa.field(k, arrow_type(t)) for k, t in self.inputs.items()])
+        return inputs, {k: arrow_type(t) for k, t in self.fields.items()}
 
     def transform(self, inputs: pa.Table) -> pa.Table:
         """Run the udf over ``inputs`` (one column per input, in :meth:`input_schema`'s types): the declared
         fields, each cast to its type, one row per input row. Raises DataError naming the view when the udf
         fails or returns something else."""
-        inputs = inputs.select(list(self.inputs)).cast(self.input_schema())
+        schema, outputs = self._schemas
+        if not inputs.schema.equals(schema):
+            inputs = inputs.select(schema.names).cast(schema)
         n = inputs.num_rows
         what = f"on-demand feature view {self.name!r}"
         try:
@@ -250,7 +260,7 @@ class OnDemandFeatureView:
             )
         arrays = []
         for name, type_name in self.fields.items():
-            arrays.append(_column(columns[name], arrow_type(type_name), n, what, name, type_name))
+            arrays.append(_column(columns[name], outputs[name], n, what, name, type_name))
         return pa.Table.from_arrays(arrays, names=list(self.fields))
 
 

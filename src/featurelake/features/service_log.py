@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -68,6 +68,8 @@ class ServiceRecord:
     applied_at: datetime
     run_id: str
     code_version: str
+    state: str = ""
+    """How features.py compares (listings only): ``as applied``, ``changed: run apply`` or ``removed``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,7 @@ class ServiceRecord:
             "applied_at": self.applied_at.isoformat(),
             "run_id": self.run_id,
             "code_version": self.code_version,
+            **({"state": self.state} if self.state else {}),
         }
 
 
@@ -173,6 +176,25 @@ def current(records: list[ServiceRecord]) -> dict[str, ServiceRecord]:
     for rec in records:
         latest[rec.name] = rec
     return latest
+
+
+def listing(
+    records: list[ServiceRecord], defined: Mapping[str, list[str]], *, history: bool = False
+) -> list[ServiceRecord]:
+    """The current services (or, with ``history``, every recorded state), each with how features.py compares."""
+    shown = records if history else [r for r in current(records).values() if r.status == ACTIVE]
+    out = []
+    for rec in shown:
+        if rec.status != ACTIVE:
+            state = REMOVED
+        elif history and rec is not current(records).get(rec.name):
+            state = "superseded"
+        elif defined.get(rec.name) == rec.features:
+            state = "as applied"
+        else:
+            state = "changed: run apply"
+        out.append(replace(rec, state=state))
+    return out if history else sorted(out, key=lambda r: r.name)
 
 
 def applied_version(
@@ -362,5 +384,6 @@ __all__ = [
     "applied_version",
     "apply_services",
     "current",
+    "listing",
     "read_records",
 ]

@@ -138,6 +138,7 @@ def run_predict(
                 plan.selection.timestamp,
                 plan.flavor.output_range,
                 project.config.settings.prediction.max_null_rate,
+                [f.name for f in plan.output_schema.fields if f.name.startswith(ptable.PROBA_PREFIX)],
             )
 
             def audit() -> AuditReport:

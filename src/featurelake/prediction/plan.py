@@ -23,6 +23,7 @@ from featurelake.lakehouse.schema import type_name
 from featurelake.lakehouse.window import parse_timestamp
 from featurelake.prediction.features import FeatureSelection
 from featurelake.prediction.flavors import ModelFlavor, load_model, model_info
+from featurelake.prediction.flavors.base import proba_column
 from featurelake.prediction.inputs import NAN_POLICIES, InputBinding, match_inputs
 from featurelake.prediction.table import check_existing, predictions_schema, table_identifier
 from featurelake.prediction.where import bind_where, check_where
@@ -52,6 +53,29 @@ class PredictionPlan:
     run_id: str
     predicted_at: datetime
     nan_policy: str
+
+
+def _check_batch_inputs(project: Project, mv: ModelVersion) -> None:
+    """Refuse, naming them, inputs batch prediction cannot read: on-demand features, several views' rows."""
+    refs = [f.feature for f in mv.signature if f.feature and ":" in f.feature]
+    on_demand = sorted(
+        {r.partition(":")[0] for r in refs if r.partition(":")[0] in project.definitions.on_demand}
+    )
+    if on_demand:
+        raise UsageError(
+            f"model {mv.name} {mv.version} reads on-demand feature view(s) {', '.join(on_demand)}, which are "
+            "computed when a request asks for them (request data included), not stored: score it online with "
+            f"POST /predict/{mv.name}, or train a model on stored features for batch prediction"
+        )
+    service = mv.params.get("featurelake.service")
+    views = sorted({r.partition(":")[0] for r in refs})
+    if isinstance(service, dict) and len(views) > 1:
+        raise UsageError(
+            f"model {mv.name} {mv.version} reads feature service {service.get('name')} (version "
+            f"{service.get('version')}), whose features come from views {', '.join(views)}; batch prediction "
+            f"scores the rows of one view: score it online with POST /predict/{mv.name}, or register a model "
+            "on a service of one view"
+        )
 
 
 def _infer_view(mv: ModelVersion) -> str:
@@ -89,6 +113,7 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
     predicted_at = datetime.now(UTC)
 
     mv = registry.resolve(ModelRef.parse(req.model))  # NotFoundError: no Production version, unknown alias...
+    _check_batch_inputs(project, mv)
     view_name = req.view or _infer_view(mv)
     fv = project.view(view_name)
     tbl = project.load_table(view_name)
@@ -130,6 +155,14 @@ def plan_prediction(project: Project, registry: ModelRegistry, req: PredictReque
     flavor = load_model(registry, mv, allow_pickle=settings.registry.allow_pickle)
     try:
         binding = InputBinding.bind(flavor, bound, view_name, keys, nan_policy)
+        if (
+            flavor.classes is not None
+        ):  # --output label,proba: a probability column per class beside the label
+            key_types = [schema.find_field(k).field_type for k in keys]
+            probas = [proba_column(c) for c in flavor.classes]
+            out_schema = predictions_schema(keys, key_types, fv.timestamp_field, probas)
+            if existing is not None:
+                check_existing(existing, ident, out_schema)
     except BaseException:
         flavor.close()
         raise

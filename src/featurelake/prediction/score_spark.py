@@ -214,7 +214,8 @@ def output_schema(features: DataFrame, plan: PredictionPlan) -> StructType:
     }
     fields = []
     for f in plan.output_schema.fields:
-        dtype = features.schema[f.name].dataType if f.name in keys else fixed[f.name]
+        # proba_<class> columns of a multi-output model are doubles like the prediction
+        dtype = features.schema[f.name].dataType if f.name in keys else fixed.get(f.name, st.DoubleType())
         fields.append(st.StructField(f.name, dtype, nullable=not f.required))
     return st.StructType(fields)
 

@@ -20,8 +20,9 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from featurelake.prediction.flavors.base import proba_column
 from featurelake.prediction.inputs import InputBinding
-from featurelake.prediction.table import PREDICTION
+from featurelake.prediction.table import PREDICTION, PROBA_PREFIX
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,29 @@ class BatchScorer:
         self.stats.score_seconds += time.perf_counter() - t0
         return out
 
+    def predict_classes(
+        self, batch: pa.RecordBatch, matrix: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, pa.Array]]:
+        """A multi-output model's labels for ``batch`` and its probability columns (``proba_<class>``)."""
+        t0 = time.perf_counter()
+        x = self.binding.matrix(batch) if matrix is None else matrix
+        labels, proba = self.binding.flavor.predict_classes(x)
+        self.stats.score_seconds += time.perf_counter() - t0
+        classes = self.binding.flavor.classes or ()
+        columns = {}
+        for j, c in enumerate(classes):
+            col = proba[:, j]
+            bad = ~np.isfinite(col)
+            columns[proba_column(c)] = pa.array(col, pa.float64(), mask=bad if bad.any() else None)
+        return labels, columns
+
     def score(self, batch: pa.RecordBatch, matrix: np.ndarray | None = None) -> pa.RecordBatch:
         """The predictions batch for ``batch``, in the predictions table's schema."""
-        preds = self.predict(batch, matrix)
+        probas: dict[str, pa.Array] = {}
+        if self.binding.flavor.classes is not None:
+            preds, probas = self.predict_classes(batch, matrix)
+        else:
+            preds = self.predict(batch, matrix)
         n = batch.num_rows
         bad = ~np.isfinite(preds)
         nulls = int(bad.sum())
@@ -117,6 +138,10 @@ class BatchScorer:
                 arrays.append(col if col.type == f.type else col.cast(f.type))
             elif f.name == PREDICTION:
                 arrays.append(prediction)
+            elif f.name in probas:
+                arrays.append(probas[f.name])
+            elif f.name.startswith(PROBA_PREFIX):  # a table written by a multi-output version before
+                arrays.append(pa.nulls(n, f.type))
             else:
                 arrays.append(self._constant(f.name, n))
         st = self.stats

@@ -2,9 +2,11 @@
 
 ``predictions.<model>`` (or ``--output``) holds one row per scored feature row::
 
-    <join key(s)>, <event_ts>, prediction, model_name, model_version, feature_snapshot_id, run_id, predicted_at
+    <join key(s)>, <event_ts>, prediction, [proba_<class>...,] model_name, model_version, feature_snapshot_id,
+    run_id, predicted_at
 
-partitioned by ``day(predicted_at)``; runs append. A view with a composite key gives one column per key column,
+partitioned by ``day(predicted_at)``; runs append. A model registered with ``--output label,proba`` writes its
+predicted class to ``prediction`` and one ``proba_<class>`` column per class (``flavors.base.proba_column``). A view with a composite key gives one column per key column,
 in key order, each required. A run writes only to branch ``audit_<run_id>`` (in chunks,
 as scoring streams), is audited there (row count equal to the rows scored, one row per key and timestamp,
 prediction null rate, and for classifiers every prediction inside its range), and is then published with
@@ -47,6 +49,8 @@ T = TypeVar("T")
 
 NAMESPACE = "predictions"
 PREDICTION = "prediction"
+#: Columns of class probabilities (``proba_<class>``) of a multi-output model start with this.
+PROBA_PREFIX = "proba_"
 LINEAGE_COLUMNS = ("model_name", "model_version", "feature_snapshot_id", "run_id", "predicted_at")
 
 # Snapshot summary properties of a prediction run (besides code-version, run-id and pipeline-user).
@@ -75,10 +79,13 @@ def table_identifier(model: str, output: str | None) -> str:
 
 
 def predictions_schema(
-    key: str | Sequence[str], key_type: IcebergType | Sequence[IcebergType], timestamp: str
+    key: str | Sequence[str],
+    key_type: IcebergType | Sequence[IcebergType],
+    timestamp: str,
+    proba_columns: Sequence[str] = (),
 ) -> Schema:
     """The predictions table of a view keyed by ``key`` (a column, or the columns of a composite key, with
-    their types in ``key_type`` in the same order)."""
+    their types in ``key_type`` in the same order); ``proba_columns`` follow ``prediction`` (multi-output)."""
     keys = as_keys(key)
     types = [key_type] if isinstance(key_type, IcebergType) else list(key_type)
     clash = {*keys, timestamp} & {PREDICTION, *LINEAGE_COLUMNS}
@@ -88,11 +95,21 @@ def predictions_schema(
             "rename it in the view"
         )
     cols = [NestedField(i, k, t, required=True) for i, (k, t) in enumerate(zip(keys, types, strict=True), 1)]
-    n = len(cols)
+    clash = {*keys, timestamp} & set(proba_columns)
+    if clash:
+        raise SchemaError(
+            f"the view's key/timestamp column {', '.join(sorted(clash))} clashes with a class probability column; "
+            "rename it in the view"
+        )
+    probas = [
+        NestedField(len(cols) + 3 + j, c, DoubleType(), required=False) for j, c in enumerate(proba_columns)
+    ]
+    n = len(cols) + len(probas)
     return Schema(
         *cols,
-        NestedField(n + 1, timestamp, TimestamptzType(), required=True),
-        NestedField(n + 2, PREDICTION, DoubleType(), required=False),
+        NestedField(len(cols) + 1, timestamp, TimestamptzType(), required=True),
+        NestedField(len(cols) + 2, PREDICTION, DoubleType(), required=False),
+        *probas,
         NestedField(n + 3, "model_name", StringType(), required=True),
         NestedField(n + 4, "model_version", StringType(), required=True),
         NestedField(n + 5, "feature_snapshot_id", LongType(), required=True),
@@ -252,6 +269,7 @@ def audit_checks(
     timestamp: str,
     output_range: tuple[float, float] | None,
     max_null_rate: float,
+    proba_columns: Sequence[str] = (),
 ) -> list[Check]:
     checks: list[Check] = [
         RowCount(min=expected_rows, max=expected_rows),
@@ -260,6 +278,7 @@ def audit_checks(
     ]
     if output_range is not None:
         checks.append(Between(PREDICTION, output_range[0], output_range[1]))
+    checks += [Between(c, 0.0, 1.0) for c in proba_columns]  # every class probability is one
     return checks
 
 
@@ -280,7 +299,8 @@ def audit_branch(
         raise UsageError(f"no branch {branch} in {ident}: nothing to audit")
     con = sandbox()
     try:
-        con.register("run_rows", _run_rows(tbl, tip, run_id, (*as_keys(key), timestamp, PREDICTION)))
+        probas = tuple(c for c in tbl.schema().column_names if c.startswith(PROBA_PREFIX))
+        con.register("run_rows", _run_rows(tbl, tip, run_id, (*as_keys(key), timestamp, PREDICTION, *probas)))
         # The reader streams once; the audit may query twice (exact counts on failure): keep a narrow copy.
         con.execute("CREATE TEMP TABLE frame AS SELECT * FROM run_rows")
 
@@ -383,6 +403,7 @@ __all__ = [
     "LINEAGE_COLUMNS",
     "NAMESPACE",
     "PREDICTION",
+    "PROBA_PREFIX",
     "BranchWriter",
     "audit_branch",
     "audit_checks",

@@ -32,6 +32,7 @@ from featurelake.features.keys import encode_key
 from featurelake.features.loader import Definitions
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Stored
+from featurelake.serving.ondemand import NULL_VALUE, OnDemandPlan, missing_request
 from featurelake.serving.scope import legacy_notice
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class OnlineRow:
     status: str
     event_ts: datetime | None
     values: dict[str, Any]
+    statuses: dict[str, str] | None = None
+    """Per feature, for a feature service or an on-demand view (``status`` is then the first that is not
+    PRESENT, ``event_ts`` the oldest source row's time)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +65,7 @@ class OnlineRow:
             "status": self.status,
             "event_ts": self.event_ts.isoformat() if self.event_ts else None,
             **self.values,
+            **({"statuses": self.statuses} if self.statuses is not None else {}),
         }
 
 
@@ -82,7 +87,10 @@ class _Plan:
     groups: tuple[_Group, ...]
     join_keys: tuple[str, ...]
     names: tuple[str, ...]  # feature output names in request order
-    order: tuple[tuple[int, int], ...]  # (group, field) per requested feature
+    order: tuple[tuple[int, int], ...]  # (group, field) per requested feature; on-demand views follow groups
+    on_demand: tuple[OnDemandPlan, ...] = ()
+    request_fields: frozenset[str] = frozenset()
+    """Request fields of the on-demand views: sent in ``entities``, never echoed as entity columns."""
 
 
 def _type_name(value: Any) -> str:
@@ -171,12 +179,24 @@ class OnlineService:
             raise RequestError("no features requested: pass features like ['user_features:amount_avg_1d']")
         groups: dict[str, dict[str, Any]] = {}
         order: list[tuple[str, str]] = []
+        on_demand: dict[str, list[str]] = {}
         for ref in features:
             if not isinstance(ref, str) or ref.count(":") != 1:
                 raise RequestError(
                     f"feature reference {ref!r} must be written 'view:feature', e.g. 'user_features:amount_avg_1d'"
                 )
             view_name, field = ref.split(":")
+            odfv = self.definitions.on_demand.get(view_name)
+            if odfv is not None:
+                if field not in odfv.fields:
+                    raise RequestError(
+                        f"on-demand feature view {view_name!r} has no feature {shown(field)}", 404
+                    )
+                wanted = on_demand.setdefault(view_name, [])
+                if field not in wanted:
+                    wanted.append(field)
+                order.append((view_name, field))
+                continue
             view = self._view(view_name)
             if view_name not in self._notices and self.layout_notice(view_name):
                 log.warning("%s", self._notices[view_name])  # once per view, unless the caller asked first
@@ -187,6 +207,12 @@ class OnlineService:
             if field not in g["fields"]:
                 g["fields"].append(field)
             order.append((view_name, field))
+        for odfv_name in on_demand:  # an on-demand view reads every feature of its source views
+            for source in self.definitions.on_demand[odfv_name].views:
+                g = groups.setdefault(
+                    source.name, {"view": source, "types": codec.field_types(source), "fields": []}
+                )
+                g["fields"].extend(f for f in source.fields if f not in g["fields"])
         names: list[str] = []
         built: list[_Group] = []
         index: dict[tuple[str, str], tuple[int, int]] = {}
@@ -207,10 +233,17 @@ class OnlineService:
             )
             for fi, f in enumerate(fields):
                 index[(view_name, f)] = (gi, fi)
+        ondemand = []
+        for k, (odfv_name, fields_wanted) in enumerate(on_demand.items()):
+            od = OnDemandPlan.build(self.definitions.on_demand[odfv_name], fields_wanted, index, full_names)
+            ondemand.append(od)
+            for fi, f in enumerate(fields_wanted):
+                index[(odfv_name, f)] = (len(built) + k, fi)
+        out_names = [g.out_names for g in built] + [od.out_names for od in ondemand]
         seen: dict[str, str] = {}
         for view_name, f in order:
             gi, fi = index[(view_name, f)]
-            name = built[gi].out_names[fi]
+            name = out_names[gi][fi]
             if name in seen and seen[name] != view_name:
                 raise RequestError(
                     f"feature name {name!r} is requested from both {seen[name]!r} and {view_name!r}; "
@@ -223,6 +256,8 @@ class OnlineService:
             join_keys=tuple(dict.fromkeys(k for g in built for k in g.join_keys)),
             names=tuple(names),
             order=tuple(index[o] for o in order),
+            on_demand=tuple(ondemand),
+            request_fields=frozenset(f for od in ondemand for f, _ in od.request),
         )
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.clear()
@@ -258,9 +293,13 @@ class OnlineService:
 
     def _read(self, plan: _Plan, entities: Mapping[str, Sequence[Any]]) -> tuple[int, list[list[Stored]]]:
         if not isinstance(entities, Mapping) or not entities:
+            example = plan.join_keys[0] if plan.join_keys else next(iter(plan.request_fields), "user_id")
             raise RequestError(
-                f"entities must map join keys to lists of values, e.g. {{{plan.join_keys[0]!r}: [1, 2]}}"
+                f"entities must map join keys to lists of values, e.g. {{{example!r}: [1, 2]}}"
             )
+        for od in plan.on_demand:
+            if (problem := missing_request(od, entities)) is not None:
+                raise problem
         n = -1
         for jk in plan.join_keys:
             if jk not in entities:
@@ -295,33 +334,50 @@ class OnlineService:
         return n, self.store.read(requests)
 
     # --- the two faces --------------------------------------------------------------------------------
-    def get_online_features(
-        self,
-        features: Sequence[str],
-        entities: Mapping[str, Sequence[Any]],
-        *,
-        full_feature_names: bool = False,
-        now: datetime | None = None,
-    ) -> dict[str, Any]:
-        """Feast's ``/get-online-features`` response: entity columns, then one column per feature."""
-        plan = self._plan(features, full_feature_names, python=False)
+    def _requested(self, features: Sequence[str] | None, feature_service: str | None) -> Sequence[str]:
+        """The feature references asked for: ``features``, or those of feature service ``feature_service``."""
+        if feature_service is None:
+            return features if features is not None else ()
+        if features is not None:
+            raise RequestError('give either "features" or "feature_service", not both')
+        refs = (
+            self.definitions.service_features.get(feature_service)
+            if isinstance(feature_service, str)
+            else None
+        )
+        if refs is None:
+            # Remote callers learn nothing about the services they did not name (`featurelake services` lists them).
+            raise RequestError(f"unknown feature service {shown(feature_service)}", 404)
+        return refs
+
+    def _collect(
+        self, plan: _Plan, entities: Mapping[str, Sequence[Any]], now: datetime | None, *, json: bool
+    ) -> tuple[int, list[list[dict[str, Any]]]]:
+        """Read ``plan`` for ``entities``: per group (then per on-demand view), per field, a result column.
+
+        Event timestamps are ISO strings (``json``) or epoch microseconds (None where not found).
+        """
         n, stored = self._read(plan, entities)
         now_us = int((now.timestamp() if now else time.time()) * 1_000_000)
         columns: list[list[dict[str, Any]]] = []  # per group, per field: a result column
+        sources: list[list[dict[str, Any]]] | None = [] if plan.on_demand else None
         iso_cache: dict[int, str] = {}
         empty: dict[str, Any] = {}
         for group, rows in zip(plan.groups, stored, strict=True):
             statuses: list[str] = [NOT_FOUND] * n
-            stamps: list[str] = [EPOCH_ISO] * n
+            stamps: list[Any] = [EPOCH_ISO if json else None] * n
             datas: list[dict[str, Any]] = [empty] * n
             for i, hit in enumerate(rows):
                 if hit is None:
                     continue
                 ts, payload = hit
-                stamp = iso_cache.get(ts)
-                if stamp is None:
-                    stamp = iso_cache[ts] = codec.iso_utc(ts)
-                stamps[i] = stamp
+                if json:
+                    stamp = iso_cache.get(ts)
+                    if stamp is None:
+                        stamp = iso_cache[ts] = codec.iso_utc(ts)
+                    stamps[i] = stamp
+                else:
+                    stamps[i] = ts
                 if group.ttl_us is not None and now_us - ts > group.ttl_us:
                     statuses[i] = OUTSIDE_MAX_AGE
                     continue
@@ -335,12 +391,42 @@ class OnlineService:
                     col = [None if v is None else dec(v) for v in col]
                 group_columns.append({"values": col, "statuses": statuses, "event_timestamps": stamps})
             columns.append(group_columns)
+            if sources is not None:
+                sources.append(datas)
+        if sources is not None:
+            fields = [g.fields for g in plan.groups]
+            for od in plan.on_demand:
+                out = od.compute(sources, fields, entities, n)
+                columns.append(od.columns(out, n, json, EPOCH_ISO if json else None))
+        return n, columns
+
+    def get_online_features(
+        self,
+        features: Sequence[str] | None = None,
+        entities: Mapping[str, Sequence[Any]] | None = None,
+        *,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Feast's ``/get-online-features`` response: entity columns, then one column per feature.
+
+        ``feature_service`` names a feature service instead of listing ``features``; on-demand features are
+        computed from their source rows and the request fields sent in ``entities`` (which are not echoed).
+        """
+        plan = self._plan(self._requested(features, feature_service), full_feature_names, python=False)
+        if entities is None:
+            entities = {}
+        n, columns = self._collect(plan, entities, now, json=True)
+        echoed = (
+            [k for k in entities if k not in plan.request_fields] if plan.request_fields else list(entities)
+        )
         results: list[dict[str, Any]] = [
-            {"values": list(vals), "statuses": [PRESENT] * n, "event_timestamps": [EPOCH_ISO] * n}
-            for vals in entities.values()
+            {"values": list(entities[k]), "statuses": [PRESENT] * n, "event_timestamps": [EPOCH_ISO] * n}
+            for k in echoed
         ]
         results += [columns[gi][fi] for gi, fi in plan.order]
-        return {"metadata": {"feature_names": [*entities, *plan.names]}, "results": results}
+        return {"metadata": {"feature_names": [*echoed, *plan.names]}, "results": results}
 
     def get(
         self,
@@ -349,18 +435,30 @@ class OnlineService:
         features: Sequence[str] | None = None,
         *,
         now: datetime | None = None,
+        request: Mapping[str, Sequence[Any]] | None = None,
+        full_feature_names: bool = False,
     ) -> list[OnlineRow]:
         """Look up ``keys`` of ``view`` (all its features unless ``features`` names some), one row per key.
+
+        ``view`` may also name an on-demand view (``request`` then holds its request fields, one list of
+        values per field, one value per key) or a feature service (all its features, across its views; keys
+        are then dicts when its views have several key columns between them). Such rows carry a status per
+        feature in ``statuses``.
 
         ``keys``: key values (``[1, 2]``; one value alone is one key); for a view with a composite key, a
         list of dicts naming every key column (``[{"user_id": 1, "merchant_id": 7}]``) or of tuples in the
         order of the view's ``join_keys`` (``[(1, 7)]``); one dict or tuple alone is one key. Rows carry
         the key as given, as a dict for a composite key.
         """
+        defs = self.definitions
+        if view not in defs.views and (view in defs.on_demand or view in defs.service_features):
+            return self._get_many(view, keys, features, now, request, full_feature_names)
+        if request is not None:
+            raise RequestError(f"request data applies to on-demand feature views; {view!r} is a feature view")
         fv = self._view(view)
         names = list(features) if features else list(fv.fields)
         plan = self._plan([f"{view}:{f}" for f in names], False, python=True)
-        keys, entities = _key_columns(fv, keys)
+        keys, entities = _key_columns(fv.name, fv.join_keys, keys)
         _, stored = self._read(plan, entities)
         group = plan.groups[0]
         now_us = int((now.timestamp() if now else time.time()) * 1_000_000)
@@ -382,6 +480,59 @@ class OnlineService:
             out.append(OnlineRow(key, PRESENT, event_ts, values))
         return out
 
+    def _get_many(
+        self,
+        name: str,
+        keys: Any,
+        features: Sequence[str] | None,
+        now: datetime | None,
+        request: Mapping[str, Sequence[Any]] | None,
+        full_feature_names: bool,
+    ) -> list[OnlineRow]:
+        """:meth:`get` for a feature service or an on-demand view: rows across several views."""
+        defs = self.definitions
+        if name in defs.service_features:
+            if features:
+                raise RequestError(
+                    f"feature service {name!r} fixes its features; look up views or on-demand views to choose some"
+                )
+            refs = defs.service_features[name]
+        else:
+            fields = list(features) if features else list(defs.on_demand[name].fields)
+            refs = [f"{name}:{f}" for f in fields]
+        plan = self._plan(refs, full_feature_names, python=True)
+        if not plan.join_keys:
+            raise RequestError(
+                f"{name!r} reads no feature view, only request data: call get_online_features(features, "
+                "entities) with the request fields in entities"
+            )
+        given, entities = _key_columns(name, list(plan.join_keys), keys)
+        for field, column in (request or {}).items():
+            if field in entities:
+                raise RequestError(f"request field {field!r} is also a key column of {name!r}")
+            if not isinstance(column, Sequence) or isinstance(column, str) or len(column) != len(given):
+                raise RequestError(
+                    f"request[{field!r}] must be a list with one value per key ({len(given)} keys)"
+                )
+            entities[field] = list(column)
+        _, columns = self._collect(plan, entities, now, json=False)
+        out: list[OnlineRow] = []
+        for i, key in enumerate(given):
+            values: dict[str, Any] = {}
+            statuses: dict[str, str] = {}
+            for out_name, (gi, fi) in zip(plan.names, plan.order, strict=True):
+                col = columns[gi][fi]
+                values[out_name] = col["values"][i]
+                statuses[out_name] = col["statuses"][i]
+            found = [columns[gi][0]["event_timestamps"][i] for gi in range(len(plan.groups))]
+            oldest = min((ts for ts in found if ts is not None), default=None)
+            event_ts = codec.EPOCH + codec.timedelta(microseconds=oldest) if oldest is not None else None
+            status = next(
+                (s for s in (NOT_FOUND, OUTSIDE_MAX_AGE, NULL_VALUE) if s in statuses.values()), PRESENT
+            )
+            out.append(OnlineRow(key, status, event_ts, values, statuses))
+        return out
+
 
 def _composite(view: FeatureView) -> NoReturn:
     raise RequestError(
@@ -390,16 +541,14 @@ def _composite(view: FeatureView) -> NoReturn:
     )
 
 
-def _key_columns(fv: FeatureView, keys: Any) -> tuple[list[Any], dict[str, list[Any]]]:
-    """The keys as a list (one per row asked) and as entity columns (one list per key column)."""
-    columns = fv.join_keys
+def _key_columns(name: str, columns: list[str], keys: Any) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The keys of ``name`` (keyed by ``columns``) as a list (one per row asked) and as entity columns (one list
+    per key column)."""
     if len(columns) == 1:
         if isinstance(keys, str | int | Mapping):
             keys = [keys]
         if not isinstance(keys, Sequence):
-            raise RequestError(
-                f"keys of view {fv.name!r} must be a list such as [1, 2], got {_type_name(keys)}"
-            )
+            raise RequestError(f"keys of view {name!r} must be a list such as [1, 2], got {_type_name(keys)}")
         values = [k[columns[0]] if isinstance(k, Mapping) and set(k) == {columns[0]} else k for k in keys]
         return values, {columns[0]: values}
     example = "{" + ", ".join(f"{c!r}: ..." for c in columns) + "}"
@@ -409,7 +558,7 @@ def _key_columns(fv: FeatureView, keys: Any) -> tuple[list[Any], dict[str, list[
         keys = [keys]
     if not isinstance(keys, Sequence) or isinstance(keys, str):
         raise RequestError(
-            f"view {fv.name!r} has a composite key ({', '.join(columns)}): pass a list of dicts such as "
+            f"view {name!r} has a composite key ({', '.join(columns)}): pass a list of dicts such as "
             f"[{example}] or of tuples in that order"
         )
     out: dict[str, list[Any]] = {c: [] for c in columns}
@@ -419,26 +568,26 @@ def _key_columns(fv: FeatureView, keys: Any) -> tuple[list[Any], dict[str, list[
             unknown = [str(c) for c in key if c not in columns]
             if unknown:
                 raise RequestError(
-                    f"key {key!r} of view {fv.name!r} names {', '.join(map(repr, unknown))}, which is not a key "
+                    f"key {key!r} of view {name!r} names {', '.join(map(repr, unknown))}, which is not a key "
                     f"column; its key columns are {', '.join(columns)}"
                 )
             missing = [c for c in columns if c not in key]
             if missing:
                 raise RequestError(
-                    f"key {key!r} of view {fv.name!r} lacks {', '.join(missing)}: a composite key names every key "
+                    f"key {key!r} of view {name!r} lacks {', '.join(missing)}: a composite key names every key "
                     f"column ({example})"
                 )
             values = [key[c] for c in columns]
         elif isinstance(key, tuple | list):
             if len(key) != len(columns):
                 raise RequestError(
-                    f"key {tuple(key)!r} of view {fv.name!r} has {len(key)} value(s) but the key has "
+                    f"key {tuple(key)!r} of view {name!r} has {len(key)} value(s) but the key has "
                     f"{len(columns)} columns ({', '.join(columns)}): give one value per key column, in that order"
                 )
             values = list(key)
         else:
             raise RequestError(
-                f"key {key!r} of view {fv.name!r}: the view has a composite key ({', '.join(columns)}); give each "
+                f"key {key!r} of view {name!r}: the view has a composite key ({', '.join(columns)}); give each "
                 f"key as a dict {example} or a tuple in that order"
             )
         for c, v in zip(columns, values, strict=True):

@@ -29,6 +29,7 @@ import numpy as np
 
 from featurelake.errors import NotFoundError, RequestError
 from featurelake.features.definitions import shown
+from featurelake.prediction.flavors.base import proba_column
 from featurelake.serving import metrics
 from featurelake.serving.lookup import PRESENT, OnlineService
 
@@ -230,7 +231,8 @@ class ModelServer:
         """:meth:`predict`, and the seconds of it spent loading the model (or waiting for its load)."""
         served, loading = self._current(model)
         found = self.service.get_online_features(served.features, entities, full_feature_names=True)
-        columns = found["results"][len(entities) :]
+        # the feature columns follow the echoed entity columns (request fields of on-demand views are not echoed)
+        columns = found["results"][len(found["results"]) - len(served.features) :]
         n = len(columns[0]["values"]) if columns else 0
         statuses = [PRESENT] * n
         matrix = np.empty((n, len(columns)), dtype=np.float64)
@@ -245,14 +247,24 @@ class ModelServer:
                     statuses[i] = status if status != PRESENT else "NULL_VALUE"
         complete = [i for i, s in enumerate(statuses) if s == PRESENT]
         predictions: list[float | None] = [None] * n
+        classes = served.flavor.classes  # --output label,proba: the label, and a probability per class
+        probabilities: dict[str, list[float | None]] = {proba_column(c): [None] * n for c in classes or ()}
         if complete:
             x = np.asarray(matrix[complete], dtype=served.flavor.input_dtype, order=served.flavor.input_order)
-            for i, value in zip(complete, served.flavor.predict(x).tolist(), strict=True):
+            if classes is not None:
+                labels, proba = served.flavor.predict_classes(x)
+                for j, column in enumerate(probabilities.values()):
+                    for i, p in zip(complete, proba[:, j].tolist(), strict=True):
+                        column[i] = p if math.isfinite(p) else None
+            else:
+                labels = served.flavor.predict(x)
+            for i, value in zip(complete, labels.tolist(), strict=True):
                 predictions[i] = None if math.isnan(value) else value
         return {
             "model": served.name,
             "model_version": served.version,
             "predictions": predictions,
+            **({"probabilities": probabilities} if classes is not None else {}),
             "statuses": statuses,
             "features": list(served.features),
         }, loading

@@ -167,7 +167,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_lookup(body: bytes) -> tuple[list[str], dict[str, list[Any]], bool]:
+def _parse_lookup(body: bytes) -> tuple[list[str] | None, str | None, dict[str, list[Any]], bool]:
+    """``(features, feature_service, entities, full_feature_names)``: exactly one of the first two is set."""
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -177,13 +178,21 @@ def _parse_lookup(body: bytes) -> tuple[list[str], dict[str, list[Any]], bool]:
     unknown = set(req) - {"features", "entities", "full_feature_names", "feature_service"}
     if unknown:
         raise RequestError(
-            f"unknown request field(s) {', '.join(sorted(unknown))}: use features and entities"
+            f"unknown request field(s) {', '.join(sorted(unknown))}: use features (or feature_service) and "
+            "entities"
         )
-    if req.get("feature_service") is not None:
-        raise RequestError("feature services are not supported: list the features as 'view:feature'")
+    svc = req.get("feature_service")
     features = req.get("features")
-    if not isinstance(features, list) or not features:
-        raise RequestError('"features" must be a non-empty list such as ["user_features:amount_avg_1d"]')
+    if svc is not None:
+        if features is not None:
+            raise RequestError('give either "features" or "feature_service", not both')
+        if not isinstance(svc, str) or not svc:
+            raise RequestError('"feature_service" must be the name of a feature service, e.g. "fraud_inputs"')
+    elif not isinstance(features, list) or not features:
+        raise RequestError(
+            '"features" must be a non-empty list such as ["user_features:amount_avg_1d"] (or give '
+            '"feature_service": "NAME")'
+        )
     entities = req.get("entities")
     if not isinstance(entities, dict):
         raise RequestError(
@@ -192,7 +201,7 @@ def _parse_lookup(body: bytes) -> tuple[list[str], dict[str, list[Any]], bool]:
     full = req.get("full_feature_names", False)
     if not isinstance(full, bool):
         raise RequestError('"full_feature_names" must be true or false')
-    return features, entities, full
+    return features, svc, entities, full
 
 
 def _parse_predict(body: bytes) -> dict[str, list[Any]]:
@@ -409,9 +418,9 @@ def create_app(
     async def get_online_features(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            features, entities, full = _parse_lookup(await _read_body(request, limit))
+            features, svc, entities, full = _parse_lookup(await _read_body(request, limit))
             result = await run_in_threadpool(
-                service.get_online_features, features, entities, full_feature_names=full
+                service.get_online_features, features, entities, feature_service=svc, full_feature_names=full
             )
             response = Response(orjson.dumps(result), media_type=JSON)
         except Exception as exc:

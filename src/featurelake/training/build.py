@@ -17,8 +17,10 @@ from pyiceberg.table import Table
 
 from featurelake.errors import UsageError
 from featurelake.features.keys import as_keys
+from featurelake.features.ondemand import OnDemandFeatureView, arrow_type
+from featurelake.features.service_log import applied_version
 from featurelake.lakehouse.history import resolve_snapshot
-from featurelake.lakehouse.schema import type_name
+from featurelake.lakehouse.schema import parse_type, type_name
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 from featurelake.lakehouse.window import parse_timestamp
 from featurelake.training.entities import (
@@ -174,6 +176,7 @@ def build_training_set(
     entities: EntitySource,
     features: Sequence[str] | str | None = None,
     *,
+    service: str | None = None,
     as_of: AsOf = None,
     provenance: Provenance | pa.Table | dict[str, Any] | str | Path | None = None,
     full_feature_names: bool = False,
@@ -182,15 +185,28 @@ def build_training_set(
     """The point-in-time correct training set for ``entities`` (see ``Featurelake.training_set``)."""
     started = time.perf_counter()
     prov_in: Provenance | None = None
+    used_service: dict[str, Any] | None = None
+    if service is not None:
+        if features is not None or provenance is not None:
+            raise UsageError(
+                f"give either a feature service ({service}) or a feature list or provenance, not several"
+            )
+        features = project.definitions.service(service)
+        version = applied_version(project.catalog, project.namespace, service, features, project.catalog_call)
+        used_service = {"name": service, "version": version}
     if provenance is not None:
         if features is not None or as_of is not None:
             raise UsageError("give either a provenance to rebuild from, or features/as_of, not both")
         prov_in = Provenance.load(provenance)
         features = prov_in.features
         timestamp_column = prov_in.timestamp_column
+        used_service = prov_in.service
     if features is None:
-        raise UsageError("no features requested: give features=['view:feature', ...] or a provenance")
+        raise UsageError(
+            "no features requested: give features=['view:feature', ...], a feature service or a provenance"
+        )
     requests, ordered = parse_features(features)
+    requests, on_demand, hidden = _on_demand_requests(project, requests, prov_in)
     pinned: dict[str, int | None] | None = None
     if prov_in is not None:
         pinned = dict(prov_in.views)
@@ -223,9 +239,11 @@ def build_training_set(
         entities_sha256=sha,
         entities_rows=table.num_rows,
         timestamp_column=timestamp_column,
+        service=used_service,
     )
     names = set(table.column_names)
     work = table
+    inputs: dict[str, str] = {}  # view:feature -> its column in the join's output (on-demand inputs)
     for req in requests:
         plan = _plan(project, req, prov_in)
         tbl = project.load_table(plan.view)
@@ -234,10 +252,14 @@ def build_training_set(
         if plan.ttl is not None and lo_entity is not None:
             lo_us = lo_entity - plan.ttl // timedelta(microseconds=1)
         data = _read_view(project, plan, tbl, sid, lo_us, hi_us)
-        out_names = []
+        out_names: list[str] = []
         for feat in plan.features:
             ref = f"{plan.view}:{feat}"
-            name = (prov_in.columns.get(ref) if prov_in else None) or (
+            if ref in hidden:  # read only as an input of an on-demand view: not an output column
+                inputs[ref] = f"__featurelake_input_{len(frames)}_{len(out_names)}"
+                out_names.append(inputs[ref])
+                continue
+            inputs[ref] = name = (prov_in.columns.get(ref) if prov_in else None) or (
                 f"{plan.view}__{feat}" if full_feature_names else feat
             )
             if name in names:
@@ -278,12 +300,113 @@ def build_training_set(
         prov.tables[plan.view] = project.table_name(plan.view)
 
     joined, stats = point_in_time_join(work, timestamp_column, frames)
+    for odfv, feats in on_demand:
+        joined = _compute_on_demand(
+            odfv, feats, joined, table, inputs, names, prov, prov_in, full_feature_names
+        )
     # Columns (and the provenance's lists) in the order the features were asked for, not grouped by view.
     prov.features = ordered
     prov.columns = {r: prov.columns[r] for r in ordered}
     prov.feature_types = {r: prov.feature_types[r] for r in ordered}
     joined = joined.select([*table.column_names, *prov.columns.values()])
     return TrainingSetResult(attach(joined, prov), prov, stats, time.perf_counter() - started)
+
+
+def _on_demand_requests(
+    project: Project, requests: list[_Request], prov_in: Provenance | None
+) -> tuple[list[_Request], list[tuple[OnDemandFeatureView, list[str]]], set[str]]:
+    """Split on-demand views off the requests; add their source views' features as hidden requests.
+
+    Returns the view requests to join, the on-demand views with their requested fields, and the
+    ``view:feature`` references read only as on-demand inputs (not output columns).
+    """
+    defs = project.definitions
+    recorded = prov_in.on_demand if prov_in is not None else {}
+    on_demand: list[tuple[OnDemandFeatureView, list[str]]] = []
+    plain: dict[str, list[str]] = {}
+    for req in requests:
+        odfv = defs.on_demand.get(req.view)
+        if odfv is None and req.view in recorded:
+            raise UsageError(
+                f"this training set computed on-demand feature view {req.view!r}, which features.py no longer "
+                "defines: it cannot be rebuilt"
+            )
+        if odfv is None:
+            plain.setdefault(req.view, []).extend(req.features)
+            continue
+        unknown = [f for f in req.features if f not in odfv.fields]
+        if unknown:
+            raise UsageError(
+                f"on-demand feature view {odfv.name!r} has no feature {', '.join(unknown)}: it defines "
+                f"{', '.join(odfv.fields)}"
+            )
+        if odfv.name in recorded and recorded[odfv.name].get("udf_sha256") != odfv.udf_sha256:
+            raise UsageError(
+                f"on-demand feature view {odfv.name!r} changed since this training set was built (its udf's "
+                "source differs), so a rebuild would not give the same values; restore the udf, or build a "
+                "new training set"
+            )
+        on_demand.append((odfv, list(req.features)))
+    hidden: set[str] = set()
+    for odfv, _ in on_demand:
+        for ref in odfv.input_refs:
+            view, _, feat = ref.partition(":")
+            wanted = plain.setdefault(view, [])
+            if feat not in wanted:
+                wanted.append(feat)
+                hidden.add(ref)
+    return [_Request(v, fs) for v, fs in plain.items()], on_demand, hidden
+
+
+def _compute_on_demand(
+    odfv: OnDemandFeatureView,
+    feats: list[str],
+    joined: pa.Table,
+    entities: pa.Table,
+    inputs: Mapping[str, str],
+    names: set[str],
+    prov: Provenance,
+    prov_in: Provenance | None,
+    full_feature_names: bool,
+) -> pa.Table:
+    """Run ``odfv`` over the joined rows (request fields from the entity frame) and append ``feats``."""
+    columns: dict[str, Any] = {}
+    for ref in odfv.input_refs:
+        columns[ref.partition(":")[2]] = joined.column(inputs[ref])
+    missing = [f for f in odfv.request_fields if f not in entities.column_names]
+    if missing:
+        raise UsageError(
+            f"on-demand feature view {odfv.name!r} needs request field(s) {', '.join(missing)}: in a training set "
+            "they are columns of the entity frame; add them (one value per entity row)"
+        )
+    for f, type_ in odfv.request_fields.items():
+        col = entities.column(f)
+        try:
+            columns[f] = col.cast(arrow_type(type_))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise UsageError(
+                f"entity column {f!r} is {col.type}, but on-demand feature view {odfv.name!r} declares request "
+                f"field {f} as {type_} ({exc}); fix the column or the RequestSource"
+            ) from None
+    out = odfv.transform(pa.table(columns))
+    for feat in feats:
+        ref = f"{odfv.name}:{feat}"
+        name = (prov_in.columns.get(ref) if prov_in else None) or (
+            f"{odfv.name}__{feat}" if full_feature_names else feat
+        )
+        if name in names:
+            raise UsageError(
+                f"feature {ref} would be written as column {name!r}, which already exists (an entity column "
+                "or another view's feature): pass full_feature_names=True (CLI: --full-feature-names) to "
+                "name columns VIEW__FEATURE"
+            )
+        names.add(name)
+        joined = joined.append_column(name, out.column(feat))
+        prov.features.append(ref)
+        prov.columns[ref] = name
+        prov.feature_types[ref] = type_name(parse_type(odfv.fields[feat]))
+    prov.on_demand[odfv.name] = odfv.describe()
+    return joined
 
 
 def _snapshot_for(

@@ -59,6 +59,10 @@ class Provenance:
     tables: dict[str, str] = field(default_factory=dict)
     timestamp_column: str = "event_timestamp"
     format: int = FORMAT_VERSION
+    on_demand: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per on-demand view computed into the set: its sources, inputs, fields, mode and udf digest."""
+    service: dict[str, Any] | None = None
+    """The feature service the features came from: ``{"name", "version"}`` (None: listed one by one)."""
 
     # --- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +79,9 @@ class Provenance:
             "timestamp_column": self.timestamp_column,
             "entities_rows": self.entities_rows,
             "entities_sha256": self.entities_sha256,
+            # Only when used, so the provenance (and bytes) of a set without them is as it always was.
+            **({"on_demand": dict(self.on_demand)} if self.on_demand else {}),
+            **({"service": dict(self.service)} if self.service else {}),
         }
 
     def to_json(self) -> str:
@@ -114,6 +121,8 @@ class Provenance:
             timestamp_fields={str(k): str(v) for k, v in (data.get("timestamp_fields") or {}).items()},
             tables={str(k): str(v) for k, v in (data.get("tables") or {}).items()},
             timestamp_column=str(data.get("timestamp_column", "event_timestamp")),
+            on_demand={str(k): dict(v) for k, v in (data.get("on_demand") or {}).items()},
+            service=dict(data["service"]) if isinstance(data.get("service"), dict) else None,
         )
 
     @classmethod

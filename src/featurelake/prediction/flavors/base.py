@@ -27,6 +27,10 @@ NUMERIC_TYPES = frozenset({"int", "long", "float", "double", "boolean"})
 INTEGER_TYPES = frozenset({"int", "long", "boolean"})
 
 OutputKind = Literal["probability", "label", "value"]
+#: The params key recording a model's declared outputs (``models register --output label,proba``).
+OUTPUT_PARAM = "featurelake.output"  # as featurelake.registry.declared records it
+#: The one multi-output declaration: the predicted class in ``prediction``, a probability per class beside it.
+LABEL_PROBA = "label,proba"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class ModelInfo:
     @property
     def ref(self) -> str:
         return f"model {self.name} {self.version}"
+
+    @property
+    def multi_output(self) -> bool:
+        """Declared at registration with ``--output label,proba``: a label and one probability per class."""
+        return self.params.get(OUTPUT_PARAM) == LABEL_PROBA
 
     @property
     def task(self) -> str | None:
@@ -138,6 +147,30 @@ class ModelFlavor(ABC):
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Score ``x`` (``(n, k)``, :attr:`input_dtype`, no missing values): one float64 per row."""
 
+    # --- multi-output models (``--output label,proba``) -----------------------------------------------
+    @property
+    def classes(self) -> tuple[float, ...] | None:
+        """The class labels, in probability-column order, of a model declared ``label,proba`` (else None)."""
+        return None
+
+    def predict_classes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score ``x``: the label per row (float64) and the probability per row and class (``(n, c)``)."""
+        raise SchemaError(
+            f"{self.info.ref}: the {self.name} flavor cannot give a label and class probabilities; register the "
+            "model without --output label,proba"
+        )
+
+    def _check_classes(self, proba: Any, n: int) -> np.ndarray:
+        """The ``(n, c)`` probabilities of a multi-output model, checked against its classes."""
+        arr = np.asarray(proba, dtype=np.float64)
+        classes = self.classes or ()
+        if arr.ndim != 2 or arr.shape != (n, len(classes)):
+            raise SchemaError(
+                f"{self.info.ref}: the {self.name} model returned probabilities of shape {tuple(arr.shape)} for {n} "
+                f"rows; with --output label,proba it must return one per class ({n}, {len(classes)})"
+            )
+        return arr
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (sessions, devices)."""
 
@@ -187,14 +220,36 @@ def check_names(info: ModelInfo, flavor: str, names: Sequence[str], where: str) 
         )
 
 
+def proba_column(value: float) -> str:
+    """The predictions column of one class's probability: ``proba_1``, ``proba_m1`` (-1), ``proba_0_5``."""
+    text = str(int(value)) if float(value).is_integer() else repr(float(value))
+    return "proba_" + text.replace("-", "m").replace(".", "_").replace("+", "")
+
+
+def numeric_classes(ref: str, flavor: str, classes: Any) -> tuple[float, ...]:
+    """Class labels as floats (the ``prediction`` column is numeric), or SchemaError naming them."""
+    values = np.asarray(classes)
+    if not np.issubdtype(values.dtype, np.number) and values.dtype != np.bool_:
+        raise SchemaError(
+            f"{ref}: the {flavor} classifier's classes ({', '.join(map(str, values[:5]))}) are not numbers; "
+            "--output label,proba writes the label to the numeric prediction column: encode the classes as "
+            "numbers and retrain"
+        )
+    return tuple(float(v) for v in values.tolist())
+
+
 __all__ = [
     "INTEGER_TYPES",
+    "LABEL_PROBA",
     "NUMERIC_TYPES",
+    "OUTPUT_PARAM",
     "ModelFlavor",
     "ModelInfo",
     "ModelInput",
     "OutputKind",
     "check_count",
     "check_names",
+    "numeric_classes",
+    "proba_column",
     "require",
 ]

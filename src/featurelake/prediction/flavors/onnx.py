@@ -21,6 +21,7 @@ from featurelake.prediction.flavors.base import (
     OutputKind,
     check_count,
     check_names,
+    numeric_classes,
     require,
 )
 
@@ -48,8 +49,12 @@ class OnnxFlavor(ModelFlavor):
         output: str,
         kind: OutputKind,
         classes: int | None,
+        label_output: str | None = None,
+        class_values: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__(info)
+        self._label_output = label_output
+        self._class_values = class_values
         self.session = session
         self._dtype = dtype
         self._input_names = input_names
@@ -86,6 +91,8 @@ class OnnxFlavor(ModelFlavor):
             details["inputs"] = [f"{i.name}: {i.type} {list(i.shape)}" for i in flavor.session.get_inputs()]
             details["output"] = flavor._output
             details["output_kind"] = flavor.output_kind
+            if flavor.classes is not None:
+                details["classes"] = list(flavor.classes)
         finally:
             flavor.close()
         return details
@@ -125,6 +132,9 @@ class OnnxFlavor(ModelFlavor):
             if set(by_name) != {f.name for f in info.inputs}:  # one tensor per input: order is by name
                 check_names(info, "onnx", by_name, "its named inputs")
             single, names = None, [f.name for f in info.inputs]
+        if info.multi_output:
+            prob, label, values = _multi_outputs(session, info, data, dtype, single, names)
+            return cls(info, session, dtype, names, single, prob, "label", len(values), label, values)
         output, kind, classes = _choose_output(session, info)
         return cls(info, session, dtype, names, single, output, kind, classes)
 
@@ -137,19 +147,39 @@ class OnnxFlavor(ModelFlavor):
         return self._kind
 
     @property
+    def classes(self) -> tuple[float, ...] | None:
+        return self._class_values
+
+    @property
     def output_range(self) -> tuple[float, float] | None:
+        if self._class_values:
+            return (min(self._class_values), max(self._class_values))
         if self._kind == "label" and self._classes:
             return (0.0, float(self._classes - 1))
         return super().output_range
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
+    def _feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self._single is not None:
-            feed = {self._single: np.ascontiguousarray(x)}
-        else:
-            assert self._input_names is not None
-            feed = {name: np.ascontiguousarray(x[:, [j]]) for j, name in enumerate(self._input_names)}
-        (out,) = self.session.run([self._output], feed)
+            return {self._single: np.ascontiguousarray(x)}
+        assert self._input_names is not None
+        return {name: np.ascontiguousarray(x[:, [j]]) for j, name in enumerate(self._input_names)}
+
+    def predict_classes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._class_values is None:
+            return super().predict_classes(x)
+        n = x.shape[0]
+        wanted = [self._output] + ([self._label_output] if self._label_output else [])
+        outs = self.session.run(wanted, self._feed(x))
+        proba = self._check_classes(outs[0], n)
+        if self._label_output is not None:
+            return self._one_per_row(outs[1], n), proba
+        return np.asarray(self._class_values, dtype=np.float64)[proba.argmax(axis=1)], proba
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self._class_values is not None:
+            return self.predict_classes(x)[0]
+        n = x.shape[0]
+        (out,) = self.session.run([self._output], self._feed(x))
         arr = np.asarray(out)
         if arr.ndim == 2 and arr.shape[1] > 1:
             if arr.shape[1] == 2 and self._kind == "probability":
@@ -157,6 +187,68 @@ class OnnxFlavor(ModelFlavor):
             if self._kind == "label":
                 return arr.argmax(axis=1).astype(np.float64)
         return self._one_per_row(arr, n)
+
+
+def _graph_classes(data: bytes) -> list[Any] | None:
+    """The class labels a converted classifier keeps in its graph (skl2onnx: ``classlabels_*``), if any."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:
+        return None
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.name in ("classlabels_ints", "classlabels_int64s") and attr.ints:
+                return list(attr.ints)
+            if attr.name == "classlabels_strings" and attr.strings:
+                return [v.decode() for v in attr.strings]
+    return None
+
+
+def _multi_outputs(
+    session: Any,
+    info: ModelInfo,
+    data: bytes,
+    dtype: np.dtype[Any],
+    single: str | None,
+    names: list[str] | None,
+) -> tuple[str, str | None, tuple[float, ...]]:
+    """(probability output, label output or None, classes) of a model declared ``--output label,proba``."""
+    outs = session.get_outputs()
+    if any(not str(o.type).startswith("tensor(") for o in outs):
+        raise SchemaError(
+            f"{info.ref}: the onnx model returns its probabilities as a sequence of maps (skl2onnx's ZipMap), "
+            "which cannot be scored in batches; convert it with to_onnx(model, X, options={id(model): "
+            "{'zipmap': False}}) and register it again"
+        )
+    wide = [o for o in outs if len(o.shape) == 2 and o.shape[1] != 1]
+    prob = next((o for o in wide if "prob" in o.name.lower()), wide[0] if wide else None)
+    if prob is None:
+        listed = ", ".join(f"{o.name} {list(o.shape)}" for o in outs)
+        raise SchemaError(
+            f"{info.ref} is declared --output label,proba, but none of the onnx model's outputs ({listed}) is a "
+            "[batch, classes] probability tensor; register it without --output, or export its probabilities"
+        )
+    rest = [
+        o for o in outs if o is not prob and (len(o.shape) == 1 or (len(o.shape) == 2 and o.shape[1] == 1))
+    ]
+    label = next((o for o in rest if "label" in o.name.lower()), rest[0] if rest else None)
+    width = _classes_of(prob.shape)
+    if width is None:  # a dynamic class dimension: one row of zeros shows it
+        probe = np.zeros((1, len(info.inputs)), dtype=dtype)
+        feed = {single: probe} if single else {n: probe[:, [j]] for j, n in enumerate(names or [])}
+        width = int(np.asarray(session.run([prob.name], feed)[0]).shape[1])
+    found = _graph_classes(data)
+    values = numeric_classes(info.ref, "onnx", found if found is not None else list(range(width)))
+    if len(values) != width:
+        raise SchemaError(
+            f"{info.ref}: the onnx model's graph names {len(values)} classes but its output {prob.name} has "
+            f"{width} probability columns"
+        )
+    return prob.name, (label.name if label is not None else None), values
 
 
 def _classes_of(shape: list[Any]) -> int | None:

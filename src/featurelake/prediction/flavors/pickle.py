@@ -23,6 +23,7 @@ from featurelake.prediction.flavors.base import (
     OutputKind,
     check_count,
     check_names,
+    numeric_classes,
 )
 
 
@@ -42,7 +43,17 @@ class PickleFlavor(ModelFlavor):
         names = getattr(model, "feature_names_in_", None)
         self._names = [str(n) for n in names] if names is not None else None
         self._kind: OutputKind
-        if self._proba and self._classes is not None and len(self._classes) == 2:
+        self._class_values: tuple[float, ...] | None = None
+        if info.multi_output:
+            if not self._proba or self._classes is None:
+                raise SchemaError(
+                    f"{info.ref} is declared --output label,proba, but the unpickled {type(model).__name__} has "
+                    f"no {'predict_proba' if not self._proba else 'classes_'}: register a classifier with "
+                    "predict_proba and classes_ (scikit-learn's), or register without --output"
+                )
+            self._class_values = numeric_classes(info.ref, "pickle", self._classes)
+            self._kind = "label"
+        elif self._proba and self._classes is not None and len(self._classes) == 2:
             self._kind = "probability"
         elif self._classes is not None and (self._proba or info.task == "classification"):
             if not np.issubdtype(self._classes.dtype, np.number):
@@ -116,14 +127,33 @@ class PickleFlavor(ModelFlavor):
             return (float(self._classes.min()), float(self._classes.max()))
         return super().output_range
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        features: Any = x
-        if self._names is not None:
-            # Fitted on a DataFrame: scikit-learn warns (and may reorder) when handed a bare array.
-            import pandas as pd
+    @property
+    def classes(self) -> tuple[float, ...] | None:
+        return self._class_values
 
-            features = pd.DataFrame(x, columns=self._names, copy=False)
+    def _features(self, x: np.ndarray) -> Any:
+        if self._names is None:
+            return x
+        # Fitted on a DataFrame: scikit-learn warns (and may reorder) when handed a bare array.
+        import pandas as pd
+
+        return pd.DataFrame(x, columns=self._names, copy=False)
+
+    def predict_classes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._class_values is None:
+            return super().predict_classes(x)
+        n = x.shape[0]
+        features = self._features(x)
+        with _inputs_checked():
+            proba = self._check_classes(self.model.predict_proba(features), n)
+            labels = self._one_per_row(self.model.predict(features), n)
+        return labels, proba
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self._class_values is not None:
+            return self.predict_classes(x)[0]
+        n = x.shape[0]
+        features = self._features(x)
         with _inputs_checked():
             if self._kind == "probability" and self._proba:
                 proba = np.asarray(self.model.predict_proba(features))
