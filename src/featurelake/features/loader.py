@@ -35,6 +35,12 @@ class Definitions:
                     f"{name!r} is an on-demand feature view: it is computed when asked for (training sets, online "
                     "lookups), never stored, so it has no table"
                 ) from None
+            if name in self.services:
+                raise UsageError(
+                    f"{name!r} is a feature service, not a feature view: use it where a feature list goes "
+                    f"(training-set --service {name}, fl.online.get({name!r}, keys), POST /get-online-features "
+                    f'with "feature_service": "{name}")'
+                ) from None
             known = ", ".join(sorted(self.views)) or "none"
             raise UsageError(f"unknown feature view {shown(name)}: features.py defines {known}") from None
 
