@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     )
     from featurelake.features.aggregations import Aggregation
     from featurelake.features.definitions import Entity, FeatureView, Field, Source
+    from featurelake.features.ondemand import OnDemandFeatureView, RequestSource
+    from featurelake.features.services import FeatureService
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -44,6 +46,9 @@ _LAZY: dict[str, str] = {
     "FeatureView": "featurelake.features.definitions",
     "Field": "featurelake.features.definitions",
     "Source": "featurelake.features.definitions",
+    "FeatureService": "featurelake.features.services",
+    "OnDemandFeatureView": "featurelake.features.ondemand",
+    "RequestSource": "featurelake.features.ondemand",
     **{
         name: "featurelake.errors"
         for name in (
@@ -91,13 +96,16 @@ __all__ = [
     "ConflictError",
     "DataError",
     "Entity",
+    "FeatureService",
     "FeatureView",
     "Featurelake",
     "FeaturelakeError",
     "Field",
     "NotFoundError",
+    "OnDemandFeatureView",
     "OnlineStoreUnavailableError",
     "RequestError",
+    "RequestSource",
     "SchemaError",
     "Source",
     "StorageUnavailableError",
