@@ -108,6 +108,19 @@ def models() -> None:
     default=None,
     help="The training set Parquet, a path or a URL (its provenance binds the model to the feature snapshots).",
 )
+@click.option(
+    "--service",
+    default=None,
+    help="An applied feature service the model reads: its features are the model's inputs (the version "
+    "records the service's name and version).",
+)
+@click.option(
+    "--output",
+    "output",
+    default=None,
+    help="label,proba: a classifier writing its predicted class to prediction and one proba_<class> column "
+    "per class (default: one number per row).",
+)
 @click.option("--bump", type=click.Choice(BUMPS), default="patch", show_default=True)
 @click.option("--version", "version", default=None, help="Explicit version (must be higher than the latest).")
 @click.option("--metric", "metrics", multiple=True, help="KEY=NUMBER (repeatable).")
@@ -134,6 +147,8 @@ def register(
     artifact: str,
     flavor: str,
     training_set: str | None,
+    service: str | None,
+    output: str | None,
     bump: str,
     version: str | None,
     metrics: tuple[str, ...],
@@ -160,6 +175,8 @@ def register(
         description=description,
         run_id=run_id,
         verify=verify,
+        service=service,
+        output=output,
     )
     if as_json:
         render.print_json(mv.to_dict())

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from featurelake.errors import NotFoundError
 from featurelake.lakehouse import lineage
 from featurelake.lakehouse.catalog import safe_uri
-from featurelake.registry import db, lifecycle, registration
+from featurelake.registry import db, declared, lifecycle, registration
 from featurelake.registry.artifacts import ArtifactStore
 from featurelake.registry.handle import ArtifactCheck, TrainingSetSource
 from featurelake.registry.records import (
@@ -298,6 +298,8 @@ class ModelRegistry:
         code_version: str | None = None,
         user: str | None = None,
         verify: bool = False,
+        service: str | None = None,
+        output: str | None = None,
     ) -> ModelVersion:
         """Register a new version of ``name`` and return its record.
 
@@ -310,7 +312,20 @@ class ModelRegistry:
         The artifact is first checked by :attr:`artifact_check` (its format, without running it; with
         ``verify`` also loaded and scored in a jailed subprocess) and what it found is recorded in the
         version's ``params["featurelake.artifact"]``.
+
+        ``service``: the model reads an applied feature service (its signature is the service's features);
+        ``output="label,proba"``: a classifier writing its label and one probability per class
+        (``registry.declared``).
         """
+        signature, params = declared.declare(
+            self,
+            name,
+            service=service,
+            output=output,
+            training_set=training_set,
+            signature=signature,
+            params=params,
+        )
         return registration.register(
             self,
             name,
