@@ -555,6 +555,7 @@ def serve(
         # guard closes connections over max_connections at accept, so this only backs it up.
         "limit_concurrency": settings.max_connections + 1,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "ws": "none",  # no WebSocket routes: an upgrade request is an ordinary (refused) request
         # A worker busy starting (imports, the project, the catalog) on a loaded machine is not hung.
         "timeout_worker_healthcheck": 30,
     }
