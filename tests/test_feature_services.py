@@ -121,6 +121,32 @@ def test_a_wrong_service_is_refused_when_features_py_loads(
     assert "features.py" in str(err.value)  # where it was declared
 
 
+def test_views_held_only_by_a_service_are_views_of_the_project(tmp_path: Path) -> None:
+    inline = """
+import dataclasses
+from featurelake import OnDemandFeatureView, RequestSource
+
+svc = FeatureService("s", features=[OnDemandFeatureView(
+    "inline", sources=[RequestSource({"a": "double"})], fields={"b": "double"}, udf=lambda t: {"b": t["a"]}
+)])
+"""
+    root = make_project(tmp_path / "proj", features=features_py(inline), data=transactions(days=1))
+    with featurelake.open(root) as fl:
+        assert fl.definitions.service("s") == ["inline:b"] and "inline" in fl.definitions.on_demand
+        out = fl.online.get_online_features(entities={"a": [2.5, None]}, feature_service="s")
+        assert out["metadata"]["feature_names"] == ["b"] and out["results"][0]["values"] == [2.5, None]
+    twice = inline.replace(
+        "features=[OnDemandFeatureView(",
+        "features=[dataclasses.replace(user_features, ttl=None), OnDemandFeatureView(",
+    )
+    (root / "features.py").write_text(features_py(twice))
+    with (
+        featurelake.open(root) as fl,
+        pytest.raises(ConfigError, match="lists a second view named 'user_features'"),
+    ):
+        fl.definitions  # noqa: B018 - loading is what is tested
+
+
 # --- apply: recorded and versioned -------------------------------------------------------------------------
 
 

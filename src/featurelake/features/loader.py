@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from featurelake.errors import ConfigError, UsageError
 from featurelake.features.definitions import Entity, FeatureView, shown
@@ -93,6 +94,16 @@ def load_definitions(path: Path, *, timeout: float | None = None) -> Definitions
                 raise ConfigError(f"{path}: two feature services are named {value.name!r}")
             defs.services[value.name] = value
     try:
+        for svc in defs.services.values():  # views a service holds as objects are views of the project too
+            for entry in svc.features:
+                if isinstance(entry, FeatureView | OnDemandFeatureView):
+                    kind: dict[str, Any] = defs.views if isinstance(entry, FeatureView) else defs.on_demand
+                    if kind.setdefault(entry.name, entry) is not entry:
+                        raise ConfigError(
+                            f"feature service {svc.name!r} lists a second view named {entry.name!r}"
+                        )
+                    if isinstance(entry, FeatureView):
+                        defs.entities.setdefault(entry.entity.name, entry.entity)
         for odfv in defs.on_demand.values():
             if odfv.name in defs.views:
                 raise ConfigError(
