@@ -17,6 +17,8 @@ Every error a user can provoke derives from one root, carries a message that nam
     ├── StorageUnavailableError      exit 1: object storage (S3, ...) failed after its retries: unreachable,
     │                                        throttling that did not stop, refused credentials
     ├── ArtifactIntegrityError       exit 1: a model artifact is missing or its bytes do not match its digest
+    ├── ReproductionError            exit 1: a registered model's training set cannot be rebuilt (a bound
+    │                                        snapshot or one of its files is gone)
     └── OnlineStoreUnavailableError  exit 1: Redis / the online database cannot be reached (HTTP 503)
 """
 
@@ -95,6 +97,11 @@ class ArtifactIntegrityError(FeaturelakeError):
     """A registered artifact is missing or was modified: its bytes no longer hash to the recorded digest."""
 
 
+class ReproductionError(FeaturelakeError):
+    """A registered version's training set cannot be rebuilt: a snapshot it is bound to, or a file of one, is
+    gone (the message names the tag that should have kept it)."""
+
+
 class OnlineStoreUnavailableError(FeaturelakeError):
     """The online store (Redis, or the SQLite file) cannot be reached or answered with an error."""
 
@@ -111,6 +118,7 @@ __all__ = [
     "FeaturelakeError",
     "NotFoundError",
     "OnlineStoreUnavailableError",
+    "ReproductionError",
     "RequestError",
     "SchemaError",
     "StorageUnavailableError",

@@ -75,6 +75,10 @@ def _print(r: TableMaintenance) -> None:
         if r.dry_run:
             _listing("orphans to delete", o.orphans)
         _listing("kept (too young)", o.too_young if r.dry_run else [])
+    if r.tags:
+        render.out.print(f"  tags keep {len(set(r.tags.values()))} snapshot(s) and the files they read:")
+        for tag, sid in sorted(r.tags.items()):
+            render.out.print(f"    {tag} -> snapshot {sid}", soft_wrap=True)
 
 
 @click.command()

@@ -10,7 +10,7 @@ import click
 from rich.table import Table as RichTable
 
 from featurelake.cli import render
-from featurelake.cli.app import Ctx, pass_ctx
+from featurelake.cli.app import Ctx, pass_ctx, progress
 from featurelake.errors import UsageError
 from featurelake.registry.records import BUMPS, FLAVORS, Event, ModelRef, ModelVersion, Stage
 
@@ -74,9 +74,11 @@ def _history_table(name: str, rows: list[Event]) -> RichTable:
             change = f"alias {e.alias}"
         elif e.kind == "register":
             change = "registered"
+        elif e.kind == "verify":
+            change = "verified"
         else:
             change = f"{e.from_stage} -> {e.to_stage}"
-        colour = {"applied": "green", "rejected": "yellow", "conflict": "red"}.get(e.outcome, "")
+        colour = {"applied": "green", "identical": "green", "rejected": "yellow"}.get(e.outcome, "red")
         note = " / ".join(x for x in (e.reason, e.detail) if x)
         t.add_row(
             e.at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -139,6 +141,13 @@ def models() -> None:
     help="Also load the model in a subprocess with CPU and memory limits and score a sample of the training "
     "set; records the output's shape and type.",
 )
+@click.option(
+    "--no-store-entities",
+    "no_store_entities",
+    is_flag=True,
+    help="Keep the training set's entity frame (keys, times, labels) out of the registry, for data that must "
+    "not be copied; `models reproduce` then asks for it with --entities.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def register(
@@ -157,6 +166,7 @@ def register(
     description: str,
     run_id: str | None,
     verify: bool,
+    no_store_entities: bool,
     as_json: bool,
 ) -> None:
     """Register a new version of model NAME (1.0.0 first, then bumped). The artifact is checked first,
@@ -175,6 +185,7 @@ def register(
         description=description,
         run_id=run_id,
         verify=verify,
+        store_entities=not no_store_entities,
         service=service,
         output=output,
     )
@@ -185,6 +196,8 @@ def register(
     for line in _artifact_lines(mv):
         render.out.print(line)
     for line in _version_lines(mv, None)[1:]:
+        render.out.print(line)
+    for line in _reproduction_lines(c.fl.models, mv, verified=False):
         render.out.print(line)
 
 
@@ -245,11 +258,27 @@ def show(c: Ctx, ref: str, as_json: bool) -> None:
     if "@" not in ref:
         ModelRef.parse(ref)
         all_versions = reg.versions(ref)
+        verified = {e.version: e for e in reg.history(ref) if e.kind == "verify"}  # the last one wins
         if as_json:
-            render.print_json({"name": ref, "versions": [v.to_dict() for v in all_versions]})
+            render.print_json(
+                {
+                    "name": ref,
+                    "versions": [
+                        {
+                            **v.to_dict(),
+                            "last_verification": verified[v.version].to_dict()
+                            if v.version in verified
+                            else None,
+                        }
+                        for v in all_versions
+                    ],
+                }
+            )
             return
         t = RichTable(title=f"model {ref}")
-        for col in ("version", "stage", "aliases", "flavor", "created (UTC)", "by", "metrics", "trained on"):
+        for col in (
+            "version", "stage", "aliases", "flavor", "created (UTC)", "by", "metrics", "trained on", "verified"
+        ):  # fmt: skip
             t.add_column(col, overflow="fold")
         for v in all_versions:
             t.add_row(
@@ -261,15 +290,28 @@ def show(c: Ctx, ref: str, as_json: bool) -> None:
                 v.created_by,
                 ", ".join(f"{k}={x:g}" for k, x in v.metrics.items()),
                 ", ".join(f"{view}@{sid}" for view, sid in v.snapshots.items()),
+                f"{verified[v.version].outcome} {verified[v.version].at:%Y-%m-%d}"
+                if v.version in verified
+                else "",
             )
         render.out.print(t)
         return
     mv = reg.resolve(ref)
     present = reg.pins.present(mv.snapshot_tags) if reg.pins is not None and mv.snapshot_tags else {}
     if as_json:
-        render.print_json({**mv.to_dict(), "snapshot_tags_present": present})
+        record, checked = reg.training_record(mv), reg.last_verification(mv)
+        render.print_json(
+            {
+                **mv.to_dict(),
+                "snapshot_tags_present": present,
+                "training_record": record.to_dict() if record else None,
+                "last_verification": checked.to_dict() if checked else None,
+            }
+        )
         return
     for line in _version_lines(mv, present):
+        render.out.print(line)
+    for line in _reproduction_lines(reg, mv, verified=True):
         render.out.print(line)
 
 
@@ -343,3 +385,122 @@ def history(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
         render.print_json([e.to_dict() for e in rows])
         return
     render.out.print(_history_table(name, rows))
+
+
+# --- reproducing training sets --------------------------------------------------------------------------
+def _reproduction_lines(reg: Any, mv: ModelVersion, *, verified: bool) -> list[str]:
+    """What the registry holds to rebuild the version's training set, and its last verification."""
+    from featurelake.registry.training_record import describe
+
+    if not mv.training_set:
+        return []
+    record = reg.training_record(mv)
+    if record is None:
+        return [
+            "  training set not recorded (registered with only its provenance): `models reproduce` cannot run"
+        ]
+    lines = [f"  {describe(record)}"]
+    if verified:
+        last = reg.last_verification(mv)
+        if last is None:
+            lines.append(f"  never verified (`featurelake models verify {mv.ref}`)")
+        else:
+            colour = "green" if last.outcome == "identical" else "red"
+            lines.append(
+                f"  last verified {last.at:%Y-%m-%d %H:%M:%S} UTC by {last.user}: [{colour}]{last.outcome}[/]"
+                + ("" if last.outcome == "identical" else f" ({last.detail})")
+            )
+    return lines
+
+
+def _check_output(output: str | None) -> None:
+    if output is not None and Path(output.split("?")[0]).suffix.lower() != ".parquet":
+        raise UsageError(f"--output {output}: use a .parquet file (the provenance lives in its metadata)")
+
+
+@models.command("reproduce")
+@click.argument("ref")
+@click.option(
+    "--entities",
+    default=None,
+    help="The entity frame (Parquet or CSV, a path or a URL) of a version registered with --no-store-entities.",
+)
+@click.option(
+    "--output", default=None, help="Write the rebuilt training set here (.parquet, a path or a URL)."
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def reproduce(c: Ctx, ref: str, entities: str | None, output: str | None, as_json: bool) -> None:
+    """Rebuild the training set of REF (NAME@VERSION, @production, @alias, ...) from the registry alone and
+    check its SHA-256: exit 0 and "identical", or exit 1 naming what differs."""
+    import sys
+
+    from featurelake.registry.reproduce import write_output
+
+    _check_output(output)
+    reg = c.fl.models
+    source: str | Path | None = entities if entities is None or "://" in entities else Path(entities)
+    with progress(not as_json) as update:
+        if update:
+            update(f"rebuilding the training set of {ref}")
+        result = reg.reproduce(ref, entities=source)
+    written = None
+    if output is not None and result.table is not None:
+        written = write_output(result.table, output, c.fl.project)
+    if as_json:
+        render.print_json({**result.to_dict(), "output": str(written) if written else None})
+    elif result.identical:
+        render.out.print(
+            f"model {result.model} {result.version}: [green]identical[/]: {result.detail(full=True)}",
+            soft_wrap=True,
+        )
+        render.out.print(f"  entity frame from {result.entities}; {result.seconds:.2f}s", soft_wrap=True)
+    else:
+        render.out.print(f"model {result.model} {result.version}: [red]different[/]")
+        for line in result.differences:
+            render.out.print(f"  {line}", soft_wrap=True)
+    if written and not as_json:
+        render.out.print(f"wrote {written}" + ("" if result.identical else " (the rebuilt, differing set)"))
+    if not result.identical:
+        print(f"error: {result.summary()}", file=sys.stderr)
+        sys.exit(1)
+
+
+@models.command("verify")
+@click.argument("ref", required=False)
+@click.option("--all", "all_versions", is_flag=True, help="Every version of every model.")
+@click.option(
+    "--entities",
+    default=None,
+    help="The entity frame of one version registered with --no-store-entities (give REF as NAME@VERSION).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def verify(c: Ctx, ref: str | None, all_versions: bool, entities: str | None, as_json: bool) -> None:
+    """Rebuild and check the training sets of REF (NAME@REF; NAME: each version) or --all, recording each
+    outcome in the model's history; exit 1 if any differs or cannot be rebuilt."""
+    import sys
+
+    source: str | Path | None = entities if entities is None or "://" in entities else Path(entities)
+    with progress(not as_json) as update:
+        if update:
+            update("rebuilding training sets")
+        results = c.fl.models.verify(ref, all_versions=all_versions, entities=source)
+    if as_json:
+        render.print_json([r.to_dict() for r in results])
+    else:
+        t = RichTable(title="training sets rebuilt from the registry")
+        for col in ("model", "version", "outcome", "detail"):
+            t.add_column(col, overflow="fold")
+        colours = {"identical": "green", "skipped": "yellow"}
+        for r in results:
+            t.add_row(r.model, r.version, f"[{colours.get(r.outcome, 'red')}]{r.outcome}[/]", r.detail)
+        render.out.print(t)
+        if not results:
+            render.out.print("no registered versions")
+    failed = [r for r in results if r.failed]
+    for r in failed:
+        line = r.detail if r.outcome == "error" else f"model {r.model} {r.version}: {r.outcome}: {r.detail}"
+        print(f"error: {line}", file=sys.stderr)
+    if failed:
+        sys.exit(1)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
+from pyiceberg.table.refs import SnapshotRefType
 
 from featurelake.errors import FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
@@ -143,7 +144,9 @@ def run_maintain(
                     other_locations=[loc for other, loc in locations.items() if other != ident],
                     progress=progress,
                 )
-            _count_after(report, load())
+            after = load()
+            _count_after(report, after)
+            report.tags = tags_of(after)
         except FeaturelakeError as exc:
             if len(tables) == 1:
                 raise
@@ -151,6 +154,15 @@ def run_maintain(
         report.seconds = time.perf_counter() - t0
         reports.append(report)
     return reports
+
+
+def tags_of(tbl: Table) -> dict[str, int]:
+    """Tag -> the snapshot it keeps from expiry (model training sets, sync watermarks, users' tags)."""
+    return {
+        name: ref.snapshot_id
+        for name, ref in sorted(tbl.metadata.refs.items())
+        if ref.snapshot_ref_type == SnapshotRefType.TAG
+    }
 
 
 def _count_after(report: TableMaintenance, tbl: Table) -> None:

@@ -77,6 +77,9 @@ class TableMaintenance:
     orphans: OrphanResult | None = None
     seconds: float = 0.0
     error: str | None = None
+    tags: dict[str, int] = field(default_factory=dict)
+    """Every tag of the table after the run and the snapshot it keeps (``model-<name>-<version>`` keeps a
+    registered model's training snapshot; ``online-sync-...`` a sync watermark)."""
 
     @property
     def bytes_reclaimed(self) -> int:
@@ -95,6 +98,7 @@ class TableMaintenance:
             "bytes_reclaimed": self.bytes_reclaimed,
             "seconds": round(self.seconds, 3),
             "error": self.error,
+            "tags": [{"tag": t, "snapshot_id": sid} for t, sid in sorted(self.tags.items())],
         }
         if self.compaction is not None:
             c = self.compaction

@@ -7,6 +7,7 @@ Public API for everything that consumes models (batch prediction, serving)::
     mv.flavor, mv.signature, mv.snapshots             # how to load it, its inputs, what it learned from
     data = reg.artifact_bytes(mv)                     # verified against its SHA-256 on every call
     path = reg.artifact_path(mv)                      # a verified local file
+    reg.reproduce("fraud@1.2.0").identical            # its training set rebuilt from the registry alone
 
 Loading a flavor (pickle, onnx, torchscript) is the consumer's job; the registry records which one it is.
 """

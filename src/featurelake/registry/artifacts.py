@@ -12,6 +12,7 @@ store read outside its root.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import posixpath
 import re
@@ -94,10 +95,18 @@ class ArtifactStore:
             raise UsageError(
                 f"artifact {text} is a directory: register a single file (pack a directory as .zip or .tar first)"
             )
+        with src_fs.open(src_path, "rb") as src:
+            return self._store(src, posixpath.basename(src_path.rstrip("/")))
+
+    def put_bytes(self, data: bytes, name: str) -> StoredArtifact:
+        """Store ``data`` (e.g. a serialized entity frame) under its SHA-256; ``name`` is only recorded."""
+        return self._store(io.BytesIO(data), name)
+
+    def _store(self, src: IO[bytes], name: str) -> StoredArtifact:
         tmp = f"{self.base}/tmp/{uuid.uuid4().hex}"
         self.fs.makedirs(f"{self.base}/tmp", exist_ok=True)
         try:
-            with src_fs.open(src_path, "rb") as src, self.fs.open(tmp, "wb") as dst:
+            with self.fs.open(tmp, "wb") as dst:
                 sha, size = _copy_hashing(src, dst)
             key = self.key_for(sha)
             final = self.location(key)
@@ -114,7 +123,7 @@ class ArtifactStore:
         finally:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
-        return StoredArtifact(key=key, sha256=sha, size=size, name=posixpath.basename(src_path.rstrip("/")))
+        return StoredArtifact(key=key, sha256=sha, size=size, name=name)
 
     # --- reading ------------------------------------------------------------------------------------
     def _digest(self, path: str) -> str:

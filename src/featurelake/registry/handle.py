@@ -1,7 +1,7 @@
 """What registration and stage transitions need of the registry: the store's surface, as a protocol.
 
-``lifecycle`` and ``registration`` are the registry's two write paths; ``store.ModelRegistry`` composes them.
-Typing them against this protocol instead of the store keeps the package's import graph acyclic.
+``lifecycle``, ``registration`` and ``reproduce`` (rebuild and verify) work on the registry;
+``store.ModelRegistry`` composes them. Typing them against this protocol instead of the store keeps the package's import graph acyclic.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from featurelake.registry.artifacts import ArtifactStore
-    from featurelake.registry.records import ModelRef, ModelVersion
+    from featurelake.registry.records import Event, ModelRef, ModelSummary, ModelVersion
     from featurelake.registry.snapshots import IcebergPins
     from featurelake.training.provenance import Provenance
 
@@ -35,7 +35,15 @@ class RegistryHandle(Protocol):
 
     def get(self, name: str, version: str) -> ModelVersion: ...
 
+    def versions(self, name: str) -> list[ModelVersion]: ...
+
+    def list_models(self) -> list[ModelSummary]: ...
+
+    def history(self, name: str, version: str | None = None) -> list[Event]: ...
+
     def resolve(self, ref: str | ModelRef) -> ModelVersion: ...
+
+    def _read(self) -> Any: ...
 
     def _write(self) -> Any: ...
 

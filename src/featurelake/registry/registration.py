@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from featurelake.errors import ConflictError, FeaturelakeError, UsageError
 from featurelake.lakehouse import lineage
 from featurelake.lakehouse.storage import is_remote, is_storage_failure, storage_error
+from featurelake.registry import training_record
 from featurelake.registry.artifacts import StoredArtifact
 from featurelake.registry.records import (
     BUMPS,
@@ -80,6 +81,7 @@ def register(
     code_version: str | None = None,
     user: str | None = None,
     verify: bool = False,
+    store_entities: bool = True,
 ) -> ModelVersion:
     """Register a new version of ``name`` (see ``ModelRegistry.register``); returns its record."""
     check_model_name(name)
@@ -103,6 +105,7 @@ def register(
     checked = _check_artifact(reg, name, flavor, artifact, sig, clean_params, training_set, verify)
     if checked:
         clean_params[ARTIFACT_PARAM] = checked
+    captured = _capture_training_set(reg, name, training_set, prov, store_entities)
     stored = reg.artifacts.put(artifact)
     who = user or lineage.pipeline_user()
     run = run_id or lineage.new_run_id()
@@ -115,6 +118,8 @@ def register(
                     conn, name, explicit, bump, who, run, code, description, stored, flavor,
                     clean_metrics, clean_params, prov, sig,
                 )  # fmt: skip
+                if captured is not None:
+                    training_record.insert(conn, name, created, captured)
             break
         except IntegrityError:
             if explicit is not None:
@@ -139,6 +144,21 @@ def register(
                 .values(snapshot_tags=records)
             )
     return reg.get(name, created)
+
+
+def _capture_training_set(
+    reg: ModelRegistry,
+    name: str,
+    training_set: TrainingSetSource | None,
+    prov: Provenance | None,
+    store_entities: bool,
+) -> training_record.CapturedTrainingSet | None:
+    """What a rebuild of the training set needs (its digest, entity frame, cell hashes); see training_record."""
+    if training_set is None or prov is None:
+        if not store_entities:
+            raise UsageError(f"model {name}: --no-store-entities needs a --training-set")
+        return None
+    return training_record.capture(reg, name, training_set, prov, store_entities=store_entities)
 
 
 def _check_artifact(
@@ -258,6 +278,7 @@ def _unregister(reg: ModelRegistry, name: str, version: str, who: str, why: str)
     with reg._write() as conn:
         conn.execute(versions.delete().where(versions.c.model_name == name, versions.c.version == version))
         conn.execute(aliases.delete().where(aliases.c.model_name == name, aliases.c.version == version))
+        training_record.delete(conn, name, version)
         reg._event(conn, name, version, "register", None, None, who, "", "rejected", f"rolled back: {why}")
 
 

@@ -87,3 +87,25 @@ aliases = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_by", sa.String(128), nullable=False),
 )
+
+# What rebuilding a version's training set needs beyond its provenance (``reproduce.py``): the training set's
+# own SHA-256 with each column's, and the entity frame and per-cell hashes as content-addressed artifacts.
+training_sets = sa.Table(
+    "registry_training_sets",
+    metadata,
+    sa.Column("model_name", sa.String(128), sa.ForeignKey("registry_models.name"), primary_key=True),
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("digest_format", sa.Integer, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("columns", sa.JSON, nullable=False),
+    sa.Column("entity_columns", sa.JSON, nullable=False),
+    sa.Column("extra_columns", sa.JSON, nullable=False),
+    sa.Column("entities_key", sa.String(200), nullable=True),
+    sa.Column("entities_sha256", sa.String(64), nullable=True),
+    sa.Column("entities_size", sa.BigInteger, nullable=True),
+    sa.Column("cells_key", sa.String(200), nullable=True),
+    sa.Column("cells_sha256", sa.String(64), nullable=True),
+    sa.Column("cells_size", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from featurelake.errors import NotFoundError
 from featurelake.lakehouse import lineage
 from featurelake.lakehouse.catalog import safe_uri
-from featurelake.registry import db, declared, lifecycle, registration
+from featurelake.registry import db, declared, lifecycle, registration, reproduce
 from featurelake.registry.artifacts import ArtifactStore
 from featurelake.registry.handle import ArtifactCheck, TrainingSetSource
 from featurelake.registry.records import (
@@ -41,8 +41,10 @@ from featurelake.registry.records import (
     now,
     utc,
 )
+from featurelake.registry.reproduce import Reproduction, Verification
 from featurelake.registry.schema import aliases, events, models, versions
 from featurelake.registry.snapshots import IcebergPins
+from featurelake.registry.training_record import TrainingRecord
 
 if TYPE_CHECKING:
     from featurelake.lakehouse.storage import Storage
@@ -298,6 +300,7 @@ class ModelRegistry:
         code_version: str | None = None,
         user: str | None = None,
         verify: bool = False,
+        store_entities: bool = True,
         service: str | None = None,
         output: str | None = None,
     ) -> ModelVersion:
@@ -312,6 +315,10 @@ class ModelRegistry:
         The artifact is first checked by :attr:`artifact_check` (its format, without running it; with
         ``verify`` also loaded and scored in a jailed subprocess) and what it found is recorded in the
         version's ``params["featurelake.artifact"]``.
+
+        With a training set's rows (a table or Parquet file), its SHA-256, its entity frame (unless
+        ``store_entities`` is False) and a hash per feature cell are recorded, so that :meth:`reproduce` can
+        rebuild it from the registry alone.
 
         ``service``: the model reads an applied feature service (its signature is the service's features);
         ``output="label,proba"``: a classifier writing its label and one probability per class
@@ -343,7 +350,30 @@ class ModelRegistry:
             code_version=code_version,
             user=user,
             verify=verify,
+            store_entities=store_entities,
         )
+
+    # --- reproducing --------------------------------------------------------------------------------
+    def reproduce(self, ref: str | ModelRef | ModelVersion, *, entities: Any = None) -> Reproduction:
+        """Rebuild the training set of ``ref`` from the registry alone (its provenance and stored entity
+        frame, or ``entities`` for a version registered without it) and compare it with the recorded SHA-256;
+        ``.identical``, ``.differences`` and ``.table`` (the rebuilt set) say how it went."""
+        return reproduce.reproduce(self, ref, entities=entities)
+
+    def verify(
+        self, ref: str | None = None, *, all_versions: bool = False, entities: Any = None
+    ) -> list[Verification]:
+        """Rebuild and check ``ref`` (``NAME@REF``; ``NAME``: each of its versions) or every version, recording
+        each outcome (identical, different, error) in the model's history."""
+        return reproduce.verify(self, ref, all_versions=all_versions, entities=entities)
+
+    def training_record(self, ref: str | ModelRef | ModelVersion) -> TrainingRecord | None:
+        """What the registry holds to rebuild ``ref``'s training set (None: registered without one)."""
+        return reproduce.training_record_of(self, self._target(ref))
+
+    def last_verification(self, ref: str | ModelRef | ModelVersion) -> Event | None:
+        """The newest ``verify`` event of ``ref``, if it was ever verified."""
+        return reproduce.last_verification(self, self._target(ref))
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def plan_transition(
