@@ -284,7 +284,7 @@ def test_training_set_and_registry_on_postgres(
         fl.models.promote("fraud", "1.0.0", "Staging")
         fl.models.promote("fraud", "1.0.0", "Production")
         assert fl.models.resolve("fraud").snapshots == Provenance.load(ts).views
-        assert fl.models.artifact_bytes("fraud@production") == b"weights"
+        assert fl.models.artifact_bytes("fraud@production") == pickle.dumps("weights")
         assert set(tags(fl, "user_features")) == {"model-fraud-1.0.0"}
         fl.backfill("user_features", day(5), day(7), run_id="pg_more")
         again = write_training_set(fl.training_set(ents_file, provenance=ts), tmp_path / "again.parquet")

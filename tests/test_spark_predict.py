@@ -280,7 +280,7 @@ def test_a_worker_loads_each_model_once_and_checks_its_digest_first(lake: Path) 
     def task(artifact: _Broadcast, where: str | None = None) -> spark_predict.ScoreTask:
         return spark_predict.ScoreTask(
             flavor="pickle", sha256=mv.artifact_sha256, info=info, allow_pickle=True, artifact=artifact,
-            inputs=inputs, key="user_id", timestamp="event_ts", nan_policy="fill", view=VIEW,
+            inputs=inputs, keys=("user_id",), timestamp="event_ts", nan_policy="fill", view=VIEW,
             lineage=Lineage(mv.name, mv.version, 7, "r1", when), schema=schema, where=where,
         )  # fmt: skip
 
