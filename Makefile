@@ -5,21 +5,41 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FL := $(VENV)/bin/featurelake
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 SPARK_STAMP := $(VENV)/.spark-installed
+# The quickstart's own needs beyond the core: train_model.py fits a scikit-learn model on a pandas frame.
+DEMO_REQUIREMENTS := "scikit-learn>=1.3" "pandas>=2"
+# A second virtualenv (inside .venv, so every tool and .gitignore skip it) with the lowest supported versions.
+LOWEST_VENV ?= $(VENV)/lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
+# Tests of external programs are in `make test`; `make test-lowest` checks the library versions without them.
+LOWEST_MARKERS := not spark and not slow and not install
 
 .DEFAULT_GOAL := help
-.PHONY: help install spark demo test test-fast lint format bench bench-peers reliability clean
+# Steps depend on each other's side effects (system packages, then the venv, then the Spark jars): one at a time.
+.NOTPARALLEL:
+.PHONY: help install system spark demo test test-fast test-lowest lint format bench bench-peers reliability clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install --upgrade pip
+
+# Newest resolve of every extra and the dev tools; constraints/dev.txt pins torch to the CPU build on disk.
+$(STAMP): pyproject.toml constraints/dev.txt | $(PY)
+	$(PIP) install -e '.[dev]' -c constraints/dev.txt
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install featurelake with its dev extras
+
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -e . $(DEMO_REQUIREMENTS)
+	touch $(DEMO_STAMP)
+
+system: ## install (apt-get, as root) and start the system packages and services the tests need
+	PYTHON=$(PYTHON) bash scripts/setup-system.sh
 
 $(SPARK_STAMP): $(STAMP) scripts/setup-spark.sh
 	VENV=$(VENV) bash scripts/setup-spark.sh
@@ -27,23 +47,34 @@ $(SPARK_STAMP): $(STAMP) scripts/setup-spark.sh
 
 spark: $(SPARK_STAMP) ## install the Spark engine: JDK, JDBC drivers, Iceberg runtime, relocated-Jackson jar
 
-demo: $(STAMP) ## run the quickstart end to end on the embedded default
+demo: $(DEMO_STAMP) ## install featurelake + scikit-learn and pandas, run the quickstart end to end
 	PATH="$(abspath $(VENV))/bin:$$PATH" FL=featurelake bash examples/quickstart/run_demo.sh
 
 .PHONY: demo-s3
 demo-s3: $(STAMP) ## the quickstart with its warehouse and artifacts on S3 (a moto server on loopback; S3_ENDPOINT= for yours)
 	PATH="$(abspath $(VENV))/bin:$$PATH" FL=featurelake bash examples/quickstart/run_demo_s3.sh
 
-test: $(STAMP) $(SPARK_STAMP) ## run the whole test suite (PostgreSQL tests need 127.0.0.1:5432 or FEATURELAKE_TEST_PG_URL)
+test: system $(STAMP) $(SPARK_STAMP) $(LOWEST_STAMP) ## install what the tests need (system packages, .venv, Spark jars), run them all, then again on the lowest versions
 	$(PY) -m pytest -q
+	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)"
 
-test-fast: $(STAMP) $(SPARK_STAMP) ## the test suite without slow multi-process tests
+test-fast: system $(STAMP) $(SPARK_STAMP) ## the test suite without slow multi-process tests
 	$(PY) -m pytest -q -m "not slow"
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+$(LOWEST_STAMP): pyproject.toml constraints/dev.txt constraints/lowest.txt
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/pip install --upgrade pip
+	$(LOWEST_VENV)/bin/pip install -e '.[dev]' -c constraints/dev.txt -c constraints/lowest.txt
+	touch $(LOWEST_STAMP)
+
+test-lowest: system $(LOWEST_STAMP) ## the suite but Spark, slow and install tests, on the lowest versions (constraints/lowest.txt)
+	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)"
+
+lint: $(STAMP) ## ruff (lint + format check), mypy and the import-linter layers contract
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
@@ -60,6 +91,8 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/training_set.py
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/engines.py
+	$(PY) benchmarks/aggregations.py --events 1000000
+	$(PY) benchmarks/cli.py
 
 bench-peers: $(STAMP) ## featurelake vs Feast side by side (own venv benchmarks/.peers-venv); writes docs/benchmarks.md
 	bash benchmarks/need-wrk.sh

@@ -5,7 +5,8 @@
 #           snowpark-connect-deps-iceberg (--no-deps: we only want its jars), and the relocated-Jackson jar
 #           that runtime lacks, built here from pyspark's own Jackson jars (never committed; it lands in
 #           $VENV/share/featurelake/spark-jars/)
-# Usage: scripts/setup-spark.sh [all|system|python]   (default all; VENV defaults to .venv)
+#   packages  only print the Debian packages that `system` would install (scripts/setup-system.sh uses it)
+# Usage: scripts/setup-spark.sh [all|system|python|packages]   (default all; VENV defaults to .venv)
 # Where Maven is reachable you can skip the runtime wheel and set engine.spark.conf
 # spark.jars.packages: org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.10.2 instead (docs/spark.md).
 set -euo pipefail
@@ -13,12 +14,18 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 what=${1:-all}
 
-system() {
+packages() {
   local need=()
   command -v java >/dev/null || need+=(default-jre-headless)
   [ -f /usr/share/java/sqlite-jdbc.jar ] || need+=(libxerial-sqlite-jdbc-java)
   [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
   [ -f /usr/share/java/jarjar.jar ] || need+=(libjarjar-java)
+  echo "${need[*]}"
+}
+
+system() {
+  local need
+  read -ra need <<<"$(packages)"
   [ ${#need[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     echo "setup-spark: missing ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
@@ -43,5 +50,6 @@ case "$what" in
   system) system ;;
   python) python_env ;;
   all) system && python_env ;;
-  *) echo "usage: $0 [all|system|python]" >&2; exit 2 ;;
+  packages) packages ;;
+  *) echo "usage: $0 [all|system|python|packages]" >&2; exit 2 ;;
 esac

@@ -19,6 +19,32 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+# A test that reaches an external program through one of these fixtures must carry that program's marker, so
+# that `-m "not <marker>"` really leaves it out (tests/test_audit_html.py, test_monitoring_*.py mark the tests that
+# run chromium, promtool, prometheus and prometheus-pushgateway by hand).
+_FIXTURE_MARKERS = {
+    "pg_url": "postgres",
+    "spark": "spark",
+    "redis_session": "redis",
+    "redis_url": "redis",
+    "own_redis": "redis",
+    "redis_server": "redis",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = sorted(
+        f"{item.nodeid} (uses {fixture}): add @pytest.mark.{marker}"
+        for item in items
+        for fixture, marker in _FIXTURE_MARKERS.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    )
+    if missing:
+        raise pytest.UsageError(
+            "tests that need an external program lack its marker:\n  " + "\n  ".join(missing)
+        )
+
+
 @pytest.fixture(autouse=True)
 def _stable_lineage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEATURELAKE_PIPELINE_USER", "test-user")
@@ -57,7 +83,9 @@ def pg_url() -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # pragma: no cover - environment problem, must be loud
         pytest.fail(
-            f"PostgreSQL at {PG_ADMIN_URL} is not usable ({exc}); start it or set FEATURELAKE_TEST_PG_URL"
+            f"PostgreSQL at {PG_ADMIN_URL} is not usable ({exc}): `make test` installs and starts one "
+            "(scripts/setup-system.sh), or set FEATURELAKE_TEST_PG_URL; to leave these tests out: "
+            "pytest -m 'not postgres'"
         )
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:

@@ -28,11 +28,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The Debian package and the pytest marker of each program the monitoring tests run.
+PACKAGES = {
+    "promtool": ("prometheus", "promtool"),
+    "prometheus": ("prometheus", "prometheus"),
+    "prometheus-pushgateway": ("prometheus-pushgateway", "pushgateway"),
+}
+
+
 def need(binary: str) -> str:
+    """The program's path; a loud failure (never a skip) naming what installs it when it is missing."""
     path = shutil.which(binary)
     if path is None:
+        package, marker = PACKAGES[binary]
         pytest.fail(
-            f"{binary} is not installed: apt-get install prometheus prometheus-pushgateway (.ci/run does)"
+            f"{binary} is not installed: `make test` installs it (as root; scripts/setup-system.sh), or run "
+            f"apt-get install {package}; to leave these tests out: pytest -m 'not {marker}'"
         )
     return path
 

@@ -40,7 +40,10 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
             return path
-    pytest.fail("headless Chromium is needed for the report test: apt-get install chromium (see .ci/run)")
+    pytest.fail(
+        "headless Chromium is needed for the report test: `make test` installs it (as root; "
+        "scripts/setup-system.sh), or run apt-get install chromium; to leave it out: pytest -m 'not chromium'"
+    )
 
 
 def screenshot(page: Path, png: Path, tmp: Path, size: str = "1280,1500") -> None:
@@ -97,6 +100,7 @@ def test_report_is_self_contained(drifted_report: Path) -> None:
     assert "passed with warnings" in page and "PSI of amount_avg_1d vs main" in page
 
 
+@pytest.mark.chromium
 def test_report_renders_histograms_in_chromium(drifted_report: Path, tmp_path: Path) -> None:
     png = tmp_path / "audit-report.png"
     screenshot(drifted_report, png, tmp_path)

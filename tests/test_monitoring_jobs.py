@@ -140,6 +140,7 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+@pytest.mark.pushgateway
 def test_jobs_push_cumulative_series_to_a_real_pushgateway(tmp_path: Path) -> None:
     with pushgateway(tmp_path) as url, _open(tmp_path, f"  pushgateway: {url}\n") as fl:
         fl.backfill(VIEW, day(0), day(2))

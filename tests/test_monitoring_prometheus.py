@@ -20,7 +20,15 @@ from featurelake.monitoring.alerts import export_prometheus_rules
 from featurelake.monitoring.rules import load_rules
 from featurelake.monitoring.rules.promql import dump
 from tests.helpers import DEFAULT_FEATURES, day, make_project
-from tests.monitoring_servers import free_port, prom_query, prometheus, pushgateway, wait_for, wait_http
+from tests.monitoring_servers import (
+    free_port,
+    need,
+    prom_query,
+    prometheus,
+    pushgateway,
+    wait_for,
+    wait_http,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -53,6 +61,8 @@ def _dashboard_exprs() -> list[str]:
     return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
 
 
+@pytest.mark.prometheus
+@pytest.mark.pushgateway
 def test_prometheus_scrapes_serve_and_the_pushgateway_and_monitor_evaluates_through_it(
     tmp_path: Path,
 ) -> None:
@@ -186,10 +196,11 @@ def test_monitor_against_a_prometheus_that_is_down_is_a_clear_error(tmp_path: Pa
         assert not (root / "alerts.jsonl").read_text()
 
 
+@pytest.mark.promtool
 def test_shipped_deploy_files_are_valid_and_current(tmp_path: Path) -> None:
     prom = DEPLOY / "prometheus"
     checked = subprocess.run(
-        ["promtool", "check", "config", "prometheus.yml"],
+        [need("promtool"), "check", "config", "prometheus.yml"],
         cwd=prom,
         capture_output=True,
         text=True,

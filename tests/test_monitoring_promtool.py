@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -31,6 +32,7 @@ def _export(tmp_path: Path, config: str = "project: mon\n", count: int = 6) -> P
     return out
 
 
+@pytest.mark.promtool
 def test_promtool_check_rules_accepts_the_export(tmp_path: Path) -> None:
     out = _export(tmp_path)
     checked = _promtool("check", "rules", str(out), cwd=tmp_path)
@@ -65,6 +67,7 @@ def _test_group(rule: Rule, scenario: Any) -> dict[str, Any]:
     return {"interval": "1m", "input_series": series, "alert_rule_test": cases}
 
 
+@pytest.mark.promtool
 def test_promtool_test_rules_fire_and_resolve_like_the_local_evaluator(tmp_path: Path) -> None:
     out = _export(tmp_path)
     rules = {r.name: r for r in load_rules()}
@@ -84,6 +87,7 @@ def test_promtool_test_rules_fire_and_resolve_like_the_local_evaluator(tmp_path:
         assert True in outcomes and False in outcomes
 
 
+@pytest.mark.promtool
 def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
     """The harness above can fail: a wrong expected value makes promtool report the mismatch."""
     out = _export(tmp_path)
@@ -99,6 +103,7 @@ def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
     assert "high_feature_null_rate" in ran.stdout + ran.stderr
 
 
+@pytest.mark.promtool
 def test_project_overrides_reach_the_export(tmp_path: Path) -> None:
     rules_file = tmp_path / "alerts.yaml"
     rules_file.write_text(

@@ -93,6 +93,7 @@ def _lose_and_recover(fl: featurelake.Featurelake, lose: object) -> None:
     ]
 
 
+@pytest.mark.redis
 def test_redis_restarted_without_persistence_fires_online_store_empty(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis", appendonly=False).start()  # --save '' --appendonly no
     try:
@@ -102,6 +103,7 @@ def test_redis_restarted_without_persistence_fires_online_store_empty(tmp_path: 
         server.kill()
 
 
+@pytest.mark.redis
 def test_redis_flushall_fires_online_store_empty(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis", appendonly=False).start()
     try:
@@ -133,7 +135,7 @@ def test_deleted_sqlite_file_fires_online_store_empty_without_recreating_it(tmp_
         _lose_and_recover(fl, delete)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_a_never_synced_store_stays_quiet(tmp_path: Path, store: str) -> None:
     server = RedisServer(tmp_path / "redis", appendonly=False).start() if store == "redis" else None
     try:

@@ -176,7 +176,8 @@ def test_redis_bounced_mid_sync_while_the_sync_keeps_going_loses_nothing(
     assert got == ref
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.redis  # both cases start the redis_server fixture
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_sync_process_sigkilled_mid_write_then_next_sync_equals_a_fresh_full_sync(
     backend: str, tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
