@@ -12,8 +12,13 @@ DEMO_REQUIREMENTS := "scikit-learn>=1.3" "pandas>=2"
 # A second virtualenv (inside .venv, so every tool and .gitignore skip it) with the lowest supported versions.
 LOWEST_VENV ?= $(VENV)/lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
-# Tests of external programs are in `make test`; `make test-lowest` checks the library versions without them.
+# `make test` re-runs the tests that lean hardest on the ranged libraries (PyIceberg, PyArrow, DuckDB, pydantic)
+# on their lowest versions; `make test-lowest` runs every test but Spark, slow and install ones there.
 LOWEST_MARKERS := not spark and not slow and not install
+LOWEST_TESTS := $(addprefix tests/,test_wap.py test_lakehouse_write.py test_pyiceberg_compat.py test_lakehouse_retry.py \
+	test_apply.py test_partitions.py test_lookback.py test_aggregations.py test_audit_wap.py test_validation_fast.py \
+	test_validation_checks.py test_training_join.py test_training_set.py test_config_cli.py test_units.py \
+	test_online_store.py test_online_sync.py test_maintenance.py test_storage.py)
 
 .DEFAULT_GOAL := help
 # Steps depend on each other's side effects (system packages, then the venv, then the Spark jars): one at a time.
@@ -56,7 +61,7 @@ demo-s3: $(STAMP) ## the quickstart with its warehouse and artifacts on S3 (a mo
 
 test: system $(STAMP) $(SPARK_STAMP) $(LOWEST_STAMP) ## install what the tests need (system packages, .venv, Spark jars), run them all, then again on the lowest versions
 	$(PY) -m pytest -q
-	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)"
+	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)" $(LOWEST_TESTS)
 
 test-fast: system $(STAMP) $(SPARK_STAMP) ## the test suite without slow multi-process tests
 	$(PY) -m pytest -q -m "not slow"
