@@ -56,7 +56,18 @@ def _concurrency(add: Any, fl: dict[str, Any], fe: dict[str, Any]) -> None:
                                  (f"Feast --workers {n}", fe["concurrency_workers"]))}  # fmt: skip
     add("")
     add("Errors (connect, read, write, timeouts, non-2xx) over all levels: "
-        + ", ".join(f"{k} {v}" for k, v in errors.items()) + ".\n")  # fmt: skip
+        + ", ".join(f"{k} {v}" for k, v in errors.items()) + ".")  # fmt: skip
+    levels = fl["concurrency"]
+    low = min(levels, key=lambda c: levels[c]["rps"] / fe["concurrency"][c]["rps"])
+    low_n = min(levels, key=lambda c: levels[c]["rps"] / fe["concurrency_workers"][c]["rps"])
+    ratio = levels[low]["rps"] / fe["concurrency"][low]["rps"]
+    ratio_n = levels[low_n]["rps"] / fe["concurrency_workers"][low_n]["rps"]
+    p99 = levels["32"]["p99"] if "32" in levels else float("nan")
+    add(f"\n**Targets in this run**: requests/s >= 2x Feast's at every level: **{'met' if ratio >= 2 else 'not met'}** "
+        f"(lowest {ratio:.2f}x, at {low} client{'s' if low != '1' else ''}; against Feast with {n} workers, lowest "
+        f"{ratio_n:.2f}x). p99 at 32 clients <= 25 ms: **{'met' if p99 <= 25 else 'not met'}** ({p99:.2f} ms, "
+        f"load average {levels['32']['load'][0]:.1f}-{levels['32']['load'][1]:.1f} on {n} cores"
+        f"{'' if p99 <= 25 else '; 4 busy processes (wrk, 2 workers, Redis) and other jobs shared them'}).\n")  # fmt: skip
 
 
 def write_page(r: dict[str, Any], path: Path) -> None:
@@ -110,15 +121,16 @@ def write_page(r: dict[str, Any], path: Path) -> None:
             f"{fe['http'][w]['errors']} dropped connections, {fe['http'][w]['stalls']} over 250 ms; featurelake "
             f"{fl['http'][w]['n']} requests, {fl['http'][w]['errors']} dropped, {fl['http'][w]['stalls']} over 250 ms. "
             "`feast serve` ran with its defaults plus `--no-access-log` (one gunicorn worker, recycled every "
-            "~1,000 requests); `featurelake serve` with `--log-level warning`.")  # fmt: skip
-    _concurrency(add, fl, fe)
+            f"~1,000 requests); `featurelake serve` with `--log-level warning` (its default {fl.get('workers', 1)} "
+            "workers, one per core).")  # fmt: skip
     ts_fl, ts_fe = fl["training_set"], fe["training_set"]
     add(f"- Training set: featurelake returned **{ts_fl['rows_out']:,}** rows for {ts_fl['entity_rows']:,} entity "
         f"rows (exactly one per entity row, in order); Feast returned **{ts_fe['rows_out']:,}** "
         f"({chk['rows_only_in_featurelake']:,} entity rows dropped, {chk['feast_duplicate_rows']} duplicated). "
         f"On the {chk['common_rows']:,} rows both returned, **{chk['mismatched_rows']} differ** in any of the 20 "
         f"features (null and NaN equal, floats compared exactly). Rows with features: featurelake "
-        f"{chk['featurelake_non_null']:,}, Feast {chk['feast_non_null']:,}.\n")  # fmt: skip
+        f"{chk['featurelake_non_null']:,}, Feast {chk['feast_non_null']:,}.")  # fmt: skip
+    _concurrency(add, fl, fe)
     add("## Our own `make bench`\n")
     add("`make bench` runs each of these in `.venv` and prints its table and ratio; each is measured against a "
         "reference doing the same work on the same machine in the same run (not against Feast). Run one with "
