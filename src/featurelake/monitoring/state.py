@@ -157,7 +157,6 @@ class MetricsState:
     # --- metric samples ----------------------------------------------------------------------------
     def record(self, updates: Iterable[Update], source: str, ts: float | None = None) -> int:
         """Apply ``updates`` at time ``ts`` (default now) in one transaction; returns samples written."""
-        now = time.time() if ts is None else ts
         merged: dict[tuple[str, LabelKey], Update] = {}
         for u in updates:
             key = (u.sample, u.labels)
@@ -168,6 +167,9 @@ class MetricsState:
         if not merged:
             return 0
         with self._connect(write=True) as con:
+            # The time is read under the write lock: a writer that waited for the lock must not stamp its
+            # (newer) counter value earlier than the value it added to, or "latest sample" reads lose it.
+            now = time.time() if ts is None else ts
             for (sample, labels), u in merged.items():
                 text = _dump(labels)
                 row = con.execute(
