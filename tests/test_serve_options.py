@@ -68,3 +68,34 @@ def test_starlette_refusals_come_in_the_server_shape(status: int, error: str, de
     assert response.status_code == status
     body = orjson.loads(bytes(response.body))
     assert body["error"] == error and body["detail"].startswith(detail), body
+
+
+def test_lookups_run_in_the_event_loop_only_once_their_shape_is_known() -> None:
+    """The first request of a shape and large requests go to a worker thread; known small ones stay in the loop."""
+    import asyncio
+    import threading
+
+    ran_in: list[bool] = []
+
+    class Recording:
+        def get_online_features(
+            self, features: object, entities: object, **options: object
+        ) -> dict[str, object]:
+            ran_in.append(threading.current_thread() is threading.main_thread())
+            return {"features": features}
+
+    lookups = server._Lookups(Recording())  # type: ignore[arg-type]
+    small, large = {"user_id": [1, 2]}, {"user_id": list(range(server._Lookups.INLINE_ENTITIES + 1))}
+
+    async def run() -> None:
+        await lookups(["v:a"], small, full_feature_names=False)  # new shape: thread
+        await lookups(["v:a"], small, full_feature_names=False)  # known: loop
+        await lookups(["v:a"], small, full_feature_names=True)  # another shape: thread
+        await lookups(["v:a"], large, full_feature_names=False)  # large: thread
+        await lookups(None, small, feature_service="svc")  # a feature service: thread, then loop
+        await lookups(None, small, feature_service="svc")
+        await lookups([["not", "a", "string"]], small)  # unhashable garbage never becomes a known shape
+        await lookups([["not", "a", "string"]], small)
+
+    asyncio.run(run())
+    assert ran_in == [False, True, False, False, False, True, False, False]
