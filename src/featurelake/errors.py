@@ -19,7 +19,9 @@ Every error a user can provoke derives from one root, carries a message that nam
     ├── ArtifactIntegrityError       exit 1: a model artifact is missing or its bytes do not match its digest
     ├── ReproductionError            exit 1: a registered model's training set cannot be rebuilt (a bound
     │                                        snapshot or one of its files is gone)
-    └── OnlineStoreUnavailableError  exit 1: Redis / the online database cannot be reached (HTTP 503)
+    ├── OnlineStoreUnavailableError  exit 1: Redis / the online database cannot be reached (HTTP 503)
+    └── StreamUnavailableError       exit 1: the broker `featurelake ingest` reads (Redis Streams, NATS
+                                             JetStream) cannot be reached or refused a call
 """
 
 from __future__ import annotations
@@ -108,6 +110,13 @@ class OnlineStoreUnavailableError(FeaturelakeError):
     transient = True
 
 
+class StreamUnavailableError(FeaturelakeError):
+    """The stream broker ``featurelake ingest`` consumes cannot be reached or refused a call; nothing it
+    delivered since the last acknowledgement is lost (the broker delivers it again)."""
+
+    transient = True
+
+
 __all__ = [
     "ArtifactIntegrityError",
     "AuditFailed",
@@ -122,5 +131,6 @@ __all__ = [
     "RequestError",
     "SchemaError",
     "StorageUnavailableError",
+    "StreamUnavailableError",
     "UsageError",
 ]
