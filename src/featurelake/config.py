@@ -355,6 +355,15 @@ class FeaturesConfig(_Section):
     load runs in a daemon thread that is abandoned; see docs/reliability.md)."""
 
 
+class PushConfig(_Section):
+    batch_rows: int = Field(default=10_000, ge=1)
+    """Offline pushes (``POST /push``, ``fl.push``) publish a view's buffered rows once this many wait."""
+    batch_seconds: float = Field(default=5.0, gt=0)
+    """Or once a view's oldest buffered row has waited this many seconds (each micro-batch: one WAP publish)."""
+    buffer: str = ".featurelake/push"
+    """Directory of the write-ahead buffer: acknowledged offline rows wait here (fsynced) until published."""
+
+
 class Settings(BaseSettings):
     """The whole configuration of one featurelake project."""
 
@@ -375,6 +384,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
 
     @field_validator("namespace")
     @classmethod

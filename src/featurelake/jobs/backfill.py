@@ -12,24 +12,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyiceberg.table import Table
 
+from featurelake.auditing import wap_run
 from featurelake.auditing.runner import (
     AUDIT_REPORT,
     AUDIT_REPORT_HTML,
     keep_earlier_reports,
-    record_published,
     report_properties,
     run_audit,
-    start_statistics,
 )
-from featurelake.errors import (
-    AuditFailed,
-    CatalogUnavailableError,
-    ConflictError,
-    StorageUnavailableError,
-    UsageError,
-)
+from featurelake.errors import StorageUnavailableError, UsageError
 from featurelake.lakehouse import lineage, wap
-from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.window import Window
 from featurelake.monitoring.jobs import monitored_job
 from featurelake.validation.audit import AuditReport
@@ -84,16 +76,7 @@ def _say(progress: Progress | None, msg: str) -> None:
 
 def _retry_commit(project: Project, view: FeatureView, what: str, fn: Callable[[Table], T]) -> T:
     """Run a metadata commit against a fresh table, retrying when a concurrent commit won the race."""
-    # Lost races are normal under many concurrent writers: allow as many tries as a publish gets.
-    settings = project.config.settings
-    return retry_commit(
-        lambda: project.load_table(view.name),
-        fn,
-        table=project.table_name(view.name),
-        what=what,
-        attempts=max(settings.catalog.retries + 1, settings.backfill.publish_attempts),
-        call=project.catalog_call,
-    )
+    return wap_run.commit_on_view(project, view, what, fn)
 
 
 def _audit(
@@ -109,14 +92,6 @@ def _audit(
     return run_audit(project, view, run_id, frame, snapshot_id, window, statistics)
 
 
-def _refuse(report: AuditReport) -> AuditFailed:
-    return AuditFailed(
-        f"{report.summary()}; main is unchanged; inspect branch {report.branch} "
-        f"(`featurelake read {report.view} --snapshot {report.snapshot_id}`)",
-        report,
-    )
-
-
 def _write_and_audit(
     project: Project, view: FeatureView, window: Window, run_id: str, frame: Any, props: dict[str, str]
 ) -> tuple[int, AuditReport]:
@@ -125,29 +100,7 @@ def _write_and_audit(
     def write(tbl: Table) -> int:
         return project.engine.write_window(tbl, frame, window, view.timestamp_field, branch, props)
 
-    # The exact statistics need no branch: on the local engine they are computed while the write runs.
-    stats = start_statistics(project, view, run_id, frame) if project.engine.name == "local" else None
-    tip: int = _retry_commit(project, view, f"write {branch}", write)
-    report = _audit(project, view, run_id, frame, tip, window, stats)
-    if not report.passed:
-        raise _refuse(report)
-    return tip, report
-
-
-def _call_publish(
-    project: Project, view: FeatureView, branch: str, run_id: str, rebase: Callable[[Table, int], None]
-) -> wap.PublishResult:
-    return project.catalog_call(
-        lambda: wap.publish(
-            project.catalog,
-            project.table_name(view.name),
-            branch,
-            run_id,
-            rebase=rebase,
-            attempts=project.config.settings.backfill.publish_attempts,
-        ),
-        f"publish {branch}",
-    )
+    return wap_run.write_and_audit(project, view, run_id, frame, write, window)
 
 
 def _publish(
@@ -159,27 +112,14 @@ def _publish(
     props: dict[str, str],
     report: AuditReport,
 ) -> tuple[wap.PublishResult, AuditReport]:
-    branch = wap.branch_name(run_id)
-    latest = [report]
-
-    def rebase(tbl: Table, new_base: int) -> None:
-        project.catalog_call(lambda: wap.reset_branch(tbl, branch, new_base), f"rebase {branch}")
-        _, latest[0] = _write_and_audit(project, view, window, run_id, frame, props)
-
-    try:
-        result = _call_publish(project, view, branch, run_id, rebase)
-    except (CatalogUnavailableError, StorageUnavailableError) as exc:
-        raise type(exc)(
-            f"{exc}. Nothing was lost: branch {branch} is kept and main is unchanged; finish with "
-            f"`featurelake publish {view.name} --run-id {run_id}`"
-        ) from exc
-    if not project.config.settings.backfill.keep_published_branches:
-        try:
-            _retry_commit(project, view, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
-        except (ConflictError, CatalogUnavailableError):
-            result.notes.append(f"published, but branch {branch} could not be removed; remove it later")
-    result.notes.extend(record_published(project, latest[0], result.snapshot_id))
-    return result, latest[0]
+    return wap_run.publish_branch(
+        project,
+        view,
+        run_id,
+        report,
+        lambda: _write_and_audit(project, view, window, run_id, frame, props)[1],
+        resume=f"finish with `featurelake publish {view.name} --run-id {run_id}`",
+    )
 
 
 @monitored_job("backfill")
@@ -297,7 +237,7 @@ def publish_run(
     _say(progress, f"re-auditing branch {wap.branch_name(run_id)}")
     report = _audit(project, view, run_id, frame, tip, window)
     if not report.passed:
-        raise _refuse(report)
+        raise wap_run.refusal(report)
     _say(progress, "publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
     return BackfillResult(

@@ -1,0 +1,123 @@
+"""Write-Audit-Publish of one run of one view, whatever the run writes.
+
+Shared by the backfill (``jobs/backfill.py``: replaces a window) and the micro-batches of push and stream
+ingestion (``streaming/microbatch.py``: appends rows). A caller passes its *write* step, a function that
+writes the run's rows on the run's branch ``audit_<run id>`` of a freshly loaded table and returns the
+branch's new tip; this module audits what was written with the view's checks (``auditing.runner``) and
+publishes the branch to main with ``lakehouse.wap``, rebasing (reset the branch onto main's new head, write
+again, audit again) whenever another writer moved main in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pyiceberg.table import Table
+
+from featurelake.auditing.runner import record_published, run_audit, start_statistics
+from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, StorageUnavailableError
+from featurelake.lakehouse import wap
+from featurelake.lakehouse.retry import retry_commit
+from featurelake.validation.audit import AuditReport
+
+if TYPE_CHECKING:
+    from featurelake.features.definitions import FeatureView
+    from featurelake.lakehouse.window import Window
+    from featurelake.project import Project
+
+T = TypeVar("T")
+#: Writes the run's rows on its branch of the table it is given (freshly loaded); returns the branch tip.
+Write = Callable[[Table], int]
+
+
+def commit_on_view(project: Project, view: FeatureView, what: str, fn: Callable[[Table], T]) -> T:
+    """Run a metadata commit against a fresh table, retrying when a concurrent commit won the race."""
+    # Lost races are normal under many concurrent writers: allow as many tries as a publish gets.
+    settings = project.config.settings
+    return retry_commit(
+        lambda: project.load_table(view.name),
+        fn,
+        table=project.table_name(view.name),
+        what=what,
+        attempts=max(settings.catalog.retries + 1, settings.backfill.publish_attempts),
+        call=project.catalog_call,
+    )
+
+
+def refusal(report: AuditReport) -> AuditFailed:
+    """The error of a run whose audit failed (main is unchanged, the branch is kept)."""
+    return AuditFailed(
+        f"{report.summary()}; main is unchanged; inspect branch {report.branch} "
+        f"(`featurelake read {report.view} --snapshot {report.snapshot_id}`)",
+        report,
+    )
+
+
+def write_and_audit(
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    frame: Any,
+    write: Write,
+    window: Window | None,
+) -> tuple[int, AuditReport]:
+    """``write`` the run on its branch and audit ``frame`` (the rows written); raises AuditFailed if refused."""
+    branch = wap.branch_name(run_id)
+    # The exact statistics need no branch: on the local engine they are computed while the write runs.
+    stats = start_statistics(project, view, run_id, frame) if project.engine.name == "local" else None
+    tip: int = commit_on_view(project, view, f"write {branch}", write)
+    report = run_audit(project, view, run_id, frame, tip, window, stats)
+    if not report.passed:
+        raise refusal(report)
+    return tip, report
+
+
+def publish_branch(
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    report: AuditReport,
+    redo: Callable[[], AuditReport],
+    *,
+    resume: str,
+) -> tuple[wap.PublishResult, AuditReport]:
+    """Publish the run's audited branch to main; returns what main points to and the latest audit.
+
+    ``redo`` writes the run again on the branch (already reset onto main's new head) and audits it,
+    returning the new report or raising AuditFailed. ``resume`` tells the user how to finish the run when the
+    catalog or object storage fails during the publish (the branch is kept then).
+    """
+    branch = wap.branch_name(run_id)
+    latest = [report]
+
+    def rebase(tbl: Table, new_base: int) -> None:
+        project.catalog_call(lambda: wap.reset_branch(tbl, branch, new_base), f"rebase {branch}")
+        latest[0] = redo()
+
+    try:
+        result = project.catalog_call(
+            lambda: wap.publish(
+                project.catalog,
+                project.table_name(view.name),
+                branch,
+                run_id,
+                rebase=rebase,
+                attempts=project.config.settings.backfill.publish_attempts,
+            ),
+            f"publish {branch}",
+        )
+    except (CatalogUnavailableError, StorageUnavailableError) as exc:
+        raise type(exc)(
+            f"{exc}. Nothing was lost: branch {branch} is kept and main is unchanged; {resume}"
+        ) from exc
+    if not project.config.settings.backfill.keep_published_branches:
+        try:
+            commit_on_view(project, view, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
+        except (ConflictError, CatalogUnavailableError):
+            result.notes.append(f"published, but branch {branch} could not be removed; remove it later")
+    result.notes.extend(record_published(project, latest[0], result.snapshot_id))
+    return result, latest[0]
+
+
+__all__ = ["Write", "commit_on_view", "publish_branch", "refusal", "write_and_audit"]

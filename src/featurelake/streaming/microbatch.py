@@ -1,0 +1,486 @@
+"""Micro-batches: rows that arrive over time (push, stream ingestion) appended to a view through WAP.
+
+:class:`MicroBatchWriter` is the one writer shared by ``POST /push`` / ``fl.push`` (``streaming/push.py``)
+and ``featurelake ingest``. One :meth:`MicroBatchWriter.write` is one micro-batch:
+
+1. **Conform** the rows to the view's table (its join keys, its timestamp field and its fields, nothing
+   else; values cast to the column types; timestamps must carry a zone). A bad shape is a RequestError
+   naming the view and the column (HTTP 422, exit 2).
+2. **Idempotency on (entity key, event timestamp).** Rows repeating a (key, timestamp) of the same batch
+   are dropped (the first one is kept), and so are rows whose (key, timestamp) main already holds: an
+   anti-join against main's rows in the batch's time range (the snapshot the branch was forked from, and
+   again after every rebase). A batch delivered twice (a client retrying after a lost response, a consumer
+   restarted before it acknowledged its offsets, a push buffer replayed after a crash between the publish
+   and the buffer's cleanup) therefore never adds a row twice. The first value written for a (key,
+   timestamp) wins; a correction of an event is a backfill, not a push. A batch whose rows are all
+   published already commits nothing (status ``duplicate``).
+3. **Write-Audit-Publish exactly like a backfill** (``auditing.wap_run``): the rows are appended on
+   branch ``audit_<run id>``, audited with the view's checks (a micro-batch has no window: the checks
+   comparing a window with main's have no reference and pass), and main is fast-forwarded to the branch
+   (rebased and audited again if main moved). The snapshot carries the lineage of every featurelake commit
+   (``run-id``, ``pipeline-user``, ``code-version``), ``featurelake.view``, ``featurelake.operation``
+   (``push`` or the caller's) and the caller's ``summary`` properties: a stream consumer stores its offsets
+   there and reads them back with :func:`last_committed`.
+4. **Refused rows are kept aside**: when the audit refuses the batch, main is unchanged, the branch is
+   removed and every row is appended to ``<namespace>._rejected`` (the view, the run id, the verdict, the
+   audit report's path and the row as JSON); the result says ``refused`` with the report. Nothing is
+   dropped silently; ``featurelake read <namespace>._rejected`` shows them.
+5. **Online store** (optional): the published rows, latest per key, written with the store's
+   (event_ts, sequence number) rule, so an older event never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.types import NestedField, StringType, TimestamptzType
+
+from featurelake.auditing import logtable, wap_run
+from featurelake.auditing.runner import keep_earlier_reports, report_properties
+from featurelake.errors import AuditFailed, FeaturelakeError, RequestError, UsageError
+from featurelake.lakehouse import lineage, wap
+from featurelake.serving import codec
+from featurelake.serving.sync import SEQ, Reducer
+from featurelake.validation.audit import AuditReport
+
+if TYPE_CHECKING:
+    from featurelake.features.definitions import FeatureView
+    from featurelake.project import Project
+    from featurelake.serving.base import OnlineStore
+
+#: Where refused micro-batch rows are kept: ``<namespace>._rejected``.
+REJECTED_TABLE = "_rejected"
+REJECTED_SCHEMA = Schema(
+    NestedField(1, "view", StringType(), required=False),
+    NestedField(2, "run_id", StringType(), required=False),
+    NestedField(3, "rejected_at", TimestamptzType(), required=False),
+    NestedField(4, "verdict", StringType(), required=False),
+    NestedField(5, "report", StringType(), required=False),
+    NestedField(6, "row", StringType(), required=False),
+)
+#: ``featurelake.operation`` of a micro-batch snapshot unless the caller names its own.
+PUSH_OPERATION = "push"
+_RESERVED = {
+    lineage.CODE_VERSION,
+    lineage.RUN_ID,
+    lineage.PIPELINE_USER,
+    lineage.VIEW,
+    lineage.WINDOW_START,
+    lineage.WINDOW_END,
+}
+
+Status = Literal["published", "refused", "duplicate", "empty"]
+
+
+@dataclass
+class MicroBatchResult:
+    """What one micro-batch did.
+
+    ``status``: ``published`` (main moved to ``snapshot_id``), ``refused`` (the audit failed: main is
+    unchanged, the rows are in ``<namespace>._rejected``), ``duplicate`` (every row was published before:
+    nothing committed) or ``empty`` (no rows given).
+    """
+
+    view: str
+    run_id: str
+    status: Status
+    rows: int
+    """Rows given."""
+    written: int = 0
+    """Rows appended to the table (given minus duplicates)."""
+    duplicates: int = 0
+    """Rows dropped because their (key, event timestamp) was already in the batch or in main."""
+    snapshot_id: int | None = None
+    sequence_number: int | None = None
+    online_keys: int = 0
+    """Keys the online store changed (0 when the batch was not written online)."""
+    rejected: int = 0
+    """Rows kept aside in ``<namespace>._rejected`` (a refused batch)."""
+    report: AuditReport | None = None
+    verdict: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "run_id": self.run_id,
+            "status": self.status,
+            "rows": self.rows,
+            "written": self.written,
+            "duplicates": self.duplicates,
+            "snapshot_id": self.snapshot_id,
+            "online_keys": self.online_keys,
+            "rejected": self.rejected,
+            "verdict": self.verdict,
+            "report": self.report.report_path if self.report else None,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def to_arrow(rows: Any) -> pa.Table:
+    """Rows as an Arrow table: an Arrow table, a pandas DataFrame, a list of dicts or a dict of columns."""
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, pa.RecordBatch):
+        return pa.Table.from_batches([rows])
+    if isinstance(rows, list):
+        if not all(isinstance(r, dict) for r in rows):
+            raise RequestError("rows must be dicts mapping column names to values")
+        return pa.Table.from_pylist(rows)
+    if isinstance(rows, dict):
+        try:
+            return pa.table(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise RequestError(f"rows must be equally long lists of values per column: {exc}") from None
+    if hasattr(rows, "to_arrow"):  # polars, DuckDB relations
+        return rows.to_arrow()
+    if type(rows).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    raise UsageError(
+        f"cannot read rows from a {type(rows).__name__}: give an Arrow table, a pandas DataFrame, a list of "
+        "dicts or a dict of columns"
+    )
+
+
+class Conformer:
+    """Casts rows to one view's table schema, refusing what does not fit (naming the view and column)."""
+
+    def __init__(self, view: FeatureView, schema: pa.Schema) -> None:
+        self.view = view
+        self.schema = pa.schema([pa.field(f.name, f.type, nullable=f.nullable) for f in schema])
+        self.keys = list(view.join_keys)
+        self.ts = view.timestamp_field
+
+    def __call__(self, rows: Any) -> pa.Table:
+        table = to_arrow(rows)
+        name = self.view.name
+        expected = self.schema.names
+        unknown = [c for c in table.column_names if c not in expected]
+        if unknown:
+            raise RequestError(
+                f"view {name} has no column {', '.join(repr(c) for c in unknown)}: its columns are "
+                f"{', '.join(expected)}"
+            )
+        missing = [c for c in expected if c not in table.column_names]
+        if missing:
+            raise RequestError(
+                f"rows for view {name} lack column {', '.join(repr(c) for c in missing)}: give every one of "
+                f"{', '.join(expected)}"
+            )
+        columns = []
+        for target in self.schema:
+            col = table.column(target.name)
+            columns.append(self._cast(col, target))
+            if target.name in (*self.keys, self.ts) and columns[-1].null_count:
+                raise RequestError(
+                    f"rows for view {name} have null {target.name!r}: the entity key and the event timestamp "
+                    "are required"
+                )
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _cast(self, col: pa.ChunkedArray, target: pa.Field) -> pa.ChunkedArray:
+        name, ttype = self.view.name, target.type
+        if col.type == ttype:
+            return col
+        if pa.types.is_null(col.type):
+            return pa.chunked_array([pa.nulls(len(col), ttype)])
+        if pa.types.is_timestamp(ttype):
+            if pa.types.is_timestamp(col.type) and col.type.tz is None:
+                raise RequestError(
+                    f"column {target.name!r} of view {name}: timestamps need a time zone (UTC or an offset), "
+                    "got naive ones"
+                )
+            if not (pa.types.is_timestamp(col.type) or pa.types.is_string(col.type)):
+                raise RequestError(
+                    f"column {target.name!r} of view {name}: give timestamps as ISO 8601 text with an offset "
+                    f"(2024-01-05T10:00:00Z), not {col.type}"
+                )
+        try:
+            return pc.cast(col, ttype)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise RequestError(
+                f"column {target.name!r} of view {name} holds {ttype} values, and the given ones do not fit: "
+                f"{exc}"
+            ) from None
+
+
+def first_per_event(rows: pa.Table, keys: list[str], ts: str) -> pa.Table:
+    """``rows`` without repeats of a (keys, ts): the first row of each stays, in the original order."""
+    if rows.num_rows < 2:
+        return rows
+    idx = "__featurelake_idx"
+    with_idx = rows.append_column(idx, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    firsts = with_idx.group_by([*keys, ts], use_threads=False).aggregate([(idx, "min")])
+    picked = np.sort(firsts.column(f"{idx}_min").to_numpy())
+    if len(picked) == rows.num_rows:
+        return rows
+    return rows.take(pa.array(picked))
+
+
+def unpublished(tbl: Table, rows: pa.Table, keys: list[str], ts: str, snapshot_id: int | None) -> pa.Table:
+    """``rows`` whose (keys, ts) the table does not hold at ``snapshot_id`` (its rows in their time range)."""
+    if rows.num_rows == 0 or snapshot_id is None:
+        return rows
+    lo, hi = pc.min_max(rows.column(ts)).values()
+    span = And(
+        GreaterThanOrEqual(ts, lo.as_py().isoformat()),  # type: ignore[call-arg, arg-type]
+        LessThanOrEqual(ts, hi.as_py().isoformat()),  # type: ignore[call-arg, arg-type]
+    )
+    held = tbl.scan(row_filter=span, selected_fields=(*keys, ts), snapshot_id=snapshot_id).to_arrow()
+    if held.num_rows == 0:
+        return rows
+    held = held.cast(rows.select([*keys, ts]).schema)
+    idx = "__featurelake_idx"
+    with_idx = rows.append_column(idx, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    fresh = with_idx.join(held, keys=[*keys, ts], join_type="left anti", use_threads=False)
+    picked = np.sort(fresh.column(idx).to_numpy())
+    if len(picked) == rows.num_rows:
+        return rows
+    return rows.take(pa.array(picked))
+
+
+def last_committed(project: Project, view_name: str, key: str) -> str | None:
+    """The newest value of snapshot summary property ``key`` on main's history of ``view_name`` (or None).
+
+    A stream consumer passes its offsets in ``MicroBatchWriter.write(summary={key: offset})`` and asks this
+    on start-up where to resume: the value is on main only once its batch was published.
+    """
+    tbl = project.load_table(view_name)
+    for sid in wap.ancestors(tbl, wap.main_snapshot_id(tbl)):
+        snap = tbl.metadata.snapshot_by_id(sid)
+        if snap is not None and snap.summary is not None and key in snap.summary.additional_properties:
+            return snap.summary.additional_properties[key]
+    return None
+
+
+class _AllPublished(Exception):
+    """Every row of the batch is on main already (found while writing after a rebase)."""
+
+
+class MicroBatchWriter:
+    """Appends micro-batches of rows to one view through Write-Audit-Publish (see the module docstring).
+
+    ``online``: a store to write each published batch's latest row per key to (None: offline only).
+    ``operation``: the ``featurelake.operation`` recorded on the snapshots (``push``, ``ingest``, ...).
+    Not thread-safe: one writer per thread (a process may hold many).
+    """
+
+    def __init__(
+        self,
+        project: Project,
+        view_name: str,
+        *,
+        online: OnlineStore | None = None,
+        operation: str = PUSH_OPERATION,
+    ) -> None:
+        self.project = project
+        self.view = project.view(view_name)
+        self.table_name = project.table_name(self.view.name)
+        self.online = online
+        self.operation = operation
+        self.keys = list(self.view.join_keys)
+        self.ts = self.view.timestamp_field
+        schema = project.load_table(self.view.name).schema().as_arrow()
+        self.conform = Conformer(self.view, schema)
+        self._reducer: Reducer | None = None
+
+    def close(self) -> None:
+        if self._reducer is not None:
+            self._reducer.close()
+            self._reducer = None
+
+    def write(
+        self, rows: Any, *, run_id: str | None = None, summary: dict[str, str] | None = None
+    ) -> MicroBatchResult:
+        """Publish ``rows`` (anything :func:`to_arrow` reads) as one micro-batch; see the module docstring.
+
+        ``run_id`` names the branch and the snapshot (default: a new one); ``summary`` adds snapshot
+        summary properties (strings; the lineage keys are featurelake's own). Raises RequestError for rows
+        that do not fit the view, and CatalogUnavailableError / StorageUnavailableError / ConflictError when
+        the batch could not be published (main is unchanged then; writing the same rows again is safe).
+        """
+        t0 = time.perf_counter()
+        run_id = lineage.check_run_id(run_id or lineage.new_run_id())
+        frame = self.conform(rows)
+        result = MicroBatchResult(self.view.name, run_id, "empty", frame.num_rows)
+        if frame.num_rows:
+            self._write(frame, run_id, self._properties(run_id, summary), result)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _properties(self, run_id: str, summary: dict[str, str] | None) -> dict[str, str]:
+        extra = dict(summary or {})
+        bad = sorted(k for k, v in extra.items() if not isinstance(k, str) or not isinstance(v, str))
+        if bad:
+            raise UsageError(
+                f"summary properties must map strings to strings; {', '.join(map(str, bad))} do not"
+            )
+        clash = sorted(set(extra) & _RESERVED)
+        if clash:
+            raise UsageError(
+                f"summary properties {', '.join(clash)} are featurelake's lineage: use other names"
+            )
+        return lineage.lineage_properties(
+            self.project.root,
+            run_id,
+            **{
+                lineage.OPERATION: self.operation,
+                **extra,
+                lineage.VIEW: self.view.name,
+                **report_properties(self.project, self.view.name, run_id),
+            },
+        )
+
+    def _write(self, frame: pa.Table, run_id: str, props: dict[str, str], result: MicroBatchResult) -> None:
+        project, view = self.project, self.view
+        branch = wap.branch_name(run_id)
+        batch = first_per_event(frame, self.keys, self.ts)
+        tbl = project.load_table(view.name)
+        if (where := wap.find_run(tbl, run_id)) is not None:
+            raise UsageError(f"run id {run_id} already exists for {view.name} ({where}): use a new run id")
+        fresh = project.catalog_call(
+            lambda: unpublished(tbl, batch, self.keys, self.ts, wap.main_snapshot_id(tbl)),
+            f"read {self.table_name}",
+        )
+        if fresh.num_rows == 0:
+            result.status, result.duplicates = "duplicate", frame.num_rows
+            return
+        result.notes.extend(keep_earlier_reports(project, view.name, run_id))
+        written = [fresh]
+
+        def attempt() -> AuditReport:
+            # On a rebase the branch was reset onto main's new head: drop what that head holds already.
+            t = project.load_table(view.name)
+            base = wap.ref_snapshot_id(t, branch)
+            rows = project.catalog_call(
+                lambda: unpublished(t, batch, self.keys, self.ts, base), f"read {self.table_name}"
+            )
+            if rows.num_rows == 0:
+                raise _AllPublished
+            written[0] = rows
+
+            def append(table: Table) -> int:
+                table.append(rows, snapshot_properties=props, branch=branch)
+                tip = wap.ref_snapshot_id(table, branch)
+                assert tip is not None
+                return tip
+
+            return wap_run.write_and_audit(project, view, run_id, rows, append, None)[1]
+
+        try:
+            wap_run.commit_on_view(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
+            try:
+                report = attempt()
+                published, report = wap_run.publish_branch(
+                    project,
+                    view,
+                    run_id,
+                    report,
+                    attempt,
+                    resume="push or ingest the same rows again (they are written once)",
+                )
+            except AuditFailed as exc:
+                self._drop_branch(branch, result)
+                self._reject(written[0], run_id, exc, result)
+                result.duplicates = frame.num_rows - written[0].num_rows
+                return
+            except _AllPublished:
+                self._drop_branch(branch, result)
+                result.status, result.duplicates = "duplicate", frame.num_rows
+                return
+        except FeaturelakeError:
+            self._drop_branch(branch, result)
+            raise
+        rows = written[0]
+        snap = project.load_table(view.name).metadata.snapshot_by_id(published.snapshot_id)
+        result.status = "published"
+        result.written, result.duplicates = rows.num_rows, frame.num_rows - rows.num_rows
+        result.snapshot_id = published.snapshot_id
+        result.sequence_number = int(snap.sequence_number or 0) if snap is not None else None
+        result.report = report
+        result.notes.extend(published.notes)
+        if self.online is not None:
+            try:
+                result.online_keys = self.write_online(rows, result.sequence_number or 0)
+            except FeaturelakeError as exc:
+                result.notes.append(
+                    f"published, but the online store was not updated ({exc}); `featurelake sync "
+                    f"{view.name}` brings it up to date"
+                )
+
+    def write_online(self, rows: pa.Table, seq: int = 0) -> int:
+        """Write the latest row per key of conformed ``rows`` to the online store; returns keys changed.
+
+        ``seq`` orders rows of the same event time: 0 for rows not published yet (a push to ``online``),
+        the snapshot's sequence number for published ones (what the sync writes too).
+        """
+        if self.online is None or rows.num_rows == 0:
+            return 0
+        if self._reducer is None:
+            self._reducer = Reducer(self.view.join_keys, self.ts, codec.field_types(self.view))
+        with_seq = rows.append_column(SEQ, pa.array(np.full(rows.num_rows, seq, dtype=np.int64)))
+        records = self._reducer.records(with_seq)
+        return self.online.write(self.view.name, records)
+
+    def _drop_branch(self, branch: str, result: MicroBatchResult) -> None:
+        try:
+            wap_run.commit_on_view(
+                self.project, self.view, f"remove {branch}", lambda t: wap.remove_branch(t, branch)
+            )
+        except (FeaturelakeError, OSError) as exc:
+            result.notes.append(f"branch {branch} could not be removed ({exc}); remove it later")
+
+    def _reject(self, rows: pa.Table, run_id: str, exc: AuditFailed, result: MicroBatchResult) -> None:
+        report = exc.report if isinstance(exc.report, AuditReport) else None
+        verdict = report.summary() if report is not None else str(exc)
+        now = datetime.now(UTC)
+        texts = [json.dumps(r, default=str, sort_keys=True) for r in rows.to_pylist()]
+        n = len(texts)
+        kept = pa.table(
+            {
+                "view": pa.array([self.view.name] * n, pa.string()),
+                "run_id": pa.array([run_id] * n, pa.string()),
+                "rejected_at": pa.array([now] * n, pa.timestamp("us", "UTC")),
+                "verdict": pa.array([verdict] * n, pa.string()),
+                "report": pa.array([report.report_path if report is not None else None] * n, pa.string()),
+                "row": pa.array(texts, pa.string()),
+            }
+        )
+        try:
+            logtable.append(self.project, REJECTED_TABLE, REJECTED_SCHEMA, kept, run_id, "rejected")
+        except FeaturelakeError as exc2:
+            raise type(exc2)(
+                f"{exc2}. The audit refused micro-batch {run_id} of {self.view.name} ({verdict}) and its rows "
+                f"could not be kept aside in {self.project.namespace}.{REJECTED_TABLE}: main is unchanged; "
+                "the rows stay with the caller"
+            ) from exc2
+        result.status, result.rejected, result.report, result.verdict = "refused", n, report, verdict
+        result.notes.append(
+            f"the audit refused {n} rows ({verdict}); main is unchanged; they are kept in "
+            f"{self.project.namespace}.{REJECTED_TABLE} (`featurelake read {self.project.namespace}."
+            f"{REJECTED_TABLE}`)"
+        )
+
+
+__all__ = [
+    "REJECTED_TABLE",
+    "Conformer",
+    "MicroBatchResult",
+    "MicroBatchWriter",
+    "first_per_event",
+    "last_committed",
+    "to_arrow",
+    "unpublished",
+]
