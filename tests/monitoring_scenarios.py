@@ -166,5 +166,31 @@ def _model_age() -> Scenario:
     )
 
 
-SCENARIOS: list[Scenario] = [_null_rate(), _latency(), _failures(), _drift(), _online_empty(), _model_age()]
+def _online_inconsistent() -> Scenario:
+    redis = {"view": VIEW, "store": "redis"}
+    return Scenario(
+        "online_inconsistent",
+        6,
+        [
+            # A check finds 5% of the keys differ; a full resync brings it back to 0.
+            gauge("featurelake_online_consistency_mismatch_ratio", redis, [0, 0.005, 0.05, 0.05, 0, 0]),
+            gauge(
+                "featurelake_online_consistency_mismatch_ratio",
+                {"view": "other", "store": "sqlite"},
+                [0.01] * 6,
+            ),
+        ],
+        {1: [], 3: [Expect(redis, 0.05, 0.01)], 5: []},
+    )
+
+
+SCENARIOS: list[Scenario] = [
+    _null_rate(),
+    _latency(),
+    _failures(),
+    _drift(),
+    _online_empty(),
+    _model_age(),
+    _online_inconsistent(),
+]
 BASE_TS = 1_700_000_000.0

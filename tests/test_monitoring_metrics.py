@@ -26,6 +26,8 @@ ISSUE_METRICS = {
     "featurelake_online_store_keys": ("gauge", ("view",)),
     "featurelake_online_sync_lag_snapshots": ("gauge", ("view",)),
     "featurelake_online_sync_lag_seconds": ("gauge", ("view",)),
+    # Issue 19 item 5: written by `featurelake consistency`.
+    "featurelake_online_consistency_mismatch_ratio": ("gauge", ("view", "store")),
     "featurelake_last_success_timestamp_seconds": ("gauge", ("job", "view")),
     "featurelake_prediction_latency_seconds": ("histogram", ("endpoint",)),
     "featurelake_job_duration_seconds": ("histogram", ("job",)),

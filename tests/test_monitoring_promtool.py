@@ -23,7 +23,7 @@ def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([need("promtool"), *args], cwd=cwd, capture_output=True, text=True, check=False)
 
 
-def _export(tmp_path: Path, config: str = "project: mon\n", count: int = 6) -> Path:
+def _export(tmp_path: Path, config: str = "project: mon\n", count: int = 7) -> Path:
     root = make_project(tmp_path / "proj", config=config)
     out = tmp_path / "prom" / "featurelake-rules.yml"
     result = CliRunner().invoke(cli, ["-C", str(root), "monitor", "--export-prometheus-rules", str(out)])
@@ -37,7 +37,7 @@ def test_promtool_check_rules_accepts_the_export(tmp_path: Path) -> None:
     out = _export(tmp_path)
     checked = _promtool("check", "rules", str(out), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
     doc = yaml.safe_load(out.read_text())
     exported = {r["alert"]: r for r in doc["groups"][0]["rules"]}
     assert exported["prediction_latency_high"]["for"] == "5m"
@@ -110,7 +110,7 @@ def test_project_overrides_reach_the_export(tmp_path: Path) -> None:
         "rules:\n  - {name: model_too_old, threshold: 336, match: {stage: 'production|staging'}}\n"
         "  - {name: high_feature_null_rate, enabled: false}\n"
     )
-    out = _export(tmp_path, f"project: mon\nmonitoring:\n  rules: {rules_file}\n", count=5)
+    out = _export(tmp_path, f"project: mon\nmonitoring:\n  rules: {rules_file}\n", count=6)
     doc = yaml.safe_load(out.read_text())
     exported = {r["alert"]: r["expr"] for r in doc["groups"][0]["rules"]}
     assert "high_feature_null_rate" not in exported

@@ -25,6 +25,8 @@ SEED = {
     "feature_drift_detected": ("warning", ">", 0.2),
     "online_store_empty": ("critical", "==", 0),
     "model_too_old": ("info", ">", 168),
+    # Issue 19 item 5: `featurelake consistency` writes the ratio.
+    "online_inconsistent": ("error", ">", 0.01),
 }
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from featurelake.monitoring.alerts import MonitorResult
     from featurelake.prediction.scoring import PredictProgress
     from featurelake.registry import ModelRegistry
+    from featurelake.serving.consistency import ConsistencyReport
     from featurelake.serving.lookup import OnlineService
     from featurelake.serving.sync import SyncProgress, SyncResult
     from featurelake.training import Provenance
@@ -126,6 +127,16 @@ class Featurelake:
         return run_sync(
             self.project, [view] if view else None, store=self.online.store, full=full, progress=progress
         )
+
+    def consistency(
+        self, view: str, *, sample: int = 1000, seed: int = 0, now: datetime | None = None
+    ) -> ConsistencyReport:
+        """Compare ``view``'s online store with Iceberg main's latest value per key, on ``sample`` keys drawn
+        with ``seed`` (0: every key); records ``featurelake_online_consistency_mismatch_ratio`` (see
+        docs/streaming.md#consistency)."""
+        from featurelake.jobs.consistency import run_consistency
+
+        return run_consistency(self.project, view, store=self.online.store, sample=sample, seed=seed, now=now)
 
     @property
     def definitions(self) -> Definitions:

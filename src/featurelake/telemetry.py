@@ -26,6 +26,7 @@ Hot-path helpers for the server (no locks beyond prometheus_client's own, no I/O
 | featurelake_online_store_keys | gauge | view | entity keys in the online store |
 | featurelake_online_sync_lag_snapshots | gauge | view | main snapshots not yet synced online |
 | featurelake_online_sync_lag_seconds | gauge | view | age of the newest unsynced main snapshot |
+| featurelake_online_consistency_mismatch_ratio | gauge | view, store | share of the keys `featurelake consistency` checked whose online value differs from Iceberg main's latest (mismatched, missing, stale or extra) |
 | featurelake_last_success_timestamp_seconds | gauge | job, view | Unix time of the last success |
 | featurelake_prediction_latency_seconds | histogram | endpoint | server request latency |
 | featurelake_job_duration_seconds | histogram | job | wall time of a job, success or failure |
@@ -127,6 +128,12 @@ SPECS: dict[str, MetricSpec] = {
             "gauge",
             ("view",),
             "Age of the oldest main snapshot not yet synced online.",
+        ),
+        MetricSpec(
+            "featurelake_online_consistency_mismatch_ratio",
+            "gauge",
+            ("view", "store"),
+            "Share of the checked keys whose online value differs from Iceberg main's latest.",
         ),
         MetricSpec(
             "featurelake_last_success_timestamp_seconds",

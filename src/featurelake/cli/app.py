@@ -83,6 +83,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "get": ("serving_cmds", "get", "Look up KEYS of VIEW in the online store."),
     "serve": ("serving_cmds", "serve", "Serve online features and predictions over HTTP."),
+    "consistency": (
+        "consistency_cmds",
+        "consistency",
+        "Compare VIEW's online store with Iceberg main's latest value per key: exit 0 consistent, 1 keys differ, 2 usage error.",
+    ),
     "monitor": (
         "monitor_cmds",
         "monitor",

@@ -505,6 +505,25 @@ def plan_sync(
     return out
 
 
+def read_added(planned: SyncPlan) -> pa.Table:
+    """The rows of the plan's added files (every live file of main in full mode), projected to the plan's
+    columns, with each row's data sequence number in :data:`SEQ`; with row-level delete files, main's rows
+    as PyIceberg reads them (deletes applied), all at main's current sequence number.
+
+    ``featurelake consistency`` reads main's latest row per key through this and :class:`Reducer`, so it
+    judges the online store by exactly what a full sync would write.
+    """
+    current = planned.current
+    assert current is not None
+    if planned.deletes:
+        # Merge-on-read deletes: let PyIceberg apply them; every row counts as main's current sequence.
+        rows = planned.table.scan(
+            snapshot_id=current.snapshot_id, selected_fields=tuple(planned.columns)
+        ).to_arrow()
+        return rows.append_column(SEQ, pa.array([current.sequence_number or 0] * rows.num_rows, pa.int64()))
+    return _read(planned.table, planned.added, planned.columns)
+
+
 def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progress: SyncProgress) -> None:
     """Read the changed files with PyIceberg, reduce them with DuckDB and write through ``store``."""
     tbl, view, result = planned.table, planned.view, planned.result
@@ -515,16 +534,7 @@ def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progres
         progress.phase(
             view.name, f"reading {len(planned.added)} added and {len(planned.removed)} removed data files"
         )
-        if planned.deletes:
-            # Merge-on-read deletes: let PyIceberg apply them; every row counts as main's current sequence.
-            rows = tbl.scan(
-                snapshot_id=current.snapshot_id, selected_fields=tuple(planned.columns)
-            ).to_arrow()
-            rows = rows.append_column(
-                SEQ, pa.array([current.sequence_number or 0] * rows.num_rows, pa.int64())
-            )
-        else:
-            rows = _read(tbl, planned.added, planned.columns)
+        rows = read_added(planned)
         result.files_read = len(planned.added) + len(planned.removed)
         result.rows = rows.num_rows
         progress.phase(view.name, f"reducing {rows.num_rows} rows to the latest per key")
@@ -628,6 +638,7 @@ __all__ = [
     "legacy_tag_name",
     "plan",
     "plan_sync",
+    "read_added",
     "sync_view",
     "tag_name",
 ]
