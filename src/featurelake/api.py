@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from featurelake.serving.consistency import ConsistencyReport
     from featurelake.serving.lookup import OnlineService
     from featurelake.serving.sync import SyncProgress, SyncResult
+    from featurelake.streaming.push import PushResult, PushService
     from featurelake.training import Provenance
     from featurelake.validation.audit import AuditReport
     from featurelake.validation.checks import ReferenceStats
@@ -53,6 +54,8 @@ class Featurelake:
         self.close()
 
     def close(self) -> None:
+        if "pusher" in self.__dict__:
+            self.pusher.close()
         if "online" in self.__dict__:
             self.online.close()
         if "models" in self.__dict__:
@@ -117,6 +120,23 @@ class Featurelake:
             key_types=table_key_types(self.project),
             max_entities=self.project.config.settings.server.max_entities,
         )
+
+    @cached_property
+    def pusher(self) -> PushService:
+        """The push service behind :meth:`push` (its write-ahead buffer and micro-batch writers)."""
+        from featurelake.streaming.push import PushService
+
+        return PushService(self.project, self.online.store)
+
+    def push(self, view: str, rows: Any, *, to: str = "online") -> PushResult:
+        """Feast's push: write ``rows`` (Arrow, pandas, a list of dicts or a dict of columns; every column of
+        ``view``'s table) to the online store (``to="online"``, visible to the next lookup), to the Iceberg
+        table (``"offline"``: buffered durably, then published through Write-Audit-Publish before this returns)
+        or both (``"online_and_offline"``). See docs/streaming.md."""
+        result = self.pusher.push(view, rows, to)
+        if result.buffered:
+            result.published = self.pusher.flush(force=True, view=view)
+        return result
 
     def sync(
         self, view: str | None = None, *, full: bool = False, progress: SyncProgress | None = None

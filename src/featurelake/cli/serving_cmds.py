@@ -178,10 +178,11 @@ def _composite_key(view: str, columns: list[str], is_int: tuple[bool, ...], text
 def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Serve online features and predictions over HTTP.
 
-    POST /get-online-features, POST /predict/{model}, GET /metrics, GET /healthz.
+    POST /get-online-features, POST /predict/{model}, POST /push, GET /metrics, GET /healthz.
     """
     from featurelake.monitoring.serving import RegistryFlusher
     from featurelake.serving.server import serve as run
+    from featurelake.streaming.push import PushService
 
     project = c.fl.project
     # Latency and predictions into the local metrics state too, for `featurelake monitor` without Prometheus.
@@ -191,6 +192,7 @@ def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, log_l
         port=port,
         log_level=log_level,
         background=[lambda: RegistryFlusher(project).start().stop],
+        push=lambda store: PushService(project, store),
         workers=workers,
         worker_app=f"{__name__}:worker_app",
     )
@@ -208,6 +210,7 @@ def worker_app() -> Any:
     from featurelake.api import open as open_project
     from featurelake.monitoring.serving import RegistryFlusher
     from featurelake.serving.server import WORKER_PROJECT_ENV, create_app
+    from featurelake.streaming.push import PushService
 
     fl = open_project(os.environ[WORKER_PROJECT_ENV])
     project = fl.project
@@ -216,4 +219,5 @@ def worker_app() -> Any:
         # Stopped in reverse: the last flush runs before the project closes.
         background=[lambda: fl.close, lambda: RegistryFlusher(project).start().stop],
         dedicated=True,
+        push=lambda store: PushService(project, store),
     )

@@ -5,6 +5,9 @@ Endpoints::
     POST /get-online-features   Feast's request and response shapes (any Content-Type: Feast answers 422
                                 when it is not application/json; we parse the body as JSON regardless)
     POST /predict/{model}       {"entities": {...}} -> predictions of the model's Production version
+    POST /push                  Feast's push: {"push_source_name": VIEW, "df": {column: [values]}, "to":
+                                "online" | "offline" | "online_and_offline"} -> 200 null (when the server
+                                was given a push handler: ``featurelake serve`` passes streaming.push's)
     GET  /healthz               200 when the online store answers, else 503 (never needs the token)
     GET  /metrics               Prometheus exposition (summed over the worker processes)
 
@@ -37,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -216,6 +219,59 @@ def _parse_predict(body: bytes) -> dict[str, list[Any]]:
 
 #: Work that runs beside the server: called when it starts, returns the function that stops it.
 Background = Callable[[], Callable[[], None]]
+_PUSH_FIELDS = {"push_source_name", "df", "to", "allow_registry_cache", "transform_on_write"}
+
+
+class PushHandler(Protocol):
+    """What ``POST /push`` calls (``streaming.push.PushService``; this layer does not import it)."""
+
+    def push(self, view: str, rows: Any, to: str) -> object:
+        """Write ``rows`` (a dict of equally long column lists) to ``view``'s online and/or offline store."""
+
+    def start(self) -> Callable[[], None]:
+        """Start the background work (the offline flusher); returns the function that stops it."""
+
+    def close(self) -> None:
+        """Release what the handler holds."""
+
+
+#: Builds the push handler from the server's online store.
+PushFactory = Callable[["OnlineStore"], PushHandler]
+
+
+def _parse_push(body: bytes) -> tuple[str, dict[str, list[Any]], str]:
+    """``(view, columns, to)`` of Feast's push body."""
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(f"request body is not valid JSON: {exc}", 400) from None
+    if not isinstance(req, dict):
+        raise RequestError(
+            'request body must be a JSON object: {"push_source_name": VIEW, "df": {column: [values]}, "to": '
+            '"online"}'
+        )
+    unknown = set(req) - _PUSH_FIELDS
+    if unknown:
+        raise RequestError(
+            f"unknown request field(s) {', '.join(sorted(unknown))}: use push_source_name, df and to"
+        )
+    view = req.get("push_source_name")
+    if not isinstance(view, str) or not view:
+        raise RequestError('"push_source_name" must name the feature view to push to')
+    df = req.get("df")
+    if not isinstance(df, dict) or not df or not all(isinstance(v, list) for v in df.values()):
+        raise RequestError(
+            f'"df" must map each column of view {view} to a list of values, e.g. {{"user_id": [1], ...}}'
+        )
+    lengths = {len(v) for v in df.values()}
+    if len(lengths) > 1:
+        sizes = ", ".join(f"{k}: {len(v)}" for k, v in df.items())
+        raise RequestError(f'the columns of "df" for view {view} must be equally long ({sizes})')
+    to = req.get("to", "online")
+    for flag in ("allow_registry_cache", "transform_on_write"):
+        if not isinstance(req.get(flag, True), bool):
+            raise RequestError(f'"{flag}" must be true or false')
+    return view, df, to
 
 
 class _Lookups:
@@ -390,7 +446,7 @@ def _http_exception(request: Request, exc: Exception) -> Response:
         name = "NotFound" if status == 404 else "MethodNotAllowed"
         detail = (
             f"no route for {request.method} {path}: the server answers POST /get-online-features, "
-            "POST /predict/{model}, GET /metrics and GET /healthz"
+            "POST /predict/{model}, POST /push, GET /metrics and GET /healthz"
         )
     else:
         name, detail = "HTTPError", str(getattr(exc, "detail", "") or status)
@@ -404,6 +460,7 @@ def create_app(
     store: OnlineStore | None = None,
     background: Sequence[Background] = (),
     dedicated: bool = False,
+    push: PushFactory | None = None,
 ) -> FastAPI:
     """The ASGI app serving ``project``'s views from its online store (or ``store``).
 
@@ -412,6 +469,7 @@ def create_app(
     ``dedicated``: the app owns its process (``featurelake serve``), which is tuned for serving once started
     (the objects of start-up are moved out of the garbage collector's way with ``gc.freeze``, so no request
     waits for a full collection of the imported libraries).
+    ``push`` builds the handler of ``POST /push`` from the online store (without it the route is absent).
     """
     settings = project.config.settings.server
     service = OnlineService(
@@ -437,6 +495,7 @@ def create_app(
     )
     limit = settings.max_request_bytes
     lookups = _Lookups(service)
+    pusher = push(service.store) if push is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -452,6 +511,8 @@ def create_app(
                 log.warning("view %s is not servable yet: %s", view.name, exc)
         models.start()  # load every Production model now, in the background, not on its first request
         stops = [start() for start in background]
+        if pusher is not None:  # publishes what an earlier process buffered, then what arrives
+            stops.append(pusher.start())
         if dedicated:
             gc.collect()
             gc.freeze()
@@ -459,6 +520,8 @@ def create_app(
         for stop in reversed(stops):
             stop()
         models.close()
+        if pusher is not None:
+            pusher.close()
         service.close()
 
     app = FastAPI(title="featurelake feature server", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -499,6 +562,24 @@ def create_app(
         # Waiting for the model to load (a request right after the server started) is not serving latency.
         metrics.observe(f"/predict/{model}", response.status_code, time.perf_counter() - t0 - loading)
         return response
+
+    if pusher is not None:
+
+        @app.post("/push")
+        async def push_rows(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                view, columns, to = _parse_push(await _read_body(request, limit))
+                await run_in_threadpool(pusher.push, view, columns, to)
+                response = Response(b"null", media_type=JSON)  # Feast answers 200 with no content
+            except Exception as exc:
+                if isinstance(exc, OnlineStoreUnavailableError):
+                    metrics.ONLINE_STORE_ERRORS.inc()
+                elif not isinstance(exc, FeaturelakeError | HTTPError):
+                    log.exception("push failed")
+                response = _error_response(exc)
+            metrics.observe("/push", response.status_code, time.perf_counter() - t0)
+            return response
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -564,6 +645,7 @@ def serve(
     background: Sequence[Background] = (),
     workers: int | None = None,
     worker_app: str | None = None,
+    push: PushFactory | None = None,
 ) -> None:
     """Run the server until interrupted (``featurelake serve``).
 
@@ -573,6 +655,7 @@ def serve(
     without arguments, finding the project directory in :data:`WORKER_PROJECT_ENV`) and so opens its own
     online store, registry and DuckDB, and starts its own background work; their metrics are summed on
     ``/metrics`` through prometheus_client's multiprocess mode, in a temporary directory removed on exit.
+    ``push`` builds the ``POST /push`` handler (a worker's factory passes its own to :func:`create_app`).
     """
     import uvicorn
 
@@ -609,7 +692,7 @@ def serve(
         "timeout_worker_healthcheck": 30,
     }
     if count == 1:
-        uvicorn.run(create_app(project, background=background, dedicated=True), **options)
+        uvicorn.run(create_app(project, background=background, dedicated=True, push=push), **options)
         return
     if worker_app is None:
         raise UsageError("serving with several workers needs worker_app, the import path of the app factory")
@@ -633,6 +716,8 @@ __all__ = [
     "METRICS_DIR_ENV",
     "WORKER_PROJECT_ENV",
     "HTTPError",
+    "PushFactory",
+    "PushHandler",
     "create_app",
     "default_workers",
     "http_status",

@@ -445,6 +445,34 @@ class MicroBatchWriter:
     def _reject(self, rows: pa.Table, run_id: str, exc: AuditFailed, result: MicroBatchResult) -> None:
         report = exc.report if isinstance(exc.report, AuditReport) else None
         verdict = report.summary() if report is not None else str(exc)
+        self._keep_aside(rows, run_id, verdict, report)
+        result.status, result.rejected, result.report, result.verdict = (
+            "refused",
+            rows.num_rows,
+            report,
+            verdict,
+        )
+        result.notes.append(
+            f"the audit refused {rows.num_rows} rows ({verdict}); main is unchanged; they are kept in "
+            f"{self.project.namespace}.{REJECTED_TABLE} (`featurelake read {self.project.namespace}."
+            f"{REJECTED_TABLE}`)"
+        )
+
+    def reject(self, rows: pa.Table, run_id: str, verdict: str) -> MicroBatchResult:
+        """Keep ``rows`` aside in ``<namespace>._rejected`` with ``verdict`` without writing them (rows that
+        can no longer be written, e.g. buffered before the view changed); returns a ``refused`` result."""
+        self._keep_aside(rows, run_id, verdict, None)
+        return MicroBatchResult(
+            self.view.name,
+            run_id,
+            "refused",
+            rows.num_rows,
+            rejected=rows.num_rows,
+            verdict=verdict,
+            notes=[f"{rows.num_rows} rows kept in {self.project.namespace}.{REJECTED_TABLE}: {verdict}"],
+        )
+
+    def _keep_aside(self, rows: pa.Table, run_id: str, verdict: str, report: AuditReport | None) -> None:
         now = datetime.now(UTC)
         texts = [json.dumps(r, default=str, sort_keys=True) for r in rows.to_pylist()]
         n = len(texts)
@@ -460,18 +488,12 @@ class MicroBatchWriter:
         )
         try:
             logtable.append(self.project, REJECTED_TABLE, REJECTED_SCHEMA, kept, run_id, "rejected")
-        except FeaturelakeError as exc2:
-            raise type(exc2)(
-                f"{exc2}. The audit refused micro-batch {run_id} of {self.view.name} ({verdict}) and its rows "
-                f"could not be kept aside in {self.project.namespace}.{REJECTED_TABLE}: main is unchanged; "
-                "the rows stay with the caller"
-            ) from exc2
-        result.status, result.rejected, result.report, result.verdict = "refused", n, report, verdict
-        result.notes.append(
-            f"the audit refused {n} rows ({verdict}); main is unchanged; they are kept in "
-            f"{self.project.namespace}.{REJECTED_TABLE} (`featurelake read {self.project.namespace}."
-            f"{REJECTED_TABLE}`)"
-        )
+        except FeaturelakeError as exc:
+            raise type(exc)(
+                f"{exc}. Micro-batch {run_id} of {self.view.name} was refused ({verdict}) and its rows could not "
+                f"be kept aside in {self.project.namespace}.{REJECTED_TABLE}: main is unchanged; the rows stay "
+                "with the caller"
+            ) from exc
 
 
 __all__ = [
