@@ -106,7 +106,7 @@ class ConsistencyReport:
     counts: dict[str, int]
     """Keys checked per verdict (every verdict present, 0 or not)."""
     diffs: list[KeyDiff]
-    """Every checked key with an inconsistent or ``ahead`` verdict, in key order."""
+    """Every checked key with an inconsistent or ``ahead`` verdict, ordered by key value."""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -195,6 +195,12 @@ class _Keys:
         if len(self.columns) == 1:
             return value, describe_key(self.columns, [value])
         return dict(zip(self.columns, value, strict=True)), describe_key(self.columns, list(value))
+
+
+def _order(diff: KeyDiff) -> tuple[tuple[int, int, str], ...]:
+    """Sort keys by value: integers numerically, before any text (a key main's type cannot hold)."""
+    values = diff.key.values() if isinstance(diff.key, dict) else [diff.key]
+    return tuple((0, v, "") if isinstance(v, int) else (1, 0, str(v)) for v in values)
 
 
 def _expected(
@@ -326,6 +332,7 @@ def _check(
                     differences,
                 )
             )
+    diffs.sort(key=_order)
     report = ConsistencyReport(
         view=view.name,
         store=store.type_name,

@@ -1,0 +1,317 @@
+"""`featurelake consistency`: the online store against Iceberg main's latest row per key, on every backend.
+
+Each test tampers with a real store (a SQLite file, a real redis-server) the way things go wrong in the
+field (a value overwritten, a key lost, an older event written over a newer one, a key main never had) and
+checks that each case is reported with its key, that the ratio reaches the metrics state and fires the
+shipped ``online_inconsistent`` rule, and that a full resync repairs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import featurelake
+from featurelake import telemetry
+from featurelake.errors import OnlineStoreUnavailableError, UsageError
+from featurelake.features.keys import encode_key
+from featurelake.jobs.consistency import METRIC, run_consistency
+from featurelake.jobs.online_sync import run_sync
+from featurelake.monitoring.recorder import state_of
+from featurelake.serving.base import OnlineStore, Records
+from featurelake.serving.consistency import ConsistencyReport
+from featurelake.serving.redis import RedisStore
+from featurelake.serving.scope import StoreScope
+from featurelake.serving.sqlite import SqliteStore
+from tests import composite_helpers as composite
+from tests.online_helpers import VIEW, append, project
+from tests.redis_server import free_port, redis_session_fixture, redis_url_fixture
+
+# Imported for pytest, which finds them by their fixture names.
+_FIXTURES = (redis_session_fixture, redis_url_fixture)
+BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+
+#: Midnight five days ago: every event from here on is inside the view's 7-day ttl.
+BASE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=5)
+#: Older than the ttl: served as nulls whatever the store holds.
+EXPIRED = BASE - timedelta(days=20)
+USERS = range(1, 21)
+
+
+def r(day: int) -> datetime:
+    return BASE + timedelta(days=day)
+
+
+def us(ts: datetime) -> int:
+    return int(ts.timestamp() * 1_000_000)
+
+
+@pytest.fixture(params=BACKENDS)
+def fl(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[featurelake.Featurelake]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    handle = project(tmp_path / "proj", request.param, url)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def publish(fl: featurelake.Featurelake) -> None:
+    """Three snapshots: 20 users, newer rows for 1-10, an older row of user 1 arriving late, an expired user."""
+    append(fl, [(u, r(1), 10 + u) for u in USERS])
+    append(fl, [(u, r(3), 30 + u) for u in range(1, 11)])
+    append(fl, [(1, r(2), 99), (30, EXPIRED, 7)])
+
+
+def recorded(fl: featurelake.Featurelake, store: str) -> float | None:
+    """The ratio in the project's metrics state (what `featurelake monitor` and the Pushgateway read)."""
+    for row in state_of(fl.project).latest():
+        if row.metric == METRIC and dict(row.labels) == {"view": VIEW, "store": store}:
+            return row.value
+    return None
+
+
+def keys_of(report: ConsistencyReport, verdict: str) -> list[object]:
+    return [d.key for d in report.of(verdict)]
+
+
+def payload(**values: float) -> str:
+    return json.dumps(values)
+
+
+def test_a_synced_store_is_consistent_and_a_later_publish_shows_as_stale(fl: featurelake.Featurelake) -> None:
+    publish(fl)
+    fl.sync()
+    store = fl.online.store.type_name
+    report = fl.consistency(VIEW)
+    assert report.ok and report.inconsistent == 0 and report.mismatch_ratio == 0.0
+    # User 1's late row of day 2 loses to its day-3 row, as in the sync; user 30 is older than the ttl.
+    assert report.counts == {
+        "consistent": 20,
+        "mismatch": 0,
+        "missing": 0,
+        "stale": 0,
+        "extra": 0,
+        "ahead": 0,
+        "expired": 1,
+    }
+    assert (report.iceberg_keys, report.online_keys, report.checked, report.compared) == (21, 21, 21, 20)
+    assert report.diffs == [] and report.notes == []
+    assert recorded(fl, store) == 0.0
+    assert telemetry.REGISTRY.get_sample_value(METRIC, {"view": VIEW, "store": store}) == 0.0
+
+    # Published, not synced yet: the check says why user 2 is stale and user 40 missing.
+    append(fl, [(2, r(4), 1), (40, r(4), 2)])
+    lagging = fl.consistency(VIEW)
+    assert keys_of(lagging, "stale") == [2] and keys_of(lagging, "missing") == [40]
+    assert any("ahead of the last sync" in n and f"featurelake sync {VIEW}" in n for n in lagging.notes)
+    assert lagging.mismatch_ratio == pytest.approx(2 / 21)
+    fl.sync()
+    assert fl.consistency(VIEW).ok
+
+
+def test_tampering_is_reported_key_by_key_fires_the_rule_and_a_full_resync_repairs_it(
+    fl: featurelake.Featurelake,
+) -> None:
+    publish(fl)
+    fl.sync()
+    store: OnlineStore = fl.online.store
+    backend = store.type_name
+    # 3: a value overwritten (same event, another amount_sum_1d); 5: the key lost; 7: an older event written
+    # over the newest; 404: a key main never had; 12: a newer event than main's (a push): not an error;
+    # 30: the expired key lost, which no lookup can tell.
+    store.write(VIEW, Records(["3"], [us(r(3))], [1 << 40], [payload(txn_count_1d=33, amount_sum_1d=-1.0, amount_avg_1d=33.0)]), force=True)  # fmt: skip
+    store.delete(VIEW, ["5", "30"])
+    store.write(VIEW, Records(["7"], [us(r(1))], [1], [payload(txn_count_1d=17, amount_sum_1d=17.0, amount_avg_1d=17.0)]), force=True)  # fmt: skip
+    store.write(VIEW, Records(["404", "12"], [us(r(2)), us(r(4))], [1, 1], [payload(txn_count_1d=1, amount_sum_1d=1.0, amount_avg_1d=1.0)] * 2))  # fmt: skip
+
+    report = fl.consistency(VIEW)
+    assert not report.ok
+    assert keys_of(report, "mismatch") == [3]
+    assert report.of("mismatch")[0].differences == {"amount_sum_1d": (33.0, -1.0)}
+    assert keys_of(report, "missing") == [5]
+    (stale,) = report.of("stale")
+    assert stale.key == 7 and (stale.iceberg_event_ts, stale.online_event_ts) == (r(3), r(1))
+    assert keys_of(report, "extra") == [404]
+    assert keys_of(report, "ahead") == [12]
+    assert report.counts["expired"] == 1 and report.counts["consistent"] == 16
+    assert report.mismatch_ratio == pytest.approx(4 / 21)  # 20 users + key 404 compared
+    assert recorded(fl, backend) == pytest.approx(4 / 21)
+
+    alerts = fl.monitor(notify=False)
+    firing = [
+        (rule.name, i.labels, i.value) for rule, i in alerts.firing if rule.name == "online_inconsistent"
+    ]
+    assert firing == [("online_inconsistent", {"view": VIEW, "store": backend}, pytest.approx(4 / 21))]
+
+    fl.sync(full=True)
+    repaired = fl.consistency(VIEW)
+    assert repaired.ok and repaired.diffs == [] and recorded(fl, backend) == 0.0
+    assert not [1 for rule, _ in fl.monitor(notify=False).firing if rule.name == "online_inconsistent"]
+
+
+def _stores(tmp_path: Path, fl: featurelake.Featurelake, redis_url: str) -> list[OnlineStore]:
+    scope = StoreScope.of(fl.project.config)
+    return [SqliteStore(tmp_path / "online.db", scope), RedisStore(redis_url, scope)]
+
+
+@pytest.mark.redis
+def test_composite_keys_are_reported_by_column(tmp_path: Path, redis_url: str) -> None:
+    """One project whose view is keyed by (user_id, merchant_id), merchants holding ',', '%' and '=';
+    both stores, each synced and tampered with."""
+    root = composite.composite_project(tmp_path / "proj")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill(composite.VIEW, composite.day(0), composite.day(6), run_id="cmp")
+        recent = datetime.now(UTC) - timedelta(days=2)
+        pairs = sorted(k for k, row in composite.latest_rows(fl).items() if row["event_ts"] > recent)
+        lost, changed = next(p for p in pairs if "," in p[1]), next(p for p in pairs if "%" in p[1])
+        for store in _stores(tmp_path, fl, redis_url):
+            with store:
+                run_sync(fl.project, [composite.VIEW], store=store)
+                hit = store.read([(composite.VIEW, [encode_key(changed)])])[0][0]
+                assert hit is not None
+                store.delete(composite.VIEW, [encode_key(lost)])
+                store.write(
+                    composite.VIEW,
+                    Records(
+                        [encode_key(changed)], [hit[0]], [1 << 40], [payload(um_count_1d=0, um_amount_1d=0.0)]
+                    ),
+                    force=True,
+                )
+                report = run_consistency(fl.project, composite.VIEW, store=store, sample=0)
+            name = store.type_name
+            (missing,) = report.of("missing")
+            assert missing.key == {"user_id": lost[0], "merchant_id": lost[1]}, name
+            assert missing.text == f'user_id={lost[0]},merchant_id="{lost[1]}"', name
+            (mismatch,) = report.of("mismatch")
+            assert mismatch.key == {"user_id": changed[0], "merchant_id": changed[1]}, name
+            assert set(mismatch.differences) == {"um_count_1d", "um_amount_1d"}, name
+            assert report.store == name and report.inconsistent == 2 and report.sample == 0, name
+            assert report.checked == report.iceberg_keys == len(composite.latest_rows(fl)), name
+
+
+def cli(capsys: pytest.CaptureFixture[str], root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI entry point in this process (exit code, stdout, stderr), as tests/test_predict.py runs it."""
+    from featurelake.cli.main import main
+
+    capsys.readouterr()
+    try:
+        main(["-C", str(root), *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.fixture
+def synced(tmp_path: Path) -> Iterator[featurelake.Featurelake]:
+    """A SQLite-backed project, published and synced (the CLI opens it again by its directory)."""
+    handle = project(tmp_path / "proj", "sqlite")
+    try:
+        publish(handle)
+        handle.sync()
+        yield handle
+    finally:
+        handle.close()
+
+
+def test_sample_is_seeded_and_zero_means_every_key(synced: featurelake.Featurelake) -> None:
+    # Every key lost (the watermark stays): each sampled key is reported, so the sample can be seen.
+    store = synced.online.store
+    store.delete(VIEW, list(store.keys(VIEW)))
+    every = synced.consistency(VIEW, sample=0)
+    assert keys_of(every, "missing") == list(USERS) and every.counts["expired"] == 1
+    first = synced.consistency(VIEW, sample=5, seed=7)
+    again = synced.consistency(VIEW, sample=5, seed=7)
+    other = synced.consistency(VIEW, sample=5, seed=8)
+    assert first.checked == 5 and (first.sample, first.seed, first.universe) == (5, 7, 21)
+    assert [d.key for d in first.diffs] == [d.key for d in again.diffs]
+    assert {d.key for d in first.diffs} <= set(USERS) | {30}
+    assert [d.key for d in other.diffs] != [d.key for d in first.diffs]
+    assert synced.consistency(VIEW, sample=1000).checked == 21  # more than there are: every key
+    with pytest.raises(UsageError, match=r"sample must be 0 \(every key\) or a positive number"):
+        synced.consistency(VIEW, sample=-1)
+
+
+def test_cli_reports_keys_and_exits_1_when_they_differ(
+    synced: featurelake.Featurelake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synced.project.root
+    clean = cli(capsys, root, "consistency", VIEW)
+    assert clean.returncode == 0, clean.stderr
+    assert "20 consistent" in clean.stdout and "mismatch ratio 0" in clean.stdout
+
+    synced.online.store.delete(VIEW, ["4"])
+    text = cli(capsys, root, "consistency", VIEW, "--sample", "0")
+    assert text.returncode == 1, text.stderr
+    assert "missing keys of user_features (1)" in text.stdout and "│ 4 " in text.stdout
+    assert "1 inconsistent key(s)" in text.stdout and f"featurelake sync {VIEW} --full" in text.stdout
+
+    as_json = cli(capsys, root, "consistency", VIEW, "--json", "--sample", "3", "--seed", "2")
+    assert as_json.returncode in (0, 1), as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert (doc["view"], doc["store"], doc["checked"], doc["sample"], doc["seed"]) == (
+        VIEW,
+        "sqlite",
+        3,
+        3,
+        2,
+    )
+    assert set(doc["counts"]) == {"consistent", "mismatch", "missing", "stale", "extra", "ahead", "expired"}
+    assert as_json.returncode == (1 if doc["missing"] else 0)
+
+    full = json.loads(cli(capsys, root, "consistency", VIEW, "--json", "--sample", "0").stdout)
+    assert [(m["key"], m["iceberg_event_ts"], m["online_event_ts"]) for m in full["missing"]] == [
+        (4, r(3).isoformat(), None)
+    ]
+    assert full["mismatch_ratio"] == pytest.approx(1 / 20) and full["ok"] is False
+
+
+def test_bad_input_names_the_view_and_what_to_do(
+    tmp_path: Path, synced: featurelake.Featurelake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synced.project.root
+    unknown = cli(capsys, root, "consistency", "nope")
+    assert unknown.returncode == 2
+    assert "error: unknown feature view 'nope': features.py defines user_features" in unknown.stderr
+    assert cli(capsys, root, "consistency", VIEW, "--sample", "-3").returncode == 2
+
+    never = project(tmp_path / "never", "sqlite")
+    try:
+        append(never, [(1, r(1), 1)])
+        with pytest.raises(UsageError, match=f"view {VIEW} was never synced to the online store .*sqlite"):
+            never.consistency(VIEW)
+        failed = cli(capsys, never.project.root, "consistency", VIEW)
+        assert failed.returncode == 2 and f"run `featurelake sync {VIEW}` first" in failed.stderr
+        # The failure is recorded like any job's, under the reason of its error class.
+        assert any(
+            row.metric == "featurelake_job_failure_total"
+            and dict(row.labels) == {"job": "consistency", "view": VIEW, "reason": "usage"}
+            for row in state_of(never.project).latest()
+        )
+    finally:
+        never.close()
+
+
+@pytest.mark.redis
+def test_an_unreachable_store_names_the_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    fl = project(tmp_path / "proj", "redis", dead)
+    try:
+        append(fl, [(1, r(1), 1)])
+        with pytest.raises(OnlineStoreUnavailableError) as caught:
+            fl.consistency(VIEW)
+        message = str(caught.value)
+        assert message.startswith(f"cannot check the consistency of {VIEW}: online store {dead} (redis)")
+        assert "check that Redis is running" in message and f"featurelake consistency {VIEW}" in message
+        failed = cli(capsys, fl.project.root, "consistency", VIEW)
+        assert failed.returncode == 1 and f"error: cannot check the consistency of {VIEW}" in failed.stderr
+    finally:
+        fl.close()
