@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -348,6 +348,53 @@ class MaintenanceConfig(_Section):
     """Tags starting with these (online-sync watermarks) also keep every snapshot from them to the branch head."""
 
 
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,\-?#LW]+")
+
+
+def _check_cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+        raise ValueError(
+            f"{value!r} is not a cron expression: give five fields (minute hour day month weekday), "
+            "e.g. '0 3 * * 0' for Sundays at 03:00 UTC"
+        )
+    return value
+
+
+class SchedulesConfig(_Section):
+    """Cron expressions (UTC) of what ``featurelake.integrations`` schedules in Dagster and Airflow."""
+
+    features: str = "0 1 * * *"
+    """Daily: backfill the day that ended before the tick (WAP), score it, sync the online store."""
+    compaction: str = "0 3 * * 0"
+    """Weekly: `maintain --all --compact`."""
+    expiry: str = "0 2 * * *"
+    """Daily: `maintain --all --expire-older-than <maintenance.expire_older_than>`."""
+    orphans: str = "0 4 * * 0"
+    """Weekly: `maintain --all --remove-orphans`."""
+
+    @field_validator("features", "compaction", "expiry", "orphans")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _check_cron(value)
+
+
+class PredictionScheduleConfig(_Section):
+    model: str
+    """``NAME`` (its Production version when the run starts), ``NAME@1.2.0``, ``NAME@staging`` or ``NAME@alias``."""
+    view: str | None = None
+    """The view it scores (default: the one its registered features come from)."""
+
+
+class OrchestrationConfig(_Section):
+    start_date: date | None = None
+    """First daily partition (``YYYY-MM-DD``) of the Dagster assets and Airflow DAG; required by
+    ``definitions()`` and ``dag_from_project()`` unless they are given ``start_date=``."""
+    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+    predictions: list[PredictionScheduleConfig] | None = None
+    """Models scored after each day's backfill; default (null): every registered model with a Production version."""
+
+
 class FeaturesConfig(_Section):
     load_timeout: Duration = timedelta(seconds=30)
     """How long loading ``features.py`` may take (e.g. 30s, 2m; 0 = no limit); longer is a ConfigError naming
@@ -385,6 +432,7 @@ class Settings(BaseSettings):
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     push: PushConfig = Field(default_factory=PushConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @field_validator("namespace")
     @classmethod
