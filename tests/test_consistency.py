@@ -9,12 +9,16 @@ shipped ``online_inconsistent`` rule, and that a full resync repairs it.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 import featurelake
 from featurelake import telemetry
@@ -27,13 +31,20 @@ from featurelake.serving.base import OnlineStore, Records
 from featurelake.serving.consistency import ConsistencyReport
 from featurelake.serving.redis import RedisStore
 from featurelake.serving.scope import StoreScope
+from featurelake.serving.server import create_app
 from featurelake.serving.sqlite import SqliteStore
 from tests import composite_helpers as composite
 from tests.online_helpers import VIEW, append, project
-from tests.redis_server import free_port, redis_session_fixture, redis_url_fixture
+from tests.redis_server import (
+    RedisServer,
+    free_port,
+    own_redis_fixture,
+    redis_session_fixture,
+    redis_url_fixture,
+)
 
 # Imported for pytest, which finds them by their fixture names.
-_FIXTURES = (redis_session_fixture, redis_url_fixture)
+_FIXTURES = (own_redis_fixture, redis_session_fixture, redis_url_fixture)
 BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
 
 #: Midnight five days ago: every event from here on is inside the view's 7-day ttl.
@@ -313,5 +324,94 @@ def test_an_unreachable_store_names_the_view(tmp_path: Path, capsys: pytest.Capt
         assert "check that Redis is running" in message and f"featurelake consistency {VIEW}" in message
         failed = cli(capsys, fl.project.root, "consistency", VIEW)
         assert failed.returncode == 1 and f"error: cannot check the consistency of {VIEW}" in failed.stderr
+    finally:
+        fl.close()
+
+
+# --- the server's visibility lag ------------------------------------------------------------------------
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    scope = StoreScope("contract", "featurelake", "sqlite:////srv/catalog.db", "file:///srv/warehouse", "ns")
+    s: OnlineStore
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "online.db", scope)
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"), scope)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def recs(*rows: tuple[str, int]) -> Records:
+    return Records([k for k, _ in rows], [t for _, t in rows], [1] * len(rows), ["{}"] * len(rows))
+
+
+def test_newest_event_is_one_read_raised_by_writes_and_never_lowered(
+    store: OnlineStore, tmp_path: Path
+) -> None:
+    assert store.newest_event_ts("v") is None
+    store.write("v", recs(("a", 100), ("b", 300), ("c", 200)))
+    store.write("w", recs(("a", 900)))  # another view: its own marker
+    assert (store.newest_event_ts("v"), store.newest_event_ts("w")) == (300, 900)
+    store.write("v", recs(("b", 250)))  # refused (older than b's 300)
+    store.write("v", recs(("a", 150)), force=True)
+    store.delete("v", ["b"])  # the newest key gone: the marker is what was made visible, not what is left
+    assert store.newest_event_ts("v") == 300
+    store.write("v", recs(("d", 400)))
+    assert store.newest_event_ts("v") == 400
+    # Keys written before the marker existed: read once, then kept.
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("DELETE FROM online_newest")
+        conn.close()
+    else:
+        assert isinstance(store, RedisStore)
+        store.client.delete(store._newest_key("v"))
+    assert store.newest_event_ts("v") == 400
+    # The default of a store that keeps no marker reads every key: the same answer.
+    assert OnlineStore.newest_event_ts(store, "v") == 400
+
+
+def lag_on_server(client: TestClient, view: str = VIEW) -> float | None:
+    body = client.get("/metrics")
+    assert body.status_code == 200
+    for family in text_string_to_metric_families(body.text):
+        if family.name == "featurelake_online_visibility_lag_seconds":
+            for sample in family.samples:
+                if sample.labels == {"view": view}:
+                    return float(sample.value)
+    return None
+
+
+def test_server_exposes_the_lag_from_the_newest_event_to_now(fl: featurelake.Featurelake) -> None:
+    with TestClient(create_app(fl.project)) as client:
+        assert lag_on_server(client) is None  # nothing written yet: no series, rather than a made-up one
+        publish(fl)
+        fl.sync()
+        lag = lag_on_server(client)
+        newest = r(3).timestamp()  # user 1-10's day-3 rows are the newest events
+        assert lag is not None and abs(lag - (time.time() - newest)) < 30
+        # An event written a second ago (a push, a stream) is visible a second later.
+        fl.online.store.write(VIEW, recs(("1", us(datetime.now(UTC) - timedelta(seconds=1)))))
+        fresh = lag_on_server(client)
+        assert fresh is not None and 1 <= fresh < 30
+
+
+@pytest.mark.redis
+def test_lag_keeps_growing_while_the_store_is_unreachable(tmp_path: Path, own_redis: RedisServer) -> None:
+    fl = project(tmp_path / "proj", "redis", own_redis.url)
+    try:
+        append(fl, [(1, r(1), 1)])
+        fl.sync()
+        with TestClient(create_app(fl.project)) as client:
+            before = lag_on_server(client)
+            own_redis.kill()
+            time.sleep(0.05)
+            after = lag_on_server(client)  # /metrics still answers, with the last newest event known
+            assert before is not None and after is not None and after >= before
+            own_redis.start()
+            again = lag_on_server(client)
+            assert again is not None and again >= after
     finally:
         fl.close()

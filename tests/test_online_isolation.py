@@ -405,7 +405,7 @@ def test_old_sqlite_tables_are_dropped_once_every_view_migrated(tmp_path: Path) 
         with sqlite3.connect(fl.project.config.path(".featurelake/online.db")) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         conn.close()
-        assert tables == {"online_rows", "online_watermarks", "online_scopes"}
+        assert tables == {"online_rows", "online_watermarks", "online_newest", "online_scopes"}
     finally:
         fl.close()
 

@@ -136,6 +136,21 @@ class OnlineStore(ABC):
         """How many keys ``view`` has."""
         return sum(1 for _ in self.keys(view))
 
+    def newest_event_ts(self, view: str) -> int | None:
+        """The newest event time (µs) the store has made visible for ``view``, or None when it holds none.
+
+        The server's ``featurelake_online_visibility_lag_seconds`` is now minus this. Stores keep it as a
+        marker their writes raise (one read, whatever the number of keys; deleting keys does not lower it);
+        this default reads every key once, for a store that keeps no marker.
+        """
+        keys = list(self.keys(view))
+        newest: int | None = None
+        for start in range(0, len(keys), 10_000):
+            for hit in self.read([(view, keys[start : start + 10_000])])[0]:
+                if hit is not None and (newest is None or hit[0] > newest):
+                    newest = hit[0]
+        return newest
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

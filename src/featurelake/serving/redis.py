@@ -5,6 +5,7 @@ digest covers the project, the catalog's name, URI and warehouse, and the namesp
 
     fl:<s>:<view>:<key>     "<event_ts µs>|<seq>|<JSON object of the row's features>"
     fl:<s>:#sync:<view>     the view's sync watermark (JSON); '#' cannot occur in a view name
+    fl:<s>:#newest:<view>   the newest event time (µs) written to the view (raised by every write)
 
 Keys of the layout before scopes (``fl:<project>:<view>:<key>``, ``fl:<project>:#sync:<view>``) are never
 read; the first sync of a view in its scope removes that view's old keys.
@@ -73,6 +74,15 @@ end
 return changed
 """
 
+# KEYS[1]: the view's newest-event marker; ARGV[1]: the newest event time of a write. Only ever raised.
+_NEWEST_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or tonumber(ARGV[1]) > tonumber(cur) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 #: Keys per script call: big enough to amortise the call, small enough not to stall Redis (~1 ms).
 KEYS_PER_CALL = 500
 _TOKEN_LIKE = re.compile(r".*\.[0-9a-f]{16}")
@@ -111,6 +121,7 @@ class RedisStore(OnlineStore):
                 f"online_store.url {self.location!r} is not a Redis URL ({exc}); use redis://host:port/db"
             ) from exc
         self._script = self.client.register_script(_WRITE_LUA)
+        self._newest_script = self.client.register_script(_NEWEST_LUA)
         self._prefix = f"fl:{scope.token}:"
         self._legacy_prefix = f"fl:{scope.project}:"
         self._sync_run_ids: dict[str, str] = {}
@@ -165,6 +176,10 @@ class RedisStore(OnlineStore):
             ):
                 args += (ts, seq, f"{ts}|{seq}|{payload}")
             self._script(keys=keys, args=args, client=pipe)
+        if len(records):
+            # A record the script refused is no newer than its key's stored event, which raised the marker.
+            newest = [max(records.event_ts)]
+            self._newest_script(keys=[self._newest_key(view)], args=newest, client=pipe)
         return sum(int(n) for n in pipe.execute())
 
     def delete(self, view: str, keys: Sequence[str]) -> int:
@@ -205,6 +220,23 @@ class RedisStore(OnlineStore):
         )
         n = len(prefix)
         return iter(k.decode()[n:] for k in found)
+
+    def _newest_key(self, view: str) -> str:
+        return f"{self._prefix}#newest:{view}"
+
+    def newest_event_ts(self, view: str) -> int | None:
+        raw = self._run(lambda: self.client.get(self._newest_key(view)), f"read the newest event of {view}")
+        if raw is not None:
+            return int(raw)
+        # Keys written before the marker existed: read them once and keep the answer (never lowering a
+        # marker a write set meanwhile).
+        newest = super().newest_event_ts(view)
+        if newest is not None:
+            self._run(
+                lambda: self._newest_script(keys=[self._newest_key(view)], args=[newest]),
+                f"record the newest event of {view}",
+            )
+        return newest
 
     def _watermark_key(self, view: str) -> str:
         return f"{self._prefix}#sync:{view}"

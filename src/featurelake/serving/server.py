@@ -495,6 +495,7 @@ def create_app(
     )
     limit = settings.max_request_bytes
     lookups = _Lookups(service)
+    visibility = metrics.Visibility(service.store, project.definitions.views)
     pusher = push(service.store) if push is not None else None
 
     @asynccontextmanager
@@ -598,7 +599,7 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        body, content_type = await run_in_threadpool(metrics.exposition)
+        body, content_type = await run_in_threadpool(metrics.exposition, visibility)
         return Response(body, media_type=content_type)
 
     # Outermost: the token is checked before routing (so /openapi.json and unknown paths need it too).

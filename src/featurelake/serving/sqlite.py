@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS online_watermarks (
     watermark TEXT NOT NULL,
     PRIMARY KEY (scope, view)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS online_newest (
+    scope    TEXT    NOT NULL,
+    view     TEXT    NOT NULL,
+    event_ts INTEGER NOT NULL,
+    PRIMARY KEY (scope, view)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS online_scopes (
     scope       TEXT PRIMARY KEY,
     description TEXT NOT NULL
@@ -66,6 +72,11 @@ ON CONFLICT (scope, view, key) DO UPDATE SET
 _READ = """
 SELECT key, event_ts, payload FROM online_rows
 WHERE scope = ? AND view = ? AND key IN (SELECT value FROM json_each(?))
+"""
+# The view's newest event time written, only ever raised (read by the server's visibility lag gauge).
+_NEWEST = """
+INSERT INTO online_newest (scope, view, event_ts) VALUES (?, ?, ?)
+ON CONFLICT (scope, view) DO UPDATE SET event_ts = max(event_ts, excluded.event_ts)
 """
 #: Tables of the layout before scopes (rows keyed by view alone); never read, emptied view by view.
 _LEGACY = ("online_values", "sync_watermarks")
@@ -165,11 +176,14 @@ class SqliteStore(OnlineStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_REPLACE if force else _UPSERT, rows)
+                changed = conn.total_changes - before
+                if n:
+                    conn.execute(_NEWEST, (self._scope, view, max(records.event_ts)))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return conn.total_changes - before
+            return changed
 
         return self._run(go)
 
@@ -212,6 +226,23 @@ class SqliteStore(OnlineStore):
             ).fetchone()
         )
         return int(row[0])
+
+    def newest_event_ts(self, view: str) -> int | None:
+        def go(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT event_ts FROM online_newest WHERE scope = ? AND view = ?", (self._scope, view)
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            # Rows written before the marker existed: their newest, kept for the next call.
+            (newest,) = conn.execute(
+                "SELECT max(event_ts) FROM online_rows WHERE scope = ? AND view = ?", (self._scope, view)
+            ).fetchone()
+            if newest is not None:
+                conn.execute(_NEWEST, (self._scope, view, newest))
+            return None if newest is None else int(newest)
+
+        return self._run(go)
 
     def get_watermark(self, view: str) -> Watermark | None:
         row = self._run(
