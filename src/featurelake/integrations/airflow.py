@@ -191,7 +191,7 @@ def dag_from_project(
         start_date=_midnight(shape.start_date) + timedelta(days=1),
         catchup=catchup,
         max_active_runs=1,
-        default_args=default_args,
+        default_args=default_args or {},
         tags=["featurelake"],
         doc_md=f"featurelake project `{root}`: each run backfills, scores and syncs the UTC day before it.",
     ) as dag:

@@ -270,10 +270,14 @@ def _maintenance(
 ) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
     root = str(shape.root)
 
-    @dg.op(name=f"featurelake_{kind}", description=f"fl.maintain(all_tables=True) with {kind} only")
-    def _op(context: OpExecutionContext) -> None:
+    @dg.op(
+        name=f"featurelake_{kind}",
+        description=f"fl.maintain(all_tables=True) with {kind} only",
+        out=dg.Out(dict, description="tables, files before and after, bytes reclaimed"),
+    )
+    def _op(context: OpExecutionContext) -> dg.Output[dict[str, Any]]:
         done = runs.maintain(root, kind, progress=context.log.info)
-        context.log.info(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+        return dg.Output(done, metadata=_metadata(done))
 
     @dg.job(
         name=f"featurelake_{kind}", description=f"Table maintenance: {kind} of every table of the project"

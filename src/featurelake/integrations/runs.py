@@ -138,7 +138,7 @@ def maintain(
     if failed:
         raise FeaturelakeError(f"{kind} failed for {len(failed)} table(s): " + "; ".join(failed))
     return {
-        "tables": len(reports),
+        "tables": ", ".join(r.table for r in reports),
         "files_before": sum(r.files_before for r in reports),
         "files_after": sum(r.files_after for r in reports),
         "bytes_reclaimed": sum(r.bytes_reclaimed for r in reports),
