@@ -285,6 +285,18 @@ def test_cli_reports_keys_and_exits_1_when_they_differ(
     assert full["mismatch_ratio"] == pytest.approx(1 / 20) and full["ok"] is False
 
 
+def test_cli_now_judges_the_ttl_as_of_another_time(
+    synced: featurelake.Featurelake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synced.project.root
+    synced.online.store.delete(VIEW, ["4"])
+    later = cli(capsys, root, "consistency", VIEW, "--json", "--now", (BASE + timedelta(days=30)).isoformat())
+    assert later.returncode == 0, later.stderr  # a month on, every row is older than the 7-day ttl
+    assert json.loads(later.stdout)["counts"]["expired"] == 21
+    bad = cli(capsys, root, "consistency", VIEW, "--now", "next tuesday")
+    assert bad.returncode == 2 and "--now" in bad.stderr
+
+
 def test_bad_input_names_the_view_and_what_to_do(
     tmp_path: Path, synced: featurelake.Featurelake, capsys: pytest.CaptureFixture[str]
 ) -> None:

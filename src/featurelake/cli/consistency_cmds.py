@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 
 #: Keys listed per verdict in the table (``--json`` lists every one).
 SHOWN = 20
+MEANING = {
+    "consistent": "same event and values as main's latest row",
+    "mismatch": "same event, a value differs",
+    "missing": "in main, not in the online store",
+    "stale": "the online store holds an older event than main's latest",
+    "extra": "in the online store, not in main",
+    "ahead": "the online store holds a newer event (a push or a stream): fine",
+    "expired": "main's latest row is older than the ttl: served as nulls either way",
+}
 
 
 def _value(v: Any) -> str:
@@ -25,15 +34,20 @@ def _value(v: Any) -> str:
 def _diff_table(report: ConsistencyReport, verdict: str, diffs: list[KeyDiff]) -> RichTable:
     more = f", first {SHOWN}" if len(diffs) > SHOWN else ""
     t = RichTable(title=f"{verdict} keys of {report.view} ({len(diffs)}{more})")
-    for col in ("key", "iceberg event_ts", "online event_ts", "differences (iceberg -> online)"):
+    columns = ["key", "iceberg event_ts", "online event_ts"]
+    if verdict == "mismatch":
+        columns.append("differences (iceberg -> online)")
+    for col in columns:
         t.add_column(col, overflow="fold")
     for d in diffs[:SHOWN]:
-        t.add_row(
+        row = [
             d.text,
             d.iceberg_event_ts.isoformat() if d.iceberg_event_ts else "",
             d.online_event_ts.isoformat() if d.online_event_ts else "",
-            "; ".join(f"{f}: {_value(a)} -> {_value(b)}" for f, (a, b) in d.differences.items()),
-        )
+        ]
+        if verdict == "mismatch":
+            row.append("; ".join(f"{f}: {_value(a)} -> {_value(b)}" for f, (a, b) in d.differences.items()))
+        t.add_row(*row)
     return t
 
 
@@ -47,25 +61,35 @@ def _diff_table(report: ConsistencyReport, verdict: str, diffs: list[KeyDiff]) -
     help="Keys to check, drawn at random from main's and the store's keys; 0 = every key.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option(
+    "--now",
+    default=None,
+    help="Judge the view's ttl as of this time (ISO, UTC if no offset; default: now).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def consistency(c: Ctx, view: str, sample: int, seed: int, as_json: bool) -> None:
+def consistency(c: Ctx, view: str, sample: int, seed: int, now: str | None, as_json: bool) -> None:
     """Compare VIEW's online store with Iceberg main's latest value per key: exit 0 consistent, 1 keys differ, 2 usage error.
 
     Reports mismatched values, missing keys (in main, not online), stale keys (online holds an older event)
     and extra keys (online only), and records featurelake_online_consistency_mismatch_ratio.
     """
-    report = c.fl.consistency(view, sample=sample, seed=seed)
+    at = None
+    if now is not None:
+        from featurelake.lakehouse.window import parse_timestamp
+
+        at = parse_timestamp(now, "--now")
+    report = c.fl.consistency(view, sample=sample, seed=seed, now=at)
     if as_json:
         render.print_json(report.to_dict())
     else:
         from featurelake.serving.consistency import INCONSISTENT
 
-        t = RichTable(title=f"consistency of {view} ({report.store} at {report.location})")
-        for col in ("verdict", "keys"):
+        t = RichTable(title=f"consistency of {view}: {report.store} online store at {report.location}")
+        for col in ("verdict", "keys", "meaning"):
             t.add_column(col)
         for verdict, n in report.counts.items():
-            t.add_row(verdict, str(n))
+            t.add_row(verdict, str(n), MEANING[verdict])
         render.out.print(t)
         for verdict in (*INCONSISTENT, "ahead"):
             diffs = report.of(verdict)
