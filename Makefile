@@ -12,6 +12,11 @@ DEMO_REQUIREMENTS := "scikit-learn>=1.3" "pandas>=2"
 # A second virtualenv (inside .venv, so every tool and .gitignore skip it) with the lowest supported versions.
 LOWEST_VENV ?= $(VENV)/lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
+# Airflow pins FastAPI/SQLAlchemy ranges the dev resolve does not meet: its tests run in a virtualenv of their own
+# (featurelake[airflow] + pytest; httpx2 keeps starlette's TestClient, which Airflow imports, from warning).
+AIRFLOW_VENV ?= $(VENV)/airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_TESTS := tests/test_airflow.py
 # `make test` re-runs the tests that lean hardest on the ranged libraries (PyIceberg, PyArrow, DuckDB, pydantic)
 # on their lowest versions; `make test-lowest` runs every test but Spark, slow and install ones there.
 LOWEST_MARKERS := not spark and not slow and not install
@@ -23,7 +28,7 @@ LOWEST_TESTS := $(addprefix tests/,test_wap.py test_lakehouse_write.py test_pyic
 .DEFAULT_GOAL := help
 # Steps depend on each other's side effects (system packages, then the venv, then the Spark jars): one at a time.
 .NOTPARALLEL:
-.PHONY: help install system spark demo test test-fast test-lowest lint format bench bench-peers reliability clean
+.PHONY: help install system spark demo test test-fast test-lowest test-airflow lint format bench bench-peers reliability clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,12 +64,13 @@ demo: $(DEMO_STAMP) ## install featurelake + scikit-learn and pandas, run the qu
 demo-s3: $(STAMP) ## the quickstart with its warehouse and artifacts on S3 (a moto server on loopback; S3_ENDPOINT= for yours)
 	PATH="$(abspath $(VENV))/bin:$$PATH" FL=featurelake bash examples/quickstart/run_demo_s3.sh
 
-test: system $(STAMP) $(SPARK_STAMP) $(LOWEST_STAMP) ## install what the tests need (system packages, .venv, Spark jars), run them all, then again on the lowest versions
-	$(PY) -m pytest -q
+test: system $(STAMP) $(SPARK_STAMP) $(LOWEST_STAMP) $(AIRFLOW_STAMP) ## install what the tests need (system packages, .venv, Spark jars), run them all, then again on the lowest versions, then the Airflow tests (.venv/airflow)
+	$(PY) -m pytest -q --ignore=$(AIRFLOW_TESTS)
 	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)" $(LOWEST_TESTS)
+	$(AIRFLOW_VENV)/bin/python -m pytest -q $(AIRFLOW_TESTS)
 
 test-fast: system $(STAMP) $(SPARK_STAMP) ## the test suite without slow multi-process tests
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --ignore=$(AIRFLOW_TESTS)
 
 $(LOWEST_STAMP): pyproject.toml constraints/dev.txt constraints/lowest.txt
 	$(PYTHON) -m venv $(LOWEST_VENV)
@@ -73,7 +79,16 @@ $(LOWEST_STAMP): pyproject.toml constraints/dev.txt constraints/lowest.txt
 	touch $(LOWEST_STAMP)
 
 test-lowest: system $(LOWEST_STAMP) ## the suite but Spark, slow and install tests, on the lowest versions (constraints/lowest.txt)
-	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)"
+	$(LOWEST_VENV)/bin/python -m pytest -q -m "$(LOWEST_MARKERS)" --ignore=$(AIRFLOW_TESTS)
+
+$(AIRFLOW_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -e '.[airflow]' 'pytest>=8' 'httpx2>=2'
+	touch $(AIRFLOW_STAMP)
+
+test-airflow: $(AIRFLOW_STAMP) ## the Airflow integration tests (dag.test() on SQLite) in their own virtualenv .venv/airflow
+	$(AIRFLOW_VENV)/bin/python -m pytest -q $(AIRFLOW_TESTS)
 
 lint: $(STAMP) ## ruff (lint + format check), mypy and the import-linter layers contract
 	$(VENV)/bin/ruff check .
