@@ -64,6 +64,7 @@ def test_partitions_checks_lineage_refusal_and_range(
 ) -> None:
     monkeypatch.setenv("FEATURELAKE_CODE_VERSION", "abc123")
     defs = definitions(project)
+    dg.Definitions.validate_loadable(defs)  # what `dagster dev` / the daemon load: unique names, valid crons
     graph = defs.resolve_asset_graph()
     assert graph.get(ROLLUP).parent_keys == {UF}  # Source.table("features.user_features")
     assert graph.get(online_key("user_features")).parent_keys == {UF}
@@ -237,6 +238,7 @@ def test_predictions_sync_sensor_and_maintenance(project: Path, instance: Any, t
 
     # The registered Production model gets a daily asset after its view.
     defs = definitions(project)
+    dg.Definitions.validate_loadable(defs)
     key = dg.AssetKey(["predictions", "spend"])
     assert defs.resolve_asset_graph().get(key).parent_keys == {UF}
     daily = defs.resolve_job_def("featurelake_daily")
@@ -288,7 +290,7 @@ def test_predictions_sync_sensor_and_maintenance(project: Path, instance: Any, t
     # Maintenance jobs run fl.maintain on every table of the project.
     compaction = defs.resolve_job_def("featurelake_compaction").execute_in_process(instance=instance)
     assert compaction.success
-    done = compaction.output_for_node("featurelake_compaction")
+    done = compaction.output_for_node("maintain_compaction")
     tables = set(done["tables"].split(", "))
     assert {"features.user_features", "features.user_rollup", "predictions.spend"} <= tables
     with featurelake.open(project) as fl:

@@ -271,7 +271,7 @@ def _maintenance(
     root = str(shape.root)
 
     @dg.op(
-        name=f"featurelake_{kind}",
+        name=f"maintain_{kind}",
         description=f"fl.maintain(all_tables=True) with {kind} only",
         out=dg.Out(dict, description="tables, files before and after, bytes reclaimed"),
     )
