@@ -63,7 +63,14 @@ class DoubleAmount:
         return np.asarray(x, dtype=np.float64)[:, 1] * 2.0
 
 
-def register_model(fl: featurelake.Featurelake, tmp: Path, name: str = "spend") -> str:
+class NanScore:
+    """A broken "model": every prediction is NaN, which the predictions audit refuses (null rate 1.0)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), np.nan)
+
+
+def register_model(fl: featurelake.Featurelake, tmp: Path, name: str = "spend", model: Any = None) -> str:
     """Register and promote to Production a model over user_features (published days needed)."""
     rng = np.random.default_rng(3)
     entities = pa.table(
@@ -77,7 +84,7 @@ def register_model(fl: featurelake.Featurelake, tmp: Path, name: str = "spend") 
         ["user_features:txn_count_1d", "user_features:amount_sum_1d", "user_features:amount_avg_1d"],
     )
     path = tmp / f"{name}.pkl"
-    path.write_bytes(pickle.dumps(DoubleAmount()))
+    path.write_bytes(pickle.dumps(model if model is not None else DoubleAmount()))
     mv = fl.models.register(name, path, "pickle", training_set=ts)
     fl.models.promote(name, mv.version, "Staging")
     fl.models.promote(name, mv.version, "Production")

@@ -6,11 +6,13 @@ and every outcome is checked on the Iceberg tables, not only in Dagster's events
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
 import featurelake
@@ -19,6 +21,8 @@ from featurelake.integrations.dagster import definitions, last_complete_day, onl
 from featurelake.lakehouse import lineage, wap
 from tests.orchestration_helpers import (
     BROKEN_DAY,
+    DoubleAmount,
+    NanScore,
     days_of,
     main_snapshot,
     orchestrated_project,
@@ -330,3 +334,64 @@ def test_spark_engine_partition(tmp_path: Path, spark: Any, instance: Any) -> No
     with featurelake.open(root) as fl:
         assert fl.project.engine.name == "spark"
         assert days_of(fl.read("user_features")) == ["2024-01-02"]
+
+
+def test_refused_prediction_models_without_one_view_and_refused_maintenance(
+    project: Path, instance: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = definitions(project)
+    assert dg.materialize(_views(defs), partition_key="2024-01-01", instance=instance).success
+    with featurelake.open(project) as fl:
+        register_model(fl, tmp_path, name="broken", model=NanScore())
+        # A model whose features come from two views: which one to score cannot be told.
+        ents = pa.table(
+            {
+                "user_id": pa.array([1, 2, 3], pa.int64()),
+                "event_timestamp": pa.array(
+                    [datetime(2024, 1, 2, tzinfo=UTC)] * 3, pa.timestamp("us", tz="UTC")
+                ),
+            }
+        )
+        ts = fl.training_set(ents, ["user_features:amount_sum_1d", "user_rollup:txn_count_x2"])
+        path = tmp_path / "two.pkl"
+        path.write_bytes(pickle.dumps(DoubleAmount()))
+        mv = fl.models.register("two_views", path, "pickle", training_set=ts)
+        fl.models.promote("two_views", mv.version, "Staging")
+        fl.models.promote("two_views", mv.version, "Production")
+
+    defs = definitions(project)
+    (notes,) = [v for k, v in (defs.metadata or {}).items() if k == "notes"]
+    assert "model two_views: cannot tell which view to score" in notes.value  # type: ignore[union-attr]
+    keys = {k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == "predictions"}
+    assert keys == {dg.AssetKey(["predictions", "broken"])}
+
+    # Every prediction is NaN: the predictions audit refuses, the materialization fails with the report.
+    key = dg.AssetKey(["predictions", "broken"])
+    refused = dg.materialize(
+        [defs.resolve_assets_def(key)], partition_key="2024-01-01", instance=instance, raise_on_error=False
+    )
+    assert not refused.success
+    (failure,) = [e for e in refused.all_events if e.is_step_failure]
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None and "audit failed" in (data.description or "")
+    assert Path(data.metadata["audit_report"].value).is_file()
+    with featurelake.open(project) as fl:
+        assert fl.read("predictions.broken").num_rows == 0
+
+    # Listed in featurelake.yaml without its view, the same model is a configuration error.
+    yaml = project / "featurelake.yaml"
+    yaml.write_text(yaml.read_text() + "  predictions:\n    - {model: two_views}\n")
+    with pytest.raises(
+        ConfigError, match=r"model two_views: cannot tell which view.*orchestration\.predictions"
+    ):
+        definitions(project)
+
+    # Maintenance refusing its settings fails the job, naming them.
+    monkeypatch.setenv("FEATURELAKE_MAINTENANCE__ORPHAN_MIN_AGE", "10m")
+    yaml.write_text(yaml.read_text().replace("  predictions:\n    - {model: two_views}\n", ""))
+    orphans = definitions(project).resolve_job_def("featurelake_orphans")
+    result = orphans.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    cause = failure.step_failure_data.error.cause  # type: ignore[union-attr]
+    assert cause is not None and "--orphan-min-age 0:10:00 is under 1 hour" in cause.message
