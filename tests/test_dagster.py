@@ -7,6 +7,8 @@ and every outcome is checked on the Iceberg tables, not only in Dagster's events
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -395,3 +397,19 @@ def test_refused_prediction_models_without_one_view_and_refused_maintenance(
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     cause = failure.step_failure_data.error.cause  # type: ignore[union-attr]
     assert cause is not None and "--orphan-min-age 0:10:00 is under 1 hour" in cause.message
+
+
+@pytest.mark.parametrize("extra", ["dagster", "airflow"])
+def test_missing_extras_name_their_install(extra: str) -> None:
+    code = (
+        "import sys\n"
+        f"sys.modules[{extra!r}] = None  # as if the package were not installed\n"
+        "from featurelake.errors import ConfigError\n"
+        "try:\n"
+        f"    import featurelake.integrations.{extra}\n"
+        "except ConfigError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"REFUSED featurelake.integrations.{extra} needs ")
+    assert f"pip install 'featurelake[{extra}]'" in out

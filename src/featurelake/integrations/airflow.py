@@ -26,10 +26,16 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, BaseOperator, CronTriggerTimetable
-from airflow.sdk.exceptions import AirflowFailException
+from featurelake.errors import AuditFailed, ConfigError
 
-from featurelake.errors import AuditFailed
+try:
+    from airflow.sdk import DAG, BaseOperator, CronTriggerTimetable
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError as exc:  # tests/test_dagster.py: test_missing_extras_name_their_install
+    raise ConfigError(
+        f"featurelake.integrations.airflow needs Apache Airflow 3 ({exc}): pip install 'featurelake[airflow]'"
+    ) from exc
+
 from featurelake.integrations import runs
 from featurelake.integrations.shape import project_shape, run_id_for
 from featurelake.lakehouse.window import parse_timestamp

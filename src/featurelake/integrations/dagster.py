@@ -29,10 +29,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
-from dagster import AssetExecutionContext, OpExecutionContext
+from featurelake.errors import AuditFailed, ConfigError
 
-from featurelake.errors import AuditFailed
+try:
+    import dagster as dg
+    from dagster import AssetExecutionContext, OpExecutionContext
+except ImportError as exc:  # tests/test_dagster.py: test_missing_extras_name_their_install
+    raise ConfigError(
+        f"featurelake.integrations.dagster needs Dagster ({exc}): pip install 'featurelake[dagster]'"
+    ) from exc
+
 from featurelake.integrations import runs
 from featurelake.integrations.shape import (
     CheckSpec,
