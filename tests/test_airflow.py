@@ -8,7 +8,6 @@ Airflow pins FastAPI and SQLAlchemy ranges of its own, so these tests run in the
 
 from __future__ import annotations
 
-import os
 import runpy
 import subprocess
 import sys
@@ -35,7 +34,6 @@ def airflow_dags(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("AIRFLOW_HOME", str(home))
         mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
         mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        mp.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
         try:
             import airflow  # noqa: F401
         except ImportError:
@@ -224,4 +222,3 @@ def test_operator_arguments_are_checked(airflow_dags: Path, tmp_path: Path) -> N
     yaml.write_text(yaml.read_text().replace("orchestration:\n  start_date: 2024-01-01\n", ""))
     with pytest.raises(ConfigError, match=r"set orchestration\.start_date"):
         dag_from_project(project)
-    assert os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
