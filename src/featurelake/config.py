@@ -224,6 +224,9 @@ class OnlineStoreConfig(_Section):
     """How long one Redis command (or pipeline reply) may take before the store counts as unavailable."""
     write_chunk: int = Field(default=20_000, ge=1)
     """Keys a sync writes per pipelined round trip (and per progress-bar step)."""
+    sync_batch_rows: int = Field(default=1_000_000, ge=1)
+    """A sync reads the changed data files in groups of about this many rows (a file is never split) and keeps
+    only the latest row per key between groups: peak memory follows the group and the number of keys."""
 
 
 class ServerConfig(_Section):
@@ -331,6 +334,10 @@ class BackfillConfig(_Section):
     main's days for the window), ``warn`` publishes it and records a warning."""
     audit_sample_rows: int = Field(default=20_000, ge=1000)
     """Rows sampled (stratified, every row equally likely, per audit) for quantiles, histograms and drift; counts stay exact."""
+    batch_days: int = Field(default=1, ge=0)
+    """The local engine computes and writes a window this many days at a time (each batch reads its source from
+    its own start minus the lookback), then audits and publishes the whole window as one snapshot: peak memory
+    follows the largest batch, not the window. ``0``: the whole window at once (one frame in memory)."""
 
 
 class MaintenanceConfig(_Section):
@@ -411,6 +418,25 @@ class PushConfig(_Section):
     """Directory of the write-ahead buffer: acknowledged offline rows wait here (fsynced) until published."""
 
 
+class IngestConfig(_Section):
+    batch_rows: int = Field(default=10_000, ge=1)
+    """``featurelake ingest`` publishes a micro-batch once this many messages arrived; it also bounds the
+    messages in flight (fetched, not yet acknowledged): the consumer pulls at most what the batch has room for."""
+    batch_seconds: float = Field(default=5.0, gt=0)
+    """Or once this many seconds passed since the batch's first message (each micro-batch: one WAP publish)."""
+    poll_seconds: float = Field(default=1.0, gt=0)
+    """How long one fetch waits for messages when none is there (also how soon SIGTERM is noticed when idle)."""
+    online: bool = True
+    """Write each published batch's latest row per key to the online store (``--no-online``: Iceberg only)."""
+    on_refused: Literal["continue", "stop"] = "continue"
+    """A batch the audit refuses is kept in ``<namespace>._rejected`` and acknowledged; ``stop``: exit 1
+    without acknowledging it instead (the broker delivers it again to the next run)."""
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long to wait for the broker to answer before StreamUnavailableError."""
+    ack_wait_seconds: float = Field(default=60.0, gt=0)
+    """NATS JetStream: seconds before the server delivers an unacknowledged message again."""
+
+
 class Settings(BaseSettings):
     """The whole configuration of one featurelake project."""
 
@@ -432,6 +458,7 @@ class Settings(BaseSettings):
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     push: PushConfig = Field(default_factory=PushConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @field_validator("namespace")

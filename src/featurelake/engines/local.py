@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import uuid
 import warnings
-from datetime import UTC
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -22,12 +30,28 @@ from featurelake.engines.conform import conform, drop_before_window
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
+from featurelake.features.lint import lookback_warnings
+from featurelake.lakehouse import compat
+from featurelake.lakehouse.schema import partition_of
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
-from featurelake.lakehouse.write import overwrite_window
+from featurelake.lakehouse.write import (
+    WRITERS,
+    overwrite_window,
+    partition_slices,
+    rewrite_span,
+    rows_to_keep,
+)
 from featurelake.validation import audit as audit_mod
 from featurelake.validation.checks import Check, CheckResult
+from featurelake.validation.stats import sample_positions
+
+if TYPE_CHECKING:
+    from pyiceberg.manifest import DataFile
+
+#: The setting a backfill that runs out of memory should lower (named in its error).
+BATCH_SETTING = "backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS)"
 
 
 class LocalEngine(Engine):
@@ -133,11 +157,235 @@ class LocalEngine(Engine):
             row_filter=row_filter if row_filter is not None else AlwaysTrue(), snapshot_id=snapshot_id
         ).to_arrow()
 
-    def audit(self, frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResult]]:
+    def audit(self, frame: Any, checks: list[Check]) -> tuple[int, list[CheckResult]]:
+        if isinstance(frame, WrittenWindow):
+            return frame.audit(checks)
         return audit_mod.evaluate(frame, checks)
+
+    # --- bounded memory: a window computed and written a batch of days at a time ---------------------
+    def can_batch(self, table: Table, view: FeatureView, window: Window, batch_days: int) -> bool:
+        """Whether a backfill of ``window`` goes batch by batch (see :meth:`write_batches`)."""
+        return (
+            batch_days > 0
+            and window.days > batch_days
+            and batch_invariant(view)
+            and compat.fast_overwrite_available()
+            and partition_of(table.spec(), table.schema(), view.timestamp_field) is not None
+        )
+
+    def write_batches(
+        self,
+        view: FeatureView,
+        window: Window,
+        table: Table,
+        batch_days: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> WrittenWindow:
+        """Compute ``window`` ``batch_days`` at a time and write each batch's rows as data files of ``table``
+        (not committed: :meth:`commit_batches` adds them all in one snapshot). Only one batch is in memory.
+
+        Each batch is a window of its own: its source is read from its start minus the view's lookback,
+        its aggregations are computed over that, and only its own days are kept.
+        """
+        target = table.schema().as_arrow()
+        partition = partition_of(table.spec(), table.schema(), view.timestamp_field)
+        assert partition is not None
+        written = WrittenWindow(target, self.storage, view.timestamp_field)
+        write_uuid, counter = uuid.uuid4(), itertools.count(0)
+        for batch in split_window(window, batch_days):
+            if progress is not None:
+                progress(f"computing {view.name} for {batch} (batch of {window})")
+            try:
+                frame = self.compute(view, batch, table)
+                if frame.num_rows == 0:
+                    continue
+                compat.check_write_schema(table.metadata, frame.schema)
+                slices = partition_slices(frame, view.timestamp_field, partition) or [frame]
+                del frame
+                written.add(_write_files(table, slices, write_uuid, counter), sum(s.num_rows for s in slices))
+                del slices
+            except (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException) as exc:
+                raise ConfigError(
+                    f"view {view.name!r}: out of memory computing {batch} of the backfill {window} "
+                    f"({type(exc).__name__}: {exc}); lower {BATCH_SETTING} (now {batch_days}) so that "
+                    "fewer days are in memory at once, or give the process more memory"
+                ) from exc
+        return written
+
+    def commit_batches(
+        self, table: Table, written: WrittenWindow, window: Window, branch: str, properties: dict[str, str]
+    ) -> int:
+        """Replace ``window`` on ``branch`` with the files of ``written`` in one snapshot; returns its id.
+
+        As :func:`lakehouse.write.overwrite_window`: the span of files that straddle the window is deleted
+        and its rows outside the window are written back (as files of their own) in the same commit.
+        """
+        ts = written.timestamp_field
+        span = rewrite_span(table, branch, window, ts)
+        files = list(written.files)
+        kept = rows_to_keep(table, branch, span, window, ts)
+        if kept is not None and kept.num_rows:
+            kept = kept.select(written.schema.names).cast(written.schema)
+            partition = partition_of(table.spec(), table.schema(), ts)
+            slices = (partition_slices(kept, ts, partition) if partition else None) or [kept]
+            files += _write_files(table, slices, uuid.uuid4(), itertools.count(0))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            with table.transaction() as tx:
+                compat.check_write_schema(tx.table_metadata, written.schema)
+                compat.delete_for_overwrite(tx, span.iceberg_filter(ts), properties, branch)
+                with compat.append_data_files(tx, properties, branch) as append_files:
+                    for data_file in files:
+                        append_files.append_data_file(data_file)
+        tip = ref_snapshot_id(table, branch)
+        assert tip is not None
+        return tip
 
     def to_arrow(self, frame: pa.Table) -> pa.Table:
         return frame
+
+
+@cache
+def _aggregate_functions() -> frozenset[str]:
+    with duck.cursor() as con:
+        rows = con.execute(
+            "SELECT DISTINCT lower(function_name) FROM duckdb_functions() WHERE function_type = 'aggregate'"
+        ).fetchall()
+    return frozenset(r[0] for r in rows) | {"count_star"}
+
+
+def _query_tree(query: str) -> dict[str, Any] | None:
+    try:
+        with duck.cursor() as con:
+            rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
+    except duckdb.Error:
+        return None
+    tree = json.loads(rows[0][0])
+    return None if tree.get("error") else cast("dict[str, Any]", tree)
+
+
+def _nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _nodes(value)
+
+
+def batch_invariant(view: FeatureView) -> bool:
+    """Whether computing ``view`` a few days at a time gives the rows computing the whole window gives.
+
+    True for a view whose query computes each output row from its own source row, or (with a lookback
+    covering what they read) from earlier rows: declared aggregations, window functions and self-joins with
+    a lookback. False when the query groups, aggregates, de-duplicates or limits rows of the window as a
+    whole (GROUP BY, an aggregate function, DISTINCT, LIMIT, a subquery), when it reads earlier rows without
+    a lookback, or when DuckDB cannot parse it: such views are computed in one piece as before.
+    """
+    if not view.query.strip():
+        return True
+    if lookback_warnings(view):
+        return False
+    tree = _query_tree(view.query)
+    if tree is None:
+        return False
+    aggregates = _aggregate_functions()
+    for node in _nodes(tree.get("statements", [])):
+        if node.get("group_expressions") or node.get("class") == "SUBQUERY":
+            return False
+        if node.get("type") in ("DISTINCT_MODIFIER", "LIMIT_MODIFIER", "LIMIT_PERCENT_MODIFIER"):
+            return False
+        if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in aggregates:
+            return False
+    return True
+
+
+def split_window(window: Window, days: int) -> Iterator[Window]:
+    """``window`` cut into consecutive windows of ``days`` days (the last one may be shorter)."""
+    start = window.start
+    while start < window.end:
+        end = min(start + timedelta(days=days), window.end)
+        yield Window(start, end)
+        start = end
+
+
+def _write_files(
+    table: Table, slices: list[pa.Table], write_uuid: uuid.UUID, counter: itertools.count[int]
+) -> list[DataFile]:
+    """Write each slice (one partition's rows) as data files of ``table``, a few at once; nothing committed."""
+    metadata, io = table.metadata, table.io
+
+    def write(part: pa.Table) -> list[DataFile]:
+        return compat.write_data_files(metadata, part, io, write_uuid, counter)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(WRITERS, len(slices)))) as pool:
+        return [f for files in pool.map(write, slices) for f in files]
+
+
+@dataclass
+class WrittenWindow:
+    """A window computed and written batch by batch: its data files (written, not yet committed) stand in
+    for the in-memory frame. The audit reads them back with DuckDB one row group at a time."""
+
+    schema: pa.Schema
+    storage: Storage
+    timestamp_field: str
+    files: list[DataFile] = field(default_factory=list)
+    num_rows: int = 0
+
+    def add(self, files: list[DataFile], rows: int) -> None:
+        self.files.extend(files)
+        self.num_rows += rows
+
+    def dataset(self) -> ds.Dataset:
+        """The written rows as one Arrow dataset, files in the order they were written."""
+        if not self.files:
+            return ds.dataset(self.schema.empty_table())
+        fs, _ = self.storage.filesystem(self.files[0].file_path)
+        paths = [self.storage.filesystem(f.file_path)[1] for f in self.files]
+        return ds.dataset(paths, schema=self.schema, format="parquet", filesystem=fs)
+
+    def sample(self, columns: list[str], n: int, seed: int) -> pa.Table:
+        """What ``validation.stats.sample_rows`` draws from the rows in written order, file by file."""
+        dataset = self.dataset()
+        if self.num_rows <= n:
+            return dataset.to_table(columns=columns)
+        idx = sample_positions(self.num_rows, n, seed)
+        parts, offset = [], 0
+        for fragment in dataset.get_fragments():
+            for batch in fragment.to_batches(columns=columns):
+                lo, hi = np.searchsorted(idx, [offset, offset + batch.num_rows])
+                if hi > lo:
+                    parts.append(batch.take(pa.array(idx[lo:hi] - offset)))
+                offset += batch.num_rows
+        return pa.Table.from_batches(parts, schema=pa.schema([self.schema.field(c) for c in columns]))
+
+    def audit(self, checks: list[Check]) -> tuple[int, list[CheckResult]]:
+        """Evaluate ``checks`` over the written rows: aggregates by DuckDB scanning the files (streaming),
+        the sample drawn as from the frame."""
+        if not self.files:
+            return audit_mod.evaluate(self.schema.empty_table(), checks)
+        dataset = self.dataset()
+
+        def sample(cols: list[str], n: int, seed: int) -> pa.Table:
+            drawn = self.sample(cols, n, seed)
+            for check in checks:
+                if check.sample_request() is not None:
+                    check.prepare_sample(drawn)
+            return drawn
+
+        with duck.cursor() as con:
+            con.register("frame", dataset)
+
+            def query(exprs: list[str]) -> list[Any]:
+                if not exprs:
+                    return []
+                row = con.execute(f"SELECT {', '.join(exprs)} FROM frame").fetchone()
+                assert row is not None
+                return list(row)
+
+            return audit_mod.evaluate_with(query, sample, checks)
 
 
 def _plain(t: pa.DataType) -> bool:
@@ -250,4 +498,11 @@ def read_remote_parquet(
     return table.replace_schema_metadata(None)
 
 
-__all__ = ["LocalEngine", "read_parquet_window", "read_remote_parquet"]
+__all__ = [
+    "LocalEngine",
+    "WrittenWindow",
+    "batch_invariant",
+    "read_parquet_window",
+    "read_remote_parquet",
+    "split_window",
+]

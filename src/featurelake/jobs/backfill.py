@@ -20,6 +20,7 @@ from featurelake.auditing.runner import (
     report_properties,
     run_audit,
 )
+from featurelake.engines.local import LocalEngine, WrittenWindow
 from featurelake.errors import StorageUnavailableError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
@@ -98,6 +99,9 @@ def _write_and_audit(
     branch = wap.branch_name(run_id)
 
     def write(tbl: Table) -> int:
+        if isinstance(frame, WrittenWindow):  # computed batch by batch: its files are already written
+            assert isinstance(project.engine, LocalEngine)
+            return project.engine.commit_batches(tbl, frame, window, branch, props)
         return project.engine.write_window(tbl, frame, window, view.timestamp_field, branch, props)
 
     return wap_run.write_and_audit(project, view, run_id, frame, write, window)
@@ -144,8 +148,14 @@ def run_backfill(
         )
     earlier = keep_earlier_reports(project, view.name, run_id)
 
-    _say(progress, f"computing {view.name} for {window}")
-    frame = project.engine.compute(view, window, tbl)
+    engine, batch_days = project.engine, project.config.settings.backfill.batch_days
+    frame: Any
+    if isinstance(engine, LocalEngine) and engine.can_batch(tbl, view, window, batch_days):
+        # Bounded memory: batch_days at a time, each written as data files; one commit below.
+        frame = engine.write_batches(view, window, tbl, batch_days, progress)
+    else:
+        _say(progress, f"computing {view.name} for {window}")
+        frame = engine.compute(view, window, tbl)
     props = lineage.lineage_properties(
         project.root,
         run_id,

@@ -42,7 +42,7 @@ import hashlib
 import re
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -313,6 +313,17 @@ class Reducer:
         self.con.unregister("narrow_in")
         return self.encode(rows.take(picked.column("r")))
 
+    def latest(self, rows: pa.Table) -> pa.Table:
+        """The latest row per key of ``rows`` (every column kept): what :meth:`records` encodes."""
+        narrow = rows.select([*self.key_names, self.ts_name, SEQ])
+        narrow = narrow.append_column(_RID, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+        self.con.register("narrow_in", narrow)
+        picked = self.con.sql(
+            f"SELECT arg_max({_RID}, {self._order()}) AS r FROM narrow_in GROUP BY {self.key}"
+        ).to_arrow_table()
+        self.con.unregister("narrow_in")
+        return rows.take(picked.column("r"))
+
     def encode(self, latest: pa.Table) -> Records:
         """Store records of ``latest`` (at most one row per key, with SEQ), in the stored encoding."""
         self.con.register("latest_in", latest)
@@ -524,8 +535,70 @@ def read_added(planned: SyncPlan) -> pa.Table:
     return _read(planned.table, planned.added, planned.columns)
 
 
-def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progress: SyncProgress) -> None:
-    """Read the changed files with PyIceberg, reduce them with DuckDB and write through ``store``."""
+def _groups(files: list[tuple[DataFile, int]], rows: int) -> list[list[tuple[DataFile, int]]]:
+    """``files`` in consecutive groups of about ``rows`` rows each (by their record counts; whole files)."""
+    groups: list[list[tuple[DataFile, int]]] = []
+    size = rows
+    for item in files:
+        if size >= rows:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += int(item[0].record_count or 0)
+    return groups
+
+
+def iter_added(planned: SyncPlan, batch_rows: int) -> Iterator[pa.Table]:
+    """:func:`read_added`'s rows in parts of about ``batch_rows`` rows (whole data files; with row-level delete
+    files, PyIceberg's record batches): only one part is in memory at a time."""
+    current = planned.current
+    assert current is not None
+    if not planned.deletes:
+        for group in _groups(planned.added, batch_rows):
+            yield _read(planned.table, group, planned.columns)
+        return
+    reader = planned.table.scan(
+        snapshot_id=current.snapshot_id, selected_fields=tuple(planned.columns)
+    ).to_arrow_batch_reader()
+    seq = pa.scalar(current.sequence_number or 0, pa.int64())
+    pending: list[pa.RecordBatch] = []
+    size = 0
+
+    def flush() -> pa.Table:
+        part = pa.Table.from_batches(pending, schema=reader.schema)
+        pending.clear()
+        return part.append_column(SEQ, pa.repeat(seq, part.num_rows))
+
+    for batch in reader:
+        pending.append(batch)
+        size += batch.num_rows
+        if size >= batch_rows:
+            yield flush()
+            size = 0
+    if pending:
+        yield flush()
+
+
+def latest_added(planned: SyncPlan, reducer: Reducer, batch_rows: int) -> tuple[pa.Table | None, int]:
+    """The latest added row per key (every read column and :data:`SEQ`) and the number of rows read, reading
+    ``batch_rows`` at a time and keeping only each key's latest row in between: memory follows the part
+    and the number of keys, not the rows added."""
+    winners: pa.Table | None = None
+    rows = 0
+    for part in iter_added(planned, batch_rows):
+        rows += part.num_rows
+        if winners is not None:
+            part = pa.concat_tables([winners, part.cast(winners.schema)])
+        winners = reducer.latest(part)
+        del part
+    return winners, rows
+
+
+def _apply_locally(
+    planned: SyncPlan, store: OnlineStore, *, chunk: int, progress: SyncProgress, batch_rows: int
+) -> None:
+    """Read the changed files with PyIceberg (``batch_rows`` at a time), reduce them to the latest row per key
+    with DuckDB and write through ``store``."""
     tbl, view, result = planned.table, planned.view, planned.result
     current = planned.current
     assert current is not None
@@ -534,16 +607,16 @@ def _apply_locally(planned: SyncPlan, store: OnlineStore, *, chunk: int, progres
         progress.phase(
             view.name, f"reading {len(planned.added)} added and {len(planned.removed)} removed data files"
         )
-        rows = read_added(planned)
+        winners, result.rows = latest_added(planned, reducer, batch_rows)
         result.files_read = len(planned.added) + len(planned.removed)
-        result.rows = rows.num_rows
-        progress.phase(view.name, f"reducing {rows.num_rows} rows to the latest per key")
-        records = reducer.records(rows)
+        progress.phase(view.name, f"encoding the latest row of {result.rows} rows per key")
+        records = reducer.encode(winners) if winners is not None else Records([], [], [], [])
         stale: list[str] = []
         if planned.removed:
             narrow = [*view.join_keys, view.timestamp_field]
             gone = _read(tbl, planned.removed, narrow)
-            stale = reducer.stale_keys(rows.select([*narrow, SEQ]), gone)
+            added = winners.select([*narrow, SEQ]) if winners is not None else _read(tbl, [], narrow)
+            stale = reducer.stale_keys(added, gone)
         refreshed = Records([], [], [], [])
         if stale:
             progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
@@ -620,8 +693,10 @@ def sync_view(
     progress = progress or SyncProgress()
     planned = plan_sync(project, store, view, full=full, progress=progress)
     if not planned.done:
-        chunk = project.config.settings.online_store.write_chunk
-        _apply_locally(planned, store, chunk=chunk, progress=progress)
+        settings = project.config.settings.online_store
+        _apply_locally(
+            planned, store, chunk=settings.write_chunk, progress=progress, batch_rows=settings.sync_batch_rows
+        )
     return finish_sync(project, store, planned)
 
 
@@ -633,8 +708,10 @@ __all__ = [
     "SyncProgress",
     "SyncResult",
     "finish_sync",
+    "iter_added",
     "key_filter",
     "key_values",
+    "latest_added",
     "legacy_tag_name",
     "plan",
     "plan_sync",
