@@ -260,6 +260,48 @@ def test_out_of_memory_in_a_batch_names_the_setting_to_lower(tmp_path: Path) -> 
         assert wap.main_snapshot_id(tbl) == before and "audit_oom" not in tbl.metadata.refs
 
 
+@pytest.mark.parametrize(
+    ("features_text", "view", "batch_days", "advice"),
+    [
+        (None, "events", 0, "set backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS) to 1 (now 0)"),
+        (DEFAULT_FEATURES, "user_features", 1, "cannot be computed in batches: backfill shorter windows"),
+        (None, "events", 30, "backfill shorter windows, or lower backfill.batch_days"),
+    ],
+)
+def test_out_of_memory_in_one_piece_says_what_to_change(
+    tmp_path: Path, features_text: str | None, view: str, batch_days: int, advice: str
+) -> None:
+    cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+    root = make_project(tmp_path / "p", features=features_text or features(), config=cfg, data=law_data(LAST))
+    with featurelake.open(root) as fl:
+        fl.apply()
+        with ComputeSpy(fail_at=1).patch(), pytest.raises(ConfigError) as err:
+            fl.backfill(view, day(FIRST), day(LAST))
+        assert "out of memory computing the backfill" in str(err.value) and advice in str(err.value)
+
+
+def test_batched_audit_counts_duplicates_within_a_batch(tmp_path: Path) -> None:
+    """Uniqueness is summed over batches (disjoint in time): duplicates inside one are still found, as many
+    as the audit of one frame finds."""
+    text = features().replace(
+        "FROM source WHERE amount IS NOT NULL",
+        "FROM source WHERE amount IS NOT NULL UNION ALL "
+        "SELECT user_id, ts, amount, amount * 2 FROM source WHERE amount > 80",
+    )
+    observed = []
+    for batch_days in (0, 2):
+        cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+        root = make_project(tmp_path / str(batch_days), features=text, config=cfg, data=law_data(LAST))
+        with featurelake.open(root) as fl:
+            fl.apply()
+            with pytest.raises(AuditFailed) as failed:
+                fl.backfill("events", day(FIRST), day(LAST))
+            (unique,) = [r for r in failed.value.report.results if r.check == "unique"]
+            assert unique.status == "fail"
+            observed.append((unique.observed, failed.value.report.rows))
+    assert observed[0] == observed[1] and isinstance(observed[0][0], int) and observed[0][0] > 0
+
+
 # --- sync ---------------------------------------------------------------------------------------------
 
 

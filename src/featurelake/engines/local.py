@@ -45,11 +45,15 @@ from featurelake.lakehouse.write import (
 )
 from featurelake.validation import audit as audit_mod
 from featurelake.validation.checks import Check, CheckResult
+from featurelake.validation.core import Agg
+from featurelake.validation.fast import distinct_rows
 from featurelake.validation.stats import sample_positions
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
 
+#: What running out of memory raises in DuckDB, Arrow and Python.
+OUT_OF_MEMORY = (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException)
 #: The setting a backfill that runs out of memory should lower (named in its error).
 BATCH_SETTING = "backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS)"
 
@@ -204,13 +208,34 @@ class LocalEngine(Engine):
                 del frame
                 written.add(_write_files(table, slices, write_uuid, counter), sum(s.num_rows for s in slices))
                 del slices
-            except (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException) as exc:
+            except OUT_OF_MEMORY as exc:
                 raise ConfigError(
                     f"view {view.name!r}: out of memory computing {batch} of the backfill {window} "
                     f"({type(exc).__name__}: {exc}); lower {BATCH_SETTING} (now {batch_days}) so that "
                     "fewer days are in memory at once, or give the process more memory"
                 ) from exc
         return written
+
+    def compute_whole(self, view: FeatureView, window: Window, table: Table, batch_days: int) -> pa.Table:
+        """:meth:`compute` of the whole window at once, running out of memory as a ConfigError that says
+        what to change."""
+        try:
+            return self.compute(view, window, table)
+        except OUT_OF_MEMORY as exc:
+            if batch_days <= 0:
+                advice = f"set {BATCH_SETTING} to 1 (now {batch_days}) to compute it a day at a time"
+            elif window.days > batch_days and not batch_invariant(view):
+                advice = (
+                    "its query groups, aggregates, de-duplicates or limits rows over the whole window (or reads "
+                    "earlier rows without a lookback), so it cannot be computed in batches: backfill shorter "
+                    "windows one after another"
+                )
+            else:
+                advice = f"backfill shorter windows, or lower {BATCH_SETTING} (now {batch_days})"
+            raise ConfigError(
+                f"view {view.name!r}: out of memory computing the backfill {window} in one piece "
+                f"({type(exc).__name__}: {exc}); {advice}, or give the process more memory"
+            ) from exc
 
     def commit_batches(
         self, table: Table, written: WrittenWindow, window: Window, branch: str, properties: dict[str, str]
@@ -333,18 +358,41 @@ class WrittenWindow:
     timestamp_field: str
     files: list[DataFile] = field(default_factory=list)
     num_rows: int = 0
+    #: The files of each batch (batches are disjoint in time).
+    batches: list[list[DataFile]] = field(default_factory=list)
 
     def add(self, files: list[DataFile], rows: int) -> None:
         self.files.extend(files)
+        self.batches.append(files)
         self.num_rows += rows
 
-    def dataset(self) -> ds.Dataset:
-        """The written rows as one Arrow dataset, files in the order they were written."""
-        if not self.files:
+    def dataset(self, files: list[DataFile] | None = None) -> ds.Dataset:
+        """The written rows (of ``files``, default all) as one Arrow dataset, files in the order written."""
+        files = self.files if files is None else files
+        if not files:
             return ds.dataset(self.schema.empty_table())
-        fs, _ = self.storage.filesystem(self.files[0].file_path)
-        paths = [self.storage.filesystem(f.file_path)[1] for f in self.files]
+        fs, _ = self.storage.filesystem(files[0].file_path)
+        paths = [self.storage.filesystem(f.file_path)[1] for f in files]
         return ds.dataset(paths, schema=self.schema, format="parquet", filesystem=fs)
+
+    def _per_batch(self, expr: Agg) -> int:
+        """A ``distinct_rows`` aggregate over key columns that include the timestamp: the sum of its value
+        over the batches (no row of one batch can equal a row of another), each batch's key columns read on
+        their own, so uniqueness is proven in the memory of one batch instead of a hash table of the window."""
+        cols = list(expr.args)
+        total = 0
+        with duck.cursor() as con:
+            for files in self.batches:
+                keys = self.dataset(files).to_table(columns=cols)
+                proven = distinct_rows(keys, tuple(cols))
+                if proven is None:
+                    con.register("frame", keys)
+                    (row,) = con.execute(f"SELECT {expr} FROM frame").fetchall()
+                    con.unregister("frame")
+                    proven = int(row[0] or 0)
+                total += proven
+                del keys
+        return total
 
     def sample(self, columns: list[str], n: int, seed: int) -> pa.Table:
         """What ``validation.stats.sample_rows`` draws from the rows in written order, file by file."""
@@ -379,11 +427,18 @@ class WrittenWindow:
             con.register("frame", dataset)
 
             def query(exprs: list[str]) -> list[Any]:
-                if not exprs:
-                    return []
-                row = con.execute(f"SELECT {', '.join(exprs)} FROM frame").fetchone()
-                assert row is not None
-                return list(row)
+                out: list[Any] = [None] * len(exprs)
+                scan = []
+                for i, e in enumerate(exprs):
+                    if isinstance(e, Agg) and e.op == "distinct_rows" and self.timestamp_field in e.args:
+                        out[i] = self._per_batch(e)
+                    else:
+                        scan.append(i)
+                if scan:
+                    (row,) = con.execute(f"SELECT {', '.join(exprs[i] for i in scan)} FROM frame").fetchall()
+                    for i, v in zip(scan, row, strict=True):
+                        out[i] = v
+                return out
 
             return audit_mod.evaluate_with(query, sample, checks)
 

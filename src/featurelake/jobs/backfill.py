@@ -153,6 +153,9 @@ def run_backfill(
     if isinstance(engine, LocalEngine) and engine.can_batch(tbl, view, window, batch_days):
         # Bounded memory: batch_days at a time, each written as data files; one commit below.
         frame = engine.write_batches(view, window, tbl, batch_days, progress)
+    elif isinstance(engine, LocalEngine):
+        _say(progress, f"computing {view.name} for {window}")
+        frame = engine.compute_whole(view, window, tbl, batch_days)
     else:
         _say(progress, f"computing {view.name} for {window}")
         frame = engine.compute(view, window, tbl)
