@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Install what featurelake's Spark engine (engine.type: spark) needs, offline-friendly:
-#   system  a Java runtime, Debian's SQLite and PostgreSQL JDBC drivers, and jarjar (needs root: apt-get)
+#   system  a Java runtime, Debian's SQLite and PostgreSQL JDBC drivers, jarjar, and httpclient5/httpcore5
+#           (needs root: apt-get)
 #   python  pyspark 3.5 + sqlglot (the `spark` extra), the Iceberg 1.10.2 Spark runtime from the PyPI wheel
-#           snowpark-connect-deps-iceberg (--no-deps: we only want its jars), and the relocated-Jackson jar
-#           that runtime lacks, built here from pyspark's own Jackson jars (never committed; it lands in
-#           $VENV/share/featurelake/spark-jars/)
+#           snowpark-connect-deps-iceberg (--no-deps: we only want its jars), the relocated Jackson and
+#           httpclient5 jars that runtime lacks (built here from pyspark's Jackson and Debian's httpclient5),
+#           and Hadoop's S3A filesystem: hadoop-aws-3.3.1 + aws-java-sdk-bundle-1.11.901 unpacked from the
+#           PyPI sdist sagemaker-pyspark==1.4.5 (downloaded with pip, never installed). All of it lands in
+#           $VENV/share/featurelake/spark-jars/ (never committed).
 #   packages  only print the Debian packages that `system` would install (scripts/setup-system.sh uses it)
 # Usage: scripts/setup-spark.sh [all|system|python|packages]   (default all; VENV defaults to .venv)
 # Where Maven is reachable you can skip the runtime wheel and set engine.spark.conf
@@ -20,6 +23,8 @@ packages() {
   [ -f /usr/share/java/sqlite-jdbc.jar ] || need+=(libxerial-sqlite-jdbc-java)
   [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
   [ -f /usr/share/java/jarjar.jar ] || need+=(libjarjar-java)
+  [ -f /usr/share/java/httpclient5.jar ] || need+=(libhttpclient5-java)
+  [ -f /usr/share/java/httpcore5.jar ] || need+=(libhttpcore5-java)
   echo "${need[*]}"
 }
 
@@ -42,8 +47,24 @@ python_env() {
   "$py" -c 'import pyspark, sqlglot' 2>/dev/null || "$py" -m pip install -q "pyspark>=3.5,<3.6" "sqlglot>=25"
   "$py" -c 'import snowpark_connect_deps_iceberg' 2>/dev/null \
     || "$py" -m pip install -q --no-deps "snowpark-connect-deps-iceberg==1.0.3"
-  # Builds the relocated-Jackson jar (about a second) and lists the jars the engine will load.
+  s3_jars "$py"
+  # Builds the relocated Jackson and httpclient5 jars (about a second each) and lists the jars the engine loads.
   "$py" -m featurelake.engines.spark_jars
+}
+
+# hadoop-aws and the AWS SDK bundle from the sagemaker-pyspark sdist (181 MB download, two jars kept: 193 MB).
+s3_jars() {
+  local py=$1 dir tmp
+  dir=$("$py" -c 'from featurelake.engines.spark_jars import jars_dir; print(jars_dir())')
+  [ -f "$dir/hadoop-aws-3.3.1.jar" ] && [ -f "$dir/aws-java-sdk-bundle-1.11.901.jar" ] && return 0
+  mkdir -p "$dir"
+  tmp=$(mktemp -d)
+  "$py" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "sagemaker-pyspark==1.4.5" \
+    || { rm -rf "$tmp"; echo "setup-spark: could not download sagemaker-pyspark==1.4.5" >&2; return 1; }
+  tar -xzf "$tmp"/sagemaker_pyspark-1.4.5.tar.gz -C "$tmp" \
+    sagemaker_pyspark-1.4.5/deps/jars/hadoop-aws-3.3.1.jar sagemaker_pyspark-1.4.5/deps/jars/aws-java-sdk-bundle-1.11.901.jar
+  mv "$tmp"/sagemaker_pyspark-1.4.5/deps/jars/*.jar "$dir"/
+  rm -rf "$tmp"
 }
 
 case "$what" in

@@ -203,7 +203,10 @@ def build_app(catalog: Catalog, *, token: str | None = None, credential: str | N
             return Response(status_code=204)
         if request.method == "GET":
             return table_result(tbl)
-        commit = CommitTableRequest.model_validate_json(await request.body())
+        raw = json.loads(await request.body())
+        # The spec makes `identifier` optional on this route (Iceberg's Java client leaves it out): the path names it.
+        raw.setdefault("identifier", {"namespace": list(ident[:-1]), "name": ident[-1]})
+        commit = CommitTableRequest.model_validate(raw)
         response = catalog.commit_table(tbl, commit.requirements, commit.updates)
         return Response(response.model_dump_json(), media_type="application/json")
 

@@ -25,6 +25,7 @@ from pyiceberg.expressions import And, Not
 from pyiceberg.table import Table
 
 from featurelake.config import CONFIG_FILE, CatalogConfig, ProjectConfig, SparkConfig
+from featurelake.engines import spark_jars
 from featurelake.engines.aggregate_sql import compile_aggregations
 from featurelake.engines.base import Engine, source_files
 from featurelake.engines.conform import ColumnPlan, check_window, lossy_error, null_error, plan_columns
@@ -32,6 +33,8 @@ from featurelake.engines.spark_session import (
     first_line,
     jdbc_catalog_conf,
     quote_ident,
+    rest_catalog_conf,
+    s3a_conf,
     spark_session,
     stop_spark,
     translate_commit_errors,
@@ -45,6 +48,7 @@ from featurelake.engines.spark_sql import (
 from featurelake.errors import ConfigError, DataError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
+from featurelake.lakehouse.storage import scheme
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
 from featurelake.lakehouse.write import Span, rewrite_span
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import DataType
 
+HADOOP_FILE_IO = "org.apache.iceberg.hadoop.HadoopFileIO"
 _CACHED_FRAMES = 4  # computed frames kept in Spark's cache per engine (a dropped one is recomputed if used)
 
 
@@ -83,19 +88,40 @@ class SparkEngine(Engine):
             settings = settings or (loaded.engine.spark if loaded else SparkConfig())
             catalog_settings = catalog_settings or (loaded.catalog if loaded else CatalogConfig())
         self.settings = settings
-        if catalog_settings.type != "sql":
-            raise ConfigError(
-                f"the Spark engine shares the catalog through Iceberg's JDBC catalog, so it needs catalog.type sql "
-                f"(this project has {catalog_settings.type}); use engine.type: local with this catalog"
-            )
         self.catalog_name = str(catalog.name)
-        self._uri = str(catalog.properties["uri"])
-        self._catalog_conf = jdbc_catalog_conf(
-            self.catalog_name,
-            self._uri,
-            str(catalog.properties["warehouse"]),
-            catalog_settings.lock_timeout_seconds,
-        )
+        warehouse = str(catalog.properties.get("warehouse") or "")
+        if catalog_settings.type == "sql":
+            self._uri = str(catalog.properties["uri"])
+            self._catalog_conf = jdbc_catalog_conf(
+                self.catalog_name, self._uri, warehouse, catalog_settings.lock_timeout_seconds
+            )
+        elif catalog_settings.type == "rest":
+            self._uri = str(catalog.properties["uri"])
+            # The user's catalog.properties as the catalog was opened with them (secrets resolved).
+            passed = {
+                k: str(catalog.properties[k]) for k in catalog_settings.properties if k in catalog.properties
+            }
+            self._catalog_conf = rest_catalog_conf(self.catalog_name, self._uri, warehouse, passed)
+        else:
+            raise ConfigError(
+                f"the Spark engine shares the catalog through Iceberg's JDBC or REST catalog, so it needs "
+                f"catalog.type sql or rest (this project has {catalog_settings.type}); use engine.type: local "
+                "with this catalog, or put a REST catalog in front of it"
+            )
+        kind = scheme(warehouse)
+        if kind not in ("", "file", "s3"):
+            raise ConfigError(
+                f"catalog.warehouse {warehouse}: the Spark engine reaches local paths and s3:// (s3a://) only; "
+                f"{kind}:// needs its Hadoop filesystem on Spark's classpath, so use engine.type: local"
+            )
+        # S3A for every engine: sources or outputs may be on S3 even when the warehouse is not.
+        self._hadoop_conf = s3a_conf(self.storage)
+        if kind == "s3":
+            # Iceberg's Hadoop FileIO (S3A underneath) for table files: the runtime has no AWS SDK v2 for S3FileIO.
+            self._catalog_conf[f"spark.sql.catalog.{self.catalog_name}.io-impl"] = HADOOP_FILE_IO
+            for key, value in self._hadoop_conf.items():
+                self._catalog_conf[f"spark.sql.catalog.{self.catalog_name}.hadoop.{key}"] = value
+            require_s3_jars(self.settings, f"catalog.warehouse {warehouse}")
         self._session: SparkSession | None = None
         self._cached: OrderedDict[int, DataFrame] = OrderedDict()
 
@@ -105,7 +131,7 @@ class SparkEngine(Engine):
         """This engine's session: the shared SparkContext with this project's catalog registered."""
         if self._session is None or self._session.sparkContext._jsc is None:
             session = spark_session(self.settings).newSession()
-            for key, value in self._catalog_conf.items():
+            for key, value in {**self._hadoop_conf, **self._catalog_conf}.items():
                 session.conf.set(key, value)
             session.conf.set("spark.sql.defaultCatalog", self.catalog_name)
             # Nulls in required columns are refused by compute() with a message naming the view; Iceberg's
@@ -132,6 +158,8 @@ class SparkEngine(Engine):
 
         src = view.source
         if src.kind == "parquet":
+            if scheme(src.location) == "s3":
+                require_s3_jars(self.settings, f"view {view.name!r}: source {src.location}")
             df = self.spark.read.parquet(*source_files(src, self.project_dir, view.name, urls=True))
             if src.timestamp_field not in df.columns:
                 raise ConfigError(
@@ -376,6 +404,19 @@ class SparkEngine(Engine):
                 with contextlib.suppress(Exception):
                     self._session.catalog.dropTempView(name)
         self._session = None
+
+
+def require_s3_jars(settings: SparkConfig, what: str) -> None:
+    """ConfigError unless Hadoop's S3A filesystem can be on Spark's classpath (installed, or named by the user)."""
+    named = settings.conf.get("spark.jars", "") + "," + settings.conf.get("spark.jars.packages", "")
+    if "hadoop-aws" in named or spark_jars.s3_jars() is not None:
+        return
+    raise ConfigError(
+        f"{what} is on S3, and Spark reaches S3 through Hadoop's S3A filesystem, which is not installed: "
+        f"{spark_jars.SETUP_HINT} (it unpacks hadoop-aws and the AWS SDK bundle from {spark_jars.S3_SDIST}), "
+        "or where Maven is reachable set engine.spark.conf spark.jars.packages: "
+        "org.apache.hadoop:hadoop-aws:3.3.4"
+    )
 
 
 def arrow_batches(df: DataFrame) -> list[pa.RecordBatch]:

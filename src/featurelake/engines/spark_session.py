@@ -4,6 +4,12 @@ One SparkContext per process (a JVM; starting one costs seconds): :func:`spark_s
 use with the jars, Iceberg's SQL extensions and UTC, and refuses a second master. Engines then open their
 own ``newSession()`` with :func:`jdbc_catalog_conf` applied, so projects with different catalogs share the
 JVM. :func:`translate_commit_errors` turns Java-side commit failures into the exceptions the WAP job retries.
+
+The catalog is the project's own: Iceberg's ``JdbcCatalog`` on the SQL catalog's database
+(:func:`jdbc_catalog_conf`) or Iceberg's ``RESTCatalog`` on the same REST server (:func:`rest_catalog_conf`).
+Object storage is Hadoop's S3A filesystem for ``s3a://`` and ``s3://`` alike (:func:`s3a_conf`), set from the
+``storage.s3`` section; credentials come from the AWS default chain in each JVM (driver and executors), never
+from Spark's configuration.
 """
 
 from __future__ import annotations
@@ -24,11 +30,22 @@ from sqlalchemy.engine import make_url
 from featurelake.config import SparkConfig
 from featurelake.engines import spark_jars
 from featurelake.errors import CatalogUnavailableError, ConfigError
+from featurelake.lakehouse.storage import Storage
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+#: Spark's default redaction pattern plus REST catalog credentials: matching settings are masked in the UI,
+#: the event log and the driver's logs.
+REDACTION_REGEX = "(?i)secret|password|token|access[.]key|credential"
+S3A_FILESYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+#: The AWS SDK's default chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, Java system
+#: properties, web identity, AWS_PROFILE and the shared files, container and instance roles.
+AWS_DEFAULT_CHAIN = "com.amazonaws.auth.DefaultAWSCredentialsProviderChain"
+#: catalog.properties keys that are PyIceberg's own (its FileIO, its REST client's Python options); the rest go
+#: to Iceberg's Java REST client, whose property names are the same (credential, token, scope, header.*, ...).
+_PYTHON_ONLY_PROPERTIES = ("s3.", "py-", "gcs.", "adls.", "hf.", "pyarrow.")
 
 _lock = threading.RLock()
 _root: SparkSession | None = None
@@ -56,6 +73,10 @@ def _static_conf(settings: SparkConfig) -> dict[str, str]:
                 f"spark.jars.packages: {spark_jars.RUNTIME_PACKAGE}"
             )
         jars += [str(runtime), str(spark_jars.jackson_jar())]
+        httpclient = spark_jars.httpclient_jar()
+        if httpclient is not None:  # the REST catalog client's; JDBC catalogs run without it
+            jars.append(str(httpclient))
+    jars += [str(p) for p in spark_jars.s3_jars() or []]
     jars += [str(p) for p in spark_jars.jdbc_jars()]
     if user.get("spark.jars"):
         jars += [j for j in user["spark.jars"].split(",") if j]
@@ -70,6 +91,7 @@ def _static_conf(settings: SparkConfig) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
+        "spark.redaction.regex": REDACTION_REGEX,
     }
     if _is_local(settings.master):
         # Tiny shuffles on one machine; a cluster keeps Spark's defaults (adaptive execution coalesces them).
@@ -198,6 +220,53 @@ def jdbc_catalog_conf(name: str, uri: str, warehouse: str, lock_timeout: float) 
     return conf
 
 
+def rest_catalog_conf(name: str, uri: str, warehouse: str, properties: dict[str, str]) -> dict[str, str]:
+    """Spark SQL settings that register the REST catalog at ``uri`` as Iceberg RESTCatalog ``name``.
+
+    ``properties`` are ``catalog.properties`` with secrets resolved: Iceberg's Java client reads the same names
+    as PyIceberg's (``credential``, ``token``, ``scope``, ``oauth2-server-uri``, ``header.*``, ...); PyIceberg's
+    own (``s3.*``, ``py-*``) are left out. Secret ones live in this process's memory only and are masked by
+    ``spark.redaction.regex`` wherever Spark shows settings.
+    """
+    prefix = f"spark.sql.catalog.{name}"
+    conf = {
+        prefix: "org.apache.iceberg.spark.SparkCatalog",
+        f"{prefix}.type": "rest",
+        f"{prefix}.uri": uri,
+        f"{prefix}.warehouse": warehouse,
+        # PyIceberg commits to the same tables from this process: never act on a cached, stale table.
+        f"{prefix}.cache-enabled": "false",
+    }
+    for key, value in properties.items():
+        if key in ("uri", "warehouse", "type") or key.startswith(_PYTHON_ONLY_PROPERTIES):
+            continue
+        conf[f"{prefix}.{key}"] = value
+    return conf
+
+
+def s3a_conf(storage: Storage) -> dict[str, str]:
+    """Hadoop settings for object storage as ``storage`` (the ``storage.s3`` section) describes it.
+
+    ``s3://`` (PyIceberg writes table locations that way) and ``s3n://`` are Hadoop's S3A filesystem too, so
+    both engines read each other's tables. No credentials: the AWS default chain finds them in each JVM.
+    """
+    conf = {
+        "fs.s3a.impl": S3A_FILESYSTEM,
+        "fs.s3.impl": S3A_FILESYSTEM,
+        "fs.s3n.impl": S3A_FILESYSTEM,
+        "fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+        "fs.AbstractFileSystem.s3a.impl": "org.apache.hadoop.fs.s3a.S3A",
+        "fs.s3a.aws.credentials.provider": AWS_DEFAULT_CHAIN,
+        "fs.s3a.path.style.access": str(storage.s3_path_style).lower(),
+    }
+    if storage.s3_endpoint:
+        conf["fs.s3a.endpoint"] = storage.s3_endpoint
+        conf["fs.s3a.connection.ssl.enabled"] = str(storage.s3_endpoint.startswith("https://")).lower()
+    if storage.region:
+        conf["fs.s3a.endpoint.region"] = storage.region
+    return conf
+
+
 def first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "desc", None) or exc).strip()
     for line in text.splitlines():
@@ -227,6 +296,8 @@ __all__ = [
     "ICEBERG_EXTENSIONS",
     "first_line",
     "jdbc_catalog_conf",
+    "rest_catalog_conf",
+    "s3a_conf",
     "spark_session",
     "stop_spark",
     "translate_commit_errors",
