@@ -140,3 +140,28 @@ def test_concurrent_processes_lose_no_counter_increment(tmp_path: Path) -> None:
     assert [p.wait() for p in procs] == [0, 0, 0]
     total = MetricsState(db).values_at("featurelake_job_success_total", 1e12)
     assert total == {label_key({"job": "j", "view": "v"}): 30.0}
+
+
+def test_a_clock_stepping_back_between_writers_loses_no_increment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer that waited for the lock reads an earlier time than the one before it (an NTP step back,
+    another clock): its sample must still be the newest of the series, or its increment is hidden."""
+    from featurelake.monitoring import state as state_module
+
+    state = _state(tmp_path)
+    key = label_key({"job": "j", "view": "v"})
+    for now, value in ((1000.0, 5.0), (999.5, 7.0), (1001.0, 9.0)):
+        monkeypatch.setattr(state_module, "_clock", lambda now=now: now)
+        rec = Recorder("p")
+        rec.inc("featurelake_job_success_total", {"job": "j", "view": "v"})
+        rec.set("featurelake_online_store_keys", {"view": "v"}, value)
+        state.record(rec.updates, "p")
+    assert state.values_at("featurelake_job_success_total", 1e12) == {key: 3.0}
+    assert state.values_at("featurelake_online_store_keys", 1e12) == {label_key({"view": "v"}): 9.0}
+    # The stepped-back sample was stamped at its predecessor's time, not before it; a later clock resumes.
+    assert state.values_at("featurelake_job_success_total", 1000.0) == {key: 2.0}
+    assert state.values_at("featurelake_online_store_keys", 1000.0) == {label_key({"view": "v"}): 7.0}
+    # Explicit times (synthetic histories, `monitor --now`) are kept as given.
+    state.record([Update("inc", "featurelake_job_success_total", "featurelake_job_success_total", key, 1.0, "counter")], "p", ts=500.0)  # fmt: skip
+    assert state.values_at("featurelake_job_success_total", 600.0) == {key: 4.0}

@@ -6,7 +6,10 @@ window is the difference of the values at both ends) and needs no Prometheus ser
 
 Samples are stored as Prometheus exposes them: a counter ``x_total``, a gauge ``x``, a histogram as
 ``x_bucket{le=…}``, ``x_sum`` and ``x_count``. Writes are serialised by SQLite's write lock, so concurrent jobs
-add to counters without losing increments.
+add to counters without losing increments. A sample's time is read under that lock, and a sample stamped by
+the clock is never stamped before the previous sample of its series: "the value at time t" is the newest
+sample at or before t, so a counter value stamped earlier than the value it added to (a clock that stepped
+back, e.g. an NTP correction between two writers) would hide the increment.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ CREATE TABLE IF NOT EXISTS notes (
 
 #: 2: ``notes`` (which run a gauge's latest value came from); the tables of 1 are kept as they are.
 SCHEMA_VERSION = 2
+
+#: Where sample times come from when the caller gives none (tests replace it to step the clock back).
+_clock = time.time
 
 #: Pruning old samples is a table scan: do it at most this often.
 PRUNE_EVERY_SECONDS = 3600.0
@@ -169,12 +175,14 @@ class MetricsState:
         with self._connect(write=True) as con:
             # The time is read under the write lock: a writer that waited for the lock must not stamp its
             # (newer) counter value earlier than the value it added to, or "latest sample" reads lose it.
-            now = time.time() if ts is None else ts
+            now = _clock() if ts is None else ts
             for (sample, labels), u in merged.items():
                 text = _dump(labels)
                 row = con.execute(
-                    "SELECT id, last_value FROM series WHERE sample = ? AND labels = ?", (sample, text)
+                    "SELECT id, last_value, last_ts FROM series WHERE sample = ? AND labels = ?",
+                    (sample, text),
                 ).fetchone()
+                at = now
                 if row is None:
                     value = u.value
                     cur = con.execute(
@@ -184,13 +192,17 @@ class MetricsState:
                     )
                     series_id = cur.lastrowid
                 else:
-                    series_id, last = row
+                    series_id, last, last_ts = row
                     value = last + u.value if u.op == "inc" else u.value
+                    if ts is None:
+                        # Never before the value this one follows (ties go to the later row): a clock that
+                        # stepped back must not hide this sample behind the previous one.
+                        at = max(now, float(last_ts))
                     con.execute(
                         "UPDATE series SET last_value = ?, last_ts = max(last_ts, ?), source = ? WHERE id = ?",
-                        (value, now, source, series_id),
+                        (value, at, source, series_id),
                     )
-                con.execute("INSERT INTO samples VALUES (?, ?, ?)", (series_id, now, value))
+                con.execute("INSERT INTO samples VALUES (?, ?, ?)", (series_id, at, value))
                 if u.note is not None:
                     con.execute("INSERT OR REPLACE INTO notes VALUES (?, ?, ?)", (sample, text, u.note))
             self._maybe_prune(con, now)
