@@ -302,12 +302,18 @@ class MicroBatchWriter:
             self._reducer = None
 
     def write(
-        self, rows: Any, *, run_id: str | None = None, summary: dict[str, str] | None = None
+        self,
+        rows: Any,
+        *,
+        run_id: str | None = None,
+        summary: dict[str, str] | None = None,
+        online: bool = True,
     ) -> MicroBatchResult:
         """Publish ``rows`` (anything :func:`to_arrow` reads) as one micro-batch; see the module docstring.
 
         ``run_id`` names the branch and the snapshot (default: a new one); ``summary`` adds snapshot
-        summary properties (strings; the lineage keys are featurelake's own). Raises RequestError for rows
+        summary properties (strings; the lineage keys are featurelake's own). ``online=False`` leaves the
+        writer's online store alone for this batch (a push to ``offline`` only). Raises RequestError for rows
         that do not fit the view, and CatalogUnavailableError / StorageUnavailableError / ConflictError when
         the batch could not be published (main is unchanged then; writing the same rows again is safe).
         """
@@ -316,7 +322,7 @@ class MicroBatchWriter:
         frame = self.conform(rows)
         result = MicroBatchResult(self.view.name, run_id, "empty", frame.num_rows)
         if frame.num_rows:
-            self._write(frame, run_id, self._properties(run_id, summary), result)
+            self._write(frame, run_id, self._properties(run_id, summary), result, online)
         result.seconds = time.perf_counter() - t0
         return result
 
@@ -343,7 +349,9 @@ class MicroBatchWriter:
             },
         )
 
-    def _write(self, frame: pa.Table, run_id: str, props: dict[str, str], result: MicroBatchResult) -> None:
+    def _write(
+        self, frame: pa.Table, run_id: str, props: dict[str, str], result: MicroBatchResult, online: bool
+    ) -> None:
         project, view = self.project, self.view
         branch = wap.branch_name(run_id)
         batch = first_per_event(frame, self.keys, self.ts)
@@ -411,7 +419,7 @@ class MicroBatchWriter:
         result.sequence_number = int(snap.sequence_number or 0) if snap is not None else None
         result.report = report
         result.notes.extend(published.notes)
-        if self.online is not None:
+        if self.online is not None and online:
             try:
                 result.online_keys = self.write_online(rows, result.sequence_number or 0)
             except FeaturelakeError as exc:

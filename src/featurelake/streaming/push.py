@@ -173,8 +173,13 @@ class PushService:
                 return out
             with lock:
                 try:
+                    # Offline only: rows pushed online_and_offline are online already, and `featurelake
+                    # sync` brings what main holds to the online store as for any other commit.
                     result = writer.write(
-                        batch.rows, run_id=lineage.new_run_id(), summary={BUFFER_ID: str(batch.last_id)}
+                        batch.rows,
+                        run_id=lineage.new_run_id(),
+                        summary={BUFFER_ID: str(batch.last_id)},
+                        online=False,
                     )
                 except RequestError as exc:  # the view changed since the rows were buffered
                     result = writer.reject(batch.rows, lineage.new_run_id(), f"rows no longer fit: {exc}")

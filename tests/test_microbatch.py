@@ -1,0 +1,251 @@
+"""MicroBatchWriter: conforming rows, idempotency on (key, event timestamp), WAP with the view's audits and
+lineage, refused batches kept aside, online writes that never go back in time; the push buffer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import featurelake
+from featurelake.auditing import wap_run
+from featurelake.errors import ConfigError, RequestError, UsageError
+from featurelake.lakehouse import lineage, wap
+from featurelake.streaming import REJECTED_TABLE, MicroBatchWriter, last_committed
+from featurelake.streaming.buffer import PushBuffer
+from featurelake.streaming.microbatch import first_per_event
+from tests.online_helpers import project
+
+VIEW = "user_features"
+
+
+def rows(items: list[tuple[int, datetime, float | None]]) -> dict[str, list[Any]]:
+    """Columns of feature rows (user, event time, average); count and sum follow from the average."""
+    return {
+        "user_id": [i[0] for i in items],
+        "event_ts": [i[1].isoformat() for i in items],
+        "txn_count_1d": [1 for _ in items],
+        "amount_sum_1d": [float(i[2] or 0.0) for i in items],
+        "amount_avg_1d": [i[2] for i in items],
+    }
+
+
+def d(day: int, hour: int = 0) -> datetime:
+    return datetime(2024, 1, day, hour, tzinfo=UTC)
+
+
+@pytest.fixture
+def fl(tmp_path: Path) -> Iterator[featurelake.Featurelake]:
+    handle = project(tmp_path / "proj", "sqlite")
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def main_rows(fl: featurelake.Featurelake) -> list[tuple[int, datetime, float | None]]:
+    table = fl.read(VIEW)
+    return sorted(
+        (r["user_id"], r["event_ts"], r["amount_avg_1d"])
+        for r in table.select(["user_id", "event_ts", "amount_avg_1d"]).to_pylist()
+    )
+
+
+def test_a_batch_is_published_with_lineage_and_the_callers_summary(fl: featurelake.Featurelake) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW, operation="ingest")
+    result = writer.write(
+        rows([(1, d(5), 1.5), (2, d(5, 3), 2.5)]), run_id="mb-1", summary={"stream.offset": "41"}
+    )
+    assert (result.status, result.written, result.duplicates) == ("published", 2, 0)
+    tbl = fl.project.load_table(VIEW)
+    assert wap.main_snapshot_id(tbl) == result.snapshot_id
+    assert result.snapshot_id is not None
+    snap = tbl.metadata.snapshot_by_id(result.snapshot_id)
+    assert snap is not None and snap.summary is not None
+    props = snap.summary.additional_properties
+    assert props[lineage.RUN_ID] == "mb-1"
+    assert props[lineage.PIPELINE_USER] == "test-user"
+    assert props[lineage.CODE_VERSION]
+    assert props[lineage.VIEW] == VIEW and props[lineage.OPERATION] == "ingest"
+    assert props["stream.offset"] == "41"
+    assert "audit_mb-1" not in tbl.metadata.refs  # published branches are removed
+    assert result.report is not None and result.report.passed
+    assert main_rows(fl) == [(1, d(5), 1.5), (2, d(5, 3), 2.5)]
+    writer.write(rows([(3, d(6), 3.0)]), summary={"stream.offset": "42"})
+    writer.write(rows([(4, d(6), 4.0)]))  # a batch without the property: the newest value stays 42
+    assert last_committed(fl.project, VIEW, "stream.offset") == "42"
+    assert last_committed(fl.project, VIEW, "no.such.key") is None
+
+
+def test_repeats_within_a_batch_and_against_main_are_written_once(fl: featurelake.Featurelake) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW)
+    first = writer.write(rows([(1, d(5), 1.0), (1, d(5), 9.0), (1, d(6), 2.0)]))
+    assert (first.written, first.duplicates) == (2, 1)  # the first value of (1, day 5) wins
+    before = wap.main_snapshot_id(fl.project.load_table(VIEW))
+    again = writer.write(rows([(1, d(5), 1.0), (1, d(6), 2.0)]))
+    assert (again.status, again.written, again.snapshot_id) == ("duplicate", 0, None)
+    assert wap.main_snapshot_id(fl.project.load_table(VIEW)) == before  # nothing committed
+    mixed = writer.write(rows([(1, d(6), 2.0), (2, d(6), 3.0)]))
+    assert (mixed.status, mixed.written, mixed.duplicates) == ("published", 1, 1)
+    assert main_rows(fl) == [(1, d(5), 1.0), (1, d(6), 2.0), (2, d(6), 3.0)]
+    assert writer.write(rows([])).status == "empty"
+
+
+def test_a_rebase_drops_rows_another_writer_published_meanwhile(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers with overlapping batches: the one that publishes second rebases and writes only the rest."""
+    writer, other = MicroBatchWriter(fl.project, VIEW), MicroBatchWriter(fl.project, VIEW)
+    real = wap_run.write_and_audit
+    raced = threading.Event()
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        if not raced.is_set():  # after the branch write, before the publish: the other writer wins
+            raced.set()
+            other.write(rows([(1, d(5), 1.0), (3, d(5), 3.0)]))
+        return out
+
+    monkeypatch.setattr(wap_run, "write_and_audit", racing)
+    result = writer.write(rows([(1, d(5), 1.0), (2, d(5), 2.0)]))
+    assert raced.is_set()
+    assert (result.status, result.written, result.duplicates) == ("published", 1, 1)
+    assert any("rebased" in n for n in result.notes)
+    assert main_rows(fl) == [(1, d(5), 1.0), (2, d(5), 2.0), (3, d(5), 3.0)]
+
+
+def test_a_refused_batch_leaves_main_unchanged_and_its_rows_aside(fl: featurelake.Featurelake) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW)
+    writer.write(rows([(1, d(5), 1.0)]))
+    before = wap.main_snapshot_id(fl.project.load_table(VIEW))
+    # null_rate(amount_avg_1d) <= 0.10 is one of the view's checks: 2 nulls of 3 rows fail it.
+    result = writer.write(rows([(2, d(6), None), (3, d(6), None), (4, d(6), 4.0)]), run_id="bad-1")
+    assert (result.status, result.rejected, result.snapshot_id) == ("refused", 3, None)
+    assert result.verdict is not None and "null rate of amount_avg_1d" in result.verdict
+    assert any(f"features.{REJECTED_TABLE}" in n for n in result.notes)
+    tbl = fl.project.load_table(VIEW)
+    assert wap.main_snapshot_id(tbl) == before
+    assert "audit_bad-1" not in tbl.metadata.refs
+    assert main_rows(fl) == [(1, d(5), 1.0)]
+    kept = fl.read(f"features.{REJECTED_TABLE}").to_pylist()
+    assert sorted(r["row"].count('"amount_avg_1d": null') for r in kept) == [0, 1, 1]
+    assert {(r["view"], r["run_id"]) for r in kept} == {(VIEW, "bad-1")}
+    assert all("null rate of amount_avg_1d" in r["verdict"] for r in kept)
+    assert all(r["report"] == result.report.report_path for r in kept)  # type: ignore[union-attr]
+    # The verdict is in the audit log like a backfill's.
+    assert any(a.run_id == "bad-1" and not a.passed for a in fl.audits(VIEW))
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"bogus": [1]}, "view user_features has no column 'bogus'"),
+        ({"amount_avg_1d": None}, "lack column 'amount_avg_1d'"),
+        ({"event_ts": ["2024-01-05 00:00:00"]}, "column 'event_ts' of view user_features"),
+        ({"event_ts": [1704412800]}, "ISO 8601 text with an offset"),
+        ({"txn_count_1d": ["many"]}, "column 'txn_count_1d' of view user_features holds int64"),
+        ({"user_id": [None]}, "null 'user_id'"),
+    ],
+)
+def test_rows_that_do_not_fit_the_view_are_refused_naming_the_column(
+    fl: featurelake.Featurelake, change: dict[str, Any], needle: str
+) -> None:
+    bad = rows([(1, d(5), 1.0)])
+    for column, values in change.items():
+        if values is None:
+            del bad[column]
+        else:
+            bad[column] = values
+    writer = MicroBatchWriter(fl.project, VIEW)
+    with pytest.raises(RequestError) as info:
+        writer.write(bad)
+    assert needle in str(info.value)
+    assert main_rows(fl) == []
+
+
+def test_naive_timestamps_from_pandas_are_refused(fl: featurelake.Featurelake) -> None:
+    frame = pa.table(
+        {
+            "user_id": [1],
+            "event_ts": pa.array([datetime(2024, 1, 5)], pa.timestamp("us")),
+            "txn_count_1d": [1],
+            "amount_sum_1d": [1.0],
+            "amount_avg_1d": [1.0],
+        }
+    ).to_pandas()
+    with pytest.raises(RequestError, match="need a time zone"):
+        MicroBatchWriter(fl.project, VIEW).write(frame)
+
+
+def test_lineage_keys_cannot_be_overridden(fl: featurelake.Featurelake) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW)
+    with pytest.raises(UsageError, match="run-id"):
+        writer.write(rows([(1, d(5), 1.0)]), summary={lineage.RUN_ID: "x"})
+    with pytest.raises(UsageError, match="strings to strings"):
+        writer.write(rows([(1, d(5), 1.0)]), summary={"offset": 3})  # type: ignore[dict-item]
+    writer.write(rows([(1, d(5), 1.0)]), run_id="once")
+    with pytest.raises(UsageError, match="run id once already exists"):
+        writer.write(rows([(2, d(5), 1.0)]), run_id="once")
+
+
+def test_online_writes_keep_the_newest_event_per_key(fl: featurelake.Featurelake) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW, online=fl.online.store)
+    now = d(7)
+    assert writer.write_online(writer.conform(rows([(1, d(6), 6.0), (1, d(5), 5.0), (2, d(5), 2.0)]))) == 2
+    assert writer.write_online(writer.conform(rows([(1, d(4), 4.0)]))) == 0  # older: ignored
+    got = {r.key: r.values["amount_avg_1d"] for r in fl.online.get(VIEW, [1, 2], now=now)}
+    assert got == {1: 6.0, 2: 2.0}
+    published = writer.write(rows([(2, d(6), 7.0)]))
+    assert published.online_keys == 1
+    got = {r.key: r.values["amount_avg_1d"] for r in fl.online.get(VIEW, [1, 2], now=now)}
+    assert got == {1: 6.0, 2: 7.0}
+
+
+def test_first_per_event_keeps_the_first_row_in_order() -> None:
+    t = pa.table({"k": [2, 1, 2, 1], "ts": [1, 1, 1, 2], "v": ["a", "b", "c", "d"]})
+    assert first_per_event(t, ["k"], "ts").column("v").to_pylist() == ["a", "b", "d"]
+
+
+def test_buffer_keeps_entries_in_order_until_removed(tmp_path: Path) -> None:
+    buf = PushBuffer(tmp_path / "push")
+    a = pa.table({"x": [1, 2]})
+    ids = [buf.append("v", a), buf.append("w", pa.table({"x": [9]})), buf.append("v", pa.table({"x": [3]}))]
+    assert ids == sorted(ids)
+    assert [(p.view, p.rows, p.entries) for p in buf.pending()] == [("v", 3, 2), ("w", 1, 1)]
+    first = buf.take("v", max_rows=2)
+    assert first is not None and first.rows.column("x").to_pylist() == [1, 2] and first.last_id == ids[0]
+    whole = buf.take("v", max_rows=100)
+    assert whole is not None and whole.rows.column("x").to_pylist() == [1, 2, 3]
+    assert buf.remove("v", first.last_id) == 1
+    buf.close()
+    reopened = PushBuffer(tmp_path / "push")  # what survives a restart
+    assert [(p.view, p.rows) for p in reopened.pending()] == [("v", 1), ("w", 1)]
+    with reopened.flush_lock() as mine, PushBuffer(tmp_path / "push").flush_lock() as theirs:
+        assert (mine, theirs) == (True, False)  # one flusher at a time, across processes (flock)
+    assert reopened.take("nothing", 10) is None
+
+
+def test_buffer_in_an_unwritable_place_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"push\.buffer"):
+        PushBuffer(blocker / "push")
+
+
+def test_fl_push_offline_publishes_before_returning(fl: featurelake.Featurelake) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    result = fl.push(VIEW, rows([(1, now - timedelta(hours=1), 1.0)]), to="offline")
+    assert (result.buffered, result.online_keys) == (1, 0)
+    assert [p.status for p in result.published] == ["published"]
+    assert main_rows(fl) == [(1, now - timedelta(hours=1), 1.0)]
+    assert fl.pusher.buffer.pending() == []
+    with pytest.raises(RequestError, match="'to' must be one of"):
+        fl.push(VIEW, rows([(1, now, 1.0)]), to="everywhere")
+    with pytest.raises(RequestError, match="no feature view 'nope'") as info:
+        fl.push("nope", rows([(1, now, 1.0)]))
+    assert info.value.http_status == 404
