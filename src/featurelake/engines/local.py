@@ -125,6 +125,8 @@ class LocalEngine(Engine):
                     assert aggregated is not None  # a SELECT always gives a relation
                     result = aggregated
                 return result.to_arrow_table()
+            except duckdb.OutOfMemoryException:
+                raise  # not the query's fault: the callers say which setting to lower
             except duckdb.Error as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise SchemaError(f"view {view.name!r}: {stage} failed in DuckDB: {first}") from exc

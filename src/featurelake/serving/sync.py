@@ -58,7 +58,7 @@ from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IcebergType, IntegerType, LongType
 
-from featurelake.errors import CatalogUnavailableError, ConflictError
+from featurelake.errors import CatalogUnavailableError, ConfigError, ConflictError
 from featurelake.features.keys import as_keys, decode_key, key_sql
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.wap import main_snapshot_id
@@ -694,9 +694,21 @@ def sync_view(
     planned = plan_sync(project, store, view, full=full, progress=progress)
     if not planned.done:
         settings = project.config.settings.online_store
-        _apply_locally(
-            planned, store, chunk=settings.write_chunk, progress=progress, batch_rows=settings.sync_batch_rows
-        )
+        try:
+            _apply_locally(
+                planned,
+                store,
+                chunk=settings.write_chunk,
+                progress=progress,
+                batch_rows=settings.sync_batch_rows,
+            )
+        except (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException) as exc:
+            raise ConfigError(
+                f"view {view.name!r}: out of memory syncing {planned.result.mode} ({type(exc).__name__}: {exc}); "
+                f"lower online_store.sync_batch_rows (FEATURELAKE_ONLINE_STORE__SYNC_BATCH_ROWS, now "
+                f"{settings.sync_batch_rows}) so that fewer rows are read at once, or give the process more "
+                "memory; the watermark did not move, so the next sync redoes this one"
+            ) from exc
     return finish_sync(project, store, planned)
 
 
