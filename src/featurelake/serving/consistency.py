@@ -1,7 +1,8 @@
 """Is what the online store serves what Iceberg main says? ``featurelake consistency VIEW`` answers per key.
 
 **Expected values** are what a full sync would write now: main's live data files read through the sync's
-own reader (:func:`~featurelake.serving.sync.read_added`, row-level deletes applied) and reduced by the
+own reader (:func:`~featurelake.serving.sync.iter_added`, row-level deletes applied, in parts of
+``online_store.sync_batch_rows`` rows) and reduced by the
 sync's :class:`~featurelake.serving.sync.Reducer` to the latest row per key by (event time, sequence
 number), encoded exactly as the store holds it. Nothing here re-implements that rule.
 
@@ -43,7 +44,7 @@ import orjson
 from featurelake.errors import OnlineStoreUnavailableError, UsageError
 from featurelake.features.keys import describe_key
 from featurelake.serving import codec
-from featurelake.serving.sync import Reducer, SyncPlan, SyncProgress, key_values, plan_sync, read_added
+from featurelake.serving.sync import Reducer, SyncPlan, SyncProgress, iter_added, key_values, plan_sync
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -206,19 +207,29 @@ def _order(diff: KeyDiff) -> tuple[tuple[int, int, str], ...]:
 def _expected(
     project: Project, store: OnlineStore, view: FeatureView
 ) -> tuple[SyncPlan, dict[str, _Expected]]:
-    """(the plan, main's latest record per store key) as a full sync would write them now."""
+    """(the plan, main's latest record per store key) as a full sync would write them now.
+
+    Main is read as the sync reads it, ``online_store.sync_batch_rows`` rows at a time; each part is reduced
+    to its latest record per key and merged by (event time, sequence number), so memory holds one record per
+    key, never the whole table.
+    """
     planned = plan_sync(project, store, view, full=True, progress=SyncProgress())
     if planned.current is None:
         return planned, {}
-    rows = read_added(planned)
+    best: dict[str, tuple[int, int, str]] = {}
     reducer = Reducer(view.join_keys, view.timestamp_field, planned.types)
     try:
-        records = reducer.records(rows)
+        for part in iter_added(planned, project.config.settings.online_store.sync_batch_rows):
+            records = reducer.records(part)
+            for k, ts, seq, payload in zip(
+                records.keys, records.event_ts, records.seqs, records.payloads, strict=True
+            ):
+                held = best.get(k)
+                if held is None or (ts, seq) > held[:2]:
+                    best[k] = (ts, seq, payload)
     finally:
         reducer.close()
-    return planned, {
-        k: _Expected(ts, p) for k, ts, p in zip(records.keys, records.event_ts, records.payloads, strict=True)
-    }
+    return planned, {k: _Expected(ts, payload) for k, (ts, _, payload) in best.items()}
 
 
 def _read(store: OnlineStore, view: str, keys: list[str]) -> list[Stored]:

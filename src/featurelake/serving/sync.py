@@ -519,10 +519,8 @@ def plan_sync(
 def read_added(planned: SyncPlan) -> pa.Table:
     """The rows of the plan's added files (every live file of main in full mode), projected to the plan's
     columns, with each row's data sequence number in :data:`SEQ`; with row-level delete files, main's rows
-    as PyIceberg reads them (deletes applied), all at main's current sequence number.
-
-    ``featurelake consistency`` reads main's latest row per key through this and :class:`Reducer`, so it
-    judges the online store by exactly what a full sync would write.
+    as PyIceberg reads them (deletes applied), all at main's current sequence number. :func:`iter_added`
+    yields the same rows in parts (the local sync and ``featurelake consistency`` read through it).
     """
     current = planned.current
     assert current is not None
