@@ -28,6 +28,9 @@ ISSUE_METRICS = {
     "featurelake_online_sync_lag_seconds": ("gauge", ("view",)),
     # Issue 19 item 5: written by `featurelake consistency`.
     "featurelake_online_consistency_mismatch_ratio": ("gauge", ("view", "store")),
+    # Issue 19 item 4: written by `featurelake ingest`.
+    "featurelake_stream_lag_seconds": ("gauge", ("view",)),
+    "featurelake_stream_messages_total": ("counter", ("view", "outcome")),
     "featurelake_last_success_timestamp_seconds": ("gauge", ("job", "view")),
     "featurelake_prediction_latency_seconds": ("histogram", ("endpoint",)),
     "featurelake_job_duration_seconds": ("histogram", ("job",)),

@@ -27,6 +27,8 @@ Hot-path helpers for the server (no locks beyond prometheus_client's own, no I/O
 | featurelake_online_sync_lag_snapshots | gauge | view | main snapshots not yet synced online |
 | featurelake_online_sync_lag_seconds | gauge | view | age of the newest unsynced main snapshot |
 | featurelake_online_consistency_mismatch_ratio | gauge | view, store | share of the keys `featurelake consistency` checked whose online value differs from Iceberg main's latest (mismatched, missing, stale or extra) |
+| featurelake_stream_lag_seconds | gauge | view | `featurelake ingest`: seconds from the newest event of the last micro-batch to its online visibility (to its publish on main with `--no-online`) |
+| featurelake_stream_messages_total | counter | view, outcome | messages `featurelake ingest` consumed, by outcome: `written`, `duplicate` (key and event time already published), `skipped` (offset already committed), `bad` (unreadable, kept aside), `refused` (the audit refused its batch, kept aside) |
 | featurelake_last_success_timestamp_seconds | gauge | job, view | Unix time of the last success |
 | featurelake_prediction_latency_seconds | histogram | endpoint | server request latency |
 | featurelake_job_duration_seconds | histogram | job | wall time of a job, success or failure |
@@ -134,6 +136,18 @@ SPECS: dict[str, MetricSpec] = {
             "gauge",
             ("view", "store"),
             "Share of the checked keys whose online value differs from Iceberg main's latest.",
+        ),
+        MetricSpec(
+            "featurelake_stream_lag_seconds",
+            "gauge",
+            ("view",),
+            "Seconds from the newest event of the last ingested micro-batch to its online visibility.",
+        ),
+        MetricSpec(
+            "featurelake_stream_messages_total",
+            "counter",
+            ("view", "outcome"),
+            "Stream messages consumed by featurelake ingest, by outcome.",
         ),
         MetricSpec(
             "featurelake_last_success_timestamp_seconds",

@@ -82,6 +82,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Sync VIEW (default: every view) from Iceberg main to the online store, incrementally.",
     ),
     "get": ("serving_cmds", "get", "Look up KEYS of VIEW in the online store."),
+    "ingest": (
+        "stream_cmds",
+        "ingest",
+        "Consume a stream (Redis Streams, NATS JetStream) into VIEW in audited micro-batches, at least once.",
+    ),
     "serve": ("serving_cmds", "serve", "Serve online features and predictions over HTTP."),
     "consistency": (
         "consistency_cmds",
