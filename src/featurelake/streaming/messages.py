@@ -105,6 +105,16 @@ class MessageDecoder:
             return pa.array([_decimal(v) for v in values], t)
         if pa.types.is_date(t):
             return pa.array(values, pa.string()).cast(t)
+        if pa.types.is_integer(t) or pa.types.is_floating(t):
+            # Inferred, then a safe cast: pa.array(values, int64) would truncate 1.5 to 1 silently.
+            inferred = pa.array(values)
+            if pa.types.is_boolean(inferred.type) or not (
+                pa.types.is_integer(inferred.type)
+                or pa.types.is_floating(inferred.type)
+                or pa.types.is_null(inferred.type)
+            ):
+                raise _Bad(f"{values[0] if len(values) == 1 else 'a value'!r} is not a number")
+            return inferred.cast(t)
         return pa.array(values, t)
 
     def _columns(self, objects: list[dict[str, Any]]) -> pa.Table:

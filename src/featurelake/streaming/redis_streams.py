@@ -1,7 +1,8 @@
 """Redis Streams through a consumer group: ``redis://[:PASSWORD@]HOST:PORT[/DB]/STREAM[?group=G&consumer=C]``.
 
 The path's last segments name the stream; a leading numeric segment followed by more is the database
-(``redis://h:6379/2/clicks`` is stream ``clicks`` in db 2; ``redis://h:6379/clicks`` is db 0). The group
+(``redis://h:6379/2/clicks`` is stream ``clicks`` in db 2; ``redis://h:6379/clicks`` is db 0; a lone number,
+``redis://h:6379/0``, is refused as naming no stream: write ``/0/123`` for a stream named ``123``). The group
 (default ``featurelake-<view>``) is created when missing (``XGROUP CREATE … MKSTREAM``), starting after the
 newest offset a committed snapshot holds, else at the start of the stream. The consumer name (default
 ``ingest``) stays the same across restarts, so a restarted consumer first reads its own pending entries
@@ -86,7 +87,7 @@ class RedisStreamsBroker(Broker):
             db, stream = int(segments[0]), "/".join(segments[1:])
         else:
             db, stream = 0, "/".join(segments)
-        if not stream:
+        if not stream or (len(segments) == 1 and stream.isdigit()):
             raise UsageError(
                 f"--from {hide_password(url)!r} names no stream: write redis://HOST:PORT/STREAM or "
                 "redis://HOST:PORT/DB/STREAM"
