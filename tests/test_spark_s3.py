@@ -1,0 +1,140 @@
+"""The Spark engine with the warehouse and the sources only in S3 (moto's server on loopback), on the SQL catalog
+(Iceberg's JdbcCatalog on the same database) and on the REST catalog adapter (Iceberg's RESTCatalog on the same
+server): backfill (one refused by its audit), predict, sync and maintain run on Spark in their own process
+(tests/spark_s3_flow.py); this process then reads what Spark wrote with PyIceberg.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import featurelake
+from featurelake.config import SparkConfig
+from featurelake.engines.spark import SparkEngine
+from featurelake.errors import ConfigError
+from tests.helpers import transactions
+from tests.rest_catalog import RestCatalogProcess
+from tests.s3_project import corrupt_days, s3_project, upload_hive_source
+from tests.s3_servers import S3Bucket, moto_s3, s3
+from tests.spark_support import TEST_JVM, assert_rows_close, expected_features, sorted_rows
+
+_FIXTURES = (moto_s3, s3)
+pytestmark = [pytest.mark.spark, pytest.mark.s3]
+REPO = Path(__file__).resolve().parent.parent
+VIEW = "user_features"
+TOKEN = "rest-token-spark-5a4b"
+
+
+def spark_config(master: str = "local[2]", conf: dict[str, str] | None = None) -> str:
+    settings = {
+        "spark.driver.extraJavaOptions": TEST_JVM,
+        "spark.sql.shuffle.partitions": "2",
+        **(conf or {}),
+    }
+    lines = "".join(f"      {k}: '{v}'\n" for k, v in settings.items())
+    return f"engine:\n  type: spark\n  spark:\n    master: '{master}'\n    conf:\n{lines}"
+
+
+def run_flow(root: Path, steps: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    """tests/spark_s3_flow.py in its own process (its JVM reads the AWS environment when it starts)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.spark_s3_flow", str(root), steps],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result: dict[str, object] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+@pytest.fixture(params=["sql", "rest"])
+def catalog(request: pytest.FixtureRequest, s3: S3Bucket, tmp_path: Path) -> Iterator[str]:
+    """The ``catalog:`` keys: the SQL catalog, or the REST adapter behind a bearer token from the environment."""
+    if request.param == "sql":
+        yield ""
+        return
+    server = RestCatalogProcess(
+        f"sqlite:///{tmp_path}/rest-backend.db", s3.url("warehouse"), s3_endpoint=s3.endpoint, token=TOKEN
+    ).start()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FL_TEST_CATALOG_TOKEN", TOKEN)
+    try:
+        yield f"  type: rest\n  uri: {server.url}\n  properties:\n    token: '${{FL_TEST_CATALOG_TOKEN}}'\n"
+    finally:
+        mp.undo()
+        server.stop()
+
+
+def local_files(root: Path) -> list[Path]:
+    """Table data or metadata on the local disk under ``root``."""
+    suffixes = (".parquet", ".avro", ".metadata.json")
+    return [p for p in root.rglob("*") if p.is_file() and p.name.endswith(suffixes)]
+
+
+def test_spark_flow_on_s3(catalog: str, s3: S3Bucket, tmp_path: Path) -> None:
+    root = s3_project(tmp_path / "proj", s3, catalog=catalog, extra=spark_config())
+    upload_hive_source(s3, corrupt_days(10))  # days 10-11: the third backfill's audit refuses them
+    with featurelake.open(root) as fl:
+        fl.apply()
+    result = run_flow(root, "backfill,refused,predict,sync,maintain")
+    assert result["engine"] == "spark"
+
+    backfill = result["backfill"]
+    assert isinstance(backfill, dict)
+    assert "null rate of amount_avg_1d" in str(result["refused"])
+    with featurelake.open(root) as fl:
+        tbl = fl.project.catalog.load_table(f"features.{VIEW}")
+        # what Spark wrote (days 0-2 twice: the last run rewrote them), read by PyIceberg
+        assert_rows_close(sorted_rows(tbl.scan().to_arrow()), expected_features(transactions(), 0, 10))
+        runs = [s.summary for s in tbl.snapshots() if s.summary is not None and "run-id" in s.summary]
+        assert {r["run-id"] for r in runs} >= {"second", "broken", "again"}  # "first" expired
+        assert all(r.get("engine-name") == "spark" for r in runs)
+        # the refused run's branch is still there, main is the last good run
+        assert "audit_broken" in tbl.metadata.refs
+        predictions = fl.project.catalog.load_table("predictions.scorer")
+        predict = result["predict"]
+        assert isinstance(predict, dict)
+        assert predictions.scan().to_arrow().num_rows == 2 * predict["rows"]
+        assert all(
+            t.file.file_path.startswith(f"s3://{s3.bucket}/warehouse/predictions/scorer/")
+            for t in predictions.scan().plan_files()
+        )
+    assert isinstance(result["sync"], int) and result["sync"] > 0
+    maintain = result["maintain"]
+    assert isinstance(maintain, dict)
+    assert maintain["expired"] > 0 and maintain["deleted"] and maintain["compacted_snapshot"] is not None
+    objects = set(s3.objects("warehouse/"))
+    deleted = {str(u).split(f"{s3.bucket}/", 1)[1] for u in maintain["deleted"]}
+    assert deleted and not (deleted & objects)
+    # the warehouse is the bucket: no table file on the local disk
+    assert local_files(root) == []
+    assert any(k.startswith("warehouse/features/user_features/data/") for k in objects)
+
+
+def test_spark_needs_s3a_jars_for_an_s3_warehouse(
+    s3: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = s3_project(tmp_path / "proj", s3, extra=spark_config())
+    monkeypatch.setenv("FEATURELAKE_SPARK_JARS_DIR", str(tmp_path / "no-jars"))
+    with featurelake.open(root) as fl:
+        with pytest.raises(ConfigError, match=r"S3A filesystem, which is not installed.*setup-spark"):
+            SparkEngine(fl.project.catalog, root, SparkConfig(), fl.project.config.settings.catalog)
+
+
+def test_spark_refuses_a_catalog_it_cannot_share(s3: S3Bucket, tmp_path: Path) -> None:
+    root = s3_project(tmp_path / "proj", s3, extra=spark_config())
+    with featurelake.open(root) as fl:
+        catalog_settings = fl.project.config.settings.catalog.model_copy(update={"type": "glue"})
+        with pytest.raises(ConfigError, match=r"catalog.type sql or rest .*glue"):
+            SparkEngine(fl.project.catalog, root, SparkConfig(), catalog_settings)
