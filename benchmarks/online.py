@@ -22,9 +22,16 @@
     lookup ``bench_features:f00`` of the same entity, interleaved; overhead = difference of the medians
     (target <= 0.2 ms), and the ratio of the medians. The on-demand lookup reads all 20 features of its source
     view (the udf sees them all, as in a training set), builds the input table and runs the udf.
+(f) **Push -> online visibility**: ``featurelake serve --workers 1``; a load generator in another process sends
+    sequential keep-alive ``POST /push`` (``"to": "online"``, one row of 20 features for a random entity, an
+    event time newer than any before) and right after the 200 a ``POST /get-online-features`` of that entity,
+    repeated until it returns the pushed value; visibility = from sending the push to that answer (p50/p99,
+    target p99 <= 5 ms), and the push alone. Reference: raw redis-py ``HSET`` of the row plus ``HGETALL`` of it,
+    timed in that same process; ratio = featurelake p99 / raw p99.
 
     .venv/bin/python benchmarks/online.py [--users 50000] [--days 20] [--requests 2000]
                                           [--concurrency-seconds 10] [--json PATH] [--on-demand-only]
+                                          [--push-only]
 
 Targets (feast-baseline.md, same machine): sync >= 2x faster than Feast's materialize; server p99 <= 2 ms at
 1 entity and <= 10 ms at 100 (issue: 3 ms / 15 ms); in-process 100-entity lookup p99 <= 3 ms; p99 <= 25 ms at
@@ -99,6 +106,53 @@ bench_ratio = OnDemandFeatureView(
 )
 '''
 ON_DEMAND_TARGET_MS = 0.2
+PUSH_TARGET_MS = 5.0
+
+PUSH_LOADGEN = textwrap.dedent(
+    """
+    import http.client, json, random, sys, time
+    from datetime import UTC, datetime, timedelta
+    import redis
+
+    port, redis_port, n, users, seed = (int(a) for a in sys.argv[1:6])
+    view, features = sys.argv[6], json.loads(sys.argv[7])
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    raw = redis.Redis(host="127.0.0.1", port=redis_port, db=1)
+    start = datetime.now(UTC)
+    visible, pushed, ref, retries = [], [], [], 0
+    for i in range(n + 200):  # the first 200 warm up
+        uid = rng.randint(1, users)
+        values = {f: rng.random() for f in features}
+        ts = (start + timedelta(milliseconds=i)).isoformat()  # newer than every earlier event
+        df = {"user_id": [uid], "event_ts": [ts], **{f: [v] for f, v in values.items()}}
+        body = json.dumps({"push_source_name": view, "df": df, "to": "online"})
+        lookup = json.dumps({"features": [f"{view}:f00"], "entities": {"user_id": [uid]}})
+        t0 = time.perf_counter()
+        conn.request("POST", "/push", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        t1 = time.perf_counter()
+        if resp.status != 200:
+            raise SystemExit(f"push: HTTP {resp.status}: {data[:300]!r}")
+        while True:
+            conn.request("POST", "/get-online-features", lookup)
+            resp = conn.getresponse()
+            got = json.loads(resp.read())
+            if got["results"][1]["values"][0] == values["f00"]:
+                break
+            retries += 1
+        t2 = time.perf_counter()
+        raw.hset(f"push:{uid}", mapping=values)
+        raw.hgetall(f"push:{uid}")
+        t3 = time.perf_counter()
+        if i >= 200:
+            visible.append(t2 - t0)
+            pushed.append(t1 - t0)
+            ref.append(t3 - t2)
+    print(json.dumps({"visible": visible, "push": pushed, "raw": ref, "retries": retries}))
+    """
+)
 
 LOADGEN = textwrap.dedent(
     """
@@ -378,6 +432,60 @@ def print_on_demand(d: dict[str, list[float]]) -> None:
     )
 
 
+def bench_push(args: argparse.Namespace, project_dir: Path, redis_port: int) -> dict[str, Any]:
+    """(f): push -> online visibility over HTTP, beside raw redis-py HSET + HGETALL."""
+    with running_server(project_dir, "--workers", "1") as port:
+        out = subprocess.run(
+            [sys.executable, "-c", PUSH_LOADGEN, str(port), str(redis_port), str(args.requests), str(args.users),
+             str(args.seed), VIEW, json.dumps(FEATURES)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )  # fmt: skip
+    if out.returncode != 0:
+        raise SystemExit(f"push load generator failed: {out.stderr}{out.stdout}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def print_push(d: dict[str, Any]) -> None:
+    n = len(d["visible"])
+    print(f"\n(f) push -> online visibility over HTTP, {n} sequential pushes of 1 row x 20 features (ms)")
+    print(f"  {'':44s} {'p50':>7s} {'p99':>7s}")
+    print(
+        f"  {'POST /push, then lookups until it is visible':44s} {pct(d['visible'], 0.5):7.2f} {pct(d['visible'], 0.99):7.2f}"
+    )
+    print(f"  {'POST /push alone (200 received)':44s} {pct(d['push'], 0.5):7.2f} {pct(d['push'], 0.99):7.2f}")
+    print(f"  {'raw redis-py HSET + HGETALL':44s} {pct(d['raw'], 0.5):7.2f} {pct(d['raw'], 0.99):7.2f}")
+    p99 = pct(d["visible"], 0.99)
+    met = "met" if p99 <= PUSH_TARGET_MS else "NOT met"
+    print(
+        f"  visibility p99 {p99:.2f} ms (target <= {PUSH_TARGET_MS:g} ms: {met}); ratio to raw p99: "
+        f"{p99 / pct(d['raw'], 0.99):.1f}; lookups that did not see the push yet: {d['retries']}"
+    )
+
+
+def push_only(args: argparse.Namespace) -> None:
+    """(f) alone, on a small synced project (no wrk)."""
+    work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
+    redis_proc, redis_port = start_redis(work)
+    try:
+        rows = make_rows(args.users, args.days, args.seed)
+        fl = setup_project(work / "proj", f"redis://127.0.0.1:{redis_port}/0", rows)
+        fl.sync()
+        print(f"load average {os.getloadavg()[0]:.2f}; {args.users} users x {args.days} days x 20 features")
+        result = bench_push(args, fl.project.root, redis_port)
+        print_push(result)
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
+        if args.json:
+            args.json.write_text(json.dumps({"push": result}, indent=1))
+        fl.close()
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def on_demand_only(args: argparse.Namespace) -> None:
     """(e) alone, on a small synced project (no server, no wrk)."""
     work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
@@ -405,9 +513,13 @@ def main() -> None:
     ap.add_argument("--concurrency-seconds", type=float, default=10.0, help="wrk run per level and server")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--on-demand-only", action="store_true", help="only (e), on a small synced project")
+    ap.add_argument("--push-only", action="store_true", help="only (f), on a small synced project")
     args = ap.parse_args()
     if args.on_demand_only:
         on_demand_only(args)
+        return
+    if args.push_only:
+        push_only(args)
         return
     wrk_binary()  # fail now when wrk is missing, not after the sync
 
@@ -482,6 +594,8 @@ def main() -> None:
         print(f"  errors (connect, read, write, timeout, non-2xx): {errors}")
         on_demand = bench_on_demand(args, fl)
         print_on_demand(on_demand)
+        pushed = bench_push(args, fl.project.root, redis_port)
+        print_push(pushed)
         print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
         if args.json:
             args.json.write_text(
@@ -492,6 +606,7 @@ def main() -> None:
                         "inprocess": inproc,
                         "concurrency": conc,
                         "on_demand": on_demand,
+                        "push": pushed,
                     },
                     indent=1,
                 )

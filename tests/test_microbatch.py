@@ -11,6 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import featurelake
 from featurelake.auditing import wap_run
@@ -249,3 +251,106 @@ def test_fl_push_offline_publishes_before_returning(fl: featurelake.Featurelake)
     with pytest.raises(RequestError, match="no feature view 'nope'") as info:
         fl.push("nope", rows([(1, now, 1.0)]))
     assert info.value.http_status == 404
+
+
+EVERY_TYPE = {
+    "b": "boolean",
+    "i": "int",
+    "l": "long",
+    "f": "float",
+    "d": "double",
+    "s": "string",
+    "dt": "date",
+    "t": "timestamp",
+    "dec": "decimal(10,2)",
+    "bin": "binary",
+}
+
+
+def _every_type_view() -> Any:
+    from featurelake import Entity, FeatureView, Source
+
+    return FeatureView(
+        name="typed",
+        entity=Entity("pair", join_keys=["user_id", "merchant"]),
+        source=Source.parquet("data/none/*.parquet", timestamp_field="event_ts"),
+        query="SELECT * FROM source",
+        timestamp_field="event_ts",
+        fields=EVERY_TYPE,
+    )
+
+
+_floats = st.floats(allow_nan=True, allow_infinity=True) | st.none()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(
+        st.tuples(
+            st.integers(1, 3),
+            st.sampled_from(["m", "a,b", "100%"]),
+            st.integers(0, 10**9),
+            st.floats(width=32, allow_nan=True, allow_infinity=True) | st.none(),
+            _floats,
+            st.none() | st.text(max_size=5),
+            st.none() | st.decimals(min_value=-999, max_value=999, places=2, allow_nan=False),
+            st.none() | st.binary(max_size=4),
+        ),
+        min_size=1,
+        max_size=8,
+        unique_by=lambda v: v[2],  # one event per time: the latest row per key is unambiguous
+    )
+)
+def test_the_small_push_encoder_stores_what_the_sync_stores(values: list[tuple[Any, ...]]) -> None:
+    """The Python encoder of small pushes and the sync's DuckDB Reducer give the same keys, event times and
+    decoded payloads (NaN, infinities, nulls, float32, decimals, dates, timestamps, bytes, composite keys)."""
+    import json as _json
+
+    import numpy as np
+
+    from featurelake.serving import codec
+    from featurelake.serving.sync import SEQ, Reducer
+    from featurelake.streaming.microbatch import SmallEncoder
+
+    view = _every_type_view()
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    table = pa.table(
+        {
+            "user_id": pa.array([v[0] for v in values], pa.int64()),
+            "merchant": pa.array([v[1] for v in values], pa.string()),
+            "event_ts": pa.array(
+                [base + timedelta(microseconds=v[2]) for v in values], pa.timestamp("us", "UTC")
+            ),
+            "b": pa.array([v[2] % 2 == 0 for v in values]),
+            "i": pa.array([v[2] % 1000 for v in values], pa.int32()),
+            "l": pa.array([v[2] for v in values], pa.int64()),
+            "f": pa.array([None if v[3] is None else np.float32(v[3]) for v in values], pa.float32()),
+            "d": pa.array([v[4] for v in values], pa.float64()),
+            "s": pa.array([v[5] for v in values], pa.string()),
+            "dt": pa.array([(base + timedelta(days=v[2] % 400)).date() for v in values], pa.date32()),
+            "t": pa.array([base + timedelta(seconds=v[2]) for v in values], pa.timestamp("us", "UTC")),
+            "dec": pa.array([v[6] for v in values], pa.decimal128(10, 2)),
+            "bin": pa.array([v[7] for v in values], pa.binary()),
+        }
+    )
+    encoder = SmallEncoder(view)
+    assert encoder.usable
+    small = encoder.records(table, 5)
+    reducer = Reducer(view.join_keys, view.timestamp_field, codec.field_types(view))
+    try:
+        big = reducer.records(table.append_column(SEQ, pa.array([5] * table.num_rows, pa.int64())))
+    finally:
+        reducer.close()
+
+    def by_key(records: Any) -> dict[str, tuple[int, int, Any]]:
+        return {
+            k: (t, s, _json.loads(p))
+            for k, t, s, p in zip(records.keys, records.event_ts, records.seqs, records.payloads, strict=True)
+        }
+
+    mine, theirs = by_key(small), by_key(big)
+    assert mine.keys() == theirs.keys()
+    for key, (ts, seq, payload) in mine.items():
+        other_ts, other_seq, other = theirs[key]
+        assert (ts, seq) == (other_ts, other_seq)
+        assert payload == other

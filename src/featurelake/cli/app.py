@@ -88,6 +88,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Consume a stream (Redis Streams, NATS JetStream) into VIEW in audited micro-batches, at least once.",
     ),
     "serve": ("serving_cmds", "serve", "Serve online features and predictions over HTTP."),
+    "ui": ("ui_cmds", "ui", "Serve the web UI: views, runs, audits, models, online store and alerts."),
     "consistency": (
         "consistency_cmds",
         "consistency",

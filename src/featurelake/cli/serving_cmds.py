@@ -178,13 +178,16 @@ def _composite_key(view: str, columns: list[str], is_int: tuple[bool, ...], text
 def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Serve online features and predictions over HTTP.
 
-    POST /get-online-features, POST /predict/{model}, POST /push, GET /metrics, GET /healthz.
+    POST /get-online-features, POST /predict/{model}, POST /push, GET /metrics, GET /healthz, and the web
+    UI under /ui (behind server.token when it is set).
     """
     from featurelake.monitoring.serving import RegistryFlusher
     from featurelake.serving.server import serve as run
     from featurelake.streaming.push import PushService
+    from featurelake.ui import mount
 
     project = c.fl.project
+    fl = c.fl
     # Latency and predictions into the local metrics state too, for `featurelake monitor` without Prometheus.
     run(
         project,
@@ -195,6 +198,7 @@ def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, log_l
         push=lambda store: PushService(project, store),
         workers=workers,
         worker_app=f"{__name__}:worker_app",
+        wrap=lambda app: mount(app, fl),
     )
 
 
@@ -211,13 +215,15 @@ def worker_app() -> Any:
     from featurelake.monitoring.serving import RegistryFlusher
     from featurelake.serving.server import WORKER_PROJECT_ENV, create_app
     from featurelake.streaming.push import PushService
+    from featurelake.ui import mount
 
     fl = open_project(os.environ[WORKER_PROJECT_ENV])
     project = fl.project
-    return create_app(
+    app = create_app(
         project,
         # Stopped in reverse: the last flush runs before the project closes.
         background=[lambda: fl.close, lambda: RegistryFlusher(project).start().stop],
         dedicated=True,
         push=lambda store: PushService(project, store),
     )
+    return mount(app, fl)  # the web UI under /ui

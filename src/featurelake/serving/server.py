@@ -647,6 +647,7 @@ def serve(
     workers: int | None = None,
     worker_app: str | None = None,
     push: PushFactory | None = None,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> None:
     """Run the server until interrupted (``featurelake serve``).
 
@@ -657,6 +658,8 @@ def serve(
     online store, registry and DuckDB, and starts its own background work; their metrics are summed on
     ``/metrics`` through prometheus_client's multiprocess mode, in a temporary directory removed on exit.
     ``push`` builds the ``POST /push`` handler (a worker's factory passes its own to :func:`create_app`).
+    ``wrap`` composes the app with others (the CLI mounts the web UI under ``/ui`` so; with several workers,
+    ``worker_app`` composes its own).
     """
     import uvicorn
 
@@ -693,7 +696,8 @@ def serve(
         "timeout_worker_healthcheck": 30,
     }
     if count == 1:
-        uvicorn.run(create_app(project, background=background, dedicated=True, push=push), **options)
+        app = create_app(project, background=background, dedicated=True, push=push)
+        uvicorn.run(wrap(app) if wrap is not None else app, **options)
         return
     if worker_app is None:
         raise UsageError("serving with several workers needs worker_app, the import path of the app factory")
