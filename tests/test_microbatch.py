@@ -229,6 +229,8 @@ def test_buffer_keeps_entries_in_order_until_removed(tmp_path: Path) -> None:
     assert [(p.view, p.rows) for p in reopened.pending()] == [("v", 1), ("w", 1)]
     with reopened.flush_lock() as mine, PushBuffer(tmp_path / "push").flush_lock() as theirs:
         assert (mine, theirs) == (True, False)  # one flusher at a time, across processes (flock)
+    with reopened.flush_lock(wait=True) as again:  # fl.push waits for another flusher instead
+        assert again
     assert reopened.take("nothing", 10) is None
 
 

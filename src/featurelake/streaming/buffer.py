@@ -157,12 +157,13 @@ class PushBuffer:
         )
 
     @contextlib.contextmanager
-    def flush_lock(self) -> Iterator[bool]:
-        """Yields True while this process holds the exclusive flush lock, False if another one holds it."""
+    def flush_lock(self, *, wait: bool = False) -> Iterator[bool]:
+        """Yields True while this process holds the exclusive flush lock, False if another one holds it
+        (``wait``: until the other one lets go, then True)."""
         fd = os.open(self.directory / "flush.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return

@@ -355,6 +355,14 @@ class SmallEncoder:
         return Records(list(latest), [ts for ts, _ in latest.values()], [seq] * len(latest), payloads)
 
 
+def _json_default(value: Any) -> Any:
+    """JSON of what ``to_pylist`` gives besides JSON types (timestamps ISO 8601, bytes base64)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    iso = getattr(value, "isoformat", None)
+    return iso() if iso is not None else str(value)
+
+
 class _AllPublished(Exception):
     """Every row of the batch is on main already (found while writing after a rebase)."""
 
@@ -575,7 +583,7 @@ class MicroBatchWriter:
 
     def _keep_aside(self, rows: pa.Table, run_id: str, verdict: str, report: AuditReport | None) -> None:
         now = datetime.now(UTC)
-        texts = [json.dumps(r, default=str, sort_keys=True) for r in rows.to_pylist()]
+        texts = [json.dumps(r, default=_json_default, sort_keys=True) for r in rows.to_pylist()]
         n = len(texts)
         kept = pa.table(
             {

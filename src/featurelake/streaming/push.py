@@ -145,7 +145,8 @@ class PushService:
         unavailable) keeps its rows buffered for the next flush (logged, and raised when ``force``).
         """
         out: list[MicroBatchResult] = []
-        with self._flush_lock, self.buffer.flush_lock() as mine:
+        # Forced (fl.push): wait for another process's flush to finish rather than leave the rows to it.
+        with self._flush_lock, self.buffer.flush_lock(wait=force) as mine:
             if not mine:
                 return out  # another process is flushing the shared buffer
             now = time.time()
