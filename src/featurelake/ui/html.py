@@ -153,6 +153,7 @@ def page(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} - featurelake</title>"
+        '<link rel="icon" href="data:,">'
         f'<link rel="stylesheet" href="{e(prefix)}/static/ui.css?v={e(asset)}">'
         f'<script defer src="{e(prefix)}/static/ui.js?v={e(asset)}"></script></head><body>'
         '<a class="skip" href="#main">Skip to content</a>'

@@ -1,0 +1,276 @@
+"""The web UI in a real browser: Debian's headless Chromium, driven by its chromedriver through Selenium,
+against a real `featurelake ui` process on a free loopback port (the project of tests/test_ui.py).
+
+Checks what only a browser shows: the script draws every chart and the lineage graph, no console error,
+no request leaves loopback, links click through (view -> run -> report, model -> lineage -> snapshot), an
+action works from its form, the page fits a phone's width, and the token's login form. Set
+FEATURELAKE_SAVE_SCREENSHOTS=docs/img to keep a screenshot of each page (docs/ui.md shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import featurelake
+from tests.test_ui import REFUSED, VIEW, build_project
+
+pytestmark = pytest.mark.chromium
+
+# Read at import: the suite's autouse fixture clears FEATURELAKE_* variables before each test.
+SAVE_TO = os.environ.get("FEATURELAKE_SAVE_SCREENSHOTS")
+
+
+def _program(*names: str) -> str:
+    for name in names:
+        if path := shutil.which(name):
+            return path
+    pytest.fail(
+        f"{names[0]} is needed for the browser tests: `make test` installs chromium and chromium-driver (as "
+        "root; scripts/setup-system.sh); to leave them out: pytest -m 'not chromium'"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_ui(root: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`featurelake ui` on a free port; returns the process and its base URL once it answers."""
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    log = root.parent / f"ui-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "featurelake", "-C", str(root), "ui", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/static/ui.css", timeout=5).close()
+            return proc, base
+        except urllib.error.HTTPError:
+            return proc, base  # it answers (401 with a token)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"featurelake ui did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_project(tmp_path_factory.mktemp("ui-browser") / "proj")
+
+
+@pytest.fixture(scope="module")
+def server(built: Path) -> Iterator[str]:
+    proc, base = start_ui(built)
+    yield base
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a driver or browser
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _program("chromium", "chromium-browser", "google-chrome")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--hide-scrollbars",
+        "--window-size=1280,800",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(_program("chromedriver")))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def settle(driver: Any, base: str) -> None:
+    """After a page: no console error, and every request went to the UI's own loopback address."""
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    assert urls, "no request was seen"
+    # chrome:// are the browser's own pages (the first new tab), data: the empty favicon: no network.
+    network = [u for u in urls if not u.startswith(("chrome://", "chrome-untrusted://", "data:", "about:"))]
+    outside = [u for u in network if not u.startswith(base + "/")]
+    assert any(u.startswith(base + "/static/ui.js") for u in network)
+    assert not outside, outside
+
+
+def shot(driver: Any, name: str) -> None:
+    if SAVE_TO:
+        Path(SAVE_TO).mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        width = driver.get_window_size()["width"]
+        driver.set_window_size(width, min(max(800, int(height) + 140), 3000))
+        driver.save_screenshot(str(Path(SAVE_TO) / f"ui-{name}.png"))
+        driver.set_window_size(width, 800)
+
+
+def test_overview_and_a_view_draw_their_charts(browser: Any, server: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    assert browser.title == "Overview - featurelake"
+    rows = browser.find_elements(By.CSS_SELECTOR, "main table tbody tr")
+    assert any("user_features" in r.text and "failed" in r.text for r in rows)
+    assert "job_failure_spike" in browser.find_element(By.ID, "h-alerts").find_element(By.XPATH, "..").text
+    settle(browser, server)
+    shot(browser, "overview")
+
+    browser.find_element(By.LINK_TEXT, VIEW).click()
+    assert browser.current_url == f"{server}/views/{VIEW}"
+    charts = browser.find_elements(By.CSS_SELECTOR, "figure.chart")
+    drawn = browser.find_elements(By.CSS_SELECTOR, "figure.chart.drawn svg[role=img]")
+    assert len(charts) >= 7 and len(drawn) == len(charts)
+    # Each statistics chart has a line per series over the two published runs; the drift chart three points.
+    lines = browser.find_elements(By.CSS_SELECTOR, "figure.chart.drawn svg g.series polyline")
+    assert len(lines) >= 3 * 5
+    drift = next(c for c in charts if "drift score per run" in c.get_attribute("aria-label"))
+    assert len(drift.find_elements(By.CSS_SELECTOR, "svg circle")) == 2  # first has no reference: no score
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-draw-error]")
+    settle(browser, server)
+    shot(browser, "view")
+
+
+def test_click_view_run_report(browser: Any, server: str, built: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/views/{VIEW}")
+    browser.find_element(By.CSS_SELECTOR, f'a[href="/views/{VIEW}/runs/{REFUSED}"]').click()
+    page = browser.find_element(By.TAG_NAME, "main").text
+    assert "refused and kept" in page and f"featurelake publish {VIEW} --run-id {REFUSED}" in page
+    assert "null rate of amount_avg_1d is 0.6" in page
+    frame = browser.find_element(By.CSS_SELECTOR, "iframe.report")
+    browser.switch_to.frame(frame)
+    try:
+        histograms = browser.find_elements(By.CSS_SELECTOR, "svg[aria-label^='histogram of ']")
+        assert len(histograms) == 3
+        assert "Audit of user_features run nulls failed" in browser.find_element(By.TAG_NAME, "body").text
+    finally:
+        browser.switch_to.default_content()
+    settle(browser, server)
+    shot(browser, "run")
+
+
+def test_click_model_lineage_snapshot(browser: Any, server: str, built: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/models")
+    browser.find_element(By.LINK_TEXT, "churn").click()
+    assert "Production" in browser.find_element(By.TAG_NAME, "main").text
+    shot(browser, "model")
+    browser.find_element(By.LINK_TEXT, "1.0.1").click()
+    graph = browser.find_element(By.CSS_SELECTOR, "figure.graph.drawn svg")
+    kinds = [g.get_attribute("data-kind") for g in graph.find_elements(By.CSS_SELECTOR, "g.node")]
+    assert kinds.count("model") == 1 and kinds.count("training set") == 1
+    assert kinds.count("snapshot") == 1 and kinds.count("run") == 2
+    assert len(graph.find_elements(By.CSS_SELECTOR, "path.edge")) == 4
+    settle(browser, server)
+    shot(browser, "version")
+    with featurelake.open(built) as fl:
+        sid = fl.models.get("churn", "1.0.1").snapshots[VIEW]
+    # Follow the snapshot node of the graph (an SVG link) to the view's time travel at that snapshot.
+    link = graph.find_element(By.CSS_SELECTOR, "a.node-link")
+    browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", link)
+    assert browser.current_url == f"{server}/views/{VIEW}?snapshot={sid}#preview"
+    assert f"rows at snapshot {sid}" in browser.find_element(By.ID, "preview").text
+    settle(browser, server)
+
+
+def test_online_page_action_and_phone_width(browser: Any, server: str, built: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/online")
+    shot(browser, "online")
+    row = next(
+        r for r in browser.find_elements(By.CSS_SELECTOR, "table tbody tr") if r.text.startswith("user_daily")
+    )
+    assert "never synced" in row.text
+    row.find_element(By.TAG_NAME, "button").click()
+    assert "user_daily: full sync (first sync)" in browser.find_element(By.CSS_SELECTOR, ".notice").text
+    row = next(
+        r for r in browser.find_elements(By.CSS_SELECTOR, "table tbody tr") if r.text.startswith("user_daily")
+    )
+    assert "in sync" in row.text
+    with featurelake.open(built) as fl:
+        assert fl.online.store.get_watermark("user_daily") is not None
+    settle(browser, server)
+    # A phone: headless windows are at least 500 px wide, so the viewport is set through DevTools.
+    phone = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", phone)
+    try:
+        for path in ("/", f"/views/{VIEW}", "/models/churn/1.0.1"):
+            browser.get(server + path)
+            # Wide tables scroll inside their box; the page itself is as wide as the phone.
+            assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
+            assert browser.execute_script("return window.innerWidth") == 390
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_token_login_form(browser: Any, built: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    proc, base = start_ui(built, {"FEATURELAKE_SERVER__TOKEN": "browser-secret"})
+    try:
+        browser.get(base + "/models")
+        assert browser.title == "Sign in - featurelake" and "churn" not in browser.page_source
+        browser.find_element(By.ID, "token").send_keys("wrong")
+        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        assert "wrong token" in browser.find_element(By.TAG_NAME, "main").text
+        browser.find_element(By.ID, "token").send_keys("browser-secret")
+        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        assert browser.title == "Overview - featurelake"
+        browser.get(base + "/models")
+        assert "churn" in browser.find_element(By.TAG_NAME, "main").text
+    finally:
+        stop(proc)
