@@ -354,7 +354,7 @@ class _Edge:
     """Pure ASGI, in front of every route: the bearer token on every path but ``/healthz``, and no local
     path in an error body (any status >= 400 has its body scanned; successful responses pass untouched).
 
-    It also dispatches the two hot routes, ``POST /get-online-features`` and ``POST /predict/{model}``,
+    It also dispatches the hot routes, ``POST /get-online-features``, ``POST /predict/{model}`` and ``POST /push``,
     straight to their FastAPI endpoint functions (the same functions FastAPI routes to, and documents in
     ``/openapi.json``): their handlers read the raw request and catch every error themselves, so FastAPI's
     routing, dependency solving and middleware layers would only add ~0.1 ms of CPU to each request.
@@ -367,8 +367,10 @@ class _Edge:
         hidden: tuple[str, ...],
         lookup: Callable[[Request], Awaitable[Response]] | None = None,
         predict: Callable[[str, Request], Awaitable[Response]] | None = None,
+        push: Callable[[Request], Awaitable[Response]] | None = None,
     ) -> None:
         self.app = app
+        self.push = push
         self.token = token
         self.hidden = tuple(h.encode() for h in hidden)
         self.lookup = lookup
@@ -405,6 +407,8 @@ class _Edge:
             response = None
             if path == "/get-online-features" and self.lookup is not None:
                 response = await self.lookup(Request(scope, receive))
+            elif path == "/push" and self.push is not None:
+                response = await self.push(Request(scope, receive))
             elif path.startswith(_PREDICT) and self.predict is not None:
                 model = path[len(_PREDICT) :]
                 if model and "/" not in model:
@@ -624,6 +628,7 @@ def create_app(
         hidden=_local_paths(project),
         lookup=hot.get("/get-online-features"),
         predict=hot.get("/predict/{model}"),
+        push=hot.get("/push"),
     )
     return app
 
