@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pyarrow.compute as pc
 import pytest
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
@@ -22,6 +23,7 @@ from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
 from featurelake.serving.sync import _groups
+from featurelake.training import build_training_set
 from featurelake.validation.audit import AuditReport
 from tests.helpers import DEFAULT_FEATURES, day, make_project, transactions
 from tests.online_helpers import (
@@ -33,6 +35,9 @@ from tests.online_helpers import (
     overwrite,
 )
 from tests.test_lookback import assert_same_rows, law_data, law_features, rows_of
+from tests.training_helpers import FEATURES as TRAINING_FEATURES
+from tests.training_helpers import entities as training_entities
+from tests.training_helpers import two_view_project
 
 FIRST, LAST = 8, 15  # a 7-day window: 4 batches of 2 days (the last one 1 day)
 VIEWS = ("history_a", "windows_a", "events")
@@ -361,3 +366,37 @@ def test_batch_days_must_not_be_negative(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="batch_days"):
         featurelake.open(make_project(tmp_path / "p", config=cfg))
     _ = timedelta
+
+
+# --- training set -------------------------------------------------------------------------------------
+
+
+def _with_ties(fl: featurelake.Featurelake) -> None:
+    """Append, in commits (files) of their own, rows repeating (user, day) keys with other values: ties
+    between parts that the content rule decides (greater values win)."""
+    tbl = fl.project.load_table("user_max")
+    rows = tbl.scan().to_arrow().slice(0, 30)
+    for delta in (5.0, -5.0):
+        bumped = pc.add(rows.column("amount_max_1d"), delta)
+        tbl = fl.project.load_table("user_max")
+        tbl.append(rows.set_column(rows.schema.get_field_index("amount_max_1d"), "amount_max_1d", bumped))
+
+
+def test_training_set_in_parts_equals_one_join(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The view's rows joined one part at a time (engine.batch_rows) give the table and statistics of one
+    join: newest match per entity row, ties between parts by content, the ttl on the final match."""
+    root = two_view_project(tmp_path / "p", days=8)
+    ents = training_entities(n=400, days=20)
+    with featurelake.open(root) as fl:
+        _with_ties(fl)
+    got = []
+    for rows in ("1", "1000000000"):
+        monkeypatch.setenv("FEATURELAKE_ENGINE__BATCH_ROWS", rows)
+        with featurelake.open(root) as fl:
+            assert fl.project.config.settings.engine.batch_rows == int(rows)
+            got.append(build_training_set(fl.project, ents, TRAINING_FEATURES))
+    parts, whole = got
+    assert parts.table.equals(whole.table, check_metadata=True)
+    assert parts.stats == whole.stats
+    assert whole.stats.ties["user_max"] > 0 and whole.stats.outside_ttl["user_features"] > 0
+    assert 0 < whole.stats.matched["user_max"] < ents.num_rows

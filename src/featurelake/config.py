@@ -208,6 +208,9 @@ class SparkConfig(_Section):
 class EngineConfig(_Section):
     type: Literal["local", "spark"] = "local"
     spark: SparkConfig = Field(default_factory=SparkConfig)
+    batch_rows: int = Field(default=2_000_000, ge=1)
+    """A training set reads each view's feature rows about this many at a time (whole record batches) and
+    keeps only each entity row's best match between parts: memory follows the part and the entity frame."""
 
 
 class OnlineStoreConfig(_Section):

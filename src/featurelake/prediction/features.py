@@ -72,11 +72,22 @@ class FeatureSelection:
         return out
 
     def sql(self) -> str:
-        cols = ", ".join(quote(c) for c in [*self.keys, self.timestamp, *self.columns])
-        if self.mode == "latest":
+        names = [*self.keys, self.timestamp, *self.columns]
+        cols = ", ".join(quote(c) for c in names)
+        keys = ", ".join(quote(k) for k in self.keys)
+        if self.mode == "latest" and len(set(names)) == len(names):
+            # A hash aggregate keeps one row per key (memory follows the keys, not the rows read); a window
+            # function would hold every row of the view until its partitions are sorted.
+            packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in [self.timestamp, *self.columns])
+            inner = (
+                f"SELECT {keys}, unnest(__featurelake_latest) FROM (SELECT {keys}, "
+                f"arg_max(struct_pack({packed}), {quote(self.timestamp)}) AS __featurelake_latest "
+                f"FROM feats GROUP BY {keys})"
+            )
+        elif self.mode == "latest":
             inner = (
                 f"SELECT {cols} FROM feats QUALIFY row_number() OVER "
-                f"(PARTITION BY {', '.join(quote(k) for k in self.keys)} ORDER BY {quote(self.timestamp)} DESC) = 1"
+                f"(PARTITION BY {keys} ORDER BY {quote(self.timestamp)} DESC) = 1"
             )
         else:
             inner = f"SELECT {cols} FROM feats"

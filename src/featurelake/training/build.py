@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,7 +251,7 @@ def build_training_set(
         lo_us = None
         if plan.ttl is not None and lo_entity is not None:
             lo_us = lo_entity - plan.ttl // timedelta(microseconds=1)
-        data = _read_view(project, plan, tbl, sid, lo_us, hi_us)
+        data, parts = _read_view(project, plan, tbl, sid, lo_us, hi_us)
         out_names: list[str] = []
         for feat in plan.features:
             ref = f"{plan.view}:{feat}"
@@ -290,6 +290,7 @@ def build_training_set(
                 ttl=plan.ttl,
                 data=data,
                 tie_order=tuple(f for f in plan.declared if f in plan.features),
+                parts=parts,
             )
         )
         prov.views[plan.view] = sid
@@ -432,8 +433,9 @@ def _snapshot_for(
 
 def _read_view(
     project: Project, plan: _ViewPlan, tbl: Table, sid: int | None, lo_us: int | None, hi_us: int | None
-) -> pa.Table:
-    """The view's key, time and requested features at ``sid``, pruned to the entity frame's time range."""
+) -> tuple[pa.Table, Iterator[pa.Table] | None]:
+    """The view's key, time and requested features at ``sid``, pruned to the entity frame's time range; or,
+    above ``engine.batch_rows`` rows, an empty table of their schema and the rows in parts of that size."""
     name = project.table_name(plan.view)
     columns = (*plan.join_keys, plan.timestamp_field, *plan.features)
     if sid is None or hi_us is None:
@@ -453,8 +455,30 @@ def _read_view(
             "view's key renamed?)"
         ) from None
     if sid is None or hi_us is None:
-        return projection.as_arrow().empty_table()
-    return project.catalog_call(scan.to_arrow, f"read {name} at snapshot {sid}")
+        return projection.as_arrow().empty_table(), None
+    batch_rows = project.config.settings.engine.batch_rows
+    tasks = project.catalog_call(
+        lambda: list(scan.plan_files()), f"plan the read of {name} at snapshot {sid}"
+    )
+    if sum(t.file.record_count for t in tasks) <= batch_rows:
+        return project.catalog_call(scan.to_arrow, f"read {name} at snapshot {sid}"), None
+    # Bounded memory: the rows in parts of about batch_rows (whole record batches), joined one at a time.
+    reader = project.catalog_call(scan.to_arrow_batch_reader, f"read {name} at snapshot {sid}")
+    return reader.schema.empty_table(), _parts(reader, batch_rows)
+
+
+def _parts(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """``reader``'s batches gathered into tables of at least ``rows`` rows (the last one may be smaller)."""
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in reader:
+        pending.append(batch)
+        size += batch.num_rows
+        if size >= rows:
+            yield pa.Table.from_batches(pending, schema=reader.schema)
+            pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending, schema=reader.schema)
 
 
 def _type_name(tbl: Table, sid: int | None, column: str, arrow_type: pa.DataType) -> str:

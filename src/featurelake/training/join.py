@@ -19,8 +19,8 @@ data, never on file layout or thread scheduling, which is what byte-identical re
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -51,6 +51,8 @@ class ViewFrame:
     data: pa.Table
     tie_order: tuple[str, ...] = ()
     """Columns that decide between duplicate rows (default: ``features``)."""
+    parts: Iterable[pa.Table] | None = None
+    """The feature rows in parts read one at a time (``data`` is then an empty table of their schema)."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -110,15 +112,15 @@ def _resolve_ties(
     keys: Sequence[pa.Array],
     t0: np.ndarray,
     pos: np.ndarray,
-) -> int:
+) -> np.ndarray:
     """Re-point matched rows whose (key, event time) has several feature rows to the content-chosen one.
 
     ``f`` (key columns, time, position of every feature row) must be registered on ``con``. Returns the
-    number of entity rows that matched a tie.
+    entity rows that matched a tie.
     """
     matched = np.nonzero(pos >= 0)[0]
     if matched.size == 0:
-        return 0
+        return np.zeros(0, dtype=np.int64)
     idx = pa.array(matched, pa.int64())
     m = {"r": idx, **{c: k.take(idx) for c, k in zip(_key_columns(len(keys)), keys, strict=True)}}
     con.register("m", pa.table({**m, "t": pa.array(t0[matched], pa.int64())}))
@@ -140,17 +142,14 @@ def _resolve_ties(
             best = max(range(len(cands)), key=lambda i: tuple(_sort_key(values[i][c]) for c in order))
             chosen[cands] = cands[best]
         pos[g["r"]] = chosen[cands]
-    return len(groups)
+    return np.array([g["r"] for g in groups], dtype=np.int64)
 
 
-def _positions(
-    con: duckdb.DuckDBPyConnection,
-    entity_t: np.ndarray,
-    entity_keys: Sequence[pa.Array],
-    view: ViewFrame,
-    stats: JoinStats,
-) -> np.ndarray:
-    """For each entity row the position of its feature row in ``view.data``, or -1."""
+def _asof(
+    con: duckdb.DuckDBPyConnection, entity_t: np.ndarray, entity_keys: Sequence[pa.Array], view: ViewFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each entity row the position in ``view.data`` of its latest row at or before its time (-1 if
+    none) and that row's time; leaves ``f`` registered on ``con`` for :func:`_resolve_ties`."""
     n = len(entity_t)
     data = view.data
     names = _key_columns(len(entity_keys))
@@ -185,15 +184,101 @@ def _positions(
     pos[r] = p
     matched_t = np.zeros(n, dtype=np.int64)
     matched_t[r] = t0
+    con.unregister("e")
+    return pos, matched_t
+
+
+def _positions(
+    con: duckdb.DuckDBPyConnection,
+    entity_t: np.ndarray,
+    entity_keys: Sequence[pa.Array],
+    view: ViewFrame,
+    stats: JoinStats,
+) -> np.ndarray:
+    """For each entity row the position of its feature row in ``view.data``, or -1."""
+    pos, matched_t = _asof(con, entity_t, entity_keys, view)
+    n = len(entity_t)
     ttl = _ttl_micros(view.ttl)
     too_old = (pos >= 0) & (entity_t - matched_t > ttl) if ttl is not None else np.zeros(n, dtype=bool)
     pos[too_old] = -1
     stats.outside_ttl[view.name] = int(too_old.sum())
-    stats.ties[view.name] = _resolve_ties(con, view, entity_keys, matched_t, pos)
+    stats.ties[view.name] = len(_resolve_ties(con, view, entity_keys, matched_t, pos))
     stats.matched[view.name] = int((pos >= 0).sum())
-    con.unregister("e")
     con.unregister("f")
     return pos
+
+
+def _better(new: list[dict[str, Any]], old: list[dict[str, Any]], order: list[str]) -> np.ndarray:
+    """Where a tied row ``new`` beats ``old`` by content (the tie rule of :func:`_resolve_ties`)."""
+    return np.array(
+        [
+            tuple(_sort_key(a[c]) for c in order) > tuple(_sort_key(b[c]) for c in order)
+            for a, b in zip(new, old, strict=True)
+        ],
+        dtype=bool,
+    )
+
+
+def _join_parts(
+    con: duckdb.DuckDBPyConnection,
+    entity_t: np.ndarray,
+    entity_keys: Sequence[pa.Array],
+    view: ViewFrame,
+    parts: Iterable[pa.Table],
+    stats: JoinStats,
+) -> pa.Table:
+    """The features of each entity row's match when the view's rows come in ``parts`` (read one at a time).
+
+    Each part is joined on its own (ASOF, ties inside it resolved); an entity row keeps the newest match
+    of the parts so far, a tie between parts going to the greater content, as in one join of all rows. The
+    ttl is applied to the final match. Memory: one part, plus the features of the entity frame's matches.
+    """
+    n = len(entity_t)
+    features = list(view.features)
+    order = list(view.tie_order or view.features)
+    types = {f: view.data.schema.field(f).type for f in features}
+    taken = pa.table({f: pa.nulls(n, types[f]) for f in features})
+    best_t = np.zeros(n, dtype=np.int64)
+    have = np.zeros(n, dtype=bool)
+    tied = np.zeros(n, dtype=bool)
+    for part in parts:
+        if part.num_rows == 0:
+            continue
+        one = replace(view, data=part, parts=None)
+        pos, t0 = _asof(con, entity_t, entity_keys, one)
+        part_tied = np.zeros(n, dtype=bool)
+        part_tied[_resolve_ties(con, one, entity_keys, t0, pos)] = True
+        con.unregister("f")
+        found = pos >= 0
+        newer = found & (~have | (t0 > best_t))
+        equal = found & have & (t0 == best_t)
+        update = newer.copy()
+        if equal.any():
+            rows = np.nonzero(equal)[0]
+            fresh = part.select(order).take(pa.array(pos[rows], pa.int64())).to_pylist()
+            current = taken.select(order).take(pa.array(rows, pa.int64())).to_pylist()
+            update[rows[_better(fresh, current, order)]] = True
+            tied[rows] = True
+        tied[newer] = part_tied[newer]
+        if update.any():
+            idx = pa.array(np.where(update, pos, 0), pa.int64())
+            fresh_cols = part.select(features).take(idx)
+            mask = pa.array(update)
+            taken = pa.table(
+                {f: pc.if_else(mask, fresh_cols.column(f).cast(types[f]), taken.column(f)) for f in features}
+            )
+        best_t = np.where(newer, t0, best_t)
+        have |= found
+    ttl = _ttl_micros(view.ttl)
+    too_old = have & (entity_t - best_t > ttl) if ttl is not None else np.zeros(n, dtype=bool)
+    if too_old.any():
+        mask = pa.array(too_old)
+        taken = pa.table({f: pc.if_else(mask, pa.nulls(n, types[f]), taken.column(f)) for f in features})
+    matched = have & ~too_old
+    stats.outside_ttl[view.name] = int(too_old.sum())
+    stats.ties[view.name] = int((tied & matched).sum())
+    stats.matched[view.name] = int(matched.sum())
+    return taken
 
 
 def point_in_time_join(
@@ -221,9 +306,12 @@ def point_in_time_join(
             for name in view.entity_keys:
                 col = entities.column(name)
                 keys.append(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-            pos = _positions(con, entity_t, keys, view, stats)
-            idx = pa.array(pos, pa.int64(), mask=pos < 0)
-            taken = view.data.select(list(view.features)).take(idx)
+            if view.parts is not None:
+                taken = _join_parts(con, entity_t, keys, view, view.parts, stats)
+            else:
+                pos = _positions(con, entity_t, keys, view, stats)
+                idx = pa.array(pos, pa.int64(), mask=pos < 0)
+                taken = view.data.select(list(view.features)).take(idx)
             for src, name in zip(view.features, view.output_names, strict=True):
                 column = taken.column(src)
                 out = out.append_column(pa.field(name, column.type, nullable=True), column)
