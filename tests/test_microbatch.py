@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 import featurelake
 from featurelake.auditing import wap_run
-from featurelake.errors import ConfigError, RequestError, UsageError
+from featurelake.errors import (
+    CatalogUnavailableError,
+    ConfigError,
+    OnlineStoreUnavailableError,
+    RequestError,
+    UsageError,
+)
 from featurelake.lakehouse import lineage, wap
 from featurelake.streaming import REJECTED_TABLE, MicroBatchWriter, last_committed
 from featurelake.streaming.buffer import PushBuffer
@@ -356,3 +362,137 @@ def test_the_small_push_encoder_stores_what_the_sync_stores(values: list[tuple[A
         other_ts, other_seq, other = theirs[key]
         assert (ts, seq) == (other_ts, other_seq)
         assert payload == other
+
+
+def test_a_rebase_finding_every_row_published_commits_nothing(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, other = MicroBatchWriter(fl.project, VIEW), MicroBatchWriter(fl.project, VIEW)
+    real = wap_run.write_and_audit
+    raced = threading.Event()
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        if not raced.is_set():
+            raced.set()
+            other.write(rows([(1, d(5), 1.0), (2, d(5), 2.0)]))  # exactly the same rows win the race
+        return out
+
+    monkeypatch.setattr(wap_run, "write_and_audit", racing)
+    result = writer.write(rows([(1, d(5), 1.0), (2, d(5), 2.0)]), run_id="late")
+    assert (result.status, result.written, result.duplicates) == ("duplicate", 0, 2)
+    assert "audit_late" not in fl.project.load_table(VIEW).metadata.refs
+    assert main_rows(fl) == [(1, d(5), 1.0), (2, d(5), 2.0)]
+
+
+def test_a_failed_publish_removes_the_branch_and_can_be_written_again(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW)
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise CatalogUnavailableError("catalog sqlite:///x is unavailable")
+
+    monkeypatch.setattr(wap_run, "publish_branch", down)
+    with pytest.raises(CatalogUnavailableError):
+        writer.write(rows([(1, d(5), 1.0)]), run_id="down")
+    tbl = fl.project.load_table(VIEW)
+    assert "audit_down" not in tbl.metadata.refs and main_rows(fl) == []
+    monkeypatch.undo()
+    assert writer.write(rows([(1, d(5), 1.0)])).status == "published"
+    assert main_rows(fl) == [(1, d(5), 1.0)]
+
+
+def test_refused_rows_that_cannot_be_kept_aside_are_an_error_saying_so(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from featurelake.streaming import microbatch
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise CatalogUnavailableError("catalog is locked")
+
+    # Only the append to _rejected fails (the audit log, written through the same module, still works).
+    monkeypatch.setattr(microbatch, "logtable", types.SimpleNamespace(append=down))
+    with pytest.raises(CatalogUnavailableError, match=r"could not be kept aside in features\._rejected"):
+        MicroBatchWriter(fl.project, VIEW).write(rows([(2, d(6), None)]))
+    assert main_rows(fl) == []
+
+
+class _DownStore:
+    """An online store that cannot be reached."""
+
+    def write(self, view: str, records: Any, *, force: bool = False) -> int:
+        raise OnlineStoreUnavailableError("Redis at redis://127.0.0.1:1 is unreachable")
+
+
+def test_a_published_batch_the_online_store_missed_says_to_sync(fl: featurelake.Featurelake) -> None:
+    writer = MicroBatchWriter(fl.project, VIEW, online=_DownStore())  # type: ignore[arg-type]
+    result = writer.write(rows([(1, d(5), 1.0)]))
+    assert result.status == "published" and result.online_keys == 0
+    assert any("`featurelake sync user_features`" in n for n in result.notes)
+    with pytest.raises(OnlineStoreUnavailableError):
+        writer.write_online(writer.conform(rows([(1, d(6), 1.0)])))
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "needle"),
+    [
+        ([1, 2], RequestError, "rows must be dicts"),
+        ({"user_id": [1, 2], "event_ts": ["2024-01-05T00:00:00Z"]}, RequestError, "equally long"),
+        ("user_id,event_ts", UsageError, "cannot read rows from a str"),
+    ],
+)
+def test_unreadable_rows_are_refused(
+    fl: featurelake.Featurelake, given: Any, error: type, needle: str
+) -> None:
+    with pytest.raises(error, match=needle):
+        MicroBatchWriter(fl.project, VIEW).write(given)
+
+
+def test_push_service_errors_and_a_flusher_that_cannot_publish(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurelake.streaming.push import PushService
+
+    offline_only = PushService(fl.project)
+    with pytest.raises(UsageError, match="needs one"):
+        offline_only.push(VIEW, rows([(1, d(5), 1.0)]), "online")
+    with pytest.raises(RequestError, match="push_source_name"):
+        offline_only.push("", rows([(1, d(5), 1.0)]), "online")
+    offline_only.close()
+
+    svc = PushService(fl.project, fl.online.store)
+    svc.push(VIEW, rows([(1, d(5), 1.0)]), "offline")
+    writer, _ = svc._writer(VIEW)
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise CatalogUnavailableError("catalog is locked")
+
+    monkeypatch.setattr(writer, "write", down)
+    assert svc.flush(force=False) == []  # not due yet (push.batch_seconds = 5): nothing tried
+    svc.batch_seconds = 0.0
+    assert svc.flush() == []  # due, but the catalog is down: logged, the rows stay buffered
+    assert [p.rows for p in svc.buffer.pending()] == [1]
+    with pytest.raises(CatalogUnavailableError):
+        svc.flush(force=True)  # fl.push's flush says so
+    monkeypatch.undo()
+    assert [r.status for r in svc.flush(force=True)] == ["published"]
+    assert svc.buffer.pending() == [] and main_rows(fl) == [(1, d(5), 1.0)]
+    svc.close()
+
+
+def test_buffered_rows_that_no_longer_fit_the_view_are_kept_aside(fl: featurelake.Featurelake) -> None:
+    from featurelake.streaming.push import PushService
+
+    svc = PushService(fl.project, fl.online.store)
+    stale = pa.table({**rows([(1, d(5), 1.0)]), "dropped_feature": [1.0]})  # buffered before a change
+    svc.buffer.append(VIEW, stale)
+    results = svc.flush(force=True)
+    assert [r.status for r in results] == ["refused"]
+    assert "no longer fit" in (results[0].verdict or "") and "dropped_feature" in (results[0].verdict or "")
+    kept = fl.read(f"features.{REJECTED_TABLE}").to_pylist()
+    assert len(kept) == 1 and '"dropped_feature": 1.0' in kept[0]["row"]
+    assert svc.buffer.pending() == [] and main_rows(fl) == []
+    svc.close()

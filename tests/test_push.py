@@ -188,6 +188,12 @@ BAD_BODIES = [
         "rows for view user_features lack column 'txn_count_1d'",
     ),
     (
+        "bad flag",
+        b'{"push_source_name": "user_features", "df": {"user_id": [1]}, "allow_registry_cache": "yes"}',
+        422,
+        '"allow_registry_cache" must be true or false',
+    ),
+    (
         "bad mode",
         b'{"push_source_name": "user_features", "df": {"user_id": [1]}, "to": "disk"}',
         422,
