@@ -287,3 +287,25 @@ def push_ok(base: str, items: Sequence[tuple[int, datetime, float | None]]) -> b
     r = push(base, items, "online_and_offline")
     assert r.status_code == 200, r.text
     return True
+
+
+def test_two_workers_share_the_buffer_and_publish_each_row_once(tmp_path: Path, redis_url: str) -> None:
+    """``--workers 2``: pushes may land on either worker; both run a flusher (one flushes at a time), and every row is
+    published exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fl = project(tmp_path / "proj", "redis", redis_url, extra=push_config(0.2, 5))
+    try:
+        batches = [[(u, at(10 + i), float(u + i)) for u in range(1, 4)] for i in range(12)]
+        with ServeProcess(fl.project.root, tmp_path / "serve.log", "--workers", "2") as server:
+            with ThreadPoolExecutor(4) as pool:  # concurrent keep-alive-less clients spread over the workers
+                codes = list(pool.map(lambda items: push(server.base, items, "offline").status_code, batches))
+            assert codes == [200] * len(batches)
+            expected = sorted(row for items in batches for row in items)
+            wait_for("every pushed row", lambda: len(main_rows(fl)) >= len(expected))
+            buffer = PushBuffer(fl.project.config.path(".featurelake/push"))
+            wait_for("the buffer to empty", lambda: buffer.pending() == [])
+            buffer.close()
+            assert main_rows(fl) == expected
+    finally:
+        fl.close()
