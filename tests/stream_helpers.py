@@ -165,10 +165,17 @@ class IngestProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
         self._reader.join(timeout=10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def wait(self, timeout: float = 180) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)  # stdout holds one summary line; stderr is the reader thread's
         self._reader.join(timeout=10)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out = self.proc.stdout.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
         return self.proc.returncode, out
 
 

@@ -231,6 +231,8 @@ class Ingestor:
                 batch.extend(got)
             elif not batch:
                 return batch, True
+            elif s.until_idle:
+                break  # the stream is drained: publish what we have rather than wait for batch_seconds
             if batch and time.monotonic() >= deadline:
                 break
         return batch, False

@@ -181,7 +181,8 @@ class JetStreamBroker(Broker):
         async def pull() -> list[Any]:
             try:
                 return await psub.fetch(batch=max_messages, timeout=max(timeout, 0.05))
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # No message within the wait (nats-py raises either, depending on where it waited).
                 return []
 
         msgs = self._run(pull(), "fetch messages", timeout=max(timeout, 0.05) + self.timeout * 3)
