@@ -105,6 +105,7 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/backfill.py
 	$(PY) benchmarks/audit.py
 	$(PY) benchmarks/online.py
+	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/maintenance.py
 	$(PY) benchmarks/partitions.py
 	$(PY) benchmarks/monitoring.py

@@ -10,6 +10,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 
 from featurelake.cli import render
 from featurelake.cli.app import Ctx, pass_ctx
@@ -120,9 +121,9 @@ def ingest(
 
     def show(b: BatchOutcome) -> None:
         if not as_json:
-            render.err.print(f"- {_line(b)}")
+            render.err.print(f"- {escape(_line(b))}")
             for note in b.notes:
-                render.err.print(f"[dim]  note: {note}[/]")
+                render.err.print(f"[dim]  note: {escape(note)}[/]")
 
     store = c.fl.online.store if settings.online else None
     with _stop_on_signals(stop):
