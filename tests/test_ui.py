@@ -139,7 +139,7 @@ def test_pages_load_nothing_from_outside(client: TestClient) -> None:
     for path in ("/", f"/views/{VIEW}", "/models", "/models/churn/1.0.1", "/online"):
         page = ok(client, path)
         urls = set(re.findall(r"""(?:src|href|action)="([^"]*)\"""", page))
-        assert urls and all(u.startswith("/") or u.startswith("#") for u in urls), urls
+        assert urls and all(u.startswith(("/", "#")) or u == "data:," for u in urls), urls
         assert "https://" not in page and "http://" not in page
     for name in ("ui.css", "ui.js"):
         asset = client.get(f"/static/{name}")
@@ -189,8 +189,9 @@ def test_view_page(client: TestClient, fl: featurelake.Featurelake) -> None:
     stats = fl.stats(VIEW)  # the published data's statistics, assembled from _stats
     assert stats.columns["txn_count_1d"].rows == fl.read(VIEW).num_rows
     assert re.search(r"drift score per run", page) and re.search(r"second amount_sum_1d (pass|warn)", page)
-    # The time-travel preview shows the first rows at main's head.
-    assert f"first 20 rows at snapshot {head}" in page
+    # The time-travel preview: on demand, from main's head or any snapshot.
+    assert f"Show the first rows at main (snapshot {head})" in page and "rows at snapshot" not in page
+    assert f"first 20 rows at snapshot {head}" in text(ok(client, f"/views/{VIEW}?snapshot={head}"))
     first = next(s for s in history if s.run_id == "first")
     old = text(ok(client, f"/views/{VIEW}?snapshot={first.snapshot_id}"))
     assert f"at snapshot {first.snapshot_id}" in old

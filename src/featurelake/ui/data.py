@@ -184,7 +184,7 @@ def view_detail(
                 stats.setdefault(column, []).append((run, st))
     sid = snapshot if snapshot is not None else wap.main_snapshot_id(tbl)
     preview = None
-    if sid is not None:
+    if snapshot is not None:  # on demand: planning a scan reads every manifest of the snapshot
         if tbl.metadata.snapshot_by_id(sid) is None:
             raise NotFoundError(
                 f"snapshot {sid} does not exist in {fl.project.table_name(name)} (expired or never committed); "

@@ -297,19 +297,30 @@ def _preview(ctx: Context, d: data.ViewDetail) -> str:
         f'<label for="snapshot">snapshot id</label> <input id="snapshot" name="snapshot" inputmode="numeric" '
         f'value="{e(d.preview_snapshot or "")}"> <button>Show rows</button></form>'
     )
+    if d.preview_snapshot is None:
+        return form + '<p class="muted">main has no snapshot to read</p>'
     if d.preview is None:
-        return form + '<p class="muted">no snapshot to read</p>'
+        href = view_href(ctx.prefix, d.definition.name, snapshot=d.preview_snapshot)
+        return form + (
+            f'<p><a href="{e(href)}">Show the first rows at main (snapshot {d.preview_snapshot})</a>, or pick '
+            "a snapshot of the timeline (its <em>rows</em> link). Rows are read on demand.</p>"
+        )
     cols = d.preview.column_names
-    rows = (
-        [e(v) if v is not None else '<span class="muted">null</span>' for v in r.values()]
-        for r in d.preview.to_pylist()
-    )
+    rows = ([_cell(v) for v in r.values()] for r in d.preview.to_pylist())
     return form + table(
         cols,
         rows,
         caption=f"first {d.preview.num_rows} rows at snapshot {d.preview_snapshot}",
         empty="no rows",
     )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return '<span class="muted">null</span>'
+    if isinstance(value, float):
+        return e(f"{value:.6g}")  # shortest readable form; the full value is a read away (fl.read)
+    return e(value)
 
 
 def _stats_charts(d: data.ViewDetail) -> str:

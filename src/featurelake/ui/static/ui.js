@@ -43,6 +43,7 @@
     var lo = ys.length ? Math.min.apply(null, ys) : 0, hi = ys.length ? Math.max.apply(null, ys) : 1;
     if (lo === hi) { lo -= Math.abs(lo) * 0.1 || 1; hi += Math.abs(hi) * 0.1 || 1; }
     var pad = (hi - lo) * 0.06; lo -= pad; hi += pad;
+    if (ys.every(function (y) { return y >= 0; }) && lo < 0) lo = 0;  // rates and counts stay >= 0
     function X(i) { return xs.length < 2 ? L + (W - L - R) / 2 : L + 8 + i * (W - L - R - 16) / (xs.length - 1); }
     function Y(v) { return T + (H - T - B) * (1 - (v - lo) / (hi - lo)); }
     for (var k = 0; k <= 4; k++) {
