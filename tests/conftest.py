@@ -29,6 +29,7 @@ _FIXTURE_MARKERS = {
     "redis_url": "redis",
     "own_redis": "redis",
     "redis_server": "redis",
+    "nats_server": "nats",
 }
 
 

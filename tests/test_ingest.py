@@ -388,3 +388,20 @@ def test_jetstream_subject_is_published_acknowledged_and_resumed(
 def test_arrow_rows_of_the_decoder_fit_the_writer(decoder: MessageDecoder) -> None:
     out = decoder.decode(msgs({"user_id": 1, "event_ts": "2024-01-05T10:00:00Z"}))
     assert isinstance(out.rows, pa.Table) and out.rows.schema == decoder.target
+
+
+@pytest.mark.redis
+def test_the_python_facade_mirrors_the_cli(fl_redis: featurelake.Featurelake, redis_url: str) -> None:
+    stream = f"events-{uuid.uuid4().hex[:6]}"
+    produced = [event(i) for i in range(30)]
+    xadd(redis_url, stream, produced)
+    url = stream_url(redis_url, stream)
+    seen: list[Any] = []
+    first = fl_redis.ingest(VIEW, url, max_batches=1, batch_rows=10, on_batch=seen.append)
+    assert (first.stopped, first.total("written"), len(seen)) == ("max-batches", 10, 1)
+    rest = fl_redis.ingest(VIEW, url, until_idle=True, batch_rows=10, batch_seconds=0.3, poll_seconds=0.2)
+    assert rest.resumed_after == first.batches[0].last_offset and rest.total("written") == 20
+    assert_exactly_once(fl_redis, produced)
+    assert_matches_main(fl_redis)
+    with pytest.raises(UsageError, match="unknown ingest setting 'batch_size'"):
+        fl_redis.ingest(VIEW, url, batch_size=5)

@@ -6,6 +6,7 @@ where a method needs them, so opening a project stays cheap.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from featurelake.serving.consistency import ConsistencyReport
     from featurelake.serving.lookup import OnlineService
     from featurelake.serving.sync import SyncProgress, SyncResult
+    from featurelake.streaming.ingest import BatchOutcome, IngestResult
     from featurelake.streaming.push import PushResult, PushService
     from featurelake.training import Provenance
     from featurelake.validation.audit import AuditReport
@@ -137,6 +139,30 @@ class Featurelake:
         if result.buffered:
             result.published = self.pusher.flush(force=True, view=view)
         return result
+
+    def ingest(
+        self,
+        view: str,
+        url: str,
+        *,
+        max_batches: int | None = None,
+        until_idle: bool = False,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+        stop: threading.Event | None = None,
+        **settings: Any,
+    ) -> IngestResult:
+        """``featurelake ingest VIEW --from URL``: consume a Redis stream (``redis://HOST:PORT[/DB]/STREAM``) or
+        a NATS JetStream subject (``nats://HOST:PORT/SUBJECT``) into ``view`` in audited micro-batches until
+        ``max_batches``, an idle poll (``until_idle``) or ``stop`` is set; other keywords override ``ingest.*``
+        (``batch_rows``, ``batch_seconds``, ``poll_seconds``, ``online``, ``on_refused``). See docs/streaming.md."""
+        from featurelake.jobs.ingest import run_ingest
+        from featurelake.streaming.ingest import IngestSettings
+
+        cfg = IngestSettings.from_config(
+            self.project.config.settings.ingest, max_batches=max_batches, until_idle=until_idle, **settings
+        )
+        store = self.online.store if cfg.online else None
+        return run_ingest(self.project, view, url, settings=cfg, store=store, on_batch=on_batch, stop=stop)
 
     def sync(
         self, view: str | None = None, *, full: bool = False, progress: SyncProgress | None = None

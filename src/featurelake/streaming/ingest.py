@@ -80,6 +80,10 @@ class IngestSettings:
     def from_config(cls, cfg: IngestConfig, **overrides: Any) -> IngestSettings:
         base = cls(cfg.batch_rows, cfg.batch_seconds, cfg.poll_seconds, cfg.online, cfg.on_refused)
         for name, value in overrides.items():
+            if name not in cls.__dataclass_fields__:
+                raise UsageError(
+                    f"unknown ingest setting {name!r}: use {', '.join(cls.__dataclass_fields__)}"
+                )
             if value is not None:
                 setattr(base, name, value)
         if base.batch_rows < 1 or base.batch_seconds <= 0 or base.poll_seconds <= 0:
