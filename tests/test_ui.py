@@ -477,3 +477,40 @@ def _jobs(fl: featurelake.Featurelake) -> list[Any]:
     from featurelake.ui.data import recent_jobs
 
     return recent_jobs(fl)
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def test_ui_command_runs_uvicorn_and_warns_when_exposed_without_a_token(
+    built: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    from featurelake.cli.main import main
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    main(["-C", str(built), "ui", "--port", "9123"])
+    assert calls[-1]["host"] == "127.0.0.1" and calls[-1]["port"] == 9123 and calls[-1]["ws"] == "none"
+    assert "featurelake UI on http://127.0.0.1:9123/" in capsys.readouterr().err
+    main(["-C", str(built), "ui", "--host", "0.0.0.0", "--port", "9124"])
+    err = capsys.readouterr().err
+    assert "the UI on 0.0.0.0 has no server.token" in err and "http://127.0.0.1:9124/" in err
+    with TestClient(calls[-1]["app"]) as c:  # the app it would serve
+        assert c.get("/").status_code == 200
+    calls[-1]["app"].state.ui.close()
+
+
+def test_ui_command_without_the_server_extra(
+    built: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from featurelake.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if `pip install featurelake` without [server]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-C", str(built), "ui"])
+    assert exit_info.value.code == 2
+    assert "featurelake ui needs uvicorn: pip install 'featurelake[server]'" in capsys.readouterr().err

@@ -163,6 +163,14 @@ def test_overview_and_a_view_draw_their_charts(browser: Any, server: str) -> Non
     rows = browser.find_elements(By.CSS_SELECTOR, "main table tbody tr")
     assert any("user_features" in r.text and "failed" in r.text for r in rows)
     assert "job_failure_spike" in browser.find_element(By.ID, "h-alerts").find_element(By.XPATH, "..").text
+    # Keyboard: the first Tab reaches the skip link, Enter moves the focus to the content.
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    active = browser.switch_to.active_element
+    assert active.text == "Skip to content"
+    active.send_keys(Keys.ENTER)
+    assert browser.switch_to.active_element.get_attribute("id") == "main"
     settle(browser, server)
     shot(browser, "overview")
 
