@@ -4,7 +4,7 @@ Its own process because the driver's JVM reads the AWS credential chain (the env
 sets) when it starts, as a user's ``featurelake backfill`` does; a JVM the test session started earlier would
 not have them. Prints one JSON line with what it did; the test checks the tables with PyIceberg afterwards.
 
-Steps (comma-separated): ``backfill`` (two windows, then one refused by its audit), ``predict`` (a scikit-learn
+Steps (comma-separated): ``apply``, ``backfill`` (two windows, then one refused by its audit), ``predict`` (a scikit-learn
 model registered with its artifact in S3, scored on Spark), ``sync`` (the online store from Spark executors),
 ``maintain`` (expiry and orphan removal on the view, compaction of the predictions table, all on Spark),
 ``executors`` (per-executor task counts from the driver's status API, for the cluster test).
@@ -62,6 +62,8 @@ def run(root: Path, steps: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with featurelake.open(root) as fl:
         out["engine"] = fl.project.engine.name
+        if "apply" in steps:
+            fl.apply()
         if "backfill" in steps:
             first = fl.backfill(VIEW, day(0), day(5), run_id="first")
             second = fl.backfill(VIEW, day(5), day(10), run_id="second")

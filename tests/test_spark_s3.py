@@ -23,7 +23,8 @@ from tests.helpers import transactions
 from tests.rest_catalog import RestCatalogProcess
 from tests.s3_project import corrupt_days, s3_project, upload_hive_source
 from tests.s3_servers import S3Bucket, moto_s3, s3
-from tests.spark_support import TEST_JVM, assert_rows_close, expected_features, sorted_rows
+from tests.spark_cluster import Cluster
+from tests.spark_support import TEST_JVM, assert_rows_close, expected_features, free_port, sorted_rows
 
 _FIXTURES = (moto_s3, s3)
 pytestmark = [pytest.mark.spark, pytest.mark.s3]
@@ -85,9 +86,7 @@ def local_files(root: Path) -> list[Path]:
 def test_spark_flow_on_s3(catalog: str, s3: S3Bucket, tmp_path: Path) -> None:
     root = s3_project(tmp_path / "proj", s3, catalog=catalog, extra=spark_config())
     upload_hive_source(s3, corrupt_days(10))  # days 10-11: the third backfill's audit refuses them
-    with featurelake.open(root) as fl:
-        fl.apply()
-    result = run_flow(root, "backfill,refused,predict,sync,maintain")
+    result = run_flow(root, "apply,backfill,refused,predict,sync,maintain")
     assert result["engine"] == "spark"
 
     backfill = result["backfill"]
@@ -127,9 +126,11 @@ def test_spark_needs_s3a_jars_for_an_s3_warehouse(
 ) -> None:
     root = s3_project(tmp_path / "proj", s3, extra=spark_config())
     monkeypatch.setenv("FEATURELAKE_SPARK_JARS_DIR", str(tmp_path / "no-jars"))
-    with featurelake.open(root) as fl:
-        with pytest.raises(ConfigError, match=r"S3A filesystem, which is not installed.*setup-spark"):
-            SparkEngine(fl.project.catalog, root, SparkConfig(), fl.project.config.settings.catalog)
+    with (
+        featurelake.open(root) as fl,
+        pytest.raises(ConfigError, match=r"S3A filesystem, which is not installed.*setup-spark"),
+    ):
+        SparkEngine(fl.project.catalog, root, SparkConfig(), fl.project.config.settings.catalog)
 
 
 def test_spark_refuses_a_catalog_it_cannot_share(s3: S3Bucket, tmp_path: Path) -> None:
@@ -138,3 +139,51 @@ def test_spark_refuses_a_catalog_it_cannot_share(s3: S3Bucket, tmp_path: Path) -
         catalog_settings = fl.project.config.settings.catalog.model_copy(update={"type": "glue"})
         with pytest.raises(ConfigError, match=r"catalog.type sql or rest .*glue"):
             SparkEngine(fl.project.catalog, root, SparkConfig(), catalog_settings)
+
+
+@pytest.mark.slow
+def test_backfill_and_predict_on_a_two_worker_cluster(s3: S3Bucket, tmp_path: Path) -> None:
+    """A standalone master and two workers, each its own process with its own directory and the project hidden
+    from it; the data only in S3. Both workers' executors run tasks, and no table file lands on local disk."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    cluster = Cluster(tmp_path / "cluster", workers=2, memory="512m", hidden=(root,)).start()
+    try:
+        conf = {
+            "spark.executor.memory": "512m",
+            "spark.executor.cores": "1",
+            "spark.cores.max": "2",
+            "spark.executor.extraJavaOptions": TEST_JVM,
+            "spark.ui.enabled": "true",  # the driver's status API: tasks per executor
+            "spark.ui.port": str(free_port()),
+        }
+        s3_project(root, s3, extra=spark_config(cluster.master_url, conf))
+        # apply too runs in the driver's process: this one must not hold a Spark application (and the cores)
+        result = run_flow(root, "apply,backfill,predict,executors")
+        states = [cluster.worker_state(i) for i in range(2)]
+    finally:
+        cluster.stop()
+
+    backfill, predict = result["backfill"], result["predict"]
+    assert isinstance(backfill, dict) and isinstance(predict, dict)
+    with featurelake.open(root) as fl:
+        tbl = fl.project.catalog.load_table(f"features.{VIEW}")
+        assert_rows_close(sorted_rows(tbl.scan().to_arrow()), expected_features(transactions(), 0, 10))
+        assert (
+            fl.project.catalog.load_table("predictions.scorer").scan().to_arrow().num_rows == predict["rows"]
+        )
+    # two executors, one per worker, and each ran tasks
+    executors = result["executors"]
+    assert isinstance(executors, list) and len(executors) == 2, executors
+    assert all(e["tasks"] > 0 for e in executors), executors
+    app_ids = [
+        {e["appid"] for e in [*state.get("executors", []), *state.get("finishedexecutors", [])]}
+        for state in states
+    ]
+    assert all(len(ids) == 1 for ids in app_ids) and app_ids[0] == app_ids[1], app_ids
+    for i in range(2):  # each worker's executor worked in its own directory
+        assert list((cluster.worker_dir(i) / "work").glob("app-*/*/stderr")), i
+    # the driver's disk holds no table data: not in the project, not anywhere a warehouse path would put it
+    assert local_files(root) == []
+    assert not (root / ".featurelake" / "warehouse").exists()
+    assert any(k.startswith("warehouse/predictions/scorer/data/") for k in s3.objects("warehouse/"))
