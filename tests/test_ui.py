@@ -514,3 +514,21 @@ def test_ui_command_without_the_server_extra(
         main(["-C", str(built), "ui"])
     assert exit_info.value.code == 2
     assert "featurelake ui needs uvicorn: pip install 'featurelake[server]'" in capsys.readouterr().err
+
+
+def test_serve_command_and_its_workers_mount_the_ui(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featurelake.cli import serving_cmds
+    from featurelake.cli.main import main
+    from featurelake.serving import server
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(
+        server, "serve", lambda project, **kw: seen.update(kw, app=kw["wrap"](server.create_app(project)))
+    )
+    main(["-C", str(built), "serve", "--workers", "1"])
+    monkeypatch.setenv(server.WORKER_PROJECT_ENV, str(built))
+    for app in (seen["app"], serving_cmds.worker_app()):  # one process, and each of --workers N
+        with TestClient(app) as c:
+            assert c.get("/ui/").status_code == 200 and 'href="/ui/views/user_features"' in c.get("/ui/").text
+            assert c.get("/healthz").status_code == 200
+        app.ui.state.ui.close()
