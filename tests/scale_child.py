@@ -2,8 +2,9 @@
 
     python -m tests.scale_child PROJECT (backfill|sync) BUDGET_BYTES START WARM_END END
 
-The process first runs the same job on one day (view ``warm``, identical to ``big``): every thread pool,
-allocator arena and import a job needs exists afterwards. Then it caps its address space (``RLIMIT_AS``) at
+The process first runs the same job on a small piece (a backfill of view ``warm`` from START to WARM_END, a
+sync of view ``warm1``, one day; both identical to ``big``): every thread pool, allocator arena and import the
+job needs exists afterwards. Then it caps its address space (``RLIMIT_AS``) at
 its peak so far plus ``BUDGET_BYTES`` and runs the job over the whole window (view ``big``). It prints one JSON
 line: what the job published, the cap and the virtual memory before it; or the error the job stopped with.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+from datetime import date, timedelta
 from typing import Any
 
 
@@ -25,6 +27,10 @@ def vm_bytes(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
+def _day_after(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
 def main(argv: list[str]) -> int:
     root, job, budget, start, warm_end, end = argv[0], argv[1], int(argv[2]), argv[3], argv[4], argv[5]
     import featurelake
@@ -35,8 +41,9 @@ def main(argv: list[str]) -> int:
         if job == "backfill":
             fl.apply()
             fl.backfill("warm", start, warm_end)
+            fl.backfill("warm1", start, (_day_after(start)))  # for the sync's warm-up: one day, one group
         else:
-            fl.sync("warm")
+            fl.sync("warm1")
         out["vm_before"] = vm_bytes("VmPeak")
         out["cap"] = cap = out["vm_before"] + budget
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

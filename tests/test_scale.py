@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
 import featurelake
-from featurelake.engines.local import LocalEngine, batch_invariant, split_window
+from featurelake.engines.local import LocalEngine, batch_invariant, is_out_of_memory, split_window
 from featurelake.errors import AuditFailed, ConfigError
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse import lineage, wap
@@ -400,3 +401,24 @@ def test_training_set_in_parts_equals_one_join(tmp_path: Path, monkeypatch: pyte
     assert parts.stats == whole.stats
     assert whole.stats.ties["user_max"] > 0 and whole.stats.outside_ttl["user_features"] > 0
     assert 0 < whole.stats.matched["user_max"] < ents.num_rows
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (MemoryError(), True),
+        (pa.ArrowMemoryError("malloc of size 64 failed"), True),
+        (
+            pa.ArrowException(
+                "Unknown error: Failed to launch worker thread: Resource temporarily unavailable"
+            ),
+            True,
+        ),
+        (RuntimeError("std::bad_alloc"), True),
+        (pa.ArrowInvalid("Invalid: wrong column"), False),
+        (ValueError("Cannot allocate memory"), False),
+        (OSError("No such file or directory"), False),
+    ],
+)
+def test_out_of_memory_is_recognised_whatever_raises_it(exc: BaseException, expected: bool) -> None:
+    assert is_out_of_memory(exc) is expected

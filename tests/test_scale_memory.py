@@ -1,9 +1,10 @@
 """The law of bounded memory, not a number: a backfill and a sync of a window whose Arrow size is several
-times the memory they are allowed beyond a one-day run succeed under that cap and publish every row; the same
+times the memory they are allowed beyond a small piece of it succeed under that cap and publish every row; the same
 window in one piece stops with a message naming the setting to lower instead of an unexplained MemoryError.
 
-Each job runs in a subprocess (``tests/scale_child.py``) that first does the same job for one day, then caps
-its own address space (``RLIMIT_AS``: virtual memory, which DuckDB, Arrow and the thread pools reserve
+Each job runs in a subprocess (``tests/scale_child.py``) that first does the same job on a small piece (a
+backfill of two days in batches of a day, as the window; a sync of one day's rows, one group), then caps its
+own address space (``RLIMIT_AS``: virtual memory, which DuckDB, Arrow and the thread pools reserve
 generously) at its peak so far plus ``BUDGET``, then runs the whole window.
 """
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 DAYS = 16
 ROWS = 3_200_000  # 200k rows a day
 USERS = 50_000
-BUDGET = 32 * 1024**2  # what the whole window may add to a one-day run's peak
+BUDGET = 32 * 1024**2  # what the whole window may add to the small piece's peak
 COLUMNS = 4  # float64 features besides user_id and event_ts
 
 FEATURES = """
@@ -44,6 +45,10 @@ big = FeatureView(
 )
 warm = FeatureView(
     name="warm", entity=user, source=Source.parquet("data/events/*.parquet", timestamp_field="event_ts"),
+    query="SELECT * FROM source", timestamp_field="event_ts", fields=fields,
+)
+warm1 = FeatureView(
+    name="warm1", entity=user, source=Source.parquet("data/events/*.parquet", timestamp_field="event_ts"),
     query="SELECT * FROM source", timestamp_field="event_ts", fields=fields,
 )
 """.replace("NCOLS", str(COLUMNS))
@@ -73,7 +78,7 @@ def write_events(data: Path) -> int:
 def run_capped(root: Path, job: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.scale_child", str(root), job, str(BUDGET), day(0), day(1), day(DAYS)],
+        [sys.executable, "-m", "tests.scale_child", str(root), job, str(BUDGET), day(0), day(2), day(DAYS)],
         capture_output=True,
         text=True,
         env=env,

@@ -54,6 +54,19 @@ if TYPE_CHECKING:
 
 #: What running out of memory raises in DuckDB, Arrow and Python.
 OUT_OF_MEMORY = (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException)
+#: How the address space running out shows in other errors (no thread stack, no mapping).
+_EXHAUSTED = ("Resource temporarily unavailable", "Cannot allocate memory", "std::bad_alloc")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the process ran out of memory (or of address space for a thread's stack)."""
+    if isinstance(exc, OUT_OF_MEMORY):
+        return True
+    return isinstance(exc, pa.ArrowException | duckdb.Error | OSError | RuntimeError) and any(
+        text in str(exc) for text in _EXHAUSTED
+    )
+
+
 #: The setting a backfill that runs out of memory should lower (named in its error).
 BATCH_SETTING = "backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS)"
 
@@ -210,7 +223,9 @@ class LocalEngine(Engine):
                 del frame
                 written.add(_write_files(table, slices, write_uuid, counter), sum(s.num_rows for s in slices))
                 del slices
-            except OUT_OF_MEMORY as exc:
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 raise ConfigError(
                     f"view {view.name!r}: out of memory computing {batch} of the backfill {window} "
                     f"({type(exc).__name__}: {exc}); lower {BATCH_SETTING} (now {batch_days}) so that "
@@ -223,7 +238,9 @@ class LocalEngine(Engine):
         what to change."""
         try:
             return self.compute(view, window, table)
-        except OUT_OF_MEMORY as exc:
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
             if batch_days <= 0:
                 advice = f"set {BATCH_SETTING} to 1 (now {batch_days}) to compute it a day at a time"
             elif window.days > batch_days and not batch_invariant(view):
@@ -412,8 +429,8 @@ class WrittenWindow:
         return pa.Table.from_batches(parts, schema=pa.schema([self.schema.field(c) for c in columns]))
 
     def audit(self, checks: list[Check]) -> tuple[int, list[CheckResult]]:
-        """Evaluate ``checks`` over the written rows: aggregates by DuckDB scanning the files (streaming),
-        the sample drawn as from the frame."""
+        """Evaluate ``checks`` over the written rows: aggregates by DuckDB scanning the files as an Arrow dataset
+        (streaming), the sample drawn as from the frame."""
         if not self.files:
             return audit_mod.evaluate(self.schema.empty_table(), checks)
         dataset = self.dataset()
@@ -442,7 +459,17 @@ class WrittenWindow:
                         out[i] = v
                 return out
 
-            return audit_mod.evaluate_with(query, sample, checks)
+            try:
+                return audit_mod.evaluate_with(query, sample, checks)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise ConfigError(
+                    f"out of memory auditing the {self.num_rows} rows written in batches "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0]}); the audit streams the written files "
+                    "with DuckDB, so lowering the batch size does not help: give the process more memory; "
+                    "main is unchanged"
+                ) from exc
 
 
 def _plain(t: pa.DataType) -> bool:
@@ -559,6 +586,7 @@ __all__ = [
     "LocalEngine",
     "WrittenWindow",
     "batch_invariant",
+    "is_out_of_memory",
     "read_parquet_window",
     "read_remote_parquet",
     "split_window",

@@ -58,6 +58,7 @@ from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IcebergType, IntegerType, LongType
 
+from featurelake.engines.local import is_out_of_memory
 from featurelake.errors import CatalogUnavailableError, ConfigError, ConflictError
 from featurelake.features.keys import as_keys, decode_key, key_sql
 from featurelake.lakehouse.retry import retry_commit
@@ -700,7 +701,9 @@ def sync_view(
                 progress=progress,
                 batch_rows=settings.sync_batch_rows,
             )
-        except (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException) as exc:
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
             raise ConfigError(
                 f"view {view.name!r}: out of memory syncing {planned.result.mode} ({type(exc).__name__}: {exc}); "
                 f"lower online_store.sync_batch_rows (FEATURELAKE_ONLINE_STORE__SYNC_BATCH_ROWS, now "
