@@ -114,6 +114,7 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/engines.py
 	$(PY) benchmarks/aggregations.py --events 1000000
 	$(PY) benchmarks/cli.py
+	$(PY) benchmarks/ui.py
 	$(PY) benchmarks/storage.py
 	$(PY) benchmarks/scale.py
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 #: Snapshots of main shown on a view's page unless ``?limit=`` asks for more.
 TIMELINE = 100
 PREVIEW_ROWS = 20
+#: Runs drawn per snapshot in a version's lineage graph (older ones are one "N older runs" node).
+LINEAGE_RUNS = 8
 #: Quantiles drawn per run in the statistics charts.
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -59,10 +61,24 @@ def _table(fl: Featurelake, name: str) -> Table | None:
         return None
 
 
+def ancestry(tbl: Table, snapshot_id: int | None) -> list[tuple[int, dict[str, str]]]:
+    """``snapshot_id`` and its ancestors, newest first, each with its summary properties (as
+    ``wap.ancestors``, with one index of the snapshots instead of a search per step: a long history stays
+    linear)."""
+    by_id = {s.snapshot_id: s for s in tbl.metadata.snapshots}
+    out: list[tuple[int, dict[str, str]]] = []
+    current = snapshot_id
+    while current is not None and current in by_id:
+        snap = by_id[current]
+        out.append((current, dict(snap.summary.additional_properties) if snap.summary else {}))
+        current = snap.parent_snapshot_id
+    return out
+
+
 def main_timeline(tbl: Table, limit: int) -> tuple[list[SnapshotInfo], int]:
     """The newest ``limit`` snapshots of main with their lineage, and how many main has in all."""
-    ids = wap.ancestors(tbl, wap.main_snapshot_id(tbl))
-    return [snapshot_info(tbl, i, True) for i in ids[:limit]], len(ids)
+    ids = ancestry(tbl, wap.main_snapshot_id(tbl))
+    return [snapshot_info(tbl, i, True) for i, _ in ids[:limit]], len(ids)
 
 
 @dataclass
@@ -185,12 +201,12 @@ def view_detail(
     sid = snapshot if snapshot is not None else wap.main_snapshot_id(tbl)
     preview = None
     if snapshot is not None:  # on demand: planning a scan reads every manifest of the snapshot
-        if tbl.metadata.snapshot_by_id(sid) is None:
+        if tbl.metadata.snapshot_by_id(snapshot) is None:
             raise NotFoundError(
-                f"snapshot {sid} does not exist in {fl.project.table_name(name)} (expired or never committed); "
+                f"snapshot {snapshot} does not exist in {fl.project.table_name(name)} (expired or never committed); "
                 f"see its timeline"
             )
-        preview = tbl.scan(snapshot_id=sid, limit=PREVIEW_ROWS).to_arrow().slice(0, PREVIEW_ROWS)
+        preview = tbl.scan(snapshot_id=snapshot, limit=PREVIEW_ROWS).to_arrow().slice(0, PREVIEW_ROWS)
     return ViewDetail(
         definition,
         schema,
@@ -234,7 +250,7 @@ def run_detail(fl: Featurelake, view: str, run_id: str) -> RunDetail:
     branch = wap.branch_name(run_id)
     tip = wap.ref_snapshot_id(tbl, branch)
     on_main = next(
-        (i for i in wap.ancestors(tbl, wap.main_snapshot_id(tbl)) if wap.snapshot_run_id(tbl, i) == run_id),
+        (i for i, props in ancestry(tbl, wap.main_snapshot_id(tbl)) if props.get(lineage.RUN_ID) == run_id),
         None,
     )
     sid: int | None
@@ -380,21 +396,28 @@ def lineage_graph(fl: Featurelake, mv: ModelVersion, record: Any, prefix: str = 
         g.edges.append((set_id, snap_id))
         if info is None or tbl is None:
             continue
-        # The runs whose data the snapshot holds: every backfill in its ancestry.
-        for ancestor in wap.ancestors(tbl, sid):
-            run = wap.snapshot_run_id(tbl, ancestor)
-            snap = tbl.metadata.snapshot_by_id(ancestor)
-            props = dict(snap.summary.additional_properties) if snap is not None and snap.summary else {}
-            if props.get(lineage.OPERATION) == "create":  # the table's creation by `apply`
-                continue
-            if not run or any(n.id == f"run:{view}:{run}" for n in g.nodes):
-                continue
-            audits = fl.audits(view, run_id=run)
-            verdict = audits[0].status if audits else "no audit"
+        # The runs whose data the snapshot holds: every backfill in its ancestry (the newest few drawn).
+        verdicts: dict[str, str] = {}
+        for audit in reversed(fl.audits(view)):  # newest last: the latest verdict of a run wins
+            verdicts[audit.run_id] = audit.status
+        runs: list[str] = []
+        for _, props in ancestry(tbl, sid):
+            run = props.get(lineage.RUN_ID)
+            if run and props.get(lineage.OPERATION) != "create" and run not in runs:  # not `apply`'s
+                runs.append(run)
+        for run in runs[:LINEAGE_RUNS]:
+            verdict = verdicts.get(run, "no audit")
             g.nodes.append(
                 LineageNode(f"run:{view}:{run}", "run", run, f"audit {verdict}", run_href(prefix, view, run))
             )
             g.edges.append((snap_id, f"run:{view}:{run}"))
+        if len(runs) > LINEAGE_RUNS:
+            more = f"more:{view}"
+            g.nodes.append(
+                LineageNode(more, "run", f"{len(runs) - LINEAGE_RUNS} older runs", "see the view's timeline",
+                            view_href(prefix, view))
+            )  # fmt: skip
+            g.edges.append((snap_id, more))
     return g
 
 
