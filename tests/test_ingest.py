@@ -405,3 +405,34 @@ def test_the_python_facade_mirrors_the_cli(fl_redis: featurelake.Featurelake, re
     assert_matches_main(fl_redis)
     with pytest.raises(UsageError, match="unknown ingest setting 'batch_size'"):
         fl_redis.ingest(VIEW, url, batch_size=5)
+
+
+@pytest.mark.redis
+def test_cli_json_exit_codes_and_error_lines(
+    fl_redis: featurelake.Featurelake, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.training_helpers import run_cli
+
+    root = fl_redis.project.root
+    (root / "featurelake.yaml").write_text(
+        (root / "featurelake.yaml").read_text() + "ingest:\n  poll_seconds: 0.2\n  batch_seconds: 0.3\n"
+    )
+    stream = f"events-{uuid.uuid4().hex[:6]}"
+    xadd(redis_url, stream, [event(i) for i in range(12)])
+    url = stream_url(redis_url, stream)
+    code, out, _ = run_cli(
+        capsys, root, "ingest", VIEW, "--from", url, "--until-idle", "--batch-rows", "5", "--json"
+    )
+    assert code == 0
+    body = json.loads(out)
+    assert (body["batches"], body["messages"], body["written"], body["stopped"]) == (3, 12, 12, "idle")
+    assert [d["messages"] for d in body["details"]] == [5, 5, 2]
+    xadd(redis_url, stream, [event(i, txn_count_1d=99_999) for i in range(12, 15)])
+    code, _, err = run_cli(
+        capsys, root, "ingest", VIEW, "--from", url, "--until-idle", "--on-refused", "stop"
+    )
+    assert code == 1 and "error: ingest of user_features" in err and "not acknowledged" in err
+    code, _, err = run_cli(capsys, root, "ingest", VIEW, "--from", "kafka://h:9092/t")
+    assert code == 2 and "unknown stream scheme 'kafka'" in err
+    code, _, err = run_cli(capsys, root, "ingest", VIEW, "--from", f"redis://127.0.0.1:{free_port()}/0/x")
+    assert code == 1 and "error: Redis at" in err and "nothing unacknowledged is lost" in err

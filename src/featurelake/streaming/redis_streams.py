@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from featurelake.errors import StreamUnavailableError, UsageError
 from featurelake.streaming.brokers import (
@@ -113,6 +115,8 @@ class RedisStreamsBroker(Broker):
                 socket_connect_timeout=options.connect_timeout,
                 socket_timeout=options.connect_timeout + MAX_BLOCK_SECONDS,
                 health_check_interval=0,
+                # One immediate retry reconnects after a Redis restart; more would only delay the error.
+                retry=Retry(NoBackoff(), 1),
             )
         except ValueError as exc:  # pragma: no cover - redis-py validates little at construction
             raise UsageError(f"--from {hide_password(url)!r}: {exc}") from exc
