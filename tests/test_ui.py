@@ -22,6 +22,7 @@ from tests.helpers import DEFAULT_FEATURES, START, day, make_project, transactio
 
 VIEW = "user_features"
 REFUSED = "nulls"
+FIXED = "fixme"
 
 FEATURES = (
     DEFAULT_FEATURES.replace(
@@ -83,8 +84,9 @@ def _fill(root: Path) -> None:
         fl.backfill(VIEW, day(5), day(10), run_id="second")
         fl.backfill("user_daily", day(0), day(10), run_id="daily")
         fl.sync(VIEW)
-        with pytest.raises(AuditFailed):
-            fl.backfill(VIEW, day(20), day(23), run_id=REFUSED)
+        for run_id, end in ((FIXED, 22), (REFUSED, 23)):  # FIXED is published from the UI later
+            with pytest.raises(AuditFailed):
+                fl.backfill(VIEW, day(20), day(end), run_id=run_id)
         ts = training_set(fl)
         path = export_pickle(fit(ts), root / "model.pkl")
         for _ in range(2):  # churn 1.0.0 then 1.0.1, each through Staging to Production
@@ -434,6 +436,42 @@ def test_publish_of_a_refused_run_is_refused_again(fl: featurelake.Featurelake, 
     assert response.status_code == 409 and "amount_avg_1d" in text(response.text)
     assert wap.main_snapshot_id(fl.project.load_table(VIEW)) == head
     assert len(fl.audits(VIEW, run_id=REFUSED)) == 2  # the re-audit is in the audit log
+
+
+def test_publish_after_the_check_is_relaxed(built: Path, client: TestClient) -> None:
+    """The refused run FIXED, published from its page once features.py allows its null rate."""
+    from featurelake.ui import create_app
+
+    features = built / "features.py"
+    features.write_text(
+        features.read_text().replace(
+            'null_rate("amount_avg_1d", max=0.10)', 'null_rate("amount_avg_1d", max=0.90)'
+        )
+    )
+    with featurelake.open(built) as fresh:  # the definitions as they are now
+        app = create_app(fresh)
+        try:
+            with TestClient(app) as c:
+                key = csrf(ok(c, f"/views/{VIEW}/runs/{FIXED}"))
+                done = c.post(f"/views/{VIEW}/runs/{FIXED}/publish", data={"csrf": key})
+                assert (
+                    done.status_code == 200
+                    and f"published run {FIXED}: main of features.{VIEW} ->" in text(done.text)
+                )
+                assert "published published to main as snapshot" in text(done.text)
+        finally:
+            app.state.ui.close()
+        tbl = fresh.project.load_table(VIEW)
+        assert wap.snapshot_run_id(tbl, wap.main_snapshot_id(tbl)) == FIXED  # in main's lineage
+        assert wap.ref_snapshot_id(tbl, f"audit_{FIXED}") is None
+        assert fresh.audits(VIEW, run_id=FIXED)[0].passed  # and in the audit log
+        assert (
+            fresh.read(VIEW).num_rows
+            > fresh.read(
+                VIEW, snapshot_id=tbl.metadata.snapshot_by_id(wap.main_snapshot_id(tbl)).parent_snapshot_id
+            ).num_rows
+        )
+    assert any(j.job == "publish" and j.outcome == "success" for j in _jobs(fresh))
 
 
 def test_discard_promote_and_sync_act_and_are_recorded(

@@ -145,6 +145,34 @@ def settle(driver: Any, base: str) -> None:
     assert not outside, outside
 
 
+def click_to(driver: Any, element: Any, title: str, *, keyboard: bool = False) -> None:
+    """Click ``element`` (or focus it and press Enter) and wait until the page it leads to, titled ``title``,
+    has loaded."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("tag name", "html")
+    if keyboard:
+        driver.execute_script("arguments[0].focus()", element)
+        assert driver.switch_to.active_element == element, "not focusable"
+        ActionChains(driver).send_keys(Keys.ENTER).perform()
+    else:
+        element.click()
+
+    def arrived(d: Any) -> bool:
+        try:
+            old.tag_name  # still the page we clicked on?  # noqa: B018
+            return False
+        except Exception:  # stale: the new page replaced it
+            return bool(
+                d.title == f"{title} - featurelake"
+                and d.execute_script("return document.readyState") == "complete"
+            )
+
+    WebDriverWait(driver, 30).until(arrived)
+
+
 def shot(driver: Any, name: str) -> None:
     if SAVE_TO:
         Path(SAVE_TO).mkdir(parents=True, exist_ok=True)
@@ -174,7 +202,7 @@ def test_overview_and_a_view_draw_their_charts(browser: Any, server: str) -> Non
     settle(browser, server)
     shot(browser, "overview")
 
-    browser.find_element(By.LINK_TEXT, VIEW).click()
+    click_to(browser, browser.find_element(By.LINK_TEXT, VIEW), VIEW)
     assert browser.current_url == f"{server}/views/{VIEW}"
     charts = browser.find_elements(By.CSS_SELECTOR, "figure.chart")
     drawn = browser.find_elements(By.CSS_SELECTOR, "figure.chart.drawn svg[role=img]")
@@ -183,7 +211,8 @@ def test_overview_and_a_view_draw_their_charts(browser: Any, server: str) -> Non
     lines = browser.find_elements(By.CSS_SELECTOR, "figure.chart.drawn svg g.series polyline")
     assert len(lines) >= 3 * 5
     drift = next(c for c in charts if "drift score per run" in c.get_attribute("aria-label"))
-    assert len(drift.find_elements(By.CSS_SELECTOR, "svg circle")) == 2  # first has no reference: no score
+    # first has no reference (no score); second, and the two refused runs.
+    assert len(drift.find_elements(By.CSS_SELECTOR, "svg circle")) == 3
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-draw-error]")
     settle(browser, server)
     shot(browser, "view")
@@ -193,7 +222,11 @@ def test_click_view_run_report(browser: Any, server: str, built: Path) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(f"{server}/views/{VIEW}")
-    browser.find_element(By.CSS_SELECTOR, f'a[href="/views/{VIEW}/runs/{REFUSED}"]').click()
+    click_to(
+        browser,
+        browser.find_element(By.CSS_SELECTOR, f'a[href="/views/{VIEW}/runs/{REFUSED}"]'),
+        f"Run {REFUSED} of {VIEW}",
+    )
     page = browser.find_element(By.TAG_NAME, "main").text
     assert "refused and kept" in page and f"featurelake publish {VIEW} --run-id {REFUSED}" in page
     assert "null rate of amount_avg_1d is 0.6" in page
@@ -213,10 +246,10 @@ def test_click_model_lineage_snapshot(browser: Any, server: str, built: Path) ->
     from selenium.webdriver.common.by import By
 
     browser.get(f"{server}/models")
-    browser.find_element(By.LINK_TEXT, "churn").click()
+    click_to(browser, browser.find_element(By.LINK_TEXT, "churn"), "Model churn")
     assert "Production" in browser.find_element(By.TAG_NAME, "main").text
     shot(browser, "model")
-    browser.find_element(By.LINK_TEXT, "1.0.1").click()
+    click_to(browser, browser.find_element(By.LINK_TEXT, "1.0.1"), "Model churn@1.0.1")
     graph = browser.find_element(By.CSS_SELECTOR, "figure.graph.drawn svg")
     kinds = [g.get_attribute("data-kind") for g in graph.find_elements(By.CSS_SELECTOR, "g.node")]
     assert kinds.count("model") == 1 and kinds.count("training set") == 1
@@ -226,9 +259,9 @@ def test_click_model_lineage_snapshot(browser: Any, server: str, built: Path) ->
     shot(browser, "version")
     with featurelake.open(built) as fl:
         sid = fl.models.get("churn", "1.0.1").snapshots[VIEW]
-    # Follow the snapshot node of the graph (an SVG link) to the view's time travel at that snapshot.
+    # Follow the snapshot node of the graph (an SVG link), by keyboard, to the view's time travel there.
     link = graph.find_element(By.CSS_SELECTOR, "a.node-link")
-    browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", link)
+    click_to(browser, link, VIEW, keyboard=True)
     assert browser.current_url == f"{server}/views/{VIEW}?snapshot={sid}#preview"
     assert f"rows at snapshot {sid}" in browser.find_element(By.ID, "preview").text
     settle(browser, server)
@@ -243,7 +276,7 @@ def test_online_page_action_and_phone_width(browser: Any, server: str, built: Pa
         r for r in browser.find_elements(By.CSS_SELECTOR, "table tbody tr") if r.text.startswith("user_daily")
     )
     assert "never synced" in row.text
-    row.find_element(By.TAG_NAME, "button").click()
+    click_to(browser, row.find_element(By.TAG_NAME, "button"), "Online and monitoring")
     assert "user_daily: full sync (first sync)" in browser.find_element(By.CSS_SELECTOR, ".notice").text
     row = next(
         r for r in browser.find_elements(By.CSS_SELECTOR, "table tbody tr") if r.text.startswith("user_daily")
@@ -273,11 +306,10 @@ def test_token_login_form(browser: Any, built: Path) -> None:
         browser.get(base + "/models")
         assert browser.title == "Sign in - featurelake" and "churn" not in browser.page_source
         browser.find_element(By.ID, "token").send_keys("wrong")
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        click_to(browser, browser.find_element(By.CSS_SELECTOR, "form button"), "Sign in")
         assert "wrong token" in browser.find_element(By.TAG_NAME, "main").text
         browser.find_element(By.ID, "token").send_keys("browser-secret")
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
-        assert browser.title == "Overview - featurelake"
+        click_to(browser, browser.find_element(By.CSS_SELECTOR, "form button"), "Overview")
         browser.get(base + "/models")
         assert "churn" in browser.find_element(By.TAG_NAME, "main").text
     finally:
