@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+from pyiceberg.io.pyarrow import ArrowScan
 
 import featurelake
 from featurelake.engines.local import LocalEngine, batch_invariant, is_out_of_memory, split_window
@@ -25,6 +26,7 @@ from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
 from featurelake.serving.sync import _groups
 from featurelake.training import build_training_set
+from featurelake.training.scan import stream_scan
 from featurelake.validation.audit import AuditReport
 from tests.helpers import DEFAULT_FEATURES, day, make_project, transactions
 from tests.online_helpers import (
@@ -422,3 +424,36 @@ def test_training_set_in_parts_equals_one_join(tmp_path: Path, monkeypatch: pyte
 )
 def test_out_of_memory_is_recognised_whatever_raises_it(exc: BaseException, expected: bool) -> None:
     assert is_out_of_memory(exc) is expected
+
+
+def test_stream_scan_reads_one_file_at_a_time_and_the_same_rows(tmp_path: Path) -> None:
+    """PyIceberg's batch reader reads every file ahead; stream_scan asks for the next file only when the
+    consumer has taken the previous one's batches, with the scan's projection, filter and types."""
+    with _project(tmp_path / "p", 1) as fl:
+        fl.backfill("events", day(FIRST), day(LAST))
+        tbl = fl.project.load_table("events")
+        scan = tbl.scan(
+            row_filter=Window.parse(day(FIRST + 1), day(LAST - 1)).iceberg_filter("event_ts"),
+            selected_fields=("user_id", "event_ts", "twice"),
+        )
+        files = len(list(scan.plan_files()))
+        assert files == LAST - FIRST - 2
+        calls: list[int] = []
+        real = ArrowScan.to_record_batches
+
+        def spy(self: ArrowScan, tasks: Any) -> Any:
+            tasks = list(tasks)
+            calls.append(len(tasks))
+            return real(self, tasks)
+
+        with mock.patch.object(ArrowScan, "to_record_batches", spy):
+            reader = stream_scan(scan)
+            first = reader.read_next_batch()
+            assert calls == [1] and first.num_rows > 0
+            rest = reader.read_all()
+        assert calls == [1] * files
+        got = pa.Table.from_batches([first, *rest.to_batches()]).sort_by(
+            [("user_id", "ascending"), ("event_ts", "ascending")]
+        )
+        want = scan.to_arrow().sort_by([("user_id", "ascending"), ("event_ts", "ascending")])
+        assert got.schema == want.schema and got.equals(want)

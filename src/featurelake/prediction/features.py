@@ -31,6 +31,7 @@ from pyiceberg.expressions import (
 from pyiceberg.table import Table
 
 from featurelake.prediction.where import sandbox
+from featurelake.training.scan import stream_scan
 from featurelake.validation.checks import quote
 
 
@@ -101,7 +102,7 @@ def stream_features(table: Table, sel: FeatureSelection, batch_rows: int) -> Ite
     """The selected rows as a RecordBatchReader of at most ``batch_rows`` rows per batch."""
     fields = tuple(dict.fromkeys([*sel.keys, sel.timestamp, *sel.columns]))
     scan = table.scan(row_filter=sel.iceberg_filter(), selected_fields=fields, snapshot_id=sel.snapshot_id)
-    source = scan.to_arrow_batch_reader()
+    source = stream_scan(scan)  # one data file in memory at a time (PyIceberg's reader reads them all ahead)
     con = sandbox()
     try:
         con.register("feats", source)

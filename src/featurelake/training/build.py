@@ -33,6 +33,7 @@ from featurelake.training.entities import (
 )
 from featurelake.training.join import JoinStats, ViewFrame, micros, point_in_time_join
 from featurelake.training.provenance import Provenance, attach
+from featurelake.training.scan import stream_scan
 
 if TYPE_CHECKING:
     from featurelake.project import Project
@@ -463,7 +464,7 @@ def _read_view(
     if sum(t.file.record_count for t in tasks) <= batch_rows:
         return project.catalog_call(scan.to_arrow, f"read {name} at snapshot {sid}"), None
     # Bounded memory: the rows in parts of about batch_rows (whole record batches), joined one at a time.
-    reader = project.catalog_call(scan.to_arrow_batch_reader, f"read {name} at snapshot {sid}")
+    reader = stream_scan(scan, tasks)
     return reader.schema.empty_table(), _parts(reader, batch_rows)
 
 
