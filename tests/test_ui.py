@@ -570,3 +570,48 @@ def test_serve_command_and_its_workers_mount_the_ui(built: Path, monkeypatch: py
             assert c.get("/ui/").status_code == 200 and 'href="/ui/views/user_features"' in c.get("/ui/").text
             assert c.get("/healthz").status_code == 200
         app.ui.state.ui.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "shown"),
+    [
+        ("catalog", 503, "503 Unavailable"),
+        ("store", 503, "503 Unavailable"),
+        ("conflict", 409, "409 Conflict"),
+        ("bug", 500, "RuntimeError: see the server log"),
+    ],
+)
+def test_failures_are_pages_with_their_status(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch, error: str, status: int, shown: str
+) -> None:
+    from featurelake.errors import CatalogUnavailableError, ConflictError, OnlineStoreUnavailableError
+    from featurelake.ui import create_app, data
+
+    exc = {
+        "catalog": CatalogUnavailableError(f"the catalog at {fl.project.root}/x.db is locked; retry later"),
+        "store": OnlineStoreUnavailableError("redis at 127.0.0.1:1 refused the connection"),
+        "conflict": ConflictError("main moved"),
+        "bug": RuntimeError(f"secret detail {fl.project.root}"),
+    }[error]
+
+    def fail(*_: Any, **__: Any) -> Any:
+        raise exc
+
+    monkeypatch.setattr(data, "view_summaries", fail)
+    app = create_app(fl)
+    try:
+        with TestClient(app) as c:
+            response = c.get("/")
+    finally:
+        app.state.ui.close()
+    assert response.status_code == status and shown in text(response.text)
+    assert str(fl.project.root) not in response.text  # no server path, no internal detail
+    if error == "catalog":
+        assert "the catalog at <server path>/x.db is locked; retry later" in text(response.text)
+    if error == "bug":
+        assert "secret detail" not in response.text
+
+
+def test_login_without_a_token_goes_to_the_overview(client: TestClient) -> None:
+    response = client.get("/login", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/"

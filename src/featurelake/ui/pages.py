@@ -221,9 +221,7 @@ def view(ctx: Context, d: data.ViewDetail, limit: int) -> str:
                 when(s.published_at or s.committed_at),
                 e(s.featurelake_operation or s.operation),
                 _code(ctx, s.code_version),
-                f'<a href="{e(run_href(ctx.prefix, fv.name, s.run_id))}">{e(s.run_id)}</a>'
-                if s.run_id
-                else "-",
+                _run_cell(ctx, fv.name, s),
                 e(s.pipeline_user or "-"),
                 _window(s),
                 num(s.added_records),
@@ -289,6 +287,14 @@ def view(ctx: Context, d: data.ViewDetail, limit: int) -> str:
         f'<section id="preview" aria-labelledby="h-preview"><h2 id="h-preview">Time travel</h2>{preview}</section>'
     )
     return ctx.page(fv.name, body, [ctx.home(), ("", fv.name)])
+
+
+def _run_cell(ctx: Context, view: str, s: SnapshotInfo) -> str:
+    if not s.run_id:
+        return "-"
+    if s.featurelake_operation == "create":  # `apply` created the table: no run page to show
+        return f'<span class="muted">{e(s.run_id)}</span>'
+    return f'<a href="{e(run_href(ctx.prefix, view, s.run_id))}">{e(s.run_id)}</a>'
 
 
 def _preview(ctx: Context, d: data.ViewDetail) -> str:
