@@ -23,6 +23,7 @@ from tests.helpers import DEFAULT_FEATURES, START, day, make_project, transactio
 VIEW = "user_features"
 REFUSED = "nulls"
 FIXED = "fixme"
+LOCAL = ("127.0.0.1", 50123)  # a browser on the server's machine (TestClient's default host is "testclient")
 
 FEATURES = (
     DEFAULT_FEATURES.replace(
@@ -118,7 +119,7 @@ def client(fl: featurelake.Featurelake) -> Iterator[TestClient]:
     from featurelake.ui import create_app
 
     app = create_app(fl)
-    with TestClient(app) as c:
+    with TestClient(app, client=LOCAL) as c:
         yield c
     app.state.ui.close()
 
@@ -451,7 +452,7 @@ def test_publish_after_the_check_is_relaxed(built: Path, client: TestClient) -> 
     with featurelake.open(built) as fresh:  # the definitions as they are now
         app = create_app(fresh)
         try:
-            with TestClient(app) as c:
+            with TestClient(app, client=LOCAL) as c:
                 key = csrf(ok(c, f"/views/{VIEW}/runs/{FIXED}"))
                 done = c.post(f"/views/{VIEW}/runs/{FIXED}/publish", data={"csrf": key})
                 assert (

@@ -67,7 +67,7 @@ CSP = (
 )
 #: The audit report: inline styles and SVG, nothing else (it runs no script).
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def status_of(exc: BaseException) -> int:
