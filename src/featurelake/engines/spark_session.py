@@ -76,7 +76,10 @@ def _static_conf(settings: SparkConfig) -> dict[str, str]:
         httpclient = spark_jars.httpclient_jar()
         if httpclient is not None:  # the REST catalog client's; JDBC catalogs run without it
             jars.append(str(httpclient))
-    jars += [str(p) for p in spark_jars.s3_jars() or []]
+    s3 = [str(p) for p in spark_jars.s3_jars() or []]
+    in_process = settings.master.startswith("local")
+    if not in_process:  # executors in other JVMs fetch them from the driver
+        jars += s3
     jars += [str(p) for p in spark_jars.jdbc_jars()]
     if user.get("spark.jars"):
         jars += [j for j in user["spark.jars"].split(",") if j]
@@ -103,6 +106,11 @@ def _static_conf(settings: SparkConfig) -> dict[str, str]:
             }
         )
     conf.update(user)
+    if in_process and s3:
+        # local[N]: executors share the driver's JVM, and jars on spark.jars would be copied into its temp
+        # directory (the AWS SDK bundle is 192 MB); on the launch classpath they are read where they are.
+        classpath = [*s3, *[c for c in user.get("spark.driver.extraClassPath", "").split(os.pathsep) if c]]
+        conf["spark.driver.extraClassPath"] = os.pathsep.join(dict.fromkeys(classpath))
     conf["spark.jars"] = ",".join(dict.fromkeys(jars))
     conf["spark.sql.extensions"] = ",".join(extensions)
     # Feature timestamps are instants: every engine and session computes them in UTC.
