@@ -55,7 +55,7 @@ $(SPARK_STAMP): $(STAMP) scripts/setup-spark.sh
 	VENV=$(VENV) bash scripts/setup-spark.sh
 	touch $(SPARK_STAMP)
 
-spark: $(SPARK_STAMP) ## install the Spark engine: JDK, JDBC drivers, Iceberg runtime, relocated-Jackson jar
+spark: $(SPARK_STAMP) ## install the Spark engine: JDK, JDBC drivers, Iceberg runtime, relocated Jackson and httpclient5 jars, S3A (hadoop-aws)
 
 demo: $(DEMO_STAMP) ## install featurelake + scikit-learn and pandas, run the quickstart end to end
 	PATH="$(abspath $(VENV))/bin:$$PATH" FL=featurelake bash examples/quickstart/run_demo.sh
