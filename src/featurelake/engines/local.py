@@ -443,7 +443,6 @@ class WrittenWindow:
             return drawn
 
         with duck.cursor() as con:
-            con.register("frame", dataset)
 
             def query(exprs: list[str]) -> list[Any]:
                 out: list[Any] = [None] * len(exprs)
@@ -454,7 +453,13 @@ class WrittenWindow:
                     else:
                         scan.append(i)
                 if scan:
+                    # A scanner reading one file, a batch ahead: a dataset registered as such is scanned with
+                    # Arrow's default read-ahead (several files at once).
+                    con.register(
+                        "frame", ds.Scanner.from_dataset(dataset, batch_readahead=1, fragment_readahead=1)
+                    )
                     (row,) = con.execute(f"SELECT {', '.join(exprs[i] for i in scan)} FROM frame").fetchall()
+                    con.unregister("frame")
                     for i, v in zip(scan, row, strict=True):
                         out[i] = v
                 return out
