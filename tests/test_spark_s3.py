@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import featurelake
-from featurelake.config import SparkConfig
+from featurelake.config import CatalogConfig, SparkConfig
+from featurelake.engines import spark_jars
 from featurelake.engines.spark import SparkEngine
+from featurelake.engines.spark_session import REDACTION_REGEX, rest_catalog_conf
 from featurelake.errors import ConfigError
 from tests.helpers import transactions
 from tests.rest_catalog import RestCatalogProcess
@@ -187,3 +191,38 @@ def test_backfill_and_predict_on_a_two_worker_cluster(s3: S3Bucket, tmp_path: Pa
     assert local_files(root) == []
     assert not (root / ".featurelake" / "warehouse").exists()
     assert any(k.startswith("warehouse/predictions/scorer/data/") for k in s3.objects("warehouse/"))
+
+
+def test_spark_refuses_a_warehouse_it_cannot_reach(tmp_path: Path) -> None:
+    catalog = SimpleNamespace(
+        name="featurelake", properties={"uri": f"sqlite:///{tmp_path}/c.db", "warehouse": "gs://bucket/wh"}
+    )
+    with pytest.raises(ConfigError, match=r"gs://bucket/wh: the Spark engine reaches local paths and s3://"):
+        SparkEngine(catalog, tmp_path, SparkConfig(), CatalogConfig())
+
+
+def test_httpclient_jar_needs_debians_httpclient5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spark_jars, "HTTPCLIENT_SOURCES", (tmp_path / "httpclient5.jar",))
+    with pytest.raises(ConfigError, match=r"httpclient5.jar missing; apt-get install libhttpclient5-java"):
+        spark_jars.build_httpclient_jar(tmp_path / "out.jar")
+    assert spark_jars.httpclient_jar() is not None  # the installed one is still found
+
+
+def test_rest_catalog_conf_passes_the_clients_properties_only() -> None:
+    conf = rest_catalog_conf(
+        "lake",
+        "http://127.0.0.1:1",
+        "s3://b/wh",
+        {
+            "token": "t0k",
+            "scope": "PRINCIPAL_ROLE:ALL",
+            "header.X-A": "1",
+            "s3.endpoint": "http://x",
+            "py-io-impl": "y",
+        },
+    )
+    assert conf["spark.sql.catalog.lake.type"] == "rest"
+    assert conf["spark.sql.catalog.lake.token"] == "t0k" and conf["spark.sql.catalog.lake.header.X-A"] == "1"
+    assert not any(k.endswith(("s3.endpoint", "py-io-impl")) for k in conf)
+    assert re.search(REDACTION_REGEX, "spark.sql.catalog.lake.credential")
+    assert re.search(REDACTION_REGEX, "spark.sql.catalog.lake.token")
