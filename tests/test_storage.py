@@ -384,9 +384,9 @@ def test_the_spark_engine_refuses_other_catalog_types(tmp_path: Path) -> None:
         name = "featurelake"
         properties: ClassVar[dict[str, str]] = {"uri": "http://127.0.0.1:1", "warehouse": "s3://b/wh"}
 
-    settings = CatalogConfig(type="rest", uri="http://127.0.0.1:1")
+    settings = CatalogConfig(type="glue")  # sql and rest are shared with Spark (tests/test_spark_s3.py)
     with pytest.raises(
-        ConfigError, match=r"the Spark engine .* needs catalog.type sql \(this project has rest\)"
+        ConfigError, match=r"the Spark engine .* needs catalog.type sql or rest \(this project has glue\)"
     ):
         SparkEngine(Cat(), tmp_path, SparkConfig(), settings)
 
