@@ -1,8 +1,9 @@
 """The scale-out engine: Spark SQL computes and audits, Iceberg's Spark runtime writes, on the same catalog.
 
-Spark talks to the project's catalog database through Iceberg's ``JdbcCatalog`` registered under the
-project's catalog name (``catalog.name``), so PyIceberg's ``SqlCatalog`` and Spark see the same tables,
-snapshots, branches and lineage. Branch creation, publish and history stay in ``featurelake.lakehouse``
+Spark talks to the project's catalog through Iceberg's ``JdbcCatalog`` (``catalog.type: sql``: the same
+database) or ``RESTCatalog`` (``catalog.type: rest``: the same server), registered under the project's catalog
+name (``catalog.name``), so PyIceberg and Spark see the same tables, snapshots, branches and lineage. Files on
+S3 (warehouse, sources) go through Hadoop's S3A filesystem, configured from ``storage.s3``. Branch creation, publish and history stay in ``featurelake.lakehouse``
 (PyIceberg) for both engines: one publish policy, whichever engine wrote the branch.
 
 One SparkContext serves the whole process (``spark_session.py``); each engine works in its own
