@@ -191,6 +191,10 @@ def test_backfill_and_predict_on_a_two_worker_cluster(s3: S3Bucket, tmp_path: Pa
     assert local_files(root) == []
     assert not (root / ".featurelake" / "warehouse").exists()
     assert any(k.startswith("warehouse/predictions/scorer/data/") for k in s3.objects("warehouse/"))
+    # the credentials stayed in the environment: no log or file of the master, workers or executors holds them
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    logs = [f for f in (tmp_path / "cluster").rglob("*") if f.is_file() and f.suffix != ".jar"]
+    assert logs and [f for f in logs if secret in f.read_bytes()] == []
 
 
 def test_spark_refuses_a_warehouse_it_cannot_reach(tmp_path: Path) -> None:
