@@ -14,6 +14,7 @@ from unittest import mock
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import ArrowScan
@@ -21,6 +22,7 @@ from pyiceberg.io.pyarrow import ArrowScan
 import featurelake
 from featurelake.engines.local import LocalEngine, batch_invariant, is_out_of_memory, split_window
 from featurelake.errors import AuditFailed, ConfigError
+from featurelake.features.aggregations import source_window
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
@@ -68,7 +70,7 @@ def features() -> str:
 
 
 def _project(root: Path, batch_days: int) -> featurelake.Featurelake:
-    cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+    cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n  batch_min_rows: 0\n"
     fl = featurelake.open(make_project(root, features=features(), config=cfg, data=law_data(LAST + 2)))
     fl.apply()
     return fl
@@ -152,7 +154,7 @@ def test_batched_backfill_publishes_what_one_piece_publishes(whole: Whole, tmp_p
 def test_batched_backfill_refuses_what_one_piece_refuses(tmp_path: Path) -> None:
     """A failing check sees every batch's rows: the audit of the written files refuses the run, main unchanged."""
     text = features().replace('checks.between("amount", -20, 200)', 'checks.between("amount", -20, 50)')
-    cfg = "project: scale\nnamespace: features\nbackfill:\n  batch_days: 1\n"
+    cfg = "project: scale\nnamespace: features\nbackfill:\n  batch_days: 1\n  batch_min_rows: 0\n"
     with featurelake.open(make_project(tmp_path / "p", features=text, config=cfg, data=law_data(LAST))) as fl:
         fl.apply()
         before = wap.main_snapshot_id(fl.project.load_table("events"))
@@ -179,7 +181,7 @@ def test_batched_backfill_refuses_what_one_piece_refuses(tmp_path: Path) -> None
 
 def test_empty_batches_are_skipped_and_an_empty_window_is_audited(tmp_path: Path) -> None:
     """Days without source rows write nothing; a window without any row gets the empty-window verdict."""
-    cfg = "project: scale\nnamespace: features\nbackfill:\n  batch_days: 1\n  empty_window: warn\n"
+    cfg = "project: scale\nnamespace: features\nbackfill:\n  batch_days: 1\n  batch_min_rows: 0\n  empty_window: warn\n"
     data = law_data(4)
     with featurelake.open(make_project(tmp_path / "p", features=features(), config=cfg, data=data)) as fl:
         fl.apply()
@@ -200,7 +202,7 @@ def test_rebackfill_of_a_month_partitioned_table_keeps_the_rest_of_the_month(tmp
     )
     tables, commits = [], []
     for batch_days in (0, 2):
-        cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+        cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n  batch_min_rows: 0\n"
         root = make_project(tmp_path / str(batch_days), features=text, config=cfg, data=law_data(20))
         with featurelake.open(root) as fl:
             fl.apply()
@@ -244,7 +246,7 @@ def test_only_batch_invariant_queries_are_batched(query: str, batched: bool) -> 
 
 def test_a_view_that_groups_over_the_window_is_computed_in_one_piece(tmp_path: Path) -> None:
     """GROUP BY over the window would change with the batches: computed whole, as before."""
-    cfg = "project: scale\nnamespace: features\nbackfill:\n  batch_days: 1\n"
+    cfg = "project: scale\nnamespace: features\nbackfill:\n  batch_days: 1\n  batch_min_rows: 0\n"
     spy = ComputeSpy()
     with featurelake.open(make_project(tmp_path / "p", features=DEFAULT_FEATURES, config=cfg)) as fl:
         fl.apply()
@@ -279,7 +281,7 @@ def test_out_of_memory_in_a_batch_names_the_setting_to_lower(tmp_path: Path) -> 
 def test_out_of_memory_in_one_piece_says_what_to_change(
     tmp_path: Path, features_text: str | None, view: str, batch_days: int, advice: str
 ) -> None:
-    cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+    cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n  batch_min_rows: 0\n"
     root = make_project(tmp_path / "p", features=features_text or features(), config=cfg, data=law_data(LAST))
     with featurelake.open(root) as fl:
         fl.apply()
@@ -298,7 +300,7 @@ def test_batched_audit_counts_duplicates_within_a_batch(tmp_path: Path) -> None:
     )
     observed = []
     for batch_days in (0, 2):
-        cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+        cfg = f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n  batch_min_rows: 0\n"
         root = make_project(tmp_path / str(batch_days), features=text, config=cfg, data=law_data(LAST))
         with featurelake.open(root) as fl:
             fl.apply()
@@ -417,6 +419,7 @@ def test_training_set_in_parts_equals_one_join(tmp_path: Path, monkeypatch: pyte
             True,
         ),
         (RuntimeError("std::bad_alloc"), True),
+        (RuntimeError("can't start new thread"), True),
         (pa.ArrowInvalid("Invalid: wrong column"), False),
         (ValueError("Cannot allocate memory"), False),
         (OSError("No such file or directory"), False),
@@ -457,3 +460,47 @@ def test_stream_scan_reads_one_file_at_a_time_and_the_same_rows(tmp_path: Path) 
         )
         want = scan.to_arrow().sort_by([("user_id", "ascending"), ("event_ts", "ascending")])
         assert got.schema == want.schema and got.equals(want)
+
+
+def test_a_window_whose_source_is_small_is_computed_in_one_piece(tmp_path: Path) -> None:
+    """Below backfill.batch_min_rows source rows (by the Parquet metadata), one piece is faster and fits."""
+    rows = law_data(LAST + 2).num_rows
+    for min_rows, pieces in ((rows, 1), (rows // 4, 4)):
+        cfg = (
+            f"project: scale\nnamespace: features\nbackfill:\n  batch_days: 2\n  batch_min_rows: {min_rows}\n"
+        )
+        root = make_project(
+            tmp_path / str(min_rows), features=features(), config=cfg, data=law_data(LAST + 2)
+        )
+        spy = ComputeSpy()
+        with featurelake.open(root) as fl:
+            fl.apply()
+            with spy.patch():
+                fl.backfill("events", day(FIRST), day(LAST))
+        assert len(spy.windows) == pieces
+
+
+def test_source_rows_come_from_row_group_statistics(tmp_path: Path) -> None:
+    """Row groups whose timestamps lie outside the window are not counted; the lookback widens it."""
+    data = law_data(LAST + 2).sort_by("ts")
+    path = tmp_path / "p" / "data" / "transactions" / "part-0.parquet"
+    make_project(tmp_path / "p", features=features(), data=data.slice(0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(data, path, row_group_size=10)
+    with featurelake.open(tmp_path / "p") as fl:
+        engine = fl.project.engine
+        assert isinstance(engine, LocalEngine)
+        window = Window.parse(day(FIRST), day(FIRST + 1))
+        ts = data.column("ts")
+        inside = pc.sum(
+            pc.and_(
+                pc.greater_equal(ts, pa.scalar(window.start, ts.type)),
+                pc.less(ts, pa.scalar(window.end, ts.type)),
+            )
+        ).as_py()
+        got = engine.source_rows(fl.project.view("events"), window)
+        # Whole row groups of 10 rows: those inside, plus at most two straddling the window's edges.
+        assert got is not None and inside <= got <= inside + 18 and got < data.num_rows
+        history = fl.project.view("history_a")
+        read = engine.source_rows(history, source_window(history, window))
+        assert read is not None and read > got  # seven more days of lookback

@@ -94,7 +94,7 @@ def run_capped(root: Path, job: str) -> dict[str, Any]:
 def project(root: Path, batch_days: int, sync_batch_rows: int = 200_000) -> int:
     size = write_events(root / "data" / "events")
     (root / "featurelake.yaml").write_text(
-        f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n"
+        f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n  batch_min_rows: 0\n"
         f"online_store:\n  sync_batch_rows: {sync_batch_rows}\n"
     )
     (root / "features.py").write_text(textwrap.dedent(FEATURES))

@@ -341,6 +341,9 @@ class BackfillConfig(_Section):
     """The local engine computes and writes a window this many days at a time (each batch reads its source from
     its own start minus the lookback), then audits and publishes the whole window as one snapshot: peak memory
     follows the largest batch, not the window. ``0``: the whole window at once (one frame in memory)."""
+    batch_min_rows: int = Field(default=1_000_000, ge=0)
+    """A window whose source holds at most this many rows (by its Parquet/Iceberg metadata) is computed in one
+    piece, the faster way while it fits in memory; ``0``: batch every window longer than ``batch_days``."""
 
 
 class MaintenanceConfig(_Section):

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -55,7 +55,12 @@ if TYPE_CHECKING:
 #: What running out of memory raises in DuckDB, Arrow and Python.
 OUT_OF_MEMORY = (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException)
 #: How the address space running out shows in other errors (no thread stack, no mapping).
-_EXHAUSTED = ("Resource temporarily unavailable", "Cannot allocate memory", "std::bad_alloc")
+_EXHAUSTED = (
+    "Resource temporarily unavailable",
+    "Cannot allocate memory",
+    "std::bad_alloc",
+    "can't start new thread",
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -182,15 +187,40 @@ class LocalEngine(Engine):
         return audit_mod.evaluate(frame, checks)
 
     # --- bounded memory: a window computed and written a batch of days at a time ---------------------
-    def can_batch(self, table: Table, view: FeatureView, window: Window, batch_days: int) -> bool:
-        """Whether a backfill of ``window`` goes batch by batch (see :meth:`write_batches`)."""
-        return (
+    def can_batch(
+        self, table: Table, view: FeatureView, window: Window, batch_days: int, min_rows: int = 0
+    ) -> bool:
+        """Whether a backfill of ``window`` goes batch by batch (see :meth:`write_batches`): a window longer
+        than ``batch_days`` of a batch-invariant view whose source holds more than ``min_rows`` rows for it
+        (by the source's metadata; unknown counts as more)."""
+        if not (
             batch_days > 0
             and window.days > batch_days
             and batch_invariant(view)
             and compat.fast_overwrite_available()
             and partition_of(table.spec(), table.schema(), view.timestamp_field) is not None
-        )
+        ):
+            return False
+        if min_rows <= 0:
+            return True
+        rows = self.source_rows(view, source_window(view, window))
+        return rows is None or rows > min_rows
+
+    def source_rows(self, view: FeatureView, window: Window) -> int | None:
+        """At least the source rows ``window`` reads, from metadata only (Parquet row groups whose timestamp
+        statistics overlap it, or the Iceberg files a scan of it plans); None when it cannot tell."""
+        src = view.source
+        try:
+            if src.kind != "parquet":
+                tbl = self.catalog.load_table(src.location)
+                scan = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field))
+                return sum(int(t.file.record_count) for t in scan.plan_files())
+            files = source_files(src, self.project_dir, view.name, storage=self.storage)
+            if is_remote(files[0]):
+                return None
+            return sum(_parquet_rows(f, src.timestamp_field, window) for f in files)
+        except Exception:  # an estimate only: the compute reports what is wrong with the source
+            return None
 
     def write_batches(
         self,
@@ -343,6 +373,25 @@ def batch_invariant(view: FeatureView) -> bool:
         if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in aggregates:
             return False
     return True
+
+
+def _parquet_rows(path: str, timestamp_field: str, window: Window) -> int:
+    """Rows of the row groups of ``path`` whose ``timestamp_field`` statistics overlap ``window`` (all of a
+    row group without usable statistics)."""
+    meta = pq.read_metadata(path)
+    index = meta.schema.to_arrow_schema().get_field_index(timestamp_field)
+    total = 0
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(index).statistics if index >= 0 else None
+        if stats is not None and stats.has_min_max:
+            lo, hi = stats.min, stats.max
+            if isinstance(lo, datetime) and isinstance(hi, datetime):
+                lo, hi = (v if v.tzinfo else v.replace(tzinfo=UTC) for v in (lo, hi))
+                if hi < window.start or lo >= window.end:
+                    continue
+        total += group.num_rows
+    return total
 
 
 def split_window(window: Window, days: int) -> Iterator[Window]:

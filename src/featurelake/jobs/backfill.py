@@ -148,9 +148,12 @@ def run_backfill(
         )
     earlier = keep_earlier_reports(project, view.name, run_id)
 
-    engine, batch_days = project.engine, project.config.settings.backfill.batch_days
+    settings = project.config.settings.backfill
+    engine, batch_days = project.engine, settings.batch_days
     frame: Any
-    if isinstance(engine, LocalEngine) and engine.can_batch(tbl, view, window, batch_days):
+    if isinstance(engine, LocalEngine) and engine.can_batch(
+        tbl, view, window, batch_days, settings.batch_min_rows
+    ):
         # Bounded memory: batch_days at a time, each written as data files; one commit below.
         frame = engine.write_batches(view, window, tbl, batch_days, progress)
     elif isinstance(engine, LocalEngine):
