@@ -33,7 +33,7 @@ from featurelake.training.entities import (
 )
 from featurelake.training.join import JoinStats, ViewFrame, micros, point_in_time_join
 from featurelake.training.provenance import Provenance, attach
-from featurelake.training.scan import stream_scan
+from featurelake.training.scan import read_scan, stream_scan
 
 if TYPE_CHECKING:
     from featurelake.project import Project
@@ -462,7 +462,7 @@ def _read_view(
         lambda: list(scan.plan_files()), f"plan the read of {name} at snapshot {sid}"
     )
     if sum(t.file.record_count for t in tasks) <= batch_rows:
-        return project.catalog_call(scan.to_arrow, f"read {name} at snapshot {sid}"), None
+        return project.catalog_call(lambda: read_scan(scan, tasks), f"read {name} at snapshot {sid}"), None
     # Bounded memory: the rows in parts of about batch_rows (whole record batches), joined one at a time.
     reader = stream_scan(scan, tasks)
     return reader.schema.empty_table(), _parts(reader, batch_rows)

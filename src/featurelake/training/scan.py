@@ -33,4 +33,11 @@ def stream_scan(scan: DataScan, tasks: list[FileScanTask] | None = None) -> pa.R
     return pa.RecordBatchReader.from_batches(target, batches()).cast(target)
 
 
-__all__ = ["stream_scan"]
+def read_scan(scan: DataScan, tasks: list[FileScanTask]) -> pa.Table:
+    """``scan.to_arrow()`` of files already planned (what ``DataScan.to_arrow`` does, without planning again)."""
+    return ArrowScan(
+        scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive, scan.limit
+    ).to_table(tasks)
+
+
+__all__ = ["read_scan", "stream_scan"]
