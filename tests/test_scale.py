@@ -39,6 +39,8 @@ from tests.online_helpers import (
     online_state,
     overwrite,
 )
+from tests.s3_project import s3_project
+from tests.s3_servers import S3Bucket, moto_s3, s3  # noqa: F401 - fixtures
 from tests.test_lookback import assert_same_rows, law_data, law_features, rows_of
 from tests.training_helpers import FEATURES as TRAINING_FEATURES
 from tests.training_helpers import entities as training_entities
@@ -504,3 +506,22 @@ def test_source_rows_come_from_row_group_statistics(tmp_path: Path) -> None:
         history = fl.project.view("history_a")
         read = engine.source_rows(history, source_window(history, window))
         assert read is not None and read > got  # seven more days of lookback
+
+
+@pytest.mark.s3
+def test_source_rows_of_parquet_objects_on_s3(s3: S3Bucket, tmp_path: Path) -> None:  # noqa: F811
+    """On object storage too the source's size is read from the objects' footers (one row group a day here),
+    so a small window there is computed in one piece instead of a day at a time."""
+    root = s3_project(tmp_path / "p", s3)
+    with featurelake.open(root) as fl:
+        engine = fl.project.engine
+        assert isinstance(engine, LocalEngine)
+        window = Window.parse(day(2), day(5))
+        ts = transactions().column("ts")
+        inside = pc.sum(
+            pc.and_(
+                pc.greater_equal(ts, pa.scalar(window.start, ts.type)),
+                pc.less(ts, pa.scalar(window.end, ts.type)),
+            )
+        ).as_py()
+        assert engine.source_rows(fl.project.view("user_features"), window) == inside > 0

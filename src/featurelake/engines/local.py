@@ -208,7 +208,8 @@ class LocalEngine(Engine):
 
     def source_rows(self, view: FeatureView, window: Window) -> int | None:
         """At least the source rows ``window`` reads, from metadata only (Parquet row groups whose timestamp
-        statistics overlap it, or the Iceberg files a scan of it plans); None when it cannot tell."""
+        statistics overlap it, local or on object storage, or the Iceberg files a scan of it plans); None when
+        it cannot tell."""
         src = view.source
         try:
             if src.kind != "parquet":
@@ -216,9 +217,9 @@ class LocalEngine(Engine):
                 scan = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field))
                 return sum(int(t.file.record_count) for t in scan.plan_files())
             files = source_files(src, self.project_dir, view.name, storage=self.storage)
-            if is_remote(files[0]):
-                return None
-            return sum(_parquet_rows(f, src.timestamp_field, window) for f in files)
+            fs = self.storage.filesystem(files[0])[0] if is_remote(files[0]) else None
+            paths = [self.storage.filesystem(f)[1] for f in files] if fs is not None else files
+            return sum(_parquet_rows(f, src.timestamp_field, window, fs) for f in paths)
         except Exception:  # an estimate only: the compute reports what is wrong with the source
             return None
 
@@ -375,10 +376,10 @@ def batch_invariant(view: FeatureView) -> bool:
     return True
 
 
-def _parquet_rows(path: str, timestamp_field: str, window: Window) -> int:
-    """Rows of the row groups of ``path`` whose ``timestamp_field`` statistics overlap ``window`` (all of a
-    row group without usable statistics)."""
-    meta = pq.read_metadata(path)
+def _parquet_rows(path: str, timestamp_field: str, window: Window, filesystem: Any = None) -> int:
+    """Rows of the row groups of ``path`` (on ``filesystem``, default local) whose ``timestamp_field``
+    statistics overlap ``window`` (all of a row group without usable statistics)."""
+    meta = pq.read_metadata(path, filesystem=filesystem)
     index = meta.schema.to_arrow_schema().get_field_index(timestamp_field)
     total = 0
     for i in range(meta.num_row_groups):
