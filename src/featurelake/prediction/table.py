@@ -38,6 +38,7 @@ from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.schema import type_name
 from featurelake.prediction.where import sandbox
+from featurelake.training.scan import stream_scan
 from featurelake.validation.audit import AuditReport, evaluate_with
 from featurelake.validation.checks import Between, Check, NullRate, RowCount, Unique
 from featurelake.validation.report_html import save_report
@@ -260,7 +261,7 @@ def _run_rows(tbl: Table, snapshot_id: int, run_id: str, columns: tuple[str, ...
         selected_fields=columns,
         snapshot_id=snapshot_id,
     )
-    return scan.to_arrow_batch_reader()
+    return stream_scan(scan)  # one data file in memory at a time
 
 
 def audit_checks(

@@ -65,6 +65,7 @@ from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.wap import main_snapshot_id
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Records, Watermark
+from featurelake.training.scan import stream_scan
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
@@ -556,9 +557,10 @@ def iter_added(planned: SyncPlan, batch_rows: int) -> Iterator[pa.Table]:
         for group in _groups(planned.added, batch_rows):
             yield _read(planned.table, group, planned.columns)
         return
-    reader = planned.table.scan(
-        snapshot_id=current.snapshot_id, selected_fields=tuple(planned.columns)
-    ).to_arrow_batch_reader()
+    # One data file (with its deletes applied) in memory at a time: PyIceberg's own reader reads them all ahead.
+    reader = stream_scan(
+        planned.table.scan(snapshot_id=current.snapshot_id, selected_fields=tuple(planned.columns))
+    )
     seq = pa.scalar(current.sequence_number or 0, pa.int64())
     pending: list[pa.RecordBatch] = []
     size = 0
