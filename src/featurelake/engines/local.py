@@ -219,7 +219,12 @@ class LocalEngine(Engine):
             files = source_files(src, self.project_dir, view.name, storage=self.storage)
             fs = self.storage.filesystem(files[0])[0] if is_remote(files[0]) else None
             paths = [self.storage.filesystem(f)[1] for f in files] if fs is not None else files
-            return sum(_parquet_rows(f, src.timestamp_field, window, fs) for f in paths)
+            if fs is None or len(paths) < 2:
+                return sum(_parquet_rows(f, src.timestamp_field, window, fs) for f in paths)
+            # Object storage: each footer is a round trip, so read them side by side (30 sequential reads
+            # cost a 1M-row backfill to S3 a fifth of its time).
+            with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+                return sum(pool.map(lambda f: _parquet_rows(f, src.timestamp_field, window, fs), paths))
         except Exception:  # an estimate only: the compute reports what is wrong with the source
             return None
 
