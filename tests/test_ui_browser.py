@@ -1,9 +1,11 @@
 """The web UI in a real browser: Debian's headless Chromium, driven by its chromedriver through Selenium,
 against a real `featurelake ui` process on a free loopback port (the project of tests/test_ui.py).
 
-Checks what only a browser shows: the script draws every chart and the lineage graph, no console error,
-no request leaves loopback, links click through (view -> run -> report, model -> lineage -> snapshot), an
-action works from its form, the page fits a phone's width, and the token's login form. Set
+Checks what only a browser shows: every page of the project loads, the script draws every chart and the
+lineage graph, no console error, no request leaves loopback, links click through (view -> run -> report,
+model -> lineage -> snapshot), each action (promote, publish, discard, sync) works from its form and shows in
+the page and the catalog or registry, the page fits a phone's width, and without the token every page is
+refused with the login form. Set
 FEATURELAKE_SAVE_SCREENSHOTS=docs/img to keep a screenshot of each page (docs/ui.md shows them).
 """
 
@@ -298,13 +300,184 @@ def test_online_page_action_and_phone_width(browser: Any, server: str, built: Pa
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def section(driver: Any, heading: str) -> str:
+    """The text of the page's section under the heading with id ``heading``."""
+    return str(driver.find_element("css selector", f'section[aria-labelledby="{heading}"]').text)
+
+
+def test_promote_a_version_from_its_page(browser: Any, server: str, built: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{server}/models/fraud/1.0.0")
+    assert "Staging" in section(browser, "h-facts")
+    Select(browser.find_element(By.ID, "stage")).select_by_visible_text("Production")
+    browser.find_element(By.ID, "reason").send_keys("from the browser")
+    click_to(browser, browser.find_element(By.CSS_SELECTOR, "form button.primary"), "Model fraud@1.0.0")
+    assert browser.current_url.startswith(f"{server}/models/fraud/1.0.0?done=")
+    assert browser.find_element(By.CSS_SELECTOR, ".notice").text == "fraud 1.0.0 is now Production"
+    facts = browser.find_element(By.CSS_SELECTOR, 'section[aria-labelledby="h-facts"] dl')
+    assert facts.find_element(By.XPATH, "dt[.='stage']/following-sibling::dd[1]").text == "Production"
+    # The form now offers the other stages only.
+    options = [o.text for o in Select(browser.find_element(By.ID, "stage")).options]
+    assert "Production" not in options and "Staging" in options
+    settle(browser, server)
+    with featurelake.open(built) as fl:
+        assert fl.models.get("fraud", "1.0.0").stage.value == "Production"
+        last = fl.models.history("fraud")[-1]
+        assert (last.from_stage, last.to_stage, last.reason, last.outcome) == (
+            "Staging",
+            "Production",
+            "from the browser",
+            "applied",
+        )
+    # The model's page shows the transition in its history.
+    click_to(browser, browser.find_element(By.LINK_TEXT, "fraud"), "Model fraud")
+    assert "Staging -> Production" in section(browser, "h-history")
+    assert "from the browser" in section(browser, "h-history")
+    settle(browser, server)
+
+
+def test_publish_and_discard_kept_branches_from_their_run_pages(browser: Any, built: Path) -> None:
+    """FIXED, refused when it ran, is published once features.py relaxes the check (a `featurelake ui`
+    started after the change: a running one keeps the definitions it loaded); REFUSED's branch is discarded."""
+    from selenium.webdriver.common.by import By
+
+    from featurelake.lakehouse import wap
+    from tests.test_ui import FIXED
+
+    features = built / "features.py"
+    relaxed = features.read_text().replace(
+        'null_rate("amount_avg_1d", max=0.10)', 'null_rate("amount_avg_1d", max=0.90)'
+    )
+    assert relaxed != features.read_text()
+    features.write_text(relaxed)
+    with featurelake.open(built) as fl:
+        before = wap.main_snapshot_id(fl.project.load_table(VIEW))
+    proc, base = start_ui(built)
+    try:
+        for kind in ("browser", "performance"):  # settle() below looks at this server's requests only
+            browser.get_log(kind)
+        browser.get(f"{base}/views/{VIEW}")
+        kept = section(browser, "h-branches")
+        assert f"audit_{FIXED}" in kept and f"audit_{REFUSED}" in kept
+        click_to(
+            browser,
+            browser.find_element(By.CSS_SELECTOR, f'a[href="/views/{VIEW}/runs/{FIXED}"]'),
+            f"Run {FIXED} of {VIEW}",
+        )
+        assert "refused and kept" in browser.find_element(By.TAG_NAME, "main").text
+        publish = browser.find_element(By.XPATH, "//form[contains(@action, '/publish')]/button")
+        click_to(browser, publish, f"Run {FIXED} of {VIEW}")
+        with featurelake.open(built) as fl:
+            tbl = fl.project.load_table(VIEW)
+            head = wap.main_snapshot_id(tbl)
+            assert head != before and wap.snapshot_run_id(tbl, head) == FIXED  # main's lineage names the run
+            assert wap.ref_snapshot_id(tbl, f"audit_{FIXED}") is None
+            assert fl.audits(VIEW, run_id=FIXED)[0].passed
+        notice = browser.find_element(By.CSS_SELECTOR, ".notice").text
+        assert notice == f"published run {FIXED}: main of features.{VIEW} -> {head}"
+        page = browser.find_element(By.TAG_NAME, "main").text
+        assert f"published to main as snapshot {head}" in page
+        assert not browser.find_elements(By.XPATH, "//form[contains(@action, '/publish')]")
+        settle(browser, base)
+
+        browser.get(f"{base}/views/{VIEW}/runs/{REFUSED}")
+        discard = browser.find_element(By.XPATH, "//form[contains(@action, '/discard')]/button")
+        assert discard.text == "Discard branch"
+        click_to(browser, discard, f"Run {REFUSED} of {VIEW}")
+        with featurelake.open(built) as fl:
+            tbl = fl.project.load_table(VIEW)
+            assert wap.ref_snapshot_id(tbl, f"audit_{REFUSED}") is None
+            assert wap.main_snapshot_id(tbl) == head  # main untouched
+        assert browser.find_element(By.CSS_SELECTOR, ".notice").text.startswith(
+            f"removed branch audit_{REFUSED} (tip "
+        )
+        page = browser.find_element(By.TAG_NAME, "main").text
+        assert f"not on main; its branch audit_{REFUSED} was discarded" in page
+        assert not browser.find_elements(By.XPATH, "//form[contains(@action, '/discard')]")
+        settle(browser, base)
+
+        # The view's page: the published run heads main's timeline, and no branch is kept any more.
+        click_to(browser, browser.find_element(By.LINK_TEXT, VIEW), VIEW)
+        timeline = browser.find_element(By.CSS_SELECTOR, 'section[aria-labelledby="h-timeline"] tbody tr')
+        assert timeline.text.startswith(str(head)) and FIXED in timeline.text
+        kept = section(browser, "h-branches")
+        assert f"audit_{FIXED}" not in kept and f"audit_{REFUSED}" not in kept
+        settle(browser, base)
+    finally:
+        stop(proc)
+
+
+def test_every_page_opens_without_a_console_error(browser: Any, server: str, built: Path) -> None:
+    """Every page of the project (each view, run, report, model and version, found through the public
+    API): it loads, its charts and graphs are drawn, no console error, nothing leaves loopback, and each
+    is linked from a page opened before it."""
+    from selenium.webdriver.common.by import By
+
+    with featurelake.open(built) as fl:
+        views = sorted(fl.definitions.views)
+        runs = sorted({(v, a.run_id) for v in views for a in fl.audits(v)})
+        models = {m.name: [mv.version for mv in fl.models.versions(m.name)] for m in fl.models.list_models()}
+    assert len(views) == 2 and len(runs) >= 5 and sorted(models) == ["churn", "fraud"]
+    paths = ["/", *(f"/views/{v}" for v in views)]
+    paths += [f"/views/{v}/runs/{r}" for v, r in runs]
+    paths += ["/models", *(f"/models/{m}" for m in models)]
+    paths += [f"/models/{m}/{v}" for m, versions in models.items() for v in versions]
+    paths += ["/online"]
+    linked: set[str] = set()
+    for path in paths:
+        if path != "/":
+            assert path in linked, f"no page opened before links to {path}"
+        browser.get(server + path)
+        assert browser.execute_script("return document.readyState") == "complete"
+        assert browser.title.endswith(" - featurelake") and not browser.title[:3].isdigit(), (
+            path,
+            browser.title,
+        )
+        figures = browser.find_elements(By.CSS_SELECTOR, "figure.chart, figure.graph")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "figure.drawn")) == len(figures), path
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-draw-error]"), path
+        for frame in browser.find_elements(By.CSS_SELECTOR, "iframe.report"):
+            browser.switch_to.frame(frame)
+            try:
+                assert browser.find_element(By.TAG_NAME, "body").text.startswith("Audit of "), path
+            finally:
+                browser.switch_to.default_content()
+        settle(browser, server)
+        for a in browser.find_elements(By.CSS_SELECTOR, "a[href^='/']"):
+            linked.add(a.get_attribute("href").removeprefix(server).split("?")[0].split("#")[0])
+
+
 def test_token_login_form(browser: Any, built: Path) -> None:
     from selenium.webdriver.common.by import By
 
     proc, base = start_ui(built, {"FEATURELAKE_SERVER__TOKEN": "browser-secret"})
     try:
-        browser.get(base + "/models")
-        assert browser.title == "Sign in - featurelake" and "churn" not in browser.page_source
+        browser.get_log("performance")
+        # Without the token every page is refused (401) and shows the sign-in form, none of the project.
+        pages = (
+            "/",
+            f"/views/{VIEW}",
+            f"/views/{VIEW}/runs/first",
+            "/models/churn/1.0.1",
+            "/online",
+            "/models",
+        )
+        for path in pages:
+            browser.get(base + path)
+            assert browser.title == "Sign in - featurelake", path
+            assert "churn" not in browser.page_source and VIEW not in browser.page_source, path
+            assert not browser.find_elements(
+                By.CSS_SELECTOR, "form[action$='/sync'], form[action$='/promote']"
+            )
+        statuses = {}
+        for entry in browser.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.responseReceived" and message["params"]["type"] == "Document":
+                response = message["params"]["response"]
+                statuses[response["url"].removeprefix(base)] = response["status"]
+        assert statuses == dict.fromkeys(pages, 401)
         browser.find_element(By.ID, "token").send_keys("wrong")
         click_to(browser, browser.find_element(By.CSS_SELECTOR, "form button"), "Sign in")
         assert "wrong token" in browser.find_element(By.TAG_NAME, "main").text
@@ -312,5 +485,7 @@ def test_token_login_form(browser: Any, built: Path) -> None:
         click_to(browser, browser.find_element(By.CSS_SELECTOR, "form button"), "Overview")
         browser.get(base + "/models")
         assert "churn" in browser.find_element(By.TAG_NAME, "main").text
+        browser.get(base + "/online")  # signed in: the actions are offered
+        assert browser.find_elements(By.CSS_SELECTOR, "form[action$='/sync'] button")
     finally:
         stop(proc)
