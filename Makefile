@@ -14,6 +14,9 @@ LOWEST_VENV ?= $(VENV)/lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
 # Airflow pins FastAPI/SQLAlchemy ranges the dev resolve does not meet: its tests run in a virtualenv of their own
 # (featurelake[airflow] + pytest; httpx2 keeps starlette's TestClient, which Airflow imports, from warning).
+# One of them runs on the Spark engine: the `spark` extra, the Iceberg runtime wheel (--no-deps, as
+# scripts/setup-spark.sh) and the relocated Jackson/httpclient5 jars built in the venv (java + jarjar from
+# `make system`, about 2 s); a local warehouse needs no S3 jars, so nothing is downloaded twice.
 AIRFLOW_VENV ?= $(VENV)/airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_TESTS := tests/test_airflow.py
@@ -84,10 +87,12 @@ test-lowest: system $(LOWEST_STAMP) ## the suite but Spark, slow and install tes
 $(AIRFLOW_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install --upgrade pip
-	$(AIRFLOW_VENV)/bin/pip install -e '.[airflow]' 'pytest>=8' 'httpx2>=2'
+	$(AIRFLOW_VENV)/bin/pip install -e '.[airflow,spark]' 'pytest>=8' 'httpx2>=2'
+	$(AIRFLOW_VENV)/bin/pip install --no-deps 'snowpark-connect-deps-iceberg==1.0.3'
+	$(AIRFLOW_VENV)/bin/python -c 'from featurelake.engines import spark_jars as j; j.jackson_jar(); j.httpclient_jar()'
 	touch $(AIRFLOW_STAMP)
 
-test-airflow: $(AIRFLOW_STAMP) ## the Airflow integration tests (dag.test() on SQLite) in their own virtualenv .venv/airflow
+test-airflow: system $(AIRFLOW_STAMP) ## the Airflow integration tests (dag.test() on SQLite, one on Spark) in their own virtualenv .venv/airflow
 	$(AIRFLOW_VENV)/bin/python -m pytest -q $(AIRFLOW_TESTS)
 
 lint: $(STAMP) ## ruff (lint + format check), mypy and the import-linter layers contract

@@ -3,11 +3,13 @@ project of tests/orchestration_helpers.py; every outcome is checked on the Icebe
 
 Airflow pins FastAPI and SQLAlchemy ranges of its own, so these tests run in their own virtualenv:
 ``make test-airflow`` (``.venv/airflow``; ``make test`` runs it). The main suite leaves this file out
-(``--ignore`` in the Makefile); run anywhere else it fails naming that target.
+(``--ignore`` in the Makefile); run anywhere else it fails naming that target. One test runs the daily DAG on
+the Spark engine (``spark`` marker): the Makefile installs ``featurelake[airflow,spark]`` and the jars there.
 """
 
 from __future__ import annotations
 
+import logging
 import runpy
 import subprocess
 import sys
@@ -209,6 +211,56 @@ def test_operators_with_their_templated_interval(airflow_dags: Path, tmp_path: P
             summary(fl, "features.user_features", main_snapshot(fl, "user_features"))[lineage.RUN_ID]
             == out["run_id"]
         )  # type: ignore[arg-type]
+
+
+@pytest.mark.spark
+def test_daily_dag_on_the_spark_engine(
+    airflow_dags: Path, tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily DAG with ``engine.type: spark``: dag.test() runs the tasks in this process, on the session's
+    local[2] Spark (the ``spark`` fixture); the backfills publish through WAP, then a model scores a day."""
+    # Airflow's logging config lets py4j's INFO lines through; the last one, logged at interpreter exit by a
+    # connection's __del__, would hit pytest's closed capture stream ("--- Logging error ---").
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    monkeypatch.setenv("FEATURELAKE_CODE_VERSION", "afspark")
+    project = orchestrated_project(tmp_path / "proj", engine="spark")
+    body = f"""
+        from featurelake.integrations.airflow import dag_from_project
+
+        dag = dag_from_project({str(project)!r}, dag_id="fl_spark")
+        """
+    run = _dag_file(airflow_dags, "fl_spark", body)["dag"].test(
+        logical_date=datetime(2024, 1, 3, 1, 0, tzinfo=UTC)
+    )
+    assert str(run.state) == "success", _states(run)
+    out = _xcom(run, "backfill_user_features")
+    with featurelake.open(project) as fl:
+        assert fl.project.engine.name == "spark"
+        sid = main_snapshot(fl, "user_features")
+        props = summary(fl, "features.user_features", sid)  # type: ignore[arg-type]
+        assert out["snapshot_id"] == str(sid) and out["run_id"] == props[lineage.RUN_ID]
+        assert out["run_id"].startswith("20240102_") and props[lineage.CODE_VERSION] == "afspark"
+        assert out["rows"] == fl.read("user_features").num_rows
+        assert days_of(fl.read("user_features")) == days_of(fl.read("user_rollup")) == ["2024-01-02"]
+        register_model(fl, tmp_path)
+
+    # With a model in Production the DAG (parsed again) scores its view's day on Spark after the backfill.
+    run = _dag_file(airflow_dags, "fl_spark", body)["dag"].test(
+        logical_date=datetime(2024, 1, 6, 1, 0, tzinfo=UTC)
+    )
+    assert str(run.state) == "success", _states(run)
+    scored = _xcom(run, "predict_spend")
+    with featurelake.open(project) as fl:
+        day = [
+            r
+            for r in fl.read("user_features").to_pylist()
+            if r["event_ts"].date().isoformat() == "2024-01-05"
+        ]
+        preds = fl.read("predictions.spend")
+        assert days_of(preds) == ["2024-01-05"]
+        assert preds.num_rows == len(day) == scored["rows"]
+        by_user = {r["user_id"]: r["amount_sum_1d"] * 2 for r in day}
+        assert {r["user_id"]: r["prediction"] for r in preds.to_pylist()} == pytest.approx(by_user)
 
 
 def test_operator_arguments_are_checked(airflow_dags: Path, tmp_path: Path) -> None:
