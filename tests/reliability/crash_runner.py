@@ -45,6 +45,7 @@ def _before(fn: Callable[..., Any], point: str) -> Callable[..., Any]:
 
 
 def install(point: str) -> None:
+    from featurelake.auditing import wap_run
     from featurelake.engines.local import LocalEngine
     from featurelake.jobs import backfill
     from featurelake.lakehouse import wap
@@ -54,6 +55,8 @@ def install(point: str) -> None:
     elif point == "written":
         LocalEngine.write_window = _after(LocalEngine.write_window, point)  # type: ignore[method-assign]
     elif point == "audit":
+        # A backfill audits in auditing/wap_run.py (shared with micro-batches); audit/publish re-audit here.
+        wap_run.run_audit = _after(wap_run.run_audit, point)  # type: ignore[assignment]
         backfill.run_audit = _after(backfill.run_audit, point)  # type: ignore[assignment]
     elif point == "publish":
         wap.fast_forward = _before(wap.fast_forward, point)  # type: ignore[assignment]
