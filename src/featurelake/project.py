@@ -129,7 +129,7 @@ class Project:
         if "." not in name:
             return self.load_table(name)
         ns = self.namespace
-        tables = f"a feature view by its name, or a table as namespace.table (predictions.<model>, {ns}._audits, {ns}._stats)"
+        tables = f"a feature view by its name, or a table as namespace.table (predictions.<model>, {ns}._audits, {ns}._stats, {ns}._rejected)"
         if not _TABLE_NAME.fullmatch(name):
             raise UsageError(f"{shown(name)} is not a table name: give {tables}")
 
