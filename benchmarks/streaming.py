@@ -27,9 +27,7 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.online import start_redis  # the same throwaway redis-server as the online benchmark
 from tests.helpers import make_project
 
 import featurelake
@@ -51,30 +50,6 @@ from featurelake.streaming.ingest import IngestSettings
 
 VIEW = "user_features"
 BASE = datetime(2024, 1, 3, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(500):
-        try:
-            if redis.Redis(port=port).ping():
-                return proc, port
-        except redis.RedisError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("redis-server did not start")
 
 
 def produce(client: redis.Redis, stream: str, n: int, users: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -30,7 +29,7 @@ from featurelake.engines.conform import conform, drop_before_window
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
-from featurelake.features.lint import lookback_warnings
+from featurelake.features.lint import lookback_warnings, parse_statements, walk
 from featurelake.lakehouse import compat
 from featurelake.lakehouse.schema import partition_of
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
@@ -334,26 +333,6 @@ def _aggregate_functions() -> frozenset[str]:
     return frozenset(r[0] for r in rows) | {"count_star"}
 
 
-def _query_tree(query: str) -> dict[str, Any] | None:
-    try:
-        with duck.cursor() as con:
-            rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
-    except duckdb.Error:
-        return None
-    tree = json.loads(rows[0][0])
-    return None if tree.get("error") else cast("dict[str, Any]", tree)
-
-
-def _nodes(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _nodes(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _nodes(value)
-
-
 def batch_invariant(view: FeatureView) -> bool:
     """Whether computing ``view`` a few days at a time gives the rows computing the whole window gives.
 
@@ -367,11 +346,11 @@ def batch_invariant(view: FeatureView) -> bool:
         return True
     if lookback_warnings(view):
         return False
-    tree = _query_tree(view.query)
-    if tree is None:
+    statements = parse_statements(view.query)
+    if statements is None:
         return False
     aggregates = _aggregate_functions()
-    for node in _nodes(tree.get("statements", [])):
+    for node in walk(statements):
         if node.get("group_expressions") or node.get("class") == "SUBQUERY":
             return False
         if node.get("type") in ("DISTINCT_MODIFIER", "LIMIT_MODIFIER", "LIMIT_PERCENT_MODIFIER"):

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SOURCE = "source"
 
 
-def _parse(query: str) -> list[dict[str, Any]] | None:
+def parse_statements(query: str) -> list[dict[str, Any]] | None:
     """The statements of ``query`` as DuckDB's JSON tree, or None when DuckDB cannot parse it."""
     try:
         with duck.cursor() as con:
@@ -36,20 +36,21 @@ def _parse(query: str) -> list[dict[str, Any]] | None:
     return [s["node"] for s in tree.get("statements", []) if isinstance(s, dict) and "node" in s]
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every dict of a parsed tree (``node`` itself first), depth first."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk(value)
 
 
 def _ctes(root: Any) -> dict[str, Any]:
     """Every common table expression defined anywhere in the tree: name -> its query."""
     out: dict[str, Any] = {}
-    for node in _walk(root):
+    for node in walk(root):
         cte_map = node.get("cte_map")
         if isinstance(cte_map, dict):
             for entry in cte_map.get("map", []):
@@ -59,7 +60,7 @@ def _ctes(root: Any) -> dict[str, Any]:
 
 def _reads_source(node: Any, ctes: dict[str, Any], seen: frozenset[str] = frozenset()) -> bool:
     """Whether ``node`` reads ``source``, directly or through common table expressions."""
-    for n in _walk(node):
+    for n in walk(node):
         if n.get("type") != "BASE_TABLE" or n.get("schema_name"):
             continue
         name = str(n.get("table_name", "")).lower()
@@ -75,13 +76,13 @@ def edge_constructs(query: str) -> list[str]:
     """The constructs of ``query`` that read other rows of ``source`` than the one being computed:
     window functions (by name) and joins of ``source`` with itself. Empty when the query cannot be parsed
     (running it reports that)."""
-    statements = _parse(query)
+    statements = parse_statements(query)
     if not statements:
         return []
     found: list[str] = []
     for root in statements:
         ctes = _ctes(root)
-        for node in _walk(root):
+        for node in walk(root):
             if node.get("class") == "WINDOW":
                 found.append(f"window function {str(node.get('function_name', '')).lower()}()")
             elif node.get("type") == "JOIN" and all(
