@@ -411,6 +411,36 @@ def test_audit_command_reruns_and_rerenders(tmp_path: Path, capsys: pytest.Captu
     assert gone.returncode == 2 and "no branch audit_base" in gone.stderr
 
 
+def test_recorded_report_is_shown_as_written_and_a_lost_page_redrawn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Showing a published run's recorded audit leaves its files as they are (the page is the record); a page
+    that was deleted is drawn again from the JSON, with the same text the run wrote."""
+    root = project(tmp_path / "p", "")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(2), run_id="base")
+    reports = root / ".featurelake" / "audits" / VIEW
+    page = reports / "base.html"
+    page.write_text(page.read_text() + "<!-- the user's note -->")
+    before = {p.name: p.read_bytes() for p in reports.iterdir()}
+    assert cli_here(capsys, root, "audit", VIEW, "--run-id", "base").returncode == 0
+    assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
+    page.unlink()
+    assert cli_here(capsys, root, "audit", VIEW, "--run-id", "base").returncode == 0
+    assert page.read_bytes() == before["base.html"].replace(b"<!-- the user's note -->", b"")
+
+
+def test_report_json_keeps_the_seconds_the_page_shows() -> None:
+    """The page shows the audit's seconds to 2 places; the JSON keeps them unrounded, so a page drawn again
+    from the JSON reads the same (0.3349 s rounded to 0.335 would show as 0.34 instead of 0.33)."""
+    from featurelake.validation.audit import AuditReport
+
+    report = AuditReport(view=VIEW, run_id="r", branch="audit_r", snapshot_id=1, rows=0, results=[])
+    report.seconds = 0.3349
+    assert AuditReport.from_dict(json.loads(json.dumps(report.to_dict(), default=str))).seconds == 0.3349
+
+
 def test_no_audits_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = project(tmp_path / "p", "")
     with featurelake.open(root) as fl:

@@ -48,8 +48,10 @@ def audit_or_recorded(
             fl.audit(view, run_id)  # raises the usual "no branch audit_<run id>" error
             raise AssertionError("unreachable")
         report = AuditReport.load(recorded)
-        with writing(project.root / html_path, "re-render the audit report"):
-            project.storage.write_text(project.root / html_path, render_html(report))
+        # The recorded page stays as written (it is the record); only a page that was lost is drawn again.
+        if not (project.root / html_path).is_file():
+            with writing(project.root / html_path, "re-render the audit report"):
+                project.storage.write_text(project.root / html_path, render_html(report))
         note = (
             f"run {run_id} has no kept branch (it was published or removed): showing its recorded audit of "
             f"{report.audited_at} from {json_path}"

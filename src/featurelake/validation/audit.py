@@ -91,7 +91,7 @@ class AuditReport:
             "audited_at": self.audited_at,
             "window_start": self.window_start,
             "window_end": self.window_end,
-            "seconds": round(self.seconds, 3),
+            "seconds": self.seconds,
             "results": [r.to_dict() for r in self.results],
             "warnings": [r.to_dict() for r in self.warnings],
             "reference": {"snapshot_id": self.reference_snapshot_id, "label": self.reference_label},
