@@ -10,8 +10,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from pyiceberg.expressions import BooleanExpression
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
@@ -112,12 +112,34 @@ def _file_rows(tbl: Table, f: DataFile) -> list[dict[str, Any]]:
 
 
 def expected_latest(fl: featurelake.Featurelake) -> dict[int, dict[str, Any]]:
-    """Main's latest row per user, computed independently of the sync (DuckDB over a fresh scan)."""
-    data = table(fl).scan().to_arrow()
+    """Main's latest row per user, computed independently of the sync (DuckDB over a fresh scan).
+
+    Two rows of a user with the same event time: the one committed later (the higher data sequence number of
+    its file) is the latest, as the sync's rule says; without that tie-break the reference itself would pick
+    either row (DuckDB's row_number over a tie is arbitrary)."""
+    tbl = table(fl)
+    snap = tbl.current_snapshot()
+    seq: dict[str, int] = {}
+    if snap is not None:
+        for m in snap.manifests(tbl.io):
+            for e in m.fetch_manifest_entry(tbl.io, discard_deleted=True):
+                seq[e.data_file.file_path] = int(e.sequence_number or snap.sequence_number or 0)
+    scan = tbl.scan()
+    reader = ArrowScan(tbl.metadata, tbl.io, tbl.schema(), AlwaysTrue())
+    parts = []
+    for task in scan.plan_files():
+        part = reader.to_table([task])
+        parts.append(
+            part.append_column("_seq", pa.array([seq[task.file.file_path]] * part.num_rows, pa.int64()))
+        )
+    data = (
+        pa.concat_tables(parts) if parts else scan.to_arrow().append_column("_seq", pa.array([], pa.int64()))
+    )
     con = duckdb.connect()
     con.register("t", data)
     out = con.sql(
-        "SELECT * FROM t QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY event_ts DESC) = 1"
+        "SELECT * EXCLUDE (_seq) FROM t "
+        "QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY event_ts DESC, _seq DESC) = 1"
     ).to_arrow_table()
     return {r["user_id"]: r for r in out.to_pylist()}
 
