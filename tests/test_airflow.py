@@ -207,10 +207,9 @@ def test_operators_with_their_templated_interval(airflow_dags: Path, tmp_path: P
     assert "features.user_features" in _xcom(run, "compact")["tables"]
     with featurelake.open(project) as fl:
         assert days_of(fl.read("user_features")) == ["2024-01-06", "2024-01-07"]
-        assert (
-            summary(fl, "features.user_features", main_snapshot(fl, "user_features"))[lineage.RUN_ID]
-            == out["run_id"]
-        )  # type: ignore[arg-type]
+        published = main_snapshot(fl, "user_features")
+        assert published is not None
+        assert summary(fl, "features.user_features", published)[lineage.RUN_ID] == out["run_id"]
 
 
 @pytest.mark.spark

@@ -270,6 +270,7 @@ def test_models_pages(client: TestClient, fl: featurelake.Featurelake) -> None:
     for field in mv.signature:
         assert f"{field.name} {field.type} {field.feature}" in page
     sid = mv.snapshots[VIEW]
+    assert mv.training_set is not None
     assert f"{mv.training_set['entities_rows']} entity rows" in page
     assert f"training set {mv.training_set['entities_rows']} entity rows → snapshot {VIEW}@{sid}" in page
     for run in ("first", "second"):
@@ -466,12 +467,11 @@ def test_publish_after_the_check_is_relaxed(built: Path, client: TestClient) -> 
         assert wap.snapshot_run_id(tbl, wap.main_snapshot_id(tbl)) == FIXED  # in main's lineage
         assert wap.ref_snapshot_id(tbl, f"audit_{FIXED}") is None
         assert fresh.audits(VIEW, run_id=FIXED)[0].passed  # and in the audit log
-        assert (
-            fresh.read(VIEW).num_rows
-            > fresh.read(
-                VIEW, snapshot_id=tbl.metadata.snapshot_by_id(wap.main_snapshot_id(tbl)).parent_snapshot_id
-            ).num_rows
-        )
+        main_id = wap.main_snapshot_id(tbl)
+        assert main_id is not None
+        published = tbl.metadata.snapshot_by_id(main_id)
+        assert published is not None
+        assert fresh.read(VIEW).num_rows > fresh.read(VIEW, snapshot_id=published.parent_snapshot_id).num_rows
     assert any(j.job == "publish" and j.outcome == "success" for j in _jobs(fresh))
 
 
