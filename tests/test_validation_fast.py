@@ -348,3 +348,60 @@ def test_an_audit_in_a_forked_child_gets_its_own_threads() -> None:
     assert parent.recv() == (3, [True, True])
     proc.join(30)
     assert proc.exitcode == 0
+
+
+def test_min_max_read_past_nulls_only_when_no_null_slot_could_be_an_extreme() -> None:
+    # Arrow keeps whatever a null slot's value buffer holds: build chunks whose null slots hold values
+    # beyond, at, and inside the valid extremes, and at an offset (a slice); DuckDB's answer either way.
+    values = np.array([5.0, -7.0, 3.0, 100.0, 2.0, -50.0, 4.0, 1.0, 0.5, 6.0, np.nan, 2.5])
+    for nulls in ([3, 5], [1], [3, 10], [0, 9], [2, 4, 6]):
+        mask = np.zeros(values.size, dtype=bool)
+        mask[nulls] = True
+        chunk = pa.array(values, pa.float64(), mask=mask)
+        for frame in (pa.table({"x": chunk}), pa.table({"x": chunk}).slice(1, 10)):
+            if not np.isnan(values[[i for i in range(values.size) if not mask[i]]]).any():
+                check_against_duckdb(frame, [Agg.of("min", "x"), Agg.of("max", "x")])
+            check_against_duckdb(frame, [Agg.of("min", "x")])
+    from featurelake.validation.fast import _extremes_past_nulls
+
+    inside = pa.array(values[:10], pa.float64(), mask=np.arange(10) == 2)  # null slot holds 3.0
+    assert _extremes_past_nulls(inside, {"min", "max"}) == (-50.0, 100.0, None)
+    beyond = pa.array(values[:10], pa.float64(), mask=np.arange(10) == 3)  # null slot holds the max
+    assert _extremes_past_nulls(beyond, {"min", "max"}) is None
+    assert _extremes_past_nulls(beyond, {"min"}) == (-50.0, None, None)
+    assert reduce_column(pa.chunked_array([beyond]), {"min", "max"}) == {"min": -50.0, "max": 6.0}
+    ints = pa.array([9, 1, -3, 4, 1000, 2], pa.int64(), mask=np.array([0, 0, 0, 0, 1, 0], dtype=bool))
+    check_against_duckdb(pa.table({"i": ints}), [Agg.of("min", "i"), Agg.of("max", "i")])
+    assert reduce_column(pa.chunked_array([ints]), {"min", "max"}) == {"min": -3, "max": 9}
+
+
+def test_distinct_rows_drops_an_order_that_breaks_in_a_later_block() -> None:
+    from featurelake.validation import fast
+
+    n = 3 * fast.ORDER_BLOCK + 10
+    day = np.repeat([0, 1], [n - 5, 5])
+    user = np.concatenate([np.arange(n - 5), np.arange(5)])  # (user, day) ordered until the last block
+    frame = pa.table({"user": pa.array(user, pa.int64()), "day": pa.array(day, pa.int64())})
+    assert distinct_rows(frame, ("user", "day")) == n  # ordered by (day, user)
+    dup = frame.take(pa.array(np.concatenate([np.arange(n - 1), [n - 2]])))  # last row repeated
+    assert distinct_rows(dup, ("user", "day")) is None
+    unordered = pa.table(
+        {
+            "user": pa.array(np.concatenate([np.arange(n - 5), [0, 2, 1, 3, 4]]), pa.int64()),
+            "day": frame["day"],
+        }
+    )
+    assert distinct_rows(unordered, ("user", "day")) is None
+    expr = Agg('count(DISTINCT hash("user", "day"))', "distinct_rows", None, "user", "day")
+    assert duck(unordered, [expr]) == [n]  # they are distinct: only DuckDB can tell, and it is asked then
+
+
+def test_sql_predicate_trusts_columns_known_finite_and_checks_the_others() -> None:
+    from featurelake.validation.sql_arrow import count_false
+
+    frame = pa.table({"x": pa.array([1.0, float("nan"), 3.0]), "y": pa.array([2.0, 2.0, 2.0])})
+    assert count_false(frame, "x < y") is None  # NaN: SQL and IEEE disagree, DuckDB decides
+    assert count_false(frame, "x < y", finite={"y"}) is None  # x is still checked
+    clean = frame.set_column(0, "x", pa.array([1.0, None, 3.0]))
+    assert count_false(clean, "x < y", finite={"x", "y"}) == 1
+    assert [count_false(clean, "x < y")] == duck(clean, ["count(*) FILTER (WHERE NOT (x < y))"])

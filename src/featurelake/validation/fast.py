@@ -98,9 +98,36 @@ def _first_valid(chunk: pa.Array) -> Any:
     raise ValueError("chunk has no valid value")  # callers skip all-null chunks
 
 
+def _extremes_past_nulls(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any] | None:
+    """(min, max, None) of a chunk with nulls read from its value buffer without filling the nulls first,
+    or None when a null slot's (arbitrary) value could be one of the extremes.
+
+    The extremes of all slots are the extremes of the valid values whenever every null slot holds a value
+    strictly inside them: then each extreme is reached at a valid slot. Checking that reads only the null
+    slots, a copy of the chunk with its nulls filled costs more than the min and max themselves.
+    """
+    raw = _raw_values(chunk)
+    lo = raw.min() if "min" in ops else None
+    hi = raw.max() if "max" in ops else None
+    bitmap = np.frombuffer(chunk.buffers()[0], np.uint8)
+    start = chunk.offset >> 3
+    bits = np.unpackbits(bitmap[start:], bitorder="little", count=chunk.offset - start * 8 + len(chunk))
+    at_nulls = raw[np.flatnonzero(bits[chunk.offset - start * 8 :] == 0)]
+    # NaN anywhere fails these comparisons: the filled path then gives NumPy's (and the caller's) NaN rule.
+    if lo is not None and not at_nulls.min() > lo:
+        return None
+    if hi is not None and not at_nulls.max() < hi:
+        return None
+    return (None if lo is None else lo.item()), (None if hi is None else hi.item()), None
+
+
 def _chunk_reduce(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]:
     """(min, max, sum) of one chunk with at least one non-null value; NumPy NaN semantics."""
     nulls = chunk.null_count
+    if nulls and "sum" not in ops:
+        quick = _extremes_past_nulls(chunk, ops)
+        if quick is not None:
+            return quick
     fill = _first_valid(chunk) if nulls else 0
     # Nulls filled with one of the chunk's own values leave its min and max unchanged and add
     # nulls * fill to its sum, which is taken off again (exactly for integers, in int64's wrapping
@@ -200,13 +227,22 @@ def _strictly_increasing(keys: list[np.ndarray]) -> bool:
     """True when rows are in strictly increasing lexicographic order of ``keys`` (so all distinct)."""
     if keys[0].size < 2:
         return True
-    greater = np.zeros(keys[0].size - 1, dtype=bool)
-    equal = np.ones(keys[0].size - 1, dtype=bool)
-    for k in keys:
+    nxt, prev = keys[0][1:], keys[0][:-1]
+    if len(keys) == 1:
+        return bool((nxt > prev).all())
+    greater, equal = nxt > prev, nxt == prev
+    for k in keys[1:-1]:
         nxt, prev = k[1:], k[:-1]
         greater |= equal & (nxt > prev)
         equal &= nxt == prev
+    nxt, prev = keys[-1][1:], keys[-1][:-1]
+    greater |= equal & (nxt > prev)
     return bool(greater.all())
+
+
+#: Rows checked at a time by ``distinct_rows``: the temporaries stay in the CPU cache, and a key order
+#: that does not hold is dropped after its first failing block instead of a pass over a whole batch.
+ORDER_BLOCK = 16_384
 
 
 def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
@@ -215,7 +251,8 @@ def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
     Batch by batch on zero-copy views of the key columns (integers or timestamps without nulls), plus
     the seam between consecutive batches.
     """
-    if any(c not in frame.column_names for c in cols):
+    names = frame.column_names
+    if any(c not in names for c in cols):
         return None
     keys = frame.select(list(cols))
     for col in keys.columns:
@@ -228,29 +265,39 @@ def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
     orders = [list(range(len(cols)))]
     if len(cols) > 1:
         orders.append(orders[0][::-1])
-    for order in orders:
-        previous: list[np.ndarray] | None = None
-        ok = True
-        for batch in batches:
-            arrays = _key_arrays(batch)
-            ordered = [arrays[i] for i in order]
-            seam = (
-                [np.concatenate([p[-1:], a[:1]]) for p, a in zip(previous, ordered, strict=True)]
-                if previous
-                else None
-            )
-            # A look at the first rows rules most wrong orders out before a pass over all of them.
-            if (
-                (seam is not None and not _strictly_increasing(seam))
-                or not _strictly_increasing([a[:1024] for a in ordered])
-                or not _strictly_increasing(ordered)
-            ):
-                ok = False
-                break
-            previous = ordered
-        if ok:
-            return frame.num_rows
-    return None
+    # Every candidate order is checked block by block (each block overlapping the previous one by a row,
+    # and across the seam between batches); an order is dropped at its first out-of-order block.
+    previous: list[np.ndarray] | None = None
+    for batch in batches:
+        arrays = _key_arrays(batch)
+        if previous is not None:
+            seam = [np.concatenate([p[-1:], a[:1]]) for p, a in zip(previous, arrays, strict=True)]
+            orders = [o for o in orders if _strictly_increasing([seam[i] for i in o])]
+        n = batch.num_rows
+        for lo in range(0, n, ORDER_BLOCK):
+            if not orders:
+                return None
+            block = [a[max(lo - 1, 0) : lo + ORDER_BLOCK] for a in arrays]
+            orders = [o for o in orders if _strictly_increasing([block[i] for i in o])]
+        if not orders:
+            return None
+        previous = arrays
+    return frame.num_rows
+
+
+def _count_false(frame: pa.Table, predicate: str, reduced: dict[str, Future[Any]]) -> int | None:
+    """``count_false`` told which float columns the same pass found finite (their min and max are)."""
+    finite = set()
+    for col, job in reduced.items():
+        # A reduction not started yet is not waited for: the pool's queue is first in, first out, so it
+        # can only be another caller's work.
+        if not (job.running() or job.done()):
+            continue
+        extremes = job.result()
+        values = [extremes.get(op) for op in ("min", "max")] if extremes else []
+        if len(values) == 2 and all(isinstance(v, float) and math.isfinite(v) for v in values):
+            finite.add(col)
+    return count_false(frame, predicate, finite=finite)
 
 
 class ArrowAggregates:
@@ -273,9 +320,11 @@ class ArrowAggregates:
         reductions: dict[str, dict[str, list[int]]] = {}
         jobs: list[tuple[list[int], Future[Any]]] = []
         plain_sql: list[int] = []
+        predicates: list[int] = []
         pool = _pool()
+        names = set(frame.column_names)  # a new list on every access (~10 us): once per call, not per expr
         for i, e in enumerate(exprs):
-            if not isinstance(e, Agg) or (e.column is not None and e.column not in frame.column_names):
+            if not isinstance(e, Agg) or (e.column is not None and e.column not in names):
                 if e.strip().lower() == "count(*)":
                     out[i], done[i] = n, True
                 else:
@@ -289,15 +338,21 @@ class ArrowAggregates:
             elif e.op == "count_not_in" and e.column is not None:
                 jobs.append(([i], pool.submit(count_not_in, frame.column(e.column), e.args[0])))
             elif e.op == "count_false":
-                jobs.append(([i], pool.submit(count_false, frame, e.args[0])))
+                predicates.append(i)
             elif e.op == "distinct_rows":
                 jobs.append(([i], pool.submit(distinct_rows, frame, e.args)))
             else:
                 plain_sql.append(i)
         sql_job = pool.submit(self.sql, [exprs[i] for i in plain_sql]) if plain_sql else None
+        reduced: dict[str, Future[Any]] = {}
         for col, wanted in reductions.items():
             idx = [i for ids in wanted.values() for i in ids]
-            jobs.append((idx, pool.submit(reduce_column, frame.column(col), set(wanted))))
+            reduced[col] = pool.submit(reduce_column, frame.column(col), set(wanted))
+            jobs.append((idx, reduced[col]))
+        # Submitted after the reductions, so that those have all started when a predicate runs: a float
+        # column whose min and max came out finite needs no check for NaN and infinities of its own.
+        for i in predicates:
+            jobs.append(([i], pool.submit(_count_false, frame, exprs[i].args[0], reduced)))  # type: ignore[attr-defined]
         for idx, job in jobs:
             value = job.result()
             if value is None:

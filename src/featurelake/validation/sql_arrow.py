@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -177,16 +177,23 @@ def _compiled(expr: str, schema: pa.Schema) -> Eval | None:
         return None
 
 
-def count_false(frame: pa.Table, expr: str) -> int | None:
-    """Rows where ``expr`` is FALSE (NULL does not count), or None when DuckDB must evaluate it."""
+def count_false(frame: pa.Table, expr: str, *, finite: Iterable[str] = ()) -> int | None:
+    """Rows where ``expr`` is FALSE (NULL does not count), or None when DuckDB must evaluate it.
+
+    ``finite``: float columns of ``frame`` already known to hold no NaN or infinity (not checked again).
+    """
     fn = _compiled(expr, frame.schema)
     if fn is None:
         return None
     try:
-        result = fn(_Frame(frame))
+        state = _Frame(frame)
+        state.checked.update(finite)
+        result = fn(state)
         if isinstance(result, pa.Scalar) or not pa.types.is_boolean(result.type):
             return None
-        return int(pc.sum(pc.invert(result)).as_py() or 0)
+        # FALSE rows: the non-null ones minus the TRUE ones (a boolean sum counts TRUE).
+        true = int(pc.sum(result).as_py() or 0)
+        return len(result) - result.null_count - true
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
 

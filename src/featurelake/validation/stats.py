@@ -197,10 +197,9 @@ class Profiler(Check):
         return (list(self.sampled), self.sample_size, self.seed) if self.sampled else None
 
     def prepare_sample(self, sample: pa.Table) -> None:
+        names = set(sample.column_names)  # a new list on every access: once, not per column
         self._prepared = {
-            col: summarise(kind, sample.column(col))
-            for col, kind in self.kinds.items()
-            if col in sample.column_names
+            col: summarise(kind, sample.column(col)) for col, kind in self.kinds.items() if col in names
         }
         self._prepared_for = sample
 
@@ -212,6 +211,7 @@ class Profiler(Check):
             else {}
         )
         sample = obs.sample
+        sampled = set(sample.column_names) if sample is not None else set()
         pending = []
         for col, kind in self.kinds.items():
             st = ColumnStats(col, kind, rows=rows, count=int(obs.values[i] or 0))
@@ -224,7 +224,7 @@ class Profiler(Check):
                 i += 4
             else:
                 i += 1
-            if sample is not None and col in sample.column_names:
+            if sample is not None and col in sampled:
                 st.sample_rows = sample.num_rows
                 ready = self._prepared if self._prepared_for is sample else {}
                 estimate = not self.exact
