@@ -123,7 +123,7 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/storage.py
 	$(PY) benchmarks/scale.py
 
-bench-peers: $(STAMP) ## featurelake vs Feast side by side (own venv benchmarks/.peers-venv); writes docs/benchmarks.md
+bench-peers: $(STAMP) ## featurelake vs Feast side by side (own venv benchmarks/.peers-venv): 1M rows, then 3M/10M/30M (ARGS='--scale-sizes 3M,10M' or '--no-scale'); writes docs/benchmarks.md
 	bash benchmarks/need-wrk.sh
 	PYTHON=$(PYTHON) bash benchmarks/peers/setup.sh
 	$(PY) benchmarks/peers/run.py $(ARGS)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scale_data import entities_for
 
 OWN_BENCHES = [
     ("backfill.py", "Write-Audit-Publish backfill (branch, audit, publish)",
@@ -70,7 +74,7 @@ def _concurrency(add: Any, fl: dict[str, Any], fe: dict[str, Any]) -> None:
         f"{'' if p99 <= 25 else '; 4 busy processes (wrk, 2 workers, Redis) and other jobs shared them'}).\n")  # fmt: skip
 
 
-def write_page(r: dict[str, Any], path: Path) -> None:
+def write_page(r: dict[str, Any], path: Path, scale: dict[str, Any] | None = None) -> None:
     m, meta, fl, fe, chk = r["machine"], r["meta"], r["featurelake"], r["feast"], r["check"]
     args = r["args"]
     out: list[str] = []
@@ -131,6 +135,9 @@ def write_page(r: dict[str, Any], path: Path) -> None:
         f"features (null and NaN equal, floats compared exactly). Rows with features: featurelake "
         f"{chk['featurelake_non_null']:,}, Feast {chk['feast_non_null']:,}.")  # fmt: skip
     _concurrency(add, fl, fe)
+    if scale is not None:
+        out.extend(scale_lines(scale))
+        add("")
     add("## Our own `make bench`\n")
     add("`make bench` runs each of these in `.venv` and prints its table and ratio; each is measured against a "
         "reference doing the same work on the same machine in the same run (not against Feast). Run one with "
@@ -145,3 +152,133 @@ def write_page(r: dict[str, Any], path: Path) -> None:
     if own.exists():
         add(own.read_text())
     path.write_text("\n".join(out) + "\n")
+
+
+# --- the scale section (benchmarks/peers/scale_section.py's last-scale.json) -------------------------------
+
+SCALE_START = "<!-- scale section: written by benchmarks/peers/report.py from last-scale.json -->"
+SCALE_END = "<!-- end of the scale section -->"
+# Issue 23's targets, largest size against the smallest: peak RSS <= 1.5x and <= 2 GB, time <= 11x for 10x rows.
+RSS_RATIO, RSS_MAX_MB, TIME_RATIO = 1.5, 2048, 11.0
+PAIRS = [("sync", "materialize", "sync to SQLite / Feast materialize to SQLite"),
+         ("training", "historical", "training set / Feast get_historical_features")]  # fmt: skip
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+
+
+def _cell(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "—"
+    status = p.get("status", "finished")
+    if status == "finished":
+        return f"{p['seconds']:,.1f} s, {p['peak_rss_mb']:,.0f} MB"
+    if status == "killed":
+        return f"**killed** at {p['peak_rss_mb']:,.0f} MB after {p['seconds']:,.0f} s (the memory cap)"
+    if status == "timed out":
+        return f"**timed out** after {p['seconds']:,.0f} s ({p['peak_rss_mb']:,.0f} MB by then)"
+    return f"**{status}** after {p['seconds']:,.0f} s, {p['peak_rss_mb']:,.0f} MB ({p.get('note', '')})"
+
+
+def _load(p: dict[str, Any] | None) -> str:
+    if p is None or "load" not in p:
+        return "—"
+    ld = p["load"]
+    return f"{ld[0]:.1f}-{ld[1]:.1f}" if isinstance(ld, list) else f"{ld:.1f}"
+
+
+def _targets(name: str, pts: list[dict[str, Any]]) -> str:
+    small, large = pts[0], pts[-1]
+    factor = large["rows"] / small["rows"]
+    t_target = TIME_RATIO * factor / 10
+    if large.get("status", "finished") != "finished":
+        return (f"{name}: **not met** — at {_human(large['rows'])} it was {large['status']} "
+                f"({large.get('note', '')})")  # fmt: skip
+    rss = large["peak_rss_mb"] / small["peak_rss_mb"]
+    t = large["seconds"] / small["seconds"]
+    ok_rss = rss <= RSS_RATIO and large["peak_rss_mb"] <= RSS_MAX_MB
+    return (f"{name}: peak RSS {rss:.2f}x ({large['peak_rss_mb']:,.0f} MB) — **{'met' if ok_rss else 'not met'}**; "
+            f"time {t:.2f}x (target ≤ {t_target:.1f}x) — **{'met' if t <= t_target else 'not met'}**")  # fmt: skip
+
+
+def scale_lines(s: dict[str, Any]) -> list[str]:
+    """The markdown of the scale section, between SCALE_START and SCALE_END."""
+    fl, fe = s["featurelake"], s["feast"]
+    out = [SCALE_START, "## At scale: time and peak RSS against rows, beside Feast\n"]
+    add = out.append
+    add("![featurelake vs Feast: wall time and peak RSS against rows](img/scale-vs-feast.png)\n")
+    add("The data of `benchmarks/scale.py` (one generator, `benchmarks/scale_data.py`): 30 days, one Parquet file a "
+        "day, 12 columns (key, event time, 6 float64 and 4 int64 features), rows/60 entities, 500k entity rows for "
+        "the training set. featurelake: `benchmarks/scale.py` (backfill into Iceberg, full sync to SQLite, "
+        "training set, predict). Feast "
+        f"{fe.get('feast_version', '')}: `benchmarks/peers/feast_scale.py` (file offline store reading the same "
+        "Parquet directory, SQLite online store, no ttl like featurelake's view): `materialize` of the 30 days and "
+        "`get_historical_features` of the same entity rows, written to Parquet. Every job is a fresh process; wall "
+        "time and peak RSS are measured from outside (`os.wait4`), start-up and imports included. Feast's jobs run "
+        f"under a guard: the process tree's resident memory is read every 50 ms and the tree killed past "
+        f"{fe['cap_gb']:g} GB (**killed**), or past {fe['timeout_s']:,.0f} s (**timed out**); featurelake's jobs "
+        "run unguarded. featurelake reads its own Iceberg table (its backfill is the extra step Feast does not "
+        "do); Feast reads the Parquet directly.\n")  # fmt: skip
+    m = s.get("machine") or {}
+    add(f"Run of {s['date']}" + (f" on {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('memory_gib')} GiB" if m else "")
+        + f"; featurelake's figures: {s['featurelake_source']}. Load average (1 minute) beside each figure: at the "
+          "start and end of each Feast job, at the end of each featurelake job.\n")  # fmt: skip
+    add("| rows | featurelake / Feast | featurelake | Feast | Feast / featurelake time | Feast / featurelake RSS "
+        "| load avg (fl / Feast) |")  # fmt: skip
+    add("|---:|---|---:|---:|---:|---:|---|")
+    sizes = sorted({p["rows"] for pts in fe["feast"].values() for p in pts})
+    for rows in sizes:
+        for fl_job, fe_job, label in PAIRS:
+            a = next((p for p in fl.get(fl_job, []) if p["rows"] == rows), None)
+            b = next((p for p in fe["feast"].get(fe_job, []) if p["rows"] == rows), None)
+            ok = a is not None and b is not None and b.get("status", "finished") == "finished"
+            tr = f"{b['seconds'] / a['seconds']:.1f}x" if ok and a and b else "—"
+            rr = f"{b['peak_rss_mb'] / a['peak_rss_mb']:.1f}x" if ok and a and b else "—"
+            add(
+                f"| {_human(rows)} | {label} | {_cell(a)} | {_cell(b)} | {tr} | {rr} | {_load(a)} / {_load(b)} |"
+            )
+    add("")
+    extra = []
+    for p in fe["feast"].get("materialize", []):
+        if "keys" in p:
+            extra.append(f"{_human(p['rows'])}: {p['keys']:,} keys of {entities_for(p['rows']):,} entities")
+    if extra:
+        add("Feast's materialize wrote the latest values of every key with rows into SQLite (" + "; ".join(extra)
+            + ").")  # fmt: skip
+    rows_out = [
+        f"{_human(p['rows'])}: {p['rows_out']:,}"
+        for p in fe["feast"].get("historical", [])
+        if "rows_out" in p
+    ]
+    if rows_out:
+        add("Feast's historical retrieval returned, of the 500,000 entity rows, " + "; ".join(rows_out) + " rows "
+            "(it leaves out entity rows with no feature row at or before their time; featurelake returns every "
+            "entity row, with nulls where there is no match).")  # fmt: skip
+    add("")
+    add("**Issue 23's targets** (largest size against the smallest: peak RSS ≤ 1.5x and ≤ 2 GB; time ≤ 11x for 10x "
+        "the rows), applied to both:\n")  # fmt: skip
+    for job, pts in fl.items():
+        if len(pts) > 1:
+            add(f"- featurelake {_targets(job, pts)}")
+    for job, pts in fe["feast"].items():
+        if len(pts) > 1:
+            add(f"- Feast {_targets(job, pts)}")
+    add("\nReproduce: `make bench-peers` (the scale section runs by default, `ARGS='--scale-sizes 3M,10M'` for a quick "
+        "one, `--no-scale` to skip it, `--scale-only` for it alone).\n")  # fmt: skip
+    add(SCALE_END)
+    return out
+
+
+def write_scale_section(s: dict[str, Any], path: Path) -> None:
+    """Replace the scale section of ``path`` (or add it before "## Our own `make bench`")."""
+    text = path.read_text()
+    new = "\n".join(scale_lines(s))
+    if SCALE_START in text and SCALE_END in text:
+        head, rest = text.split(SCALE_START, 1)
+        _, tail = rest.split(SCALE_END, 1)
+        text = head + new + tail
+    else:
+        marker = "## Our own `make bench`"
+        text = text.replace(marker, new + "\n\n" + marker, 1) if marker in text else text + "\n" + new + "\n"
+    path.write_text(text)

@@ -15,10 +15,17 @@ virtualenv made by benchmarks/peers/setup.sh. Steps:
    loadgen.py and the same concurrent clients, then ``feast serve --workers <cores>`` under the concurrent
    clients too (the same number of processes as featurelake), ``get_historical_features``;
 5. check both training sets hold the same values where both have a row, print the table with the ratio per
-   line, write docs/benchmarks.md and docs/img/bench-peers.png.
+   line, write docs/benchmarks.md and docs/img/bench-peers.png;
+6. the scale section (benchmarks/peers/scale_section.py; ``--no-scale`` skips it, ``--scale-only`` runs it
+   alone): featurelake's benchmarks/scale.py and Feast's materialize and get_historical_features
+   (benchmarks/peers/feast_scale.py) at ``--scale-sizes`` (3M, 10M, 30M rows), each job a fresh process with
+   its peak RSS measured from outside, Feast's under a memory cap and a timeout; writes its section of
+   docs/benchmarks.md and docs/img/scale-vs-feast.png.
 
     .venv/bin/python benchmarks/peers/run.py [--rows 1000000] [--users 50000] [--entities 100000]
-                                              [--requests 2000] [--no-docs]
+                                              [--requests 2000] [--no-docs] [--no-scale | --scale-only]
+                                              [--scale-sizes 3M,10M,30M] [--scale-cap-gb 8]
+                                              [--scale-timeout 1800] [--scale-fl-json F [--scale-fl-log L]]
 
 Ratio = Feast / featurelake for times (and featurelake / Feast for rows/s): above 1 featurelake is faster.
 """
@@ -51,8 +58,9 @@ ROOT = HERE.parent.parent
 PEERS_PY = ROOT / "benchmarks" / ".peers-venv" / "bin" / "python"
 sys.path.insert(0, str(HERE))
 
+import scale_section  # noqa: E402
 from concurrency import run_levels, wrk_binary  # noqa: E402
-from report import write_page  # noqa: E402
+from report import write_page, write_scale_section  # noqa: E402
 
 import featurelake  # noqa: E402
 
@@ -394,9 +402,25 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-docs", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    scale_group = ap.add_mutually_exclusive_group()
+    scale_group.add_argument("--no-scale", action="store_true", help="skip the scale section")
+    scale_group.add_argument("--scale-only", action="store_true", help="run the scale section alone")
+    ap.add_argument("--scale-sizes", default="3M,10M,30M", help="rows of the scale section, e.g. 3M,10M")
+    ap.add_argument("--scale-cap-gb", type=float, default=8.0, help="memory cap of each Feast scale job (GB)")
+    ap.add_argument(
+        "--scale-timeout", type=float, default=1800.0, help="time limit of each Feast scale job (s)"
+    )
+    ap.add_argument(
+        "--scale-fl-json",
+        type=Path,
+        help="featurelake's figures from an earlier `benchmarks/scale.py --json` run (not re-run)",
+    )
+    ap.add_argument("--scale-fl-log", type=Path, help="that run's printed output (for its load averages)")
     args = ap.parse_args()
     if not PEERS_PY.exists():
         raise SystemExit(f"{PEERS_PY} missing: run `make bench-peers` (it runs benchmarks/peers/setup.sh)")
+    if args.scale_only:
+        return run_scale(args)
     wrk_binary()  # fail now, not after the data generation, when wrk is missing
 
     work = Path(tempfile.mkdtemp(prefix="fl-bench-peers-"))
@@ -427,15 +451,53 @@ def main() -> int:
                  str(ROOT / "docs" / "img" / "bench-peers.png")],
                 check=True,
             )  # fmt: skip
-            write_page(results, ROOT / "docs" / "benchmarks.md")
+            last_scale = HERE / "last-scale.json"
+            scale = json.loads(last_scale.read_text()) if last_scale.exists() else None
+            write_page(results, ROOT / "docs" / "benchmarks.md", scale)
             print("wrote docs/benchmarks.md and docs/img/bench-peers.png", file=sys.stderr)
         bad = check["mismatched_rows"] or fl["training_set"]["rows_out"] != meta["entities"]
-        return 1 if bad else 0
     finally:
         redis_proc.kill()
         redis_proc.wait()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if not args.no_scale:
+        run_scale(args)
+    return 1 if bad else 0
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    """The scale section: both sides at --scale-sizes, then its chart and its part of docs/benchmarks.md."""
+    work = Path(tempfile.mkdtemp(prefix="fl-bench-peers-scale-"))
+    print(f"scale section: sizes {args.scale_sizes}; load average {os.getloadavg()}", file=sys.stderr)
+    try:
+        scale = scale_section.run(
+            sizes=args.scale_sizes, work=work, peers_py=PEERS_PY, cap_gb=args.scale_cap_gb,
+            timeout=args.scale_timeout, fl_json=args.scale_fl_json, fl_log=args.scale_fl_log, machine=machine(),
+        )  # fmt: skip
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    page = ROOT / "docs" / "benchmarks.md"
+    print("\n".join(line for line in scale_section_text(scale)), file=sys.stderr)
+    if not args.no_docs:
+        scale_section.chart(PEERS_PY, ROOT / "docs" / "img" / "scale-vs-feast.png")
+        write_scale_section(scale, page)
+        print(
+            "wrote the scale section of docs/benchmarks.md and docs/img/scale-vs-feast.png", file=sys.stderr
+        )
+    return 0
+
+
+def scale_section_text(scale: dict[str, Any]) -> list[str]:
+    """One line per job and size, both systems, for the console."""
+    out = ["", f"{'system':<12} {'job':<12} {'rows':>11} {'time s':>9} {'peak RSS MB':>12}  status / load"]
+    for system, jobs in (("featurelake", scale["featurelake"]), ("Feast", scale["feast"]["feast"])):
+        for job, pts in jobs.items():
+            for p in pts:
+                out.append(f"{system:<12} {job:<12} {p['rows']:>11,} {p['seconds']:>9.1f} "
+                           f"{p['peak_rss_mb']:>12,.0f}  {p.get('status', 'finished')} {p.get('load', '')}")  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
