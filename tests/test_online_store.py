@@ -194,3 +194,45 @@ def test_redis_recovers_after_restart_and_reloads_its_script(own_redis: RedisSer
     assert s.write("v", recs(("k", 2, 1, "two"))) == 1
     assert payload(s, "v", "k") == "two"
     s.close()
+
+
+@pytest.mark.redis
+def test_redis_lookups_from_many_threads_each_get_their_own_rows(redis_url: str) -> None:
+    """One thread at a time reads on the store's lookup connection, the others through the pool: every
+    thread gets the rows it asked for, never another thread's reply."""
+    s = RedisStore(redis_url, scope("threads"))
+    keys = [f"k{i}" for i in range(40)]
+    s.write("v", Records(keys, [1] * len(keys), [1] * len(keys), [f"value of {k}" for k in keys]))
+    wrong: list[str] = []
+
+    def reader(offset: int) -> None:
+        for i in range(300):
+            a, b = keys[(offset + i) % len(keys)], keys[(offset * 7 + i) % len(keys)]
+            got = [hit[1] if hit else None for hit in s.read([("v", [a, b])])[0]]
+            if got != [f"value of {a}".encode(), f"value of {b}".encode()]:
+                wrong.append(f"{a},{b}: {got!r}")
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s.close()
+    assert wrong == []
+
+
+@pytest.mark.redis
+def test_redis_lookup_timing_out_leaves_no_reply_for_the_next(own_redis: RedisServer) -> None:
+    """A lookup that timed out waiting for Redis is an error; its late reply is never taken for the answer
+    of the next lookup (the connection it was read on is dropped)."""
+    s = RedisStore(own_redis.url, scope("p"), timeout=0.2)
+    s.write("v", recs(("a", 1, 1, "A"), ("b", 1, 1, "B")))
+    assert payload(s, "v", "a") == "A"
+    with own_redis.client() as c:
+        c.execute_command("CLIENT", "PAUSE", "1000", "ALL")  # every other client's commands wait 1 s
+        with pytest.raises(OnlineStoreUnavailableError, match="unreachable"):
+            s.read([("v", ["a"])])
+        c.execute_command("CLIENT", "UNPAUSE")
+    assert payload(s, "v", "b") == "B"
+    assert payload(s, "v", "a") == "A"
+    s.close()
