@@ -26,14 +26,15 @@ import matplotlib.pyplot as plt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_data import featurelake_points, human
 
-# (label, colour, featurelake job or None, Feast job or None)
+# (label, colour, line style, marker, featurelake job or None, Feast job or None)
 SERIES = [
-    ("featurelake backfill (WAP into Iceberg)", "#7f7f7f", "backfill", None),
-    ("featurelake sync to SQLite", "#1f77b4", "sync", None),
-    ("Feast materialize to SQLite", "#1f77b4", None, "materialize"),
-    ("featurelake training set", "#ff7f0e", "training", None),
-    ("Feast get_historical_features", "#ff7f0e", None, "historical"),
-    ("featurelake predict", "#2ca02c", "predict", None),
+    ("featurelake backfill (WAP into Iceberg)", "#7f7f7f", "-", "o", "backfill", None),
+    ("featurelake sync to SQLite", "#1f77b4", "-", "o", "sync", None),
+    ("Feast materialize to SQLite", "#1f77b4", "--", "s", None, "materialize"),
+    ("Feast materialize, pull_latest_features", "#1f77b4", "-.", "^", None, "materialize_latest"),
+    ("featurelake training set", "#ff7f0e", "-", "o", "training", None),
+    ("Feast get_historical_features", "#ff7f0e", "--", "s", None, "historical"),
+    ("featurelake predict", "#2ca02c", "-", "o", "predict", None),
 ]
 
 
@@ -53,12 +54,10 @@ def draw(fl: dict[str, list[dict[str, Any]]], feast: dict[str, Any], out: Path, 
     sizes: set[int] = set()
     for ax, key, ylabel in ((axes[0], "seconds", "wall time (s)"), (axes[1], "peak_rss_mb", "peak RSS (MB)")):
         values: list[float] = []
-        for label, colour, fl_job, fe_job in SERIES:
+        for label, colour, style, marker, fl_job, fe_job in SERIES:
             pts = fl.get(fl_job, []) if fl_job else feast["feast"].get(fe_job, [])
             if not pts:
                 continue
-            style = "-" if fl_job else "--"
-            marker = "o" if fl_job else "s"
             ok = [p for p in pts if p.get("status", "finished") == "finished"]
             sizes.update(p["rows"] for p in pts)
             values.extend(p[key] for p in pts)

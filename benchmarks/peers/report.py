@@ -160,7 +160,8 @@ SCALE_START = "<!-- scale section: written by benchmarks/peers/report.py from la
 SCALE_END = "<!-- end of the scale section -->"
 # Issue 23's targets, largest size against the smallest: peak RSS <= 1.5x and <= 2 GB, time <= 11x for 10x rows.
 RSS_RATIO, RSS_MAX_MB, TIME_RATIO = 1.5, 2048, 11.0
-PAIRS = [("sync", "materialize", "sync to SQLite / Feast materialize to SQLite"),
+PAIRS = [("sync", "materialize", "sync to SQLite / Feast materialize to SQLite (its defaults)"),
+         ("sync", "materialize_latest", "sync to SQLite / Feast materialize, `pull_latest_features`"),
          ("training", "historical", "training set / Feast get_historical_features")]  # fmt: skip
 
 
@@ -213,8 +214,12 @@ def scale_lines(s: dict[str, Any]) -> list[str]:
         "the training set. featurelake: `benchmarks/scale.py` (backfill into Iceberg, full sync to SQLite, "
         "training set, predict). Feast "
         f"{fe.get('feast_version', '')}: `benchmarks/peers/feast_scale.py` (file offline store reading the same "
-        "Parquet directory, SQLite online store, no ttl like featurelake's view): `materialize` of the 30 days and "
-        "`get_historical_features` of the same entity rows, written to Parquet. Every job is a fresh process; wall "
+        "Parquet directory, SQLite online store, no ttl like featurelake's view): `materialize` of the 30 days with "
+        "Feast's defaults (the offline store returns every row of the window, deduplicated in memory: "
+        "feast-dev/feast#6307), the same with Feast's own settings against that (`materialization: "
+        "pull_latest_features: true`, the offline store returns each key's latest row, and "
+        "`online_write_batch_size: 10000`), and `get_historical_features` of the same entity rows, written to "
+        "Parquet. Every job is a fresh process; wall "
         "time and peak RSS are measured from outside (`os.wait4`), start-up and imports included. Feast's jobs run "
         f"under a guard: the process tree's resident memory is read every 50 ms and the tree killed past "
         f"{fe['cap_gb']:g} GB (**killed**), or past {fe['timeout_s']:,.0f} s (**timed out**); featurelake's jobs "
