@@ -401,7 +401,71 @@ def test_sql_predicate_trusts_columns_known_finite_and_checks_the_others() -> No
 
     frame = pa.table({"x": pa.array([1.0, float("nan"), 3.0]), "y": pa.array([2.0, 2.0, 2.0])})
     assert count_false(frame, "x < y") is None  # NaN: SQL and IEEE disagree, DuckDB decides
-    assert count_false(frame, "x < y", finite={"y"}) is None  # x is still checked
+    assert count_false(frame, "x < y", bounds={"y": (2.0, 2.0)}) is None  # x is still checked
     clean = frame.set_column(0, "x", pa.array([1.0, None, 3.0]))
-    assert count_false(clean, "x < y", finite={"x", "y"}) == 1
+    assert count_false(clean, "x < y", bounds={"x": (1.0, 3.0), "y": (2.0, 2.0)}) == 1
     assert [count_false(clean, "x < y")] == duck(clean, ["count(*) FILTER (WHERE NOT (x < y))"])
+
+
+@pytest.mark.parametrize(
+    ("expr", "proved"),
+    [
+        ("a <= b + 1000", True),
+        ("a < b", False),  # the intervals overlap: the rows are read
+        ("a IS NULL OR a > -100", True),
+        ("NOT (a > 100)", True),
+        ("a BETWEEN -100 AND b * 2 + 100", True),
+        ("-a < 1000 AND b <> -1", True),
+        ("a = a", False),  # not provable from bounds (true, but interval arithmetic cannot tell)
+        ("a IS NOT NULL", False),  # a has nulls: FALSE is possible
+        ("c > 0", False),  # no bounds for c
+    ],
+)
+def test_predicates_proved_from_column_bounds(expr: str, proved: bool) -> None:
+    from featurelake.validation.sql_arrow import count_false, never_false
+
+    frame = pa.table(
+        {
+            "a": pa.array([1.5, None, -3.0, 7.25], pa.float64()),
+            "b": pa.array([2, 9, 4, 5], pa.int64()),
+            "c": pa.array([1, 2, 3, 4], pa.int64()),
+        }
+    )
+    bounds: dict[str, tuple[Any, Any]] = {"a": (-3.0, 7.25), "b": (2, 9)}
+    assert never_false(frame, expr, bounds) == proved
+    want = duck(frame, [f"count(*) FILTER (WHERE NOT ({expr}))"])
+    assert [count_false(frame, expr, bounds=bounds)] == want
+    if proved:
+        assert want == [0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(-1000, 1000)), min_size=1, max_size=20),
+    st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)), min_size=1, max_size=20),
+    st.sampled_from(
+        [
+            "x < y + 2000000",
+            "x * 2 >= y - 3000000",
+            "NOT (x > 1000 OR y IS NULL)",
+            "x BETWEEN -1000 AND 1000",
+            "-x > y * 2",
+            "x <> 5000 AND (y IS NULL OR y <= 1e6)",
+        ]
+    ),
+)
+def test_bounds_never_prove_a_predicate_that_duckdb_finds_false(
+    xs: list[int | None], ys: list[float | None], expr: str
+) -> None:
+    from featurelake.validation.fast import reduce_column
+    from featurelake.validation.sql_arrow import never_false
+
+    n = min(len(xs), len(ys))
+    frame = pa.table({"x": pa.array(xs[:n], pa.int64()), "y": pa.array(ys[:n], pa.float64())})
+    bounds = {}
+    for c in ("x", "y"):
+        got = reduce_column(frame.column(c), {"min", "max"})
+        if got and got["min"] is not None:
+            bounds[c] = (got["min"], got["max"])
+    if never_false(frame, expr, bounds):
+        assert duck(frame, [f"count(*) FILTER (WHERE NOT ({expr}))"]) == [0]

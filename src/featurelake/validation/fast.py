@@ -286,18 +286,17 @@ def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
 
 
 def _count_false(frame: pa.Table, predicate: str, reduced: dict[str, Future[Any]]) -> int | None:
-    """``count_false`` told which float columns the same pass found finite (their min and max are)."""
-    finite = set()
+    """``count_false`` given the min and max this pass computed (a predicate they prove reads no row)."""
+    bounds = {}
     for col, job in reduced.items():
         # A reduction not started yet is not waited for: the pool's queue is first in, first out, so it
         # can only be another caller's work.
         if not (job.running() or job.done()):
             continue
         extremes = job.result()
-        values = [extremes.get(op) for op in ("min", "max")] if extremes else []
-        if len(values) == 2 and all(isinstance(v, float) and math.isfinite(v) for v in values):
-            finite.add(col)
-    return count_false(frame, predicate, finite=finite)
+        if extremes and "min" in extremes and "max" in extremes:
+            bounds[col] = (extremes["min"], extremes["max"])
+    return count_false(frame, predicate, bounds=bounds)
 
 
 class ArrowAggregates:

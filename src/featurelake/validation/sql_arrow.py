@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -177,17 +177,157 @@ def _compiled(expr: str, schema: pa.Schema) -> Eval | None:
         return None
 
 
-def count_false(frame: pa.Table, expr: str, *, finite: Iterable[str] = ()) -> int | None:
+# --- proofs from column bounds ---------------------------------------------------------------------------
+#
+# With the min and max of every column a predicate reads (which the audit computes anyway for its range
+# checks), interval arithmetic often proves that no row can make the predicate FALSE: ``f0 <= f1 + 1000``
+# holds on every row when max(f0) <= min(f1) + 1000. IEEE rounding is monotonic, so a bound computed in
+# floating point bounds every row's value computed the same way. A value set is (lo, hi, nullable); a
+# truth set is the subset of {True, False, None} the expression can take (None: SQL NULL).
+
+_Interval = tuple[Any, Any, bool]
+_Truths = frozenset[bool | None]
+_BOTH: _Truths = frozenset({True, False})
+
+
+def _bound_value(node: Node, bounds: dict[str, tuple[Any, Any]], nullable: set[str]) -> _Interval:
+    cls = node.get("class")
+    if cls == "COLUMN_REF":
+        names = node.get("column_names") or []
+        if len(names) != 1 or names[0] not in bounds:
+            raise Unsupported
+        lo, hi = bounds[names[0]]
+        return lo, hi, names[0] in nullable
+    if cls == "CONSTANT":
+        value = _constant(node).as_py()
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Unsupported
+        return value, value, False
+    if cls == "FUNCTION" and node.get("is_operator") and not node.get("distinct"):
+        args = [_bound_value(a["expression"], bounds, nullable) for a in node.get("arguments") or []]
+        name = node.get("function_name")
+        if name == "-" and len(args) == 1:
+            lo, hi, null = args[0]
+            return _finite(-hi), _finite(-lo), null
+        if name in _ARITH and len(args) == 2:
+            (alo, ahi, anull), (blo, bhi, bnull) = args
+            if any(isinstance(v, float) for v in (alo, ahi, blo, bhi)):  # DuckDB computes in double then
+                alo, ahi, blo, bhi = float(alo), float(ahi), float(blo), float(bhi)
+            if name == "+":
+                lo, hi = alo + blo, ahi + bhi
+            elif name == "-":
+                lo, hi = alo - bhi, ahi - blo
+            else:
+                products = [alo * blo, alo * bhi, ahi * blo, ahi * bhi]
+                lo, hi = min(products), max(products)
+            return _finite(lo), _finite(hi), anull or bnull
+    raise Unsupported
+
+
+def _finite(v: Any) -> Any:
+    """``v`` if it is a finite double or an int64; an overflow is left to DuckDB (it raises or gives inf)."""
+    if isinstance(v, float) and not np.isfinite(v):
+        raise Unsupported
+    if isinstance(v, int) and not -(2**63) <= v < 2**63:
+        raise Unsupported
+    return v
+
+
+def _kleene(op: str, a: bool | None, b: bool | None) -> bool | None:
+    if op == "and":
+        return False if a is False or b is False else (None if a is None or b is None else True)
+    return True if a is True or b is True else (None if a is None or b is None else False)
+
+
+def _truths(node: Node, bounds: dict[str, tuple[Any, Any]], nullable: set[str]) -> _Truths:
+    cls, typ = node.get("class"), node.get("type")
+    if cls == "COMPARISON" and typ in _COMPARE:
+        (alo, ahi, anull) = _bound_value(node["left"], bounds, nullable)
+        (blo, bhi, bnull) = _bound_value(node["right"], bounds, nullable)
+        if any(isinstance(v, float) for v in (alo, ahi, blo, bhi)):  # compared as doubles, as DuckDB does
+            alo, ahi, blo, bhi = float(alo), float(ahi), float(blo), float(bhi)
+        always, never = {
+            "COMPARE_LESSTHAN": (ahi < blo, alo >= bhi),
+            "COMPARE_LESSTHANOREQUALTO": (ahi <= blo, alo > bhi),
+            "COMPARE_GREATERTHAN": (alo > bhi, ahi <= blo),
+            "COMPARE_GREATERTHANOREQUALTO": (alo >= bhi, ahi < blo),
+            "COMPARE_EQUAL": (alo == ahi == blo == bhi, ahi < blo or bhi < alo),
+            "COMPARE_NOTEQUAL": (ahi < blo or bhi < alo, alo == ahi == blo == bhi),
+        }[typ]
+        out: set[bool | None] = {True} if always else ({False} if never else set(_BOTH))
+        return frozenset(out | ({None} if anull or bnull else set()))
+    if cls == "BETWEEN":
+        x, lo, hi = (node[k] for k in ("input", "lower", "upper"))
+        ge = {"class": "COMPARISON", "type": "COMPARE_GREATERTHANOREQUALTO", "left": x, "right": lo}
+        le = {"class": "COMPARISON", "type": "COMPARE_LESSTHANOREQUALTO", "left": x, "right": hi}
+        return _combine("and", [_truths(ge, bounds, nullable), _truths(le, bounds, nullable)])
+    if cls == "CONJUNCTION" and typ in ("CONJUNCTION_AND", "CONJUNCTION_OR"):
+        parts = [_truths(c, bounds, nullable) for c in node.get("children") or []]
+        if len(parts) < 2:
+            raise Unsupported
+        return _combine("and" if typ == "CONJUNCTION_AND" else "or", parts)
+    if cls == "OPERATOR":
+        children = node.get("children") or []
+        if len(children) != 1:
+            raise Unsupported
+        if typ == "OPERATOR_NOT":
+            return frozenset(None if t is None else not t for t in _truths(children[0], bounds, nullable))
+        if typ in ("OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL"):
+            null = _bound_value(children[0], bounds, nullable)[2]
+            return frozenset({typ == "OPERATOR_IS_NULL", typ != "OPERATOR_IS_NULL"} if null else {False})
+    raise Unsupported
+
+
+def _combine(op: str, parts: list[_Truths]) -> _Truths:
+    result = parts[0]
+    for part in parts[1:]:
+        result = frozenset(_kleene(op, a, b) for a in result for b in part)
+    return result
+
+
+def never_false(frame: pa.Table, expr: str, bounds: dict[str, tuple[Any, Any]]) -> bool:
+    """True when the column ``bounds`` (DuckDB's min and max of each column's non-null values) prove that
+    ``expr`` is FALSE on no row of ``frame``; False when they do not tell."""
+    node = _parse(expr)
+    if node is None:
+        return False
+    usable = {
+        c: (lo, hi)
+        for c, (lo, hi) in bounds.items()
+        if c in frame.schema.names
+        # BIGINT and DOUBLE only: DuckDB computes narrower types in their own width (an INTEGER sum can
+        # overflow where an int64 bound does not, FLOAT rounds differently).
+        and frame.schema.field(c).type in (pa.int64(), pa.float64())
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in (lo, hi))
+    }
+    nullable = {c for c in usable if frame.column(c).null_count}
+    try:
+        return False not in _truths(node, usable, nullable)
+    except (Unsupported, KeyError, TypeError, ValueError):
+        return False
+
+
+def count_false(
+    frame: pa.Table, expr: str, *, bounds: dict[str, tuple[Any, Any]] | None = None
+) -> int | None:
     """Rows where ``expr`` is FALSE (NULL does not count), or None when DuckDB must evaluate it.
 
-    ``finite``: float columns of ``frame`` already known to hold no NaN or infinity (not checked again).
+    ``bounds``: DuckDB's min and max of the non-null values of some columns, when already known. A float
+    column with finite bounds holds no NaN or infinity (it is not checked again), and when the bounds prove
+    that no row is FALSE (see :func:`never_false`) no row is read at all.
     """
+    if bounds and never_false(frame, expr, bounds):
+        return 0
     fn = _compiled(expr, frame.schema)
     if fn is None:
         return None
     try:
         state = _Frame(frame)
-        state.checked.update(finite)
+        state.checked.update(
+            c
+            for c, (lo, hi) in (bounds or {}).items()
+            if all(isinstance(v, float) and np.isfinite(v) for v in (lo, hi))
+        )
         result = fn(state)
         if isinstance(result, pa.Scalar) or not pa.types.is_boolean(result.type):
             return None
@@ -198,4 +338,4 @@ def count_false(frame: pa.Table, expr: str, *, finite: Iterable[str] = ()) -> in
         return None
 
 
-__all__ = ["count_false"]
+__all__ = ["count_false", "never_false"]
