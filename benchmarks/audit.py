@@ -46,7 +46,7 @@ from featurelake.validation.checks import AuditContext
 VIEW = "wide"
 DAYS = 30
 FEATURES = 20
-TARGET_RATIO = 3.0
+TARGET_RATIO = 1.5  # issue #23 item 4
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 CHECKS = """[

@@ -8,9 +8,10 @@ Reference side: ``table.append(arrow_table)`` of the same rows (read from the sa
 the table's Arrow schema) into an identically defined table (same SqlCatalog on SQLite, same schema and
 partition spec, created by ``featurelake apply`` of the same ``features.py``).
 
-Headline ratio: WAP full cycle / plain append of the same Arrow table (target <= 1.5). Because the WAP time
-also includes reading the Parquet and running the query, the ratio WAP / (read Parquet + append) is printed
-too. Every run gets fresh tables (a fresh project directory); the two sides alternate which goes first.
+Headline ratio (issue #23: "a plain read + PyIceberg append" of the same rows): WAP full cycle / (read the
+Parquet source to Arrow + ``table.append``), best of N each (target <= 1.1). Both sides start from the same
+Parquet files. WAP / append alone (the Arrow table already in memory, excluding the read) is printed too.
+Every run gets fresh tables (a fresh project directory); the two sides alternate which goes first.
 
     .venv/bin/python benchmarks/backfill.py [--rows N] [--repeats K] [--json PATH] [--workdir DIR] [--keep]
                                             [--no-breakdown]
@@ -51,7 +52,7 @@ DAYS = 30
 USERS = 50_000
 START = datetime(2024, 1, 1, tzinfo=UTC)
 WINDOW = (START.date().isoformat(), (START + timedelta(days=DAYS)).date().isoformat())
-TARGET_RATIO = 1.5
+TARGET_RATIO = 1.1  # WAP / (read + append), best of N
 SEED = 20240101
 
 FEATURES_PY = '''
@@ -373,14 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         ratio_median = stats["wap"]["median"] / stats["append"]["median"]
         fair_best = stats["wap"]["best"] / stats["read_append"]["best"]
         fair_median = stats["wap"]["median"] / stats["read_append"]["median"]
-        verdict = "ok" if ratio_best <= TARGET_RATIO else "ABOVE TARGET"
-        print("headline = WAP full cycle / plain append of the same Arrow table:")
-        print(f"WAP overhead ratio (best): {ratio_best:.2f} (target <= {TARGET_RATIO}) {verdict}")
-        print(f"WAP overhead ratio (median): {ratio_median:.2f}")
+        verdict = "ok" if fair_best <= TARGET_RATIO else "ABOVE TARGET"
         print(
-            "secondary = WAP full cycle / (read Parquet + append), both sides start from the Parquet files:"
+            "headline = WAP full cycle / (read Parquet + plain PyIceberg append), both from the Parquet files:"
         )
-        print(f"WAP vs read+append ratio (best): {fair_best:.2f}, (median): {fair_median:.2f}")
+        print(f"WAP vs read+append ratio (best): {fair_best:.2f} (target <= {TARGET_RATIO}) {verdict}")
+        print(f"WAP vs read+append ratio (median): {fair_median:.2f}")
+        print("secondary = WAP full cycle / plain append of the Arrow table already in memory:")
+        print(f"WAP vs append ratio (best): {ratio_best:.2f}, (median): {ratio_median:.2f}")
         cpu_best = stats["wap_cpu"]["best"] / stats["append_cpu"]["best"]
         cpu_fair = stats["wap_cpu"]["best"] / stats["read_append_cpu"]["best"]
         print(
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 "samples": samples,
                 "stats": stats,
                 "ratios": {
-                    "headline": "wap / append",
+                    "headline": "wap / read_append",
                     "wap_over_append_best": ratio_best,
                     "wap_over_append_median": ratio_median,
                     "wap_over_read_append_best": fair_best,
