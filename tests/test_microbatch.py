@@ -4,6 +4,7 @@ lineage, refused batches kept aside, online writes that never go back in time; t
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,7 +82,9 @@ def test_a_batch_is_published_with_lineage_and_the_callers_summary(fl: featurela
     assert props[lineage.CODE_VERSION]
     assert props[lineage.VIEW] == VIEW and props[lineage.OPERATION] == "ingest"
     assert props["stream.offset"] == "41"
-    assert "audit_mb-1" not in tbl.metadata.refs  # published branches are removed
+    assert "audit_mb-1" not in tbl.metadata.refs  # audited in memory, appended to main: no branch
+    assert snap.parent_snapshot_id is not None  # one commit on main: the batch's snapshot follows apply's
+    assert props["featurelake.audit-report"] == ".featurelake/audits/user_features/mb-1.json"
     assert result.report is not None and result.report.passed
     assert main_rows(fl) == [(1, d(5), 1.5), (2, d(5, 3), 2.5)]
     writer.write(rows([(3, d(6), 3.0)]), summary={"stream.offset": "42"})
@@ -107,24 +110,30 @@ def test_repeats_within_a_batch_and_against_main_are_written_once(fl: featurelak
 def test_a_rebase_drops_rows_another_writer_published_meanwhile(
     fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two writers with overlapping batches: the one that publishes second rebases and writes only the rest."""
+    """Two writers with overlapping batches: the one that commits second finds main moved, checks its rows
+    against the new main, audits again and writes only the rest (PyIceberg's own commit retry, which would
+    re-apply the append on the new main unchecked, is off for this commit)."""
     writer, other = MicroBatchWriter(fl.project, VIEW), MicroBatchWriter(fl.project, VIEW)
-    real = wap_run.write_and_audit
+    real = wap_run.audit_rows
     raced = threading.Event()
+    audited: list[int] = []
 
     def racing(*args: Any, **kwargs: Any) -> Any:
         out = real(*args, **kwargs)
-        if not raced.is_set():  # after the branch write, before the publish: the other writer wins
+        audited.append(args[3].num_rows)
+        if not raced.is_set():  # after the audit, before the commit: the other writer wins
             raced.set()
             other.write(rows([(1, d(5), 1.0), (3, d(5), 3.0)]))
         return out
 
-    monkeypatch.setattr(wap_run, "write_and_audit", racing)
+    monkeypatch.setattr(wap_run, "audit_rows", racing)
     result = writer.write(rows([(1, d(5), 1.0), (2, d(5), 2.0)]))
     assert raced.is_set()
     assert (result.status, result.written, result.duplicates) == ("published", 1, 1)
-    assert any("rebased" in n for n in result.notes)
+    assert any("main moved" in n for n in result.notes)
+    assert audited == [2, 2, 1]  # ours (2 rows), the other writer's, ours again on the new main (1 row)
     assert main_rows(fl) == [(1, d(5), 1.0), (2, d(5), 2.0), (3, d(5), 3.0)]
+    assert result.report is not None and result.report.rows == 1  # the audit of what was written
 
 
 def test_a_refused_batch_leaves_main_unchanged_and_its_rows_aside(fl: featurelake.Featurelake) -> None:
@@ -368,7 +377,7 @@ def test_a_rebase_finding_every_row_published_commits_nothing(
     fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer, other = MicroBatchWriter(fl.project, VIEW), MicroBatchWriter(fl.project, VIEW)
-    real = wap_run.write_and_audit
+    real = wap_run.audit_rows
     raced = threading.Event()
 
     def racing(*args: Any, **kwargs: Any) -> Any:
@@ -378,14 +387,14 @@ def test_a_rebase_finding_every_row_published_commits_nothing(
             other.write(rows([(1, d(5), 1.0), (2, d(5), 2.0)]))  # exactly the same rows win the race
         return out
 
-    monkeypatch.setattr(wap_run, "write_and_audit", racing)
+    monkeypatch.setattr(wap_run, "audit_rows", racing)
     result = writer.write(rows([(1, d(5), 1.0), (2, d(5), 2.0)]), run_id="late")
     assert (result.status, result.written, result.duplicates) == ("duplicate", 0, 2)
     assert "audit_late" not in fl.project.load_table(VIEW).metadata.refs
     assert main_rows(fl) == [(1, d(5), 1.0), (2, d(5), 2.0)]
 
 
-def test_a_failed_publish_removes_the_branch_and_can_be_written_again(
+def test_a_failed_publish_leaves_main_unchanged_and_can_be_written_again(
     fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = MicroBatchWriter(fl.project, VIEW)
@@ -393,14 +402,17 @@ def test_a_failed_publish_removes_the_branch_and_can_be_written_again(
     def down(*args: Any, **kwargs: Any) -> Any:
         raise CatalogUnavailableError("catalog sqlite:///x is unavailable")
 
-    monkeypatch.setattr(wap_run, "publish_branch", down)
+    monkeypatch.setattr(wap_run, "append_to_main", down)
     with pytest.raises(CatalogUnavailableError):
         writer.write(rows([(1, d(5), 1.0)]), run_id="down")
     tbl = fl.project.load_table(VIEW)
     assert "audit_down" not in tbl.metadata.refs and main_rows(fl) == []
+    assert writer.logs.pending == 1  # its audit (passed, never published) is spooled, not lost
     monkeypatch.undo()
     assert writer.write(rows([(1, d(5), 1.0)])).status == "published"
     assert main_rows(fl) == [(1, d(5), 1.0)]
+    assert {a.run_id for a in fl.audits(VIEW) if a.passed} >= {"down"}  # appended with the next batch's
+    assert writer.logs.pending == 0
 
 
 def test_refused_rows_that_cannot_be_kept_aside_are_an_error_saying_so(
@@ -496,3 +508,67 @@ def test_buffered_rows_that_no_longer_fit_the_view_are_kept_aside(fl: featurelak
     assert len(kept) == 1 and '"dropped_feature": 1.0' in kept[0]["row"]
     assert svc.buffer.pending() == [] and main_rows(fl) == []
     svc.close()
+
+
+def _audited_runs(fl: featurelake.Featurelake) -> list[str]:
+    return sorted(a.run_id for a in fl.audits(VIEW))
+
+
+def _stats_runs(fl: featurelake.Featurelake) -> list[str]:
+    from featurelake.auditing import stats_log
+
+    table = fl.read(f"features.{stats_log.TABLE}")
+    return sorted({r for r in table.column("run_id").to_pylist()})
+
+
+def test_logs_are_spooled_and_appended_every_n_batches(fl: featurelake.Featurelake) -> None:
+    """log_batches=3: the verdicts and statistics wait in the spool (durable files) and land in _audits and
+    _stats together, one commit per table for three batches."""
+    writer = MicroBatchWriter(fl.project, VIEW, log_batches=3)
+    for i in (1, 2):
+        writer.write(rows([(i, d(5), 1.0)]), run_id=f"s{i}")
+    assert _audited_runs(fl) == [] and writer.logs.pending == 4  # 2 verdicts + 2 statistics files
+    spooled = sorted(p.name.split(".")[1] for p in writer.logs.root.rglob("*.arrow"))
+    assert spooled == ["s1", "s1", "s2", "s2"]
+    writer.write(rows([(3, d(5), 1.0)]), run_id="s3")
+    assert _audited_runs(fl) == ["s1", "s2", "s3"] and _stats_runs(fl) == ["s1", "s2", "s3"]
+    audits = fl.project.catalog.load_table("features._audits")
+    assert len(audits.metadata.snapshots) == 1  # one append for the three batches
+    assert writer.logs.pending == 0 and not any(writer.logs.root.iterdir())  # nothing held between flushes
+    writer.write(rows([(4, d(5), 1.0)]), run_id="s4")
+    writer.close()  # the rest on close
+    assert _audited_runs(fl) == ["s1", "s2", "s3", "s4"]
+
+
+def test_logs_a_dead_writer_spooled_are_appended_once_by_the_next(fl: featurelake.Featurelake) -> None:
+    """A writer killed before its flush leaves its spool; the next writer of the project appends it, and rows
+    a writer had appended but not yet removed are not appended twice."""
+    import shutil
+
+    dead = MicroBatchWriter(fl.project, VIEW, log_batches=10)
+    dead.write(rows([(1, d(5), 1.0)]), run_id="d1")
+    dead.write(rows([(2, d(5), 1.0)]), run_id="d2")
+    spool = dead.logs._own
+    assert spool is not None and spool.lock is not None
+    # The same files once more, as if a writer had appended them and died before removing them.
+    twin = spool.path.with_name(spool.path.name + "-twin")
+    shutil.copytree(spool.path, twin)
+    spool.lock.close()  # the process dies: its flock goes with it
+    dead.logs._own = None
+
+    live = MicroBatchWriter(fl.project, VIEW, log_batches=10)
+    busy = MicroBatchWriter(fl.project, VIEW, log_batches=10)
+    busy.write(rows([(3, d(5), 1.0)]), run_id="b1")  # a live writer's spool is never taken
+    live.write(rows([(4, d(5), 1.0)]), run_id="l1")
+    live.flush_logs()
+    # l1 was audited twice (busy's commit moved main after live had loaded the table: checked and audited
+    # again); d1 and d2 once each, although their rows were spooled twice.
+    assert _audited_runs(fl) == ["d1", "d2", "l1", "l1"]
+    assert all(a.checks for a in fl.audits(VIEW))
+    assert _stats_runs(fl) == ["d1", "d2", "l1"]
+    per_run = Counter(fl.read("features._stats").column("run_id").to_pylist())
+    assert per_run["d1"] == per_run["d2"] == per_run["l1"] > 0  # one row per column, not two
+    assert not spool.path.exists() and not twin.exists()
+    busy.close()
+    assert _audited_runs(fl) == ["b1", "d1", "d2", "l1", "l1"]
+    live.close()

@@ -19,6 +19,7 @@ expired): the new run then first moves the earlier run's files to ``<run_id>.<sn
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,11 @@ class IcebergReference:
                 self._window_rows = self.project.catalog_call(scan.count, f"count {self.view.name}") or None
         return self._window_rows
 
+    def loaded(self, reference: str | int | None = None) -> ReferenceStats:
+        """The statistics of ``reference`` if a check read them already, else an empty reference (no read)."""
+        key = str(reference) if reference is not None else None
+        return self._stats.get(key) or ReferenceStats(None, "main" if reference is None else str(reference))
+
     def stats(self, reference: str | int | None = None) -> ReferenceStats:
         key = str(reference) if reference is not None else None
         if key not in self._stats:
@@ -151,11 +157,18 @@ def run_audit(
     snapshot_id: int | None,
     window: Window | None,
     statistics: Future[dict[str, ColumnStats]] | None = None,
+    *,
+    log: Callable[[AuditReport], object] | None = None,
+    main_statistics: bool = True,
 ) -> AuditReport:
     """Audit ``frame`` (the rows of ``run_id``'s window on its branch), save the reports, log the verdicts.
 
     ``statistics``: the exact column statistics from :func:`start_statistics`; without them they are
-    computed in the audit's own pass.
+    computed in the audit's own pass. ``log`` records the verdicts (default: an append to
+    ``<namespace>._audits``; micro-batches spool them and append several audits at once).
+    ``main_statistics=False`` leaves main's statistics unread unless a check needs them (a micro-batch has
+    no window to compare; assembling main's statistics would rescan its micro-batch days every batch): the
+    report then shows no reference profile.
     """
     t0 = time.perf_counter()
     settings = project.config.settings.backfill
@@ -169,7 +182,7 @@ def run_audit(
     rows, results = project.engine.audit(frame, checks)
     if statistics is not None:
         profiler.merge_exact(statistics.result())
-    main_ref = reference.stats(None)
+    main_ref = reference.stats(None) if main_statistics else reference.loaded(None)
     ref_profile = dict(main_ref.columns)
     for check in checks:  # a drift check with its own reference shows that reference in the report
         own = getattr(check, "_ref", None)
@@ -203,7 +216,10 @@ def run_audit(
             f"`featurelake publish {view.name} --run-id {run_id}`"
         ) from exc
     try:
-        audit_log.record(project, report)
+        if log is None:
+            audit_log.record(project, report)
+        else:
+            log(report)
     except (CatalogUnavailableError, ConflictError) as exc:
         raise type(exc)(
             f"{exc}. The audit of {view.name} run {run_id} ({report.status}) could not be logged, so nothing "

@@ -71,6 +71,13 @@ def _finite_or_none(v: float | None) -> float | None:
 
 def record_published(project: Project, report: AuditReport, snapshot_id: int) -> int:
     """Append the statistics of a published run's window; returns the stats table's new snapshot id."""
+    return logtable.append(
+        project, TABLE, SCHEMA, rows_of(report, snapshot_id), report.run_id, "feature-stats"
+    )
+
+
+def rows_of(report: AuditReport, snapshot_id: int) -> pa.Table:
+    """The statistics rows of a run published as ``snapshot_id``: one per profiled column."""
     now = datetime.now(UTC)
     records: list[dict[str, Any]] = []
     for col, st in report.profile.items():
@@ -93,8 +100,7 @@ def record_published(project: Project, report: AuditReport, snapshot_id: int) ->
                 "recorded_at": now,
             }
         )
-    rows = pa.Table.from_pylist(records, schema=SCHEMA.as_arrow())
-    return logtable.append(project, TABLE, SCHEMA, rows, report.run_id, "feature-stats")
+    return pa.Table.from_pylist(records, schema=SCHEMA.as_arrow())
 
 
 def logged_runs(project: Project, view: str, run_ids: set[str]) -> dict[str, dict[str, ColumnStats]]:

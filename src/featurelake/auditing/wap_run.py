@@ -1,11 +1,19 @@
 """Write-Audit-Publish of one run of one view, whatever the run writes.
 
-Shared by the backfill (``jobs/backfill.py``: replaces a window) and the micro-batches of push and stream
-ingestion (``streaming/microbatch.py``: appends rows). A caller passes its *write* step, a function that
-writes the run's rows on the run's branch ``audit_<run id>`` of a freshly loaded table and returns the
-branch's new tip; this module audits what was written with the view's checks (``auditing.runner``) and
-publishes the branch to main with ``lakehouse.wap``, rebasing (reset the branch onto main's new head, write
-again, audit again) whenever another writer moved main in between.
+Two shapes, one audit (``auditing.runner.run_audit``: the view's checks, the report, the audit log):
+
+- **A backfill** (``jobs/backfill.py``: replaces a window) passes its *write* step, a function that writes
+  the run's rows on the run's branch ``audit_<run id>`` of a freshly loaded table and returns the branch's
+  new tip; :func:`write_and_audit` audits what was written and :func:`publish_branch` publishes the branch to
+  main with ``lakehouse.wap``, rebasing (reset the branch onto main's new head, write again, audit again)
+  whenever another writer moved main in between. The branch is what a refused backfill leaves for review.
+- **A micro-batch** of push or stream ingestion (``streaming/microbatch.py``: appends rows it holds in
+  memory) is audited *before* anything is written (:func:`audit_rows`) and, when the audit passes, appended
+  to main in one commit that lands only if main is still the snapshot the rows were checked against
+  (:func:`append_to_main`); otherwise the caller checks them against the new main and audits again. Main
+  never shows a row that was not audited, exactly as with a branch, without a branch's three extra commits
+  (create, fast-forward, remove); a refused micro-batch is kept in ``<namespace>._rejected``, so it needs no
+  branch either.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pyarrow as pa
 from pyiceberg.table import Table
 
 from featurelake.auditing.runner import record_published, run_audit, start_statistics
@@ -120,4 +129,55 @@ def publish_branch(
     return result, latest[0]
 
 
-__all__ = ["Write", "commit_on_view", "publish_branch", "refusal", "write_and_audit"]
+def audit_rows(
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    rows: pa.Table,
+    *,
+    log: Callable[[AuditReport], object] | None = None,
+) -> AuditReport:
+    """Audit ``rows`` held in memory, before anything is written (a micro-batch): the view's checks, the
+    report (no snapshot yet: ``snapshot_id`` is None) and its verdicts, logged by ``log`` (default: an append
+    to the audit log). A micro-batch has no window: checks comparing a window with main's have no reference,
+    and main's statistics are read only when a check compares with them (drift)."""
+    return run_audit(project, view, run_id, rows, None, None, None, log=log, main_statistics=False)
+
+
+#: The table property PyIceberg reads for how often a failed snapshot commit re-applies itself.
+_COMMIT_RETRIES = "commit.retry.num-retries"
+
+
+def append_to_main(tbl: Table, rows: pa.Table, props: dict[str, str]) -> int:
+    """Append audited ``rows`` to main in one commit (snapshot summary ``props``) that lands only while main
+    is the snapshot ``tbl`` shows; returns the new snapshot id and leaves ``tbl`` at the new metadata.
+
+    Raises CommitFailedException (or PyIceberg's sequence-number ValueError, see
+    ``lakehouse.retry.is_commit_conflict``) when another writer moved main since ``tbl`` was loaded: the rows
+    were checked against that main (the (key, event time) anti-join), so the caller reloads, checks and
+    audits again. PyIceberg would instead re-apply a failed append on the refreshed table by itself (table
+    property ``commit.retry.num-retries``, default 4), skipping that check: the property is set to 0 on this
+    in-memory Table only, for this commit (the commit carries no property change; the catalog's metadata is
+    what ``tbl`` holds afterwards).
+    """
+    seen, base = tbl.metadata, wap.main_snapshot_id(tbl)
+    tbl.metadata = seen.model_copy(update={"properties": {**seen.properties, _COMMIT_RETRIES: "0"}})
+    try:
+        tbl.append(rows, snapshot_properties=props, branch=wap.MAIN)
+    except BaseException:
+        tbl.metadata = seen
+        raise
+    sid = wap.main_snapshot_id(tbl)
+    assert sid is not None and sid != base
+    return sid
+
+
+__all__ = [
+    "Write",
+    "append_to_main",
+    "audit_rows",
+    "commit_on_view",
+    "publish_branch",
+    "refusal",
+    "write_and_audit",
+]

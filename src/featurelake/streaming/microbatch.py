@@ -8,40 +8,52 @@ and ``featurelake ingest``. One :meth:`MicroBatchWriter.write` is one micro-batc
    naming the view and the column (HTTP 422, exit 2).
 2. **Idempotency on (entity key, event timestamp).** Rows repeating a (key, timestamp) of the same batch
    are dropped (the first one is kept), and so are rows whose (key, timestamp) main already holds: an
-   anti-join against main's rows in the batch's time range (the snapshot the branch was forked from, and
-   again after every rebase). A batch delivered twice (a client retrying after a lost response, a consumer
-   restarted before it acknowledged its offsets, a push buffer replayed after a crash between the publish
-   and the buffer's cleanup) therefore never adds a row twice. The first value written for a (key,
-   timestamp) wins; a correction of an event is a backfill, not a push. A batch whose rows are all
-   published already commits nothing (status ``duplicate``).
-3. **Write-Audit-Publish exactly like a backfill** (``auditing.wap_run``): the rows are appended on
-   branch ``audit_<run id>``, audited with the view's checks (a micro-batch has no window: the checks
-   comparing a window with main's have no reference and pass), and main is fast-forwarded to the branch
-   (rebased and audited again if main moved). The snapshot carries the lineage of every featurelake commit
-   (``run-id``, ``pipeline-user``, ``code-version``), ``featurelake.view``, ``featurelake.operation``
-   (``push`` or the caller's) and the caller's ``summary`` properties: a stream consumer stores its offsets
-   there and reads them back with :func:`last_committed`.
-4. **Refused rows are kept aside**: when the audit refuses the batch, main is unchanged, the branch is
-   removed and every row is appended to ``<namespace>._rejected`` (the view, the run id, the verdict, the
+   anti-join against main's rows in the batch's time range (the snapshot the batch is committed on: checked
+   again whenever main moved before the commit). A batch delivered twice (a client retrying after a lost
+   response, a consumer restarted before it acknowledged its offsets, a push buffer replayed after a crash
+   between the publish and the buffer's cleanup) therefore never adds a row twice. The first value written
+   for a (key, timestamp) wins; a correction of an event is a backfill, not a push. A batch whose rows are
+   all published already commits nothing (status ``duplicate``).
+3. **Write-Audit-Publish, audit first** (``auditing.wap_run``, shared with backfills): the rows, still in
+   memory, are audited with the view's checks (a micro-batch has no window: the checks comparing a window
+   with main's have no reference and pass), the report is saved and its verdicts are spooled for the audit
+   log; only when the audit passes are the rows appended to main, in one commit that lands only if main is
+   still the snapshot they were checked against. If another writer moved main, they are checked against the
+   new main (the anti-join again) and audited again before the next try. So main never shows an unaudited
+   row, as with a branch, but a batch costs one commit instead of four (create the branch, append, fast-
+   forward main, remove the branch). The snapshot carries the lineage of every featurelake commit
+   (``run-id``, ``pipeline-user``, ``code-version``: the writer's, taken when it was created),
+   ``featurelake.view``, ``featurelake.operation`` (``push`` or the caller's), the audit report's paths and
+   the caller's ``summary`` properties: a stream consumer stores its offsets there and reads them back with
+   :func:`last_committed`.
+4. **Refused rows are kept aside**: when the audit refuses the batch, nothing was written and main is
+   unchanged; every row is appended to ``<namespace>._rejected`` (the view, the run id, the verdict, the
    audit report's path and the row as JSON); the result says ``refused`` with the report. Nothing is
    dropped silently; ``featurelake read <namespace>._rejected`` shows them.
 5. **Online store** (optional): the published rows, latest per key, written with the store's
    (event_ts, sequence number) rule, so an older event never replaces a newer one.
+6. **Logs**: the verdicts (before the commit) and, once published, the batch's statistics are spooled
+   durably (``streaming/logspool.py``) and appended to ``<namespace>._audits`` / ``._stats`` every
+   ``log_batches`` batches (1, the default: after every batch), and by :meth:`MicroBatchWriter.flush_logs`
+   and :meth:`MicroBatchWriter.close`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -62,19 +74,23 @@ from pyiceberg.types import (
 
 from featurelake.auditing import logtable, wap_run
 from featurelake.auditing.runner import keep_earlier_reports, report_properties
-from featurelake.errors import AuditFailed, FeaturelakeError, RequestError, UsageError
+from featurelake.errors import ConflictError, FeaturelakeError, RequestError, UsageError
 from featurelake.features.keys import encode_key
 from featurelake.lakehouse import lineage, wap
+from featurelake.lakehouse.retry import is_commit_conflict
 from featurelake.serving import codec
 from featurelake.serving.base import Records
 from featurelake.serving.codec import EPOCH
 from featurelake.serving.sync import SEQ, Reducer
+from featurelake.streaming.logspool import LogSpool
 from featurelake.validation.audit import AuditReport
 
 if TYPE_CHECKING:
     from featurelake.features.definitions import FeatureView
     from featurelake.project import Project
     from featurelake.serving.base import OnlineStore
+
+log = logging.getLogger("featurelake.microbatch")
 
 #: Where refused micro-batch rows are kept: ``<namespace>._rejected``.
 REJECTED_TABLE = "_rejected"
@@ -363,16 +379,13 @@ def _json_default(value: Any) -> Any:
     return iso() if iso is not None else str(value)
 
 
-class _AllPublished(Exception):
-    """Every row of the batch is on main already (found while writing after a rebase)."""
-
-
 class MicroBatchWriter:
     """Appends micro-batches of rows to one view through Write-Audit-Publish (see the module docstring).
 
     ``online``: a store to write each published batch's latest row per key to (None: offline only).
     ``operation``: the ``featurelake.operation`` recorded on the snapshots (``push``, ``ingest``, ...).
-    Not thread-safe: one writer per thread (a process may hold many).
+    ``log_batches``: append the spooled audit-log and statistics rows every this many batches (1: after
+    each). Not thread-safe: one writer per thread (a process may hold many).
     """
 
     def __init__(
@@ -382,7 +395,10 @@ class MicroBatchWriter:
         *,
         online: OnlineStore | None = None,
         operation: str = PUSH_OPERATION,
+        log_batches: int = 1,
     ) -> None:
+        if log_batches < 1:
+            raise UsageError("log_batches must be >= 1")
         self.project = project
         self.view = project.view(view_name)
         self.table_name = project.table_name(self.view.name)
@@ -390,15 +406,51 @@ class MicroBatchWriter:
         self.operation = operation
         self.keys = list(self.view.join_keys)
         self.ts = self.view.timestamp_field
-        schema = project.load_table(self.view.name).schema().as_arrow()
-        self.conform = Conformer(self.view, schema)
+        # Reused batch after batch: our own commits advance it; another writer's make a commit fail, and
+        # then it is loaded again (append_to_main lands only on the main this table shows).
+        self._tbl: Table | None = project.load_table(self.view.name)
+        self.conform = Conformer(self.view, self._tbl.schema().as_arrow())
         self._reducer: Reducer | None = None
         self._encoder = SmallEncoder(self.view)
+        # Code version and user once per writer: the code that defined its view is the code it runs
+        # (reading them forks git up to twice, per batch a cost of its own).
+        self._lineage = lineage.lineage_properties(project.root, "-")
+        self.logs = LogSpool(project, log_batches)
 
     def close(self) -> None:
-        if self._reducer is not None:
-            self._reducer.close()
-            self._reducer = None
+        """Append what the log spool holds and release the writer's resources. When the log tables cannot be
+        written the rows stay spooled (the next writer of the project appends them) and a warning says so."""
+        try:
+            self.logs.close()
+        except FeaturelakeError as exc:
+            log.warning(
+                "the audit log and statistics of %s's last micro-batches could not be appended (%s); they stay "
+                "in %s for the next writer of the project",
+                self.view.name,
+                exc,
+                self.logs.root,
+            )
+        finally:
+            if self._reducer is not None:
+                self._reducer.close()
+                self._reducer = None
+
+    def flush_logs(self) -> list[str]:
+        """Append the spooled audit-log and statistics rows now; returns a note if they could not be (they
+        stay spooled, for the next flush or the next writer of the project)."""
+        try:
+            self.logs.flush()
+        except FeaturelakeError as exc:
+            return [
+                f"the audit log and statistics of recent micro-batches could not be appended yet ({exc}); they "
+                "stay spooled and are appended by the next flush"
+            ]
+        return []
+
+    def _table(self, reload: bool = False) -> Table:
+        if reload or self._tbl is None:
+            self._tbl = self.project.load_table(self.view.name)
+        return self._tbl
 
     def write(
         self,
@@ -410,7 +462,7 @@ class MicroBatchWriter:
     ) -> MicroBatchResult:
         """Publish ``rows`` (anything :func:`to_arrow` reads) as one micro-batch; see the module docstring.
 
-        ``run_id`` names the branch and the snapshot (default: a new one); ``summary`` adds snapshot
+        ``run_id`` names the snapshot and the audit report (default: a new one); ``summary`` adds snapshot
         summary properties (strings; the lineage keys are featurelake's own). ``online=False`` leaves the
         writer's online store alone for this batch (a push to ``offline`` only). Raises RequestError for rows
         that do not fit the view, and CatalogUnavailableError / StorageUnavailableError / ConflictError when
@@ -422,6 +474,9 @@ class MicroBatchWriter:
         result = MicroBatchResult(self.view.name, run_id, "empty", frame.num_rows)
         if frame.num_rows:
             self._write(frame, run_id, self._properties(run_id, summary), result, online)
+            self.logs.batch_done()
+            if self.logs.due:
+                result.notes.extend(self.flush_logs())
         result.seconds = time.perf_counter() - t0
         return result
 
@@ -437,87 +492,74 @@ class MicroBatchWriter:
             raise UsageError(
                 f"summary properties {', '.join(clash)} are featurelake's lineage: use other names"
             )
-        return lineage.lineage_properties(
-            self.project.root,
-            run_id,
-            **{
-                lineage.OPERATION: self.operation,
-                **extra,
-                lineage.VIEW: self.view.name,
-                **report_properties(self.project, self.view.name, run_id),
-            },
-        )
+        return {
+            **self._lineage,
+            lineage.RUN_ID: run_id,
+            lineage.OPERATION: self.operation,
+            **extra,
+            lineage.VIEW: self.view.name,
+            **report_properties(self.project, self.view.name, run_id),
+        }
 
     def _write(
         self, frame: pa.Table, run_id: str, props: dict[str, str], result: MicroBatchResult, online: bool
     ) -> None:
         project, view = self.project, self.view
-        branch = wap.branch_name(run_id)
         batch = first_per_event(frame, self.keys, self.ts)
-        tbl = project.load_table(view.name)
-        if (where := wap.find_run(tbl, run_id)) is not None:
-            raise UsageError(f"run id {run_id} already exists for {view.name} ({where}): use a new run id")
-        fresh = project.catalog_call(
-            lambda: unpublished(tbl, batch, self.keys, self.ts, wap.main_snapshot_id(tbl)),
-            f"read {self.table_name}",
-        )
-        if fresh.num_rows == 0:
-            result.status, result.duplicates = "duplicate", frame.num_rows
-            return
+        tbl = self._table()
         result.notes.extend(keep_earlier_reports(project, view.name, run_id))
-        written = [fresh]
-
-        def attempt() -> AuditReport:
-            # On a rebase the branch was reset onto main's new head: drop what that head holds already.
-            t = project.load_table(view.name)
-            base = wap.ref_snapshot_id(t, branch)
+        attempts = max(1, project.config.settings.backfill.publish_attempts)
+        for attempt in range(attempts):
+            # Checked on the table the commit requires: had another writer used the run id since the table
+            # was loaded, main moved, the commit fails, and the reloaded table shows the run.
+            if (where := wap.find_run(tbl, run_id)) is not None:
+                raise UsageError(
+                    f"run id {run_id} already exists for {view.name} ({where}): use a new run id"
+                )
+            base = wap.main_snapshot_id(tbl)
             rows = project.catalog_call(
-                lambda: unpublished(t, batch, self.keys, self.ts, base), f"read {self.table_name}"
+                partial(unpublished, tbl, batch, self.keys, self.ts, base), f"read {self.table_name}"
             )
             if rows.num_rows == 0:
-                raise _AllPublished
-            written[0] = rows
-
-            def append(table: Table) -> int:
-                table.append(rows, snapshot_properties=props, branch=branch)
-                tip = wap.ref_snapshot_id(table, branch)
-                assert tip is not None
-                return tip
-
-            return wap_run.write_and_audit(project, view, run_id, rows, append, None)[1]
-
-        try:
-            wap_run.commit_on_view(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
-            try:
-                report = attempt()
-                published, report = wap_run.publish_branch(
-                    project,
-                    view,
-                    run_id,
-                    report,
-                    attempt,
-                    resume="push or ingest the same rows again (they are written once)",
-                )
-            except AuditFailed as exc:
-                self._drop_branch(branch, result)
-                self._reject(written[0], run_id, exc, result)
-                result.duplicates = frame.num_rows - written[0].num_rows
-                return
-            except _AllPublished:
-                self._drop_branch(branch, result)
                 result.status, result.duplicates = "duplicate", frame.num_rows
                 return
-        except FeaturelakeError:
-            self._drop_branch(branch, result)
-            raise
-        rows = written[0]
-        snap = project.load_table(view.name).metadata.snapshot_by_id(published.snapshot_id)
+            report = wap_run.audit_rows(project, view, run_id, rows, log=self.logs.audit)
+            if not report.passed:
+                self._reject(rows, run_id, report, result)
+                result.duplicates = frame.num_rows - rows.num_rows
+                return
+            try:
+                sid = project.catalog_call(
+                    partial(wap_run.append_to_main, tbl, rows, props), f"publish to {self.table_name}"
+                )
+                break
+            except (CommitFailedException, ValueError) as exc:
+                if not is_commit_conflict(exc):
+                    raise
+                result.notes.append(
+                    f"main moved while the batch was audited (attempt {attempt + 1}); checked against the new "
+                    "main and audited again"
+                )
+                tbl = self._table(reload=True)
+        else:
+            raise ConflictError(
+                f"could not publish micro-batch {run_id} to {self.table_name}: main kept moving during "
+                f"{attempts} attempts (backfill.publish_attempts); main is unchanged: write the same rows "
+                "again (they are written once)"
+            )
+        snap = tbl.metadata.snapshot_by_id(sid)
         result.status = "published"
         result.written, result.duplicates = rows.num_rows, frame.num_rows - rows.num_rows
-        result.snapshot_id = published.snapshot_id
+        result.snapshot_id = sid
         result.sequence_number = int(snap.sequence_number or 0) if snap is not None else None
         result.report = report
-        result.notes.extend(published.notes)
+        try:
+            self.logs.published(report, sid)
+        except FeaturelakeError as exc:  # published already: say so, do not fail the batch
+            result.notes.append(
+                f"published, but the feature statistics of run {run_id} could not be spooled ({exc}); drift "
+                "checks will recompute them from the data"
+            )
         if self.online is not None and online:
             try:
                 result.online_keys = self.write_online(rows, result.sequence_number or 0)
@@ -543,17 +585,10 @@ class MicroBatchWriter:
         records = self._reducer.records(with_seq)
         return self.online.write(self.view.name, records)
 
-    def _drop_branch(self, branch: str, result: MicroBatchResult) -> None:
-        try:
-            wap_run.commit_on_view(
-                self.project, self.view, f"remove {branch}", lambda t: wap.remove_branch(t, branch)
-            )
-        except (FeaturelakeError, OSError) as exc:
-            result.notes.append(f"branch {branch} could not be removed ({exc}); remove it later")
-
-    def _reject(self, rows: pa.Table, run_id: str, exc: AuditFailed, result: MicroBatchResult) -> None:
-        report = exc.report if isinstance(exc.report, AuditReport) else None
-        verdict = report.summary() if report is not None else str(exc)
+    def _reject(self, rows: pa.Table, run_id: str, report: AuditReport, result: MicroBatchResult) -> None:
+        verdict = report.summary()
+        # The refused audit's verdicts go to the audit log before its rows go aside.
+        result.notes.extend(self.flush_logs())
         self._keep_aside(rows, run_id, verdict, report)
         result.status, result.rejected, result.report, result.verdict = (
             "refused",
