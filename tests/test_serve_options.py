@@ -99,3 +99,64 @@ def test_lookups_run_in_the_event_loop_only_once_their_shape_is_known() -> None:
 
     asyncio.run(run())
     assert ran_in == [False, True, False, False, False, True, False, False]
+
+
+class _RecordingTransport:
+    """What the coalescing transport hands to the socket's transport."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+def test_a_response_written_in_pieces_leaves_in_one_write() -> None:
+    """uvicorn writes a response's head and body separately; they go to the socket in one write at the end
+    of the loop's turn, close() sends what is pending first, abort() drops it."""
+    import asyncio
+
+    from featurelake.serving.guard import _Coalescing
+
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes], int, str]:
+        loop = asyncio.get_running_loop()
+        raw = _RecordingTransport()
+        t = _Coalescing(raw, loop)  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        t.write(b"{}")
+        pending = t.get_write_buffer_size()
+        before = list(raw.writes)
+        await asyncio.sleep(0)  # the turn ends
+        one_turn = list(raw.writes)
+        t.write(b"last")
+        t.close()
+        closed = list(raw.writes)
+        t2 = _Coalescing(_RecordingTransport(), loop)  # type: ignore[arg-type]
+        t2.write(b"dropped")
+        t2.abort()
+        await asyncio.sleep(0)
+        assert t2._transport.writes == []  # type: ignore[attr-defined]
+        return before, one_turn, closed, pending, t.get_extra_info("peername")
+
+    before, one_turn, closed, pending, info = asyncio.run(scenario())
+    assert before == [] and pending == 40
+    assert one_turn == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert closed == [*one_turn, b"last"]
+    assert info == "info peername"

@@ -14,6 +14,11 @@ httptools protocol with, per connection:
 * a **connection limit** (``server.max_connections`` per worker process): a connection over it gets ``503``
   and is closed at once, instead of holding a socket until a request arrives.
 
+It also sends a response in one piece: uvicorn writes the status line and headers, then the body, each
+straight to the socket, so every answer cost two ``send`` system calls and woke the client twice (it read
+the head, then waited again for the body). :class:`_Coalescing` gathers what one turn of the event loop
+writes to a connection and sends it with one call at the end of that turn.
+
 Timers are armed only when a request is incomplete after the bytes at hand were parsed, so a request that
 arrives in one piece costs no timer. Bodies answered here are the server's JSON ``{"error", "detail"}``.
 """
@@ -79,6 +84,47 @@ class ConnectionLimits:
         object.__setattr__(self, "responses", responses)
 
 
+class _Coalescing:
+    """A connection's transport whose writes within one turn of the event loop leave in one ``write``.
+
+    The first write of a turn schedules the flush (``call_soon``: after the handler's step that wrote the
+    head and the body); ``close`` sends what is pending first, ``abort`` drops it. Everything else is the
+    underlying transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body deadlines, a header size and a connection limit.
 
@@ -134,7 +180,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- asyncio.Protocol -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
         if len(self.connections) > self.limits.max_connections:
             self._refuse("busy")
             return
