@@ -7,8 +7,10 @@ redis online store on db 1), applies it, and measures: in-process ``materialize`
 worker) and again with ``--workers N`` (featurelake's worker count), and ``get_historical_features`` of the
 entity rows (the result goes to a Parquet file for the value check).
 Results: one JSON object on the path given by --out. Each figure carries the 1-minute load average.
+With ``--sdk-only`` (benchmarks/peers/sdk_lookup.py) it applies and materializes, then runs only rounds of
+the in-process lookups, one per line on stdin, each answered by a JSON line on stdout.
 
-    benchmarks/.peers-venv/bin/python benchmarks/peers/feast_side.py --work DIR --redis-port P --out F
+    benchmarks/.peers-venv/bin/python benchmarks/peers/feast_side.py --work DIR --redis-port P --out F [--sdk-only]
 """
 
 from __future__ import annotations
@@ -123,6 +125,46 @@ def feast_server(repo: Path, *extra: str) -> Iterator[int]:
             server.wait()
 
 
+def sdk_lookups(
+    store: Any, refs: list[str], features: list[str], users: int, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """``get_online_features`` of 1 and of 100 random entities, ``args.requests`` times each (after 100)."""
+    out: dict[str, dict[str, Any]] = {}
+    for width in (1, 100):
+        rng = random.Random(args.seed + width)
+        lat: list[float] = []
+        la = load()
+        present = 0
+        for i in range(args.requests + 100):
+            ids = [rng.randint(1, users) for _ in range(width)]
+            t0 = time.perf_counter()
+            res = store.get_online_features(
+                features=refs, entity_rows=[{"user_id": u} for u in ids]
+            ).to_dict()
+            t1 = time.perf_counter()
+            if i >= 100:
+                lat.append(t1 - t0)
+            if i == 100:
+                present = sum(v is not None for v in res[features[0]])
+        out[str(width)] = {
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "n": len(lat), "load": [la, load()],
+            "non_null_first": present,
+        }  # fmt: skip
+        print(f"feast sdk {width}: p50 {pct(lat, 0.5):.2f} p99 {pct(lat, 0.99):.2f} ms", file=sys.stderr)
+    return out
+
+
+def sdk_rounds(
+    store: Any, refs: list[str], features: list[str], users: int, args: argparse.Namespace
+) -> None:
+    """``--sdk-only`` (benchmarks/peers/sdk_lookup.py): "ready" on stdout, then one round of
+    :func:`sdk_lookups` per line read on stdin, each answered by one JSON line, so the caller can interleave
+    these rounds with its own."""
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(sdk_lookups(store, refs, features, users, args)), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
@@ -133,6 +175,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--concurrency-seconds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2, help="the second concurrency run's --workers")
+    ap.add_argument(
+        "--sdk-only",
+        action="store_true",
+        help="apply and materialize, then only in-process lookup rounds driven over stdin/stdout",
+    )
     args = ap.parse_args()
 
     meta = json.loads((args.work / "meta.json").read_text())
@@ -163,28 +210,10 @@ def main() -> None:
     print(f"feast materialize: {secs:.2f}s", file=sys.stderr)
 
     # (2a) in-process lookups, same seeded entity sequence as featurelake's side.
-    out["sdk"] = {}
-    for width in (1, 100):
-        rng = random.Random(args.seed + width)
-        lat: list[float] = []
-        la = load()
-        present = 0
-        for i in range(args.requests + 100):
-            ids = [rng.randint(1, users) for _ in range(width)]
-            t0 = time.perf_counter()
-            res = store.get_online_features(
-                features=refs, entity_rows=[{"user_id": u} for u in ids]
-            ).to_dict()
-            t1 = time.perf_counter()
-            if i >= 100:
-                lat.append(t1 - t0)
-            if i == 100:
-                present = sum(v is not None for v in res[features[0]])
-        out["sdk"][str(width)] = {
-            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "n": len(lat), "load": [la, load()],
-            "non_null_first": present,
-        }  # fmt: skip
-        print(f"feast sdk {width}: p50 {pct(lat, 0.5):.2f} p99 {pct(lat, 0.99):.2f} ms", file=sys.stderr)
+    if args.sdk_only:
+        sdk_rounds(store, refs, features, users, args)
+        return
+    out["sdk"] = sdk_lookups(store, refs, features, users, args)
 
     # (2b) feast serve through the shared load generator, then under concurrent clients (wrk).
     with feast_server(repo) as port:
