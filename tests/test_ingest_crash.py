@@ -86,6 +86,25 @@ def test_sigkill_mid_batch_then_restart_writes_every_message_once(
     assert "stopped: idle" in out
     assert_exactly_once(fl, produced + more)
     assert_matches_main(fl)
+    assert_every_published_batch_was_logged(fl)
+
+
+def assert_every_published_batch_was_logged(fl: featurelake.Featurelake) -> None:
+    """Each batch on main has its passed audit in the audit log (spooled before its commit; the spools the
+    killed consumers left were appended by the next one), and no audit was appended twice."""
+    from featurelake.lakehouse import lineage, wap
+
+    tbl = fl.project.load_table("user_features")
+    published = set()
+    for sid in wap.ancestors(tbl, wap.main_snapshot_id(tbl)):
+        snap = tbl.metadata.snapshot_by_id(sid)
+        props = snap.summary.additional_properties if snap is not None and snap.summary else {}
+        if props.get(lineage.OPERATION) == "ingest":
+            published.add(props[lineage.RUN_ID])
+    audits = fl.audits("user_features")
+    assert published and published <= {a.run_id for a in audits if a.passed}
+    assert len({len(a.checks) for a in audits}) == 1  # an audit appended twice would show its checks twice
+    assert not list((fl.project.config.state_dir / "log-spool").glob("*/*.arrow"))  # nothing left behind
 
 
 def test_sigterm_stops_after_the_batch_in_hand(stream: tuple[featurelake.Featurelake, str, Producer]) -> None:
