@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurelake.training import ViewFrame, fingerprint, point_in_time_join
+from featurelake.training import ViewFrame, fingerprint, join, point_in_time_join
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
@@ -241,3 +242,112 @@ def test_one_microsecond_in_the_future_is_never_used() -> None:
     )
     out, _ = point_in_time_join(ents, "event_timestamp", [view(data, None)])
     assert out.column("v_f1").to_pylist() == [1.0, 1.0, 2.0]
+
+
+# Composite keys, null keys and times, the statistics, and the join's internal paths forced on small data: a
+# tiny code range (keys re-numbered between columns, times replaced by their ranks) and the two-thread sort
+# and gather.
+composite_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", None]),
+        st.sampled_from([0, 1, 2, None]),
+        st.one_of(st.integers(0, 40), st.just(None)),
+        st.one_of(st.none(), st.integers(-3, 3).map(float)),
+        st.one_of(st.none(), st.integers(0, 3)),
+    ),
+    max_size=40,
+)
+composite_entities = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d", None]), st.sampled_from([0, 1, 2, 3, None]), st.integers(-3, 45)
+    ),
+    max_size=30,
+)
+CompositeRow = tuple[str | None, int | None, int | None, float | None, int | None]
+
+
+def composite_reference(
+    entities: list[tuple[str | None, int | None, int]], rows: list[CompositeRow], ttl_hours: int | None
+) -> tuple[list[tuple[float | None, int | None]], int, int]:
+    """((f, g) per entity row, rows matched, rows whose latest value was older than the ttl)."""
+    out: list[tuple[float | None, int | None]] = []
+    matched = old = 0
+    for name, num, t in entities:
+        past = [
+            r
+            for r in rows
+            if name is not None and num is not None and (r[0], r[1]) == (name, num) and r[2] is not None
+            and r[2] <= t
+        ]  # fmt: skip
+        if not past:
+            out.append((None, None))
+            continue
+        latest = max(r[2] for r in past if r[2] is not None)
+        if ttl_hours is not None and t - latest > ttl_hours:
+            old += 1
+            out.append((None, None))
+            continue
+        matched += 1
+        best = max((r for r in past if r[2] == latest), key=lambda r: (_key(r[3]), _key(r[4])))
+        out.append((best[3], best[4]))
+    return out, matched, old
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["default", "forced-paths"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=composite_rows, entities=composite_entities, ttl=ttls)
+def test_composite_keys_nulls_and_statistics_match_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+    forced: bool,
+    rows: list[CompositeRow],
+    entities: list[tuple[str | None, int | None, int]],
+    ttl: int | None,
+) -> None:
+    if forced:
+        monkeypatch.setattr(join, "_LIMIT", 8)
+        monkeypatch.setattr(join, "_PARALLEL_SORT_ROWS", 2)
+        monkeypatch.setattr(join, "_PARALLEL_TAKE_ROWS", 1)
+    data = pa.table(
+        {
+            "name": pa.array([r[0] for r in rows], pa.string()),
+            "num": pa.array([r[1] for r in rows], pa.int32()),
+            "event_ts": pa.array(
+                [None if r[2] is None else T0 + timedelta(hours=r[2]) for r in rows],
+                pa.timestamp("us", "UTC"),
+            ),
+            "f": pa.array([r[3] for r in rows], pa.float64()),
+            "g": pa.array([r[4] for r in rows], pa.int64()),
+        }
+    )
+    ents = pa.table(
+        {
+            "name": pa.array([e[0] for e in entities], pa.string()),
+            "num": pa.array([e[1] for e in entities], pa.int32()),
+            "event_timestamp": ts_array([e[2] for e in entities]),
+        }
+    )
+    vf = ViewFrame(
+        name="c",
+        entity_key=("name", "num"),
+        key=("name", "num"),
+        timestamp_field="event_ts",
+        features=("f", "g"),
+        output_names=("f", "g"),
+        ttl=timedelta(hours=ttl) if ttl is not None else None,
+        data=data,
+    )
+    out, stats = point_in_time_join(ents, "event_timestamp", [vf])
+    expected, matched, old = composite_reference(entities, rows, ttl)
+    assert list(zip(out.column("f").to_pylist(), out.column("g").to_pylist(), strict=True)) == expected
+    assert stats.matched == {"c": matched}
+    assert stats.outside_ttl == {"c": old}
+
+
+def test_minus_zero_and_zero_are_one_key() -> None:
+    data = pa.table({"k": pa.array([-0.0, 1.5]), "event_ts": ts_array([1, 1]), "x": pa.array([7, 8])})
+    ents = pa.table({"k": pa.array([0.0, -0.0, 1.5, None]), "event_timestamp": ts_array([2, 2, 2, 2])})
+    out, stats = point_in_time_join(
+        ents, "event_timestamp", [ViewFrame("z", "k", "k", "event_ts", ("x",), ("x",), None, data)]
+    )
+    assert out.column("x").to_pylist() == [7, 7, 8, None]
+    assert stats.matched == {"z": 3}

@@ -1,8 +1,8 @@
 """Training sets: point-in-time correct joins of an entity frame against feature views, with provenance.
 
 ``build_training_set(project, entities, ["view:feature", ...], as_of=...)`` reads each view at one Iceberg
-snapshot, joins in DuckDB (ASOF) over Arrow and returns a table carrying its provenance in the schema
-metadata key ``featurelake.provenance``; ``provenance=`` rebuilds the same bytes from a previous set.
+snapshot, joins point in time (a NumPy sort-merge over Arrow) and returns a table carrying its provenance in
+the schema metadata key ``featurelake.provenance``; ``provenance=`` rebuilds the same bytes from a previous set.
 """
 
 from featurelake.training.build import (
