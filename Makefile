@@ -115,6 +115,7 @@ bench: $(STAMP) $(SPARK_STAMP) ## run the benchmarks in benchmarks/ and print th
 	$(PY) benchmarks/partitions.py
 	$(PY) benchmarks/monitoring.py
 	$(PY) benchmarks/training_set.py
+	$(PY) benchmarks/training_set.py --large --no-iceberg --repeats 3
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/engines.py
 	$(PY) benchmarks/aggregations.py --events 1000000
