@@ -344,6 +344,10 @@ class BackfillConfig(_Section):
     batch_min_rows: int = Field(default=1_000_000, ge=0)
     """A window whose source holds at most this many rows (by its Parquet/Iceberg metadata) is computed in one
     piece, the faster way while it fits in memory; ``0``: batch every window longer than ``batch_days``."""
+    batch_rows: int = Field(default=250_000, ge=0)
+    """A view computed row by row (no grouping, aggregate, DISTINCT, LIMIT or subquery; no lookback or
+    aggregations) reads each batch's source as a stream and computes and writes it this many source rows at a
+    time: peak memory follows this budget rather than the largest day. ``0``: a whole batch at once."""
 
 
 class MaintenanceConfig(_Section):

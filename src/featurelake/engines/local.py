@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -71,8 +71,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-#: The setting a backfill that runs out of memory should lower (named in its error).
+#: The settings a backfill that runs out of memory should lower (named in its error).
 BATCH_SETTING = "backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS)"
+ROWS_SETTING = "backfill.batch_rows (FEATURELAKE_BACKFILL__BATCH_ROWS)"
+#: Rows per record batch of a streamed source read (whole chunks are cut from these).
+_READ_BATCH = 65_536
 
 
 class LocalEngine(Engine):
@@ -121,11 +124,15 @@ class LocalEngine(Engine):
             data = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field)).to_arrow()
         return con.from_arrow(data)
 
-    def _run(self, view: FeatureView, window: Window | None) -> pa.Table:
+    def _run(self, view: FeatureView, window: Window | None, rows: pa.Table | None = None) -> pa.Table:
         """The query (then the aggregations, if declared) over the source rows ``window`` needs: from
-        ``window.start`` minus the view's lookback. Rows before ``window.start`` may come back."""
+        ``window.start`` minus the view's lookback (or over ``rows``, some of them, already read). Rows before
+        ``window.start`` may come back."""
         with duck.cursor() as con:
-            source = self._source(con, view, None if window is None else source_window(view, window))
+            if rows is not None:
+                source = con.from_arrow(rows)
+            else:
+                source = self._source(con, view, None if window is None else source_window(view, window))
             stage = "the query"
             try:
                 result = source.query("source", view.query) if view.query.strip() else source
@@ -151,8 +158,12 @@ class LocalEngine(Engine):
     def source_schema(self, view: FeatureView) -> pa.Schema:
         return self._run(view, None).schema
 
-    def compute(self, view: FeatureView, window: Window, table: Table) -> pa.Table:
-        result = self._run(view, window)
+    def compute(
+        self, view: FeatureView, window: Window, table: Table, source: pa.Table | None = None
+    ) -> pa.Table:
+        """The view's rows for ``window``, conformed to ``table``; ``source``: compute them from these source
+        rows of the window (a chunk of :meth:`source_chunks`) instead of reading the source."""
+        result = self._run(view, window, source)
         if reads_history(view):
             result = drop_before_window(result, view, window)  # the lookback's rows: read, never written
         return conform(result, view, table.schema().as_arrow(), window)
@@ -187,14 +198,21 @@ class LocalEngine(Engine):
 
     # --- bounded memory: a window computed and written a batch of days at a time ---------------------
     def can_batch(
-        self, table: Table, view: FeatureView, window: Window, batch_days: int, min_rows: int = 0
+        self,
+        table: Table,
+        view: FeatureView,
+        window: Window,
+        batch_days: int,
+        min_rows: int = 0,
+        batch_rows: int = 0,
     ) -> bool:
         """Whether a backfill of ``window`` goes batch by batch (see :meth:`write_batches`): a window longer
-        than ``batch_days`` of a batch-invariant view whose source holds more than ``min_rows`` rows for it
-        (by the source's metadata; unknown counts as more)."""
+        than ``batch_days`` (with a ``batch_rows`` budget, any window of a view computed row by row) of a
+        batch-invariant view whose source holds more than ``min_rows`` rows for it (by the source's metadata;
+        unknown counts as more)."""
         if not (
             batch_days > 0
-            and window.days > batch_days
+            and (window.days > batch_days or (batch_rows > 0 and row_local(view)))
             and batch_invariant(view)
             and compat.fast_overwrite_available()
             and partition_of(table.spec(), table.schema(), view.timestamp_field) is not None
@@ -227,6 +245,25 @@ class LocalEngine(Engine):
         except Exception:  # an estimate only: the compute reports what is wrong with the source
             return None
 
+    def source_chunks(self, view: FeatureView, window: Window, rows: int) -> Iterator[pa.Table]:
+        """The source rows of ``window`` (no lookback) in tables of about ``rows`` rows, read once as a stream:
+        only one chunk (plus the reader's buffers) is in memory at a time. Local Parquet files of plain types
+        are streamed by Arrow's reader; any other source by DuckDB from the relation :meth:`_source` gives."""
+        src = view.source
+        files = (
+            source_files(src, self.project_dir, view.name, storage=self.storage)
+            if src.kind == "parquet"
+            else []
+        )
+        if files and not is_remote(files[0]):
+            scanner = parquet_window_scanner(files, src.timestamp_field, window)
+            if scanner is not None:
+                yield from _rechunk(scanner.to_batches(), scanner.projected_schema, rows)
+                return
+        with duck.cursor() as con:
+            reader = self._source(con, view, window).to_arrow_reader(min(rows, _READ_BATCH))
+            yield from _rechunk(reader, reader.schema, rows)
+
     def write_batches(
         self,
         view: FeatureView,
@@ -234,38 +271,60 @@ class LocalEngine(Engine):
         table: Table,
         batch_days: int,
         progress: Callable[[str], None] | None = None,
+        batch_rows: int = 0,
     ) -> WrittenWindow:
         """Compute ``window`` ``batch_days`` at a time and write each batch's rows as data files of ``table``
         (not committed: :meth:`commit_batches` adds them all in one snapshot). Only one batch is in memory.
 
         Each batch is a window of its own: its source is read from its start minus the view's lookback,
-        its aggregations are computed over that, and only its own days are kept.
+        its aggregations are computed over that, and only its own days are kept. A view computed row by row
+        (:func:`row_local`) reads each batch's source as a stream and computes and writes it ``batch_rows``
+        source rows at a time (``0``: the whole batch at once), so not even one day need be in memory.
         """
         target = table.schema().as_arrow()
         partition = partition_of(table.spec(), table.schema(), view.timestamp_field)
         assert partition is not None
         written = WrittenWindow(target, self.storage, view.timestamp_field)
         write_uuid, counter = uuid.uuid4(), itertools.count(0)
+        chunked = batch_rows > 0 and row_local(view)
+        pool = pa.default_memory_pool()
         for batch in split_window(window, batch_days):
             if progress is not None:
                 progress(f"computing {view.name} for {batch} (batch of {window})")
+            files: list[DataFile] = []
+            rows = 0
             try:
-                frame = self.compute(view, batch, table)
-                if frame.num_rows == 0:
-                    continue
-                compat.check_write_schema(table.metadata, frame.schema)
-                slices = partition_slices(frame, view.timestamp_field, partition) or [frame]
-                del frame
-                written.add(_write_files(table, slices, write_uuid, counter), sum(s.num_rows for s in slices))
-                del slices
+                sources = self.source_chunks(view, batch, batch_rows) if chunked else iter([None])
+                for source in sources:
+                    frame = (
+                        self.compute(view, batch, table, source)
+                        if chunked
+                        else self.compute(view, batch, table)
+                    )
+                    del source
+                    if frame.num_rows == 0:
+                        continue
+                    compat.check_write_schema(table.metadata, frame.schema)
+                    slices = partition_slices(frame, view.timestamp_field, partition) or [frame]
+                    del frame
+                    files += _write_files(table, slices, write_uuid, counter)
+                    rows += sum(s.num_rows for s in slices)
+                    del slices
+                    # Hand the chunk's buffers back to the system: Arrow's allocator would keep them, and the
+                    # next chunk (or the audit) would then add its own on top.
+                    pool.release_unused()
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
+                what = f"lower {BATCH_SETTING} (now {batch_days}) so that fewer days are in memory at once"
+                if chunked:
+                    what = f"lower {ROWS_SETTING} (now {batch_rows}) so that fewer rows are in memory at once"
                 raise ConfigError(
                     f"view {view.name!r}: out of memory computing {batch} of the backfill {window} "
-                    f"({type(exc).__name__}: {exc}); lower {BATCH_SETTING} (now {batch_days}) so that "
-                    "fewer days are in memory at once, or give the process more memory"
+                    f"({type(exc).__name__}: {exc}); {what}, or give the process more memory"
                 ) from exc
+            if files:  # a batch's files together: the audit proves uniqueness batch by batch
+                written.add(files, rows)
         return written
 
     def compute_whole(self, view: FeatureView, window: Window, table: Table, batch_days: int) -> pa.Table:
@@ -358,6 +417,29 @@ def batch_invariant(view: FeatureView) -> bool:
         if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in aggregates:
             return False
     return True
+
+
+def row_local(view: FeatureView) -> bool:
+    """Whether each output row of ``view`` comes from its own source row alone, so that any partition of a
+    window's source rows gives the window's rows chunk by chunk: a batch-invariant query (no grouping,
+    aggregate, DISTINCT, LIMIT or subquery) that reads no earlier rows (no lookback, no aggregations)."""
+    return not reads_history(view) and batch_invariant(view)
+
+
+def _rechunk(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: int) -> Iterator[pa.Table]:
+    """``batches`` cut and gathered into tables of ``rows`` rows (the last one may be smaller); one empty
+    table when there are no rows (the query still runs over it, so a broken query fails as in one piece)."""
+    pending = schema.empty_table()
+    given = False
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        pending = pa.concat_tables([pending, pa.Table.from_batches([batch], schema=schema)])
+        while pending.num_rows >= rows:
+            yield pending.slice(0, rows)
+            pending, given = pending.slice(rows), True
+    if pending.num_rows or not given:
+        yield pending
 
 
 def _parquet_rows(path: str, timestamp_field: str, window: Window, filesystem: Any = None) -> int:
@@ -526,32 +608,57 @@ def _plain(t: pa.DataType) -> bool:
     )
 
 
+def _plain_dataset(files: list[str], timestamp_field: str, window: Window) -> tuple[ds.Dataset, Any] | None:
+    """The files as one Arrow dataset and the filter on ``window``, when Arrow reads what DuckDB's
+    ``read_parquet`` would: every file with one schema of plain types, a timezone-aware microsecond timestamp,
+    no hive-style ``key=value`` directories (DuckDB would add those as columns). None otherwise."""
+    if any("=" in part for f in files for part in Path(f).parent.parts):
+        return None
+    schemas = [pq.read_schema(f) for f in files]
+    first = schemas[0]
+    if any(not s.equals(first) for s in schemas[1:]) or not all(_plain(f.type) for f in first):
+        return None
+    ts = first.field(timestamp_field).type
+    if not pa.types.is_timestamp(ts) or ts.tz is None:
+        return None
+    lo, hi = pa.scalar(window.start, ts), pa.scalar(window.end, ts)
+    field = pc.field(timestamp_field)
+    dataset = ds.dataset(files, schema=first.remove_metadata(), format="parquet")
+    return dataset, (field >= lo) & (field < hi)
+
+
 def read_parquet_window(files: list[str], timestamp_field: str, window: Window) -> pa.Table | None:
     """The source rows of ``window`` read by Arrow's multithreaded Parquet reader, or None to let DuckDB.
 
     About twice as fast as DuckDB's ``read_parquet`` for the same rows (it then runs the view's query over
-    the Arrow table). Only used where both read the same thing: every file with one schema of plain types,
-    a timezone-aware microsecond timestamp, no hive-style ``key=value`` directories (DuckDB would add
-    those as columns).
+    the Arrow table). Only used where both read the same thing (see :func:`_plain_dataset`).
     """
-    if any("=" in part for f in files for part in Path(f).parent.parts):
-        return None
     try:
-        schemas = [pq.read_schema(f) for f in files]
-        first = schemas[0]
-        if any(not s.equals(first) for s in schemas[1:]) or not all(_plain(f.type) for f in first):
+        plain = _plain_dataset(files, timestamp_field, window)
+        if plain is None:
             return None
-        ts = first.field(timestamp_field).type
-        if not pa.types.is_timestamp(ts) or ts.tz is None:
-            return None
-        lo, hi = pa.scalar(window.start, ts), pa.scalar(window.end, ts)
-        field = pc.field(timestamp_field)
-        table = ds.dataset(files, schema=first, format="parquet").to_table(
-            filter=(field >= lo) & (field < hi)
-        )
+        table = plain[0].to_table(filter=plain[1])
     except (OSError, KeyError, pa.ArrowException):
         return None
     return table.replace_schema_metadata(None)
+
+
+def parquet_window_scanner(files: list[str], timestamp_field: str, window: Window) -> ds.Scanner | None:
+    """:func:`read_parquet_window`'s rows as a stream: a scanner reading one file at a time, each column chunk
+    as it is decoded (no whole row group buffered ahead), a batch or two ahead; None to let DuckDB."""
+    try:
+        plain = _plain_dataset(files, timestamp_field, window)
+        if plain is None:
+            return None
+        return plain[0].scanner(
+            filter=plain[1],
+            batch_size=_READ_BATCH,
+            batch_readahead=2,
+            fragment_readahead=1,
+            fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
+        )
+    except (OSError, KeyError, pa.ArrowException):
+        return None
 
 
 def _hive_base(paths: list[str]) -> str | None:
@@ -626,7 +733,9 @@ __all__ = [
     "WrittenWindow",
     "batch_invariant",
     "is_out_of_memory",
+    "parquet_window_scanner",
     "read_parquet_window",
     "read_remote_parquet",
+    "row_local",
     "split_window",
 ]

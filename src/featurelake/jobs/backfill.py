@@ -152,10 +152,11 @@ def run_backfill(
     engine, batch_days = project.engine, settings.batch_days
     frame: Any
     if isinstance(engine, LocalEngine) and engine.can_batch(
-        tbl, view, window, batch_days, settings.batch_min_rows
+        tbl, view, window, batch_days, settings.batch_min_rows, settings.batch_rows
     ):
-        # Bounded memory: batch_days at a time, each written as data files; one commit below.
-        frame = engine.write_batches(view, window, tbl, batch_days, progress)
+        # Bounded memory: batch_days at a time (days cut to batch_rows), each written as data files; one
+        # commit below.
+        frame = engine.write_batches(view, window, tbl, batch_days, progress, settings.batch_rows)
     elif isinstance(engine, LocalEngine):
         _say(progress, f"computing {view.name} for {window}")
         frame = engine.compute_whole(view, window, tbl, batch_days)
