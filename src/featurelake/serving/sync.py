@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, In
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestContent
@@ -76,6 +77,8 @@ _RID = "__featurelake_row"
 TAG_PREFIX = "online-sync-"
 #: Up to this many re-read keys are pushed into the Iceberg scan as an IN filter (file pruning by stats).
 _IN_FILTER_MAX = 1000
+#: Rows of the latest-per-key table encoded into store records at once (then written ``write_chunk`` a time).
+_ENCODE_ROWS = 100_000
 
 
 def tag_name(store: OnlineStore) -> str:
@@ -341,6 +344,13 @@ class Reducer:
             out.column("v").to_pylist(),
         )
 
+    def key_texts(self, rows: pa.Table) -> pa.Array:
+        """The store key of every row of ``rows`` (in order), as one Arrow string array."""
+        self.con.register("keys_in", rows.select(self.key_names))
+        out = self.con.sql(f"SELECT {self.key_text} AS k FROM keys_in").to_arrow_table()
+        self.con.unregister("keys_in")
+        return out.column("k").combine_chunks()
+
     def stale_keys(self, added: pa.Table, removed: pa.Table) -> list[str]:
         """Keys whose newest removed row is at least as new as their newest added row (or that got none)."""
         self.con.register("added_in", added)
@@ -368,6 +378,36 @@ def _write(
         changed += store.write(view, part, force=force)
         progress.advance(view, len(part))
     return changed
+
+
+def _write_latest(
+    store: OnlineStore,
+    view: str,
+    reducer: Reducer,
+    latest: pa.Table,
+    *,
+    force: bool,
+    chunk: int,
+    progress: SyncProgress,
+) -> int:
+    """Encode and write ``latest`` (one row per key) a slice at a time: only one slice's records exist as Python
+    objects at once (all of them would cost a few hundred bytes per key)."""
+    changed = 0
+    step = max(chunk, _ENCODE_ROWS)
+    for start in range(0, latest.num_rows, step):
+        records = reducer.encode(latest.slice(start, step))
+        changed += _write(store, view, records, force=force, chunk=chunk, progress=progress)
+    return changed
+
+
+def _absent(store: OnlineStore, view: str, present: pa.Array) -> list[str]:
+    """The keys ``store`` holds for ``view`` that are not in ``present`` (compared in Arrow, not as a set of
+    Python strings)."""
+    stored = pa.array(list(store.keys(view)), pa.string())
+    if not len(stored):
+        return []
+    keep = pc.is_in(stored, value_set=present.cast(pa.string()))
+    return list(stored.filter(pc.invert(keep)).to_pylist())
 
 
 def _keep_alive(project: Project, view: str, snapshot_id: int, tag: str, legacy_tag: str) -> str | None:
@@ -610,8 +650,6 @@ def _apply_locally(
         )
         winners, result.rows = latest_added(planned, reducer, batch_rows)
         result.files_read = len(planned.added) + len(planned.removed)
-        progress.phase(view.name, f"encoding the latest row of {result.rows} rows per key")
-        records = reducer.encode(winners) if winners is not None else Records([], [], [], [])
         stale: list[str] = []
         if planned.removed:
             narrow = [*view.join_keys, view.timestamp_field]
@@ -623,20 +661,26 @@ def _apply_locally(
             progress.phase(view.name, f"re-reading {len(stale)} keys whose newest row a commit removed")
             flt = key_filter(tbl, view.join_keys, stale)
             refreshed = reducer.records(_read(tbl, planned.live_files(), planned.columns, flt), only=stale)
+        force = planned.full
+        result.keys = winners.num_rows if winners is not None else 0
+        # In a full resync every key main has is written: the rest of the store's keys go afterwards.
+        present = reducer.key_texts(winners) if force and winners is not None else pa.array([], pa.string())
+        progress.phase(view.name, f"writing the latest row of {result.rows} rows per key")
+        progress.writing(view.name, result.keys + len(refreshed))
+        if winners is not None:
+            result.changed = _write_latest(
+                store, view.name, reducer, winners, force=force, chunk=chunk, progress=progress
+            )
+        del winners
     finally:
         reducer.close()
 
-    force = planned.full
-    result.keys = len(records)
-    progress.writing(view.name, len(records) + len(refreshed))
-    result.changed = _write(store, view.name, records, force=force, chunk=chunk, progress=progress)
     if len(refreshed):
         result.changed += _write(store, view.name, refreshed, force=True, chunk=chunk, progress=progress)
     drop = sorted(set(stale) - set(refreshed.keys))
     if force:
         progress.phase(view.name, "removing keys main no longer has")
-        present = set(records.keys)
-        drop = [k for k in store.keys(view.name) if k not in present]
+        drop = _absent(store, view.name, present)
     if drop:
         result.deleted = store.delete(view.name, drop)
 
