@@ -40,7 +40,8 @@ def load(project: Project, name: str) -> Table | None:
     return project.catalog_call(get, f"load {ident}")
 
 
-def _ensure(project: Project, name: str, schema: Schema) -> Table:
+def ensure(project: Project, name: str, schema: Schema) -> Table:
+    """The table, created (empty, no snapshot) when it does not exist yet."""
     from pyiceberg.exceptions import TableAlreadyExistsError
 
     ident = identifier(project, name)
@@ -67,20 +68,21 @@ def append(project: Project, name: str, schema: Schema, rows: pa.Table, run_id: 
     ident = identifier(project, name)
     props = lineage.lineage_properties(project.root, run_id, **{lineage.OPERATION: operation})
 
-    def write(t: Table) -> None:
+    def write(t: Table) -> int:
         t.append(rows.cast(t.schema().as_arrow()), snapshot_properties=props)
+        # The committed Table holds the catalog's new metadata: no second load to learn the snapshot id.
+        sid = wap.main_snapshot_id(t)
+        assert sid is not None
+        return sid
 
-    retry_commit(
-        lambda: _ensure(project, name, schema),
+    return retry_commit(
+        lambda: ensure(project, name, schema),
         write,
         table=ident,
         what=f"append to {ident}",
         attempts=project.config.settings.catalog.retries + 1,
         call=project.catalog_call,
     )
-    sid = wap.main_snapshot_id(project.catalog.load_table(ident))
-    assert sid is not None
-    return sid
 
 
 def scan(project: Project, name: str, row_filter: BooleanExpression | None = None) -> pa.Table | None:

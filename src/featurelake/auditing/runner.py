@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from featurelake.auditing import audit_log, stats_log
+from featurelake.auditing import audit_log, logtable, stats_log
 from featurelake.errors import CatalogUnavailableError, ConflictError, FeaturelakeError
 from featurelake.lakehouse import wap
 from featurelake.validation.audit import AuditReport, checks_for
@@ -227,6 +227,13 @@ def run_audit(
             f"{json_path}. Retry with `featurelake publish {view.name} --run-id {run_id}`"
         ) from exc
     return report
+
+
+def create_log_tables(project: Project) -> None:
+    """Create ``<namespace>._audits`` and ``<namespace>._stats`` if missing (``featurelake apply`` does), so
+    that a project's first backfill does not pay two table creations on its way to publishing."""
+    logtable.ensure(project, audit_log.TABLE, audit_log.SCHEMA)
+    logtable.ensure(project, stats_log.TABLE, stats_log.SCHEMA)
 
 
 def record_published(project: Project, report: AuditReport, snapshot_id: int) -> list[str]:

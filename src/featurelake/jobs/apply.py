@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from featurelake.auditing.runner import create_log_tables
 from featurelake.features.apply import ApplyResult, apply_view
 from featurelake.features.lint import lookback_warnings
 from featurelake.features.service_log import apply_services
@@ -35,6 +36,9 @@ def run_apply(project: Project, *, allow_breaking: bool = False, dry_run: bool =
             )
         )
         results[-1].warnings.extend(lookback_warnings(view))
+    if project.definitions.views and not dry_run:
+        # featurelake's audit log and statistics tables, empty: every backfill appends to both.
+        create_log_tables(project)
     # Feature services: recorded (and versioned when their feature lists change) in <namespace>._services.
     defs = project.definitions
     results.extend(
