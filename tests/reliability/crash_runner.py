@@ -61,7 +61,8 @@ def install(point: str) -> None:
     elif point == "publish":
         wap.fast_forward = _before(wap.fast_forward, point)  # type: ignore[assignment]
     elif point == "published":
-        wap.remove_branch = _before(wap.remove_branch, point)  # type: ignore[assignment]
+        # The commit that moves main also removes the branch: pause right after it (statistics not recorded).
+        wap.fast_forward = _after(wap.fast_forward, point)  # type: ignore[assignment]
     elif point != "none":
         raise SystemExit(f"unknown pause point {point!r}")
 

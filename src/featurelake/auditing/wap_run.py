@@ -104,6 +104,7 @@ def publish_branch(
         project.catalog_call(lambda: wap.reset_branch(tbl, branch, new_base), f"rebase {branch}")
         latest[0] = redo()
 
+    drop = not project.config.settings.backfill.keep_published_branches
     try:
         result = project.catalog_call(
             lambda: wap.publish(
@@ -113,6 +114,7 @@ def publish_branch(
                 run_id,
                 rebase=rebase,
                 attempts=project.config.settings.backfill.publish_attempts,
+                drop_branch=drop,  # one metadata commit moves main and removes the branch
             ),
             f"publish {branch}",
         )
@@ -120,7 +122,7 @@ def publish_branch(
         raise type(exc)(
             f"{exc}. Nothing was lost: branch {branch} is kept and main is unchanged; {resume}"
         ) from exc
-    if not project.config.settings.backfill.keep_published_branches:
+    if drop and not result.branch_removed:  # main already was the tip: a publish that stopped before removing
         try:
             commit_on_view(project, view, f"remove {branch}", lambda t: wap.remove_branch(t, branch))
         except (ConflictError, CatalogUnavailableError):

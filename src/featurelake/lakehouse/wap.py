@@ -4,8 +4,8 @@ PyIceberg has no ``fast_forward``: setting main to a branch is a plain ref updat
 (``../notes`` trap 1). Publishing here therefore
 
 1. loads the table fresh and requires main's current snapshot to be an ancestor of the branch tip;
-2. moves main in a commit of its own whose only requirement is "main is still that snapshot", so a
-   concurrent publish makes it fail instead of dropping the other run's rows;
+2. moves main in a commit whose requirement is "main is still that snapshot", so a concurrent publish
+   makes it fail instead of dropping the other run's rows (the same commit may remove the branch);
 3. when main has moved past the fork point, resets the branch onto main's new head, rewrites the run's
    window there and audits again before trying once more (bounded attempts, then ``ConflictError``).
 
@@ -112,6 +112,8 @@ class PublishResult:
     previous_main: int | None
     rebases: int = 0
     notes: list[str] = field(default_factory=list)
+    #: The branch was removed in the publishing commit (``publish(..., drop_branch=True)``).
+    branch_removed: bool = False
 
 
 def snapshot_run_id(tbl: Table, snapshot_id: int | None) -> str | None:
@@ -119,11 +121,13 @@ def snapshot_run_id(tbl: Table, snapshot_id: int | None) -> str | None:
     return snap.summary.additional_properties.get(RUN_ID) if snap and snap.summary else None
 
 
-def fast_forward(tbl: Table, branch: str) -> bool:
-    """Move main to the branch tip if that is a fast-forward from main as ``tbl`` sees it.
+def fast_forward(tbl: Table, branch: str, *, remove: bool = False) -> bool:
+    """Move main to the branch tip if that is a fast-forward from main as ``tbl`` sees it; ``remove``: drop
+    the branch in the same commit (one metadata commit instead of two).
 
     Returns False when main is not an ancestor of the tip (a rebase is needed). Raises
-    CommitFailedException when main moved after ``tbl`` was loaded.
+    CommitFailedException when main moved after ``tbl`` was loaded. When main already is the tip (a publish
+    that stopped after moving main) nothing is committed and the branch is left for the caller to remove.
     """
     tip = ref_snapshot_id(tbl, branch)
     if tip is None:
@@ -133,7 +137,14 @@ def fast_forward(tbl: Table, branch: str) -> bool:
         return True
     if not is_ancestor(tbl, main, tip):
         return False
-    tbl.manage_snapshots().set_current_snapshot(snapshot_id=tip).commit()
+    manage = tbl.manage_snapshots().set_current_snapshot(snapshot_id=tip)
+    if remove:
+        # A PyIceberg transaction keeps one requirement per kind: main's "still at the snapshot I saw",
+        # staged first, is the one kept (the branch's own assertion is dropped). That is the one that
+        # matters: the branch only moves in a rebase, which happens only after main moved, and then this
+        # commit fails on main's assertion; the tip it removes is main's head once the commit lands.
+        manage = manage.remove_branch(branch)
+    manage.commit()
     return True
 
 
@@ -145,6 +156,7 @@ def publish(
     *,
     rebase: Callable[[Table, int], None],
     attempts: int = 5,
+    drop_branch: bool = False,
 ) -> PublishResult:
     """Fast-forward main to ``branch``, rebasing the branch onto main first whenever main has moved.
 
@@ -152,6 +164,8 @@ def publish(
     write then failed points at someone else's snapshot and must never be "published" as this run.
     ``rebase(tbl, new_base)`` must reset the branch to ``new_base``, re-apply the run's changes and audit
     them (raising AuditFailed when they no longer pass); it is called with a freshly loaded table.
+    ``drop_branch``: remove the branch in the commit that moves main (``PublishResult.branch_removed``
+    says whether it was; not when main already pointed at the tip).
     """
     rebases = 0
     notes: list[str] = []
@@ -162,8 +176,9 @@ def publish(
         if tip is None:
             raise UsageError(f"branch {branch} does not exist in {identifier}")
         try:
-            if snapshot_run_id(tbl, tip) == run_id and fast_forward(tbl, branch):
-                return PublishResult(tip, before, rebases, notes)
+            if snapshot_run_id(tbl, tip) == run_id and fast_forward(tbl, branch, remove=drop_branch):
+                removed = drop_branch and before != tip
+                return PublishResult(tip, before, rebases, notes, branch_removed=removed)
             if before is None:  # pragma: no cover - tables get a first snapshot at apply
                 raise UsageError(f"{identifier} has no snapshot on main: run `featurelake apply` first")
             notes.append(f"main moved to {before} since the branch was forked; rebased and re-audited")
