@@ -103,7 +103,9 @@ def stream_features(table: Table, sel: FeatureSelection, batch_rows: int) -> Ite
     fields = tuple(dict.fromkeys([*sel.keys, sel.timestamp, *sel.columns]))
     scan = table.scan(row_filter=sel.iceberg_filter(), selected_fields=fields, snapshot_id=sel.snapshot_id)
     source = stream_scan(scan)  # one data file in memory at a time (PyIceberg's reader reads them all ahead)
-    con = sandbox()
+    # The latest row per entity: one thread builds one hash table. Two threads would each hold one of the
+    # entities they saw, about twice the memory (which grows with the entities), for ~10% less time.
+    con = sandbox(threads=1) if sel.mode == "latest" else sandbox()
     try:
         con.register("feats", source)
         reader = con.sql(sel.sql()).to_arrow_reader(batch_rows)

@@ -17,6 +17,8 @@ or reach the network. It only ever sees the Arrow batches registered on that con
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 
@@ -119,15 +121,17 @@ def check_where(expr: str, columns: list[str]) -> tuple[str, list[str]]:
     return text, used
 
 
-def sandbox() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that can see only what is registered on it: no files, extensions or settings."""
-    con = duckdb.connect(
-        config={
-            "enable_external_access": False,
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        }
-    )
+def sandbox(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can see only what is registered on it: no files, extensions or settings
+    (``threads``: how many threads its queries may use; default DuckDB's, one per core)."""
+    config: dict[str, Any] = {
+        "enable_external_access": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    if threads is not None:
+        config["threads"] = threads
+    con = duckdb.connect(config=config)
     con.execute("SET TimeZone='UTC'")
     con.execute("SET lock_configuration=true")
     return con
