@@ -17,6 +17,10 @@ smallest and <= 2 GB; time <= 11x the smallest's (for 30M vs 3M: cost linear in 
     .venv/bin/python benchmarks/scale.py [--sizes 3M,10M,30M] [--jobs backfill,sync,training,predict]
                                          [--workdir DIR] [--keep] [--json PATH]
 
+``--json PATH`` also writes the figures as ``{"featurelake": {"<job>": [{"rows": N, "seconds": s,
+"peak_rss_mb": m, "load": l}, ...]}}`` (sizes ascending; ``load``: the 1-minute load average after the job),
+for plotting time and peak RSS against rows.
+
 Exits non-zero only on errors, never because a result is slow or large.
 """
 
@@ -279,6 +283,7 @@ def main() -> int:
                 if job != "backfill" and job not in jobs:
                     continue
                 r = measure(job, root)
+                r["load"] = os.getloadavg()[0]
                 results[rows][job] = r
                 print(
                     f"  {human(rows)} {job}: {r['seconds']:.1f}s, peak RSS {r['peak_rss'] / 1024**2:.0f} MB "
@@ -295,8 +300,28 @@ def main() -> int:
     print("\n".join(report(results, shown)))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2))
+        args.json.write_text(json.dumps(as_json(results, shown), indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
+
+
+def as_json(results: dict[int, dict[str, dict[str, Any]]], jobs: list[str]) -> dict[str, Any]:
+    """``{"featurelake": {job: [{"rows", "seconds", "peak_rss_mb", "load"}, ...]}}``, sizes ascending (the shape
+    the plotting script reads; ``load``: the 1-minute load average right after the job)."""
+    return {
+        "featurelake": {
+            job: [
+                {
+                    "rows": rows,
+                    "seconds": round(results[rows][job]["seconds"], 3),
+                    "peak_rss_mb": round(results[rows][job]["peak_rss"] / 1024**2, 1),
+                    "load": round(results[rows][job]["load"], 2),
+                }
+                for rows in sorted(results)
+            ]
+            for job in jobs
+        }
+    }
 
 
 if __name__ == "__main__":
