@@ -197,6 +197,34 @@ def test_stale_handle_cannot_rewind_main(fl: featurelake.Featurelake) -> None:
     assert main_id(fl) == head
 
 
+def test_publish_moves_main_and_removes_the_branch_in_one_commit(fl: featurelake.Featurelake) -> None:
+    fl.backfill("user_features", day(0), day(2), run_id="x")
+    tbl = fl.project.load_table("user_features")
+    wap.create_branch(tbl, "audit_manual")
+    tbl = fl.project.load_table("user_features")
+    one = tbl.scan().to_arrow().slice(0, 1)
+    tbl.append(one, snapshot_properties={lineage.RUN_ID: "manual"}, branch="audit_manual")
+    tip = wap.ref_snapshot_id(tbl, "audit_manual")
+    stale = fl.project.load_table("user_features")  # main at x, the branch at its tip
+    versions = len(stale.metadata.metadata_log)
+    result = wap.publish(
+        fl.project.catalog,
+        fl.project.table_name("user_features"),
+        "audit_manual",
+        "manual",
+        rebase=lambda t, base: pytest.fail("main did not move"),
+        drop_branch=True,
+    )
+    after = fl.project.load_table("user_features")
+    assert result.branch_removed and result.snapshot_id == tip == main_id(fl)
+    assert "audit_manual" not in after.metadata.refs
+    assert len(after.metadata.metadata_log) == versions + 1  # one metadata commit for both ref changes
+    # Main's requirement survives the merge: the same commit from a handle that saw the old main is refused.
+    with pytest.raises(CommitFailedException):
+        wap.fast_forward(stale, "audit_manual", remove=True)
+    assert main_id(fl) == tip
+
+
 def test_publish_kept_branch_after_fixing_the_check(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "p", data=transactions(null_share=0.3, seed=3))
     with featurelake.open(proj) as fl:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from featurelake.auditing import audit_log, logtable, stats_log
 from featurelake.errors import CatalogUnavailableError, ConflictError, FeaturelakeError
 from featurelake.lakehouse import wap
 from featurelake.validation.audit import AuditReport, checks_for
-from featurelake.validation.checks import AuditContext, Check, ReferenceStats
+from featurelake.validation.checks import AuditContext, Check, CheckResult, ReferenceStats
 from featurelake.validation.drift import Drift
 from featurelake.validation.fast import process_pool
 from featurelake.validation.report_html import keep_earlier_report, save_report
@@ -149,6 +150,55 @@ def audit_profiler(
     return Profiler.for_view(view, sample_rows, run_seed(run_id), exact=False, sample=drifting)
 
 
+@dataclass
+class Evaluated:
+    """An audit pass over a run's rows, not yet reported (:func:`start_audit`)."""
+
+    reference: IcebergReference
+    profiler: Profiler
+    checks: list[Check]
+    rows: int
+    results: list[CheckResult]
+    started: float
+
+
+def _evaluate(
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    frame: Any,
+    window: Window | None,
+    separate_statistics: bool,
+) -> Evaluated:
+    t0 = time.perf_counter()
+    settings = project.config.settings.backfill
+    reference = IcebergReference(project, view, window)
+    declared = checks_for(view, empty_window=settings.empty_window)
+    profiler = audit_profiler(
+        view, declared, settings.audit_sample_rows, run_id, separate_statistics=separate_statistics
+    )
+    ctx = AuditContext(view, window, datetime.now(UTC), reference, profiler)
+    checks = [profiler, *(c.bind(ctx) for c in declared)]
+    rows, results = project.engine.audit(frame, checks)
+    return Evaluated(reference, profiler, checks, rows, results, t0)
+
+
+def start_audit(
+    project: Project,
+    view: FeatureView,
+    run_id: str,
+    frame: Any,
+    window: Window | None,
+    statistics: Future[dict[str, ColumnStats]] | None,
+) -> Future[Evaluated]:
+    """Begin the audit pass over ``frame`` (the rows a backfill is writing) on a thread of its own, so that it
+    runs while the branch is written; :func:`run_audit` given it (``evaluated=``) waits for it and reports.
+    The verdicts depend only on the rows and main: the branch's snapshot id only names them in the report."""
+    return process_pool("fl-audit-pass", 1).submit(
+        _evaluate, project, view, run_id, frame, window, statistics is not None
+    )
+
+
 def run_audit(
     project: Project,
     view: FeatureView,
@@ -160,6 +210,7 @@ def run_audit(
     *,
     log: Callable[[AuditReport], object] | None = None,
     main_statistics: bool = True,
+    evaluated: Future[Evaluated] | None = None,
 ) -> AuditReport:
     """Audit ``frame`` (the rows of ``run_id``'s window on its branch), save the reports, log the verdicts.
 
@@ -168,18 +219,21 @@ def run_audit(
     ``<namespace>._audits``; micro-batches spool them and append several audits at once).
     ``main_statistics=False`` leaves main's statistics unread unless a check needs them (a micro-batch has
     no window to compare; assembling main's statistics would rescan its micro-batch days every batch): the
-    report then shows no reference profile.
+    report then shows no reference profile. ``evaluated``: the pass :func:`start_audit` began over ``frame``
+    (same ``statistics``), instead of evaluating here.
     """
-    t0 = time.perf_counter()
-    settings = project.config.settings.backfill
-    reference = IcebergReference(project, view, window)
-    declared = checks_for(view, empty_window=settings.empty_window)
-    profiler = audit_profiler(
-        view, declared, settings.audit_sample_rows, run_id, separate_statistics=statistics is not None
+    done = (
+        evaluated.result()
+        if evaluated is not None
+        else _evaluate(project, view, run_id, frame, window, statistics is not None)
     )
-    ctx = AuditContext(view, window, datetime.now(UTC), reference, profiler)
-    checks = [profiler, *(c.bind(ctx) for c in declared)]
-    rows, results = project.engine.audit(frame, checks)
+    reference, profiler, checks, rows, results = (
+        done.reference,
+        done.profiler,
+        done.checks,
+        done.rows,
+        done.results,
+    )
     if statistics is not None:
         profiler.merge_exact(statistics.result())
     main_ref = reference.stats(None) if main_statistics else reference.loaded(None)
@@ -206,7 +260,7 @@ def run_audit(
         report_path=json_path,
         html_path=html_path,
     )
-    report.seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - done.started
     try:
         save_report(report, project.audit_dir / view.name)
     except FeaturelakeError as exc:  # the report's file cannot be written (permissions, a full disk)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 from pyiceberg.table import Table
 
-from featurelake.auditing.runner import record_published, run_audit, start_statistics
+from featurelake.auditing.runner import record_published, run_audit, start_audit, start_statistics
 from featurelake.errors import AuditFailed, CatalogUnavailableError, ConflictError, StorageUnavailableError
 from featurelake.lakehouse import wap
 from featurelake.lakehouse.retry import retry_commit
@@ -75,8 +75,15 @@ def write_and_audit(
     branch = wap.branch_name(run_id)
     # The exact statistics need no branch: on the local engine they are computed while the write runs.
     stats = start_statistics(project, view, run_id, frame) if project.engine.name == "local" else None
-    tip: int = commit_on_view(project, view, f"write {branch}", write)
-    report = run_audit(project, view, run_id, frame, tip, window, stats)
+    # So is the audit pass: it checks the rows being written (the tip's id only names them in the report).
+    pending = start_audit(project, view, run_id, frame, window, stats) if stats is not None else None
+    try:
+        tip: int = commit_on_view(project, view, f"write {branch}", write)
+    except BaseException:
+        if pending is not None and not pending.cancel():
+            pending.exception()  # the write failed: let the pass end (its result and errors unused)
+        raise
+    report = run_audit(project, view, run_id, frame, tip, window, stats, evaluated=pending)
     if not report.passed:
         raise refusal(report)
     return tip, report
