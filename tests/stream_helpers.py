@@ -156,6 +156,9 @@ class IngestProcess:
         deadline = time.monotonic() + timeout
         while self.batches() < n:
             if self.proc.poll() is not None:
+                self._reader.join(timeout=10)  # the lines it wrote before exiting, all of them
+                if self.batches() >= n:
+                    return
                 raise AssertionError(f"ingest exited with {self.proc.returncode}: {self.lines}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {n} batches within {timeout}s: {self.lines}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,17 +69,29 @@ def test_sigkill_mid_batch_then_restart_writes_every_message_once(
 ) -> None:
     fl, url, produce = stream
     rng = random.Random(19)
-    produced = [event(i) for i in range(1500)]
-    produce(produced)
-    for _ in range(
-        2
-    ):  # killed twice, somewhere inside a batch (fetching, writing, publishing or acknowledging)
-        proc = IngestProcess(fl.project.root, url, *ARGS, "--until-idle")
-        proc.wait_for_batches(1)
-        time.sleep(rng.uniform(0.0, 0.4))
-        proc.kill()
-        assert proc.proc.returncode == -signal.SIGKILL
-    more = [event(i) for i in range(1500, 1700)]  # and the stream goes on meanwhile
+    produced: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def producing() -> None:  # the stream keeps flowing while consumers are killed (up to 6,000 messages)
+        while not stop.is_set() and len(produced) < 6000:
+            chunk = [event(i) for i in range(len(produced), len(produced) + 50)]
+            produce(chunk)
+            produced.extend(chunk)
+            time.sleep(0.02)
+
+    producer = threading.Thread(target=producing, daemon=True)
+    producer.start()
+    try:
+        for _ in range(2):  # killed twice, somewhere inside a batch (fetching, writing, publishing or acking)
+            proc = IngestProcess(fl.project.root, url, *ARGS)  # no --until-idle: it consumes until killed
+            proc.wait_for_batches(1)
+            time.sleep(rng.uniform(0.0, 0.4))
+            proc.kill()
+            assert proc.proc.returncode == -signal.SIGKILL
+    finally:
+        stop.set()
+        producer.join(timeout=60)
+    more = [event(i) for i in range(len(produced), len(produced) + 200)]  # and the stream goes on meanwhile
     produce(more)
     last = IngestProcess(fl.project.root, url, *ARGS, "--until-idle")
     code, out = last.wait()
