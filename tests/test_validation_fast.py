@@ -375,6 +375,36 @@ def test_min_max_read_past_nulls_only_when_no_null_slot_could_be_an_extreme() ->
     assert reduce_column(pa.chunked_array([ints]), {"min", "max"}) == {"min": -3, "max": 9}
 
 
+def test_min_max_past_nulls_searches_blocks_and_their_tail() -> None:
+    # Chunks of several EXTREME_BLOCKs plus a tail, at an offset, whose null slots hold values beyond the
+    # valid extremes, equal to them, or NaN, with the extremes in the first block, a middle one or the tail.
+    from featurelake.validation import fast
+
+    rng = np.random.default_rng(7)
+    n = 3 * fast.EXTREME_BLOCK + 123
+    for case in range(40):
+        values = rng.normal(0, 1, n)
+        mask = rng.random(n) < 0.05
+        at = rng.integers(0, n, 4)
+        values[at[0]], values[at[1]] = -9.0, 9.0  # valid or null, by the mask
+        if case % 4 == 1:
+            values[mask] = 0.0 if case % 8 == 1 else -9.0  # null slots equal to one valid extreme
+        elif case % 4 == 2:
+            values[at[2]] = np.nan
+            mask[at[2]] = True  # NaN only at a null slot
+        elif case % 4 == 3:
+            values[mask] = 50.0  # every null slot beyond the max
+        chunk = pa.array(values, pa.float64(), mask=mask)
+        for frame in (pa.table({"x": chunk}), pa.table({"x": chunk}).slice(int(at[3]) % 100 + 1)):
+            check_against_duckdb(frame, [Agg.of("min", "x"), Agg.of("max", "x")])
+            check_against_duckdb(frame, [Agg.of("max", "x")])
+    # The tail alone holds the extremes; the block reduction must reach it.
+    values = np.zeros(n)
+    values[-1], values[-2] = -1.0, 1.0
+    col = pa.chunked_array([pa.array(values, pa.float64(), mask=np.arange(n) == 5)])
+    assert reduce_column(col, {"min", "max"}) == {"min": -1.0, "max": 1.0}
+
+
 def test_distinct_rows_drops_an_order_that_breaks_in_a_later_block() -> None:
     from featurelake.validation import fast
 
