@@ -129,6 +129,8 @@ def test_a_sync_reading_the_window_at_once_stops_naming_the_setting(tmp_path: Pa
     sync = run_capped(tmp_path, "sync")
     assert "error" in sync, sync
     assert sync["error"].startswith("ConfigError: view 'big': out of memory syncing full"), sync
+    # Refused before reading (the group's size against the room left), not by a native allocation failing.
+    assert f"reading {ROWS:,} rows of big at once needs about" in sync["error"], sync
     assert (
         f"lower online_store.sync_batch_rows (FEATURELAKE_ONLINE_STORE__SYNC_BATCH_ROWS, now {ROWS})"
         in (sync["error"])

@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, In
-from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.io.pyarrow import ArrowScan, schema_to_pyarrow
 from pyiceberg.manifest import DataFile, ManifestContent
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.refs import SnapshotRefType
@@ -64,6 +64,7 @@ from featurelake.errors import CatalogUnavailableError, ConfigError, ConflictErr
 from featurelake.features.keys import as_keys, decode_key, key_sql
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.wap import main_snapshot_id
+from featurelake.memory import check_room
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Records, Watermark
 from featurelake.training.scan import stream_scan
@@ -588,13 +589,28 @@ def _groups(files: list[tuple[DataFile, int]], rows: int) -> list[list[tuple[Dat
     return groups
 
 
+def _row_bytes(tbl: Table, columns: list[str]) -> int:
+    """About how many bytes one row of ``columns`` takes as Arrow (variable-width values counted as 32 bytes),
+    with the sequence-number column the sync adds."""
+    widths = [
+        1 if pa.types.is_boolean(t) else t.byte_width if pa.types.is_primitive(t) else 32
+        for t in schema_to_pyarrow(tbl.schema().select(*columns)).types
+    ]
+    return sum(widths) + 8
+
+
 def iter_added(planned: SyncPlan, batch_rows: int) -> Iterator[pa.Table]:
     """:func:`read_added`'s rows in parts of about ``batch_rows`` rows (whole data files; with row-level delete
     files, PyIceberg's record batches): only one part is in memory at a time."""
     current = planned.current
     assert current is not None
     if not planned.deletes:
+        width = _row_bytes(planned.table, planned.columns)
         for group in _groups(planned.added, batch_rows):
+            rows = sum(int(df.record_count or 0) for df, _ in group)
+            # A group that cannot fit stops here, as a clear error naming sync_batch_rows: under a memory cap
+            # the native readers may abort the process (std::bad_alloc) instead of raising.
+            check_room(rows * width, f"reading {rows:,} rows of {planned.view.name} at once")
             yield _read(planned.table, group, planned.columns)
         return
     # One data file (with its deletes applied) in memory at a time: PyIceberg's own reader reads them all ahead.
