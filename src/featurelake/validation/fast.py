@@ -108,23 +108,18 @@ def _extreme_at(raw: np.ndarray, op: str) -> int:
     ``argmin`` reads the values at half ``min``'s speed, so the extremes of blocks of ``EXTREME_BLOCK``
     values are taken with the vectorised ``min`` and only the winning block is searched.
     """
-    reduce, find = (np.minimum, np.argmin) if op == "min" else (np.maximum, np.argmax)
+    reduce = np.minimum.reduce if op == "min" else np.maximum.reduce
     head = raw.size - raw.size % EXTREME_BLOCK
-    blocks = reduce.reduce(raw[:head].reshape(-1, EXTREME_BLOCK), axis=1)
+    blocks = reduce(raw[:head].reshape(-1, EXTREME_BLOCK), axis=1)
     if head < raw.size:  # the tail is the last block
-        blocks = np.append(blocks, reduce.reduce(raw[head:]))
+        blocks = np.append(blocks, reduce(raw[head:]))
     # NaN propagates through a block's reduction and argmin/argmax stop at the first NaN: the first
     # NaN block, then the first NaN in it.
-    start = int(find(blocks)) * EXTREME_BLOCK
-    return start + int(find(raw[start : start + EXTREME_BLOCK]))
-
-
-def _valid_at(chunk: pa.Array, i: int) -> bool:
-    """Whether slot ``i`` of a chunk that has a validity bitmap holds a value (one bit read)."""
-    pos = chunk.offset + i
-    bitmap = chunk.buffers()[0]
-    assert bitmap is not None
-    return bool(bitmap[pos >> 3] >> (pos & 7) & 1)
+    if op == "min":
+        start = int(blocks.argmin()) * EXTREME_BLOCK
+        return start + int(raw[start : start + EXTREME_BLOCK].argmin())
+    start = int(blocks.argmax()) * EXTREME_BLOCK
+    return start + int(raw[start : start + EXTREME_BLOCK].argmax())
 
 
 def _extremes_past_nulls(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any] | None:
@@ -138,12 +133,17 @@ def _extremes_past_nulls(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]
     extreme (the caller's NaN rule) when it is at a valid slot, and sends the chunk to the filled path
     when it is at a null slot.
     """
-    raw = _raw_values(chunk)
+    validity, values = chunk.buffers()[:2]
+    assert validity is not None and values is not None  # a chunk with nulls has a bitmap
+    raw = np.frombuffer(values, np.dtype(chunk.type.to_pandas_dtype()))[
+        chunk.offset : chunk.offset + len(chunk)
+    ]
     out: list[Any] = [None, None]
     for k, op in enumerate(("min", "max")):
         if op in ops:
             at = _extreme_at(raw, op)
-            if not _valid_at(chunk, at):
+            pos = chunk.offset + at
+            if not validity[pos >> 3] >> (pos & 7) & 1:  # a null slot's value
                 return None
             out[k] = raw[at].item()
     return out[0], out[1], None
