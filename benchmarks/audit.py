@@ -42,6 +42,7 @@ from featurelake.auditing.runner import IcebergReference, audit_profiler, run_au
 from featurelake.lakehouse.window import Window
 from featurelake.validation.audit import checks_for
 from featurelake.validation.checks import AuditContext
+from featurelake.validation.fast import audit_workers
 
 VIEW = "wide"
 DAYS = 30
@@ -153,10 +154,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
             )
             print(f"setup: published the reference window ({published.rows:,} rows) in {setup:.1f}s")
-            print()
 
             con = duckdb.connect()
             con.register("frame", frame)
+            threads = con.execute("SELECT current_setting('threads')").fetchone()
+            print(
+                f"threads: DuckDB reference {threads[0] if threads else '?'}, audit pool {audit_workers()} "
+                "(plus the calling thread, which judges); wall and process CPU (all threads) are both reported"
+            )
+            print()
             plain = (
                 "SELECT count(*), " + ", ".join(f'count("{c}")' for c in frame.column_names) + " FROM frame"
             )
@@ -167,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
 
             def reference() -> Any:
                 return con.execute(plain).fetchall()
+
+            # The same scan on one thread: what the yardstick costs without DuckDB's second worker.
+            con1 = duckdb.connect(config={"threads": 1})
+            con1.register("frame", frame)
+
+            def reference_one_thread() -> Any:
+                return con1.execute(plain).fetchall()
 
             def value_scan() -> Any:
                 return con.execute(values).fetchall()
@@ -203,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             full()
             measures = {
                 "reference": ("plain DuckDB count(*), count(col) scan", reference),
+                "reference1": ("  the same scan, DuckDB on 1 thread", reference_one_thread),
                 "values": ("plain DuckDB min(col), max(col) scan", value_scan),
                 "engine": ("audit pass: 40 checks (drift columns sampled)", engine(exact=False)),
                 "checks": ("  of which: checks without any profile", engine(with_profile=False)),

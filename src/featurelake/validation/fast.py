@@ -51,8 +51,13 @@ def process_pool(name: str, workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def audit_workers() -> int:
+    """Threads of the audit's pool: one per CPU, at least two (NumPy and Arrow release the GIL)."""
+    return max(2, os.cpu_count() or 2)
+
+
 def _pool() -> ThreadPoolExecutor:
-    return process_pool("audit", max(2, os.cpu_count() or 2))
+    return process_pool("audit", audit_workers())
 
 
 def background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -403,4 +408,4 @@ class ArrowAggregates:
         return out
 
 
-__all__ = ["ArrowAggregates", "background", "count_not_in", "distinct_rows", "reduce_column"]
+__all__ = ["ArrowAggregates", "audit_workers", "background", "count_not_in", "distinct_rows", "reduce_column"]
