@@ -244,12 +244,25 @@ def scale_lines(s: dict[str, Any]) -> list[str]:
                 f"| {_human(rows)} | {label} | {_cell(a)} | {_cell(b)} | {tr} | {rr} | {_load(a)} / {_load(b)} |"
             )
     add("")
+    both = [
+        (a, b)
+        for a, b in zip(fl.get("backfill", []), fl.get("sync", []), strict=False)
+        if a["rows"] == b["rows"]
+    ]
+    if both:
+        add("- featurelake's whole path from the Parquet, backfill + sync (the backfill writes and audits the Iceberg "
+            "table the sync, training set and predict read): "
+            + "; ".join(f"{_human(a['rows'])}: {a['seconds'] + b['seconds']:,.1f} s, peak RSS "
+                        f"{max(a['peak_rss_mb'], b['peak_rss_mb']):,.0f} MB" for a, b in both) + ".")  # fmt: skip
     extra = []
-    for p in fe["feast"].get("materialize", []):
-        if "keys" in p:
-            extra.append(f"{_human(p['rows'])}: {p['keys']:,} keys of {entities_for(p['rows']):,} entities")
+    for job in ("materialize", "materialize_latest"):
+        for p in fe["feast"].get(job, []):
+            if "keys" in p:
+                extra.append(
+                    f"{job} {_human(p['rows'])}: {p['keys']:,} keys of {entities_for(p['rows']):,} entities"
+                )
     if extra:
-        add("Feast's materialize wrote the latest values of every key with rows into SQLite (" + "; ".join(extra)
+        add("- Feast's materialize wrote the latest values of every key with rows into SQLite (" + "; ".join(extra)
             + ").")  # fmt: skip
     rows_out = [
         f"{_human(p['rows'])}: {p['rows_out']:,}"
@@ -257,7 +270,7 @@ def scale_lines(s: dict[str, Any]) -> list[str]:
         if "rows_out" in p
     ]
     if rows_out:
-        add("Feast's historical retrieval returned, of the 500,000 entity rows, " + "; ".join(rows_out) + " rows "
+        add("- Feast's historical retrieval returned, of the 500,000 entity rows, " + "; ".join(rows_out) + " rows "
             "(it leaves out entity rows with no feature row at or before their time; featurelake returns every "
             "entity row, with nulls where there is no match).")  # fmt: skip
     add("")

@@ -88,7 +88,9 @@ def run(
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine or {},
         "featurelake": fl, "featurelake_load": fl_load,
-        "featurelake_source": str(fl_json) if fl_json else "benchmarks/scale.py in this run",
+        "featurelake_source": f"an earlier `benchmarks/scale.py --json` run ({fl_json.name})"
+        if fl_json
+        else "`benchmarks/scale.py` in this run",
         "feast": json.loads(feast_json.read_text()),
     }  # fmt: skip
     (HERE / "last-scale.json").write_text(json.dumps(result, indent=1))
