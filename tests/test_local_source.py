@@ -74,3 +74,44 @@ def test_steps_aside_where_duckdb_reads_differently(
 
 def test_unknown_timestamp_column_steps_aside(tmp_path: Path) -> None:
     assert read_parquet_window(files(tmp_path, [part(1)]), "nope", WINDOW) is None
+
+
+PASSTHROUGH_FEATURES = """
+from featurelake import Entity, FeatureView, Source
+
+user = Entity("user", join_key="user_id")
+for name, query in [("plain", "select *  from SOURCE ;"), ("duck", "SELECT * FROM source WHERE true")]:
+    globals()[name] = FeatureView(
+        name=name, entity=user, source=Source.parquet("data/transactions/*.parquet", timestamp_field="ts"),
+        query=query, timestamp_field="ts", fields={"amount": "double", "n": "long"},
+    )
+"""
+
+
+def test_a_passthrough_view_skips_duckdb_and_writes_what_duckdb_would(tmp_path: Path) -> None:
+    """``SELECT * FROM source`` takes the source's Arrow rows as they are (cast by conform: an int32 column
+    into a long field); the same view through DuckDB (a WHERE true) publishes the same table."""
+    from unittest import mock
+
+    import featurelake
+    from featurelake.engines import local
+    from tests.helpers import make_project, transactions
+
+    data = transactions(days=4)
+    data = data.append_column("n", pa.array(range(data.num_rows), pa.int32()))
+    root = make_project(tmp_path / "p", features=PASSTHROUGH_FEATURES, data=data)
+    with featurelake.open(root) as fl:
+        fl.apply()
+        views = {v: fl.project.view(v) for v in ("plain", "duck")}
+        assert local.passthrough(views["plain"]) and not local.passthrough(views["duck"])
+        engine = fl.project.engine
+        assert isinstance(engine, local.LocalEngine)
+        with mock.patch.object(engine, "_source", wraps=engine._source) as relations:
+            fl.backfill("plain", START, START + timedelta(days=4))
+            assert relations.call_count == 0  # no DuckDB relation computed the rows
+            fl.backfill("duck", START, START + timedelta(days=4))
+            assert relations.call_count > 0
+        plain, duck_rows = fl.read("plain"), fl.read("duck")
+    order = [("ts", "ascending"), ("user_id", "ascending"), ("n", "ascending")]
+    assert plain.num_rows == data.num_rows and plain.schema.equals(duck_rows.schema)
+    assert plain.sort_by(order).equals(duck_rows.sort_by(order))

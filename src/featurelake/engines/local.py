@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -124,10 +125,27 @@ class LocalEngine(Engine):
             data = tbl.scan(row_filter=window.iceberg_filter(src.timestamp_field)).to_arrow()
         return con.from_arrow(data)
 
+    def _source_arrow(self, view: FeatureView, window: Window) -> pa.Table | None:
+        """The source rows of ``window`` as Arrow when a reader gives them without DuckDB (Parquet of plain
+        types, local or on object storage); None otherwise."""
+        src = view.source
+        if src.kind != "parquet":
+            return None
+        files = source_files(src, self.project_dir, view.name, storage=self.storage)
+        if is_remote(files[0]):
+            return read_remote_parquet(files, src.timestamp_field, window, self.storage, view.name)
+        return read_parquet_window(files, src.timestamp_field, window)
+
     def _run(self, view: FeatureView, window: Window | None, rows: pa.Table | None = None) -> pa.Table:
         """The query (then the aggregations, if declared) over the source rows ``window`` needs: from
         ``window.start`` minus the view's lookback (or over ``rows``, some of them, already read). Rows before
         ``window.start`` may come back."""
+        if window is not None and passthrough(view):
+            # `SELECT * FROM source`: the rows are the source's own, and conform() checks and casts them; a
+            # round trip through DuckDB would only copy them (a third of a 1M-row backfill's compute).
+            data = rows if rows is not None else self._source_arrow(view, source_window(view, window))
+            if data is not None:
+                return data
         with duck.cursor() as con:
             if rows is not None:
                 source = con.from_arrow(rows)
@@ -417,6 +435,17 @@ def batch_invariant(view: FeatureView) -> bool:
         if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in aggregates:
             return False
     return True
+
+
+_PASSTHROUGH = re.compile(r"\s*select\s+\*\s+from\s+source\s*;?\s*", re.IGNORECASE)
+
+
+def passthrough(view: FeatureView) -> bool:
+    """Whether the view's rows are its source's rows as they are: the query is ``SELECT * FROM source`` (or
+    empty) and no aggregations are declared."""
+    return not view.aggregations and (
+        not view.query.strip() or _PASSTHROUGH.fullmatch(view.query) is not None
+    )
 
 
 def row_local(view: FeatureView) -> bool:

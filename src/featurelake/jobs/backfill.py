@@ -20,8 +20,8 @@ from featurelake.auditing.runner import (
     report_properties,
     run_audit,
 )
-from featurelake.engines.local import LocalEngine, WrittenWindow
-from featurelake.errors import StorageUnavailableError, UsageError
+from featurelake.engines.local import BATCH_SETTING, LocalEngine, WrittenWindow, is_out_of_memory
+from featurelake.errors import ConfigError, StorageUnavailableError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
 from featurelake.monitoring.jobs import monitored_job
@@ -182,6 +182,21 @@ def run_backfill(
         raise StorageUnavailableError(
             f"{exc}. main is unchanged. To run the window again: `featurelake discard {view.name} --run-id "
             f"{run_id}` (if branch {branch} was created) and repeat the backfill, or give a new --run-id"
+        ) from exc
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # The rows fitted but writing or auditing them did not (the audit holds a batch's keys and times).
+        if isinstance(frame, WrittenWindow):
+            advice = f"lower {BATCH_SETTING} (now {batch_days}) so that fewer days are audited at once"
+        elif batch_days <= 0:
+            advice = f"set {BATCH_SETTING} to 1 (now {batch_days}) to compute and audit it a day at a time"
+        else:
+            advice = f"backfill shorter windows, or lower {BATCH_SETTING} (now {batch_days})"
+        raise ConfigError(
+            f"view {view.name!r}: out of memory writing and auditing the backfill {window} "
+            f"({type(exc).__name__}: {exc}); {advice}, or give the process more memory. main is unchanged; "
+            f"remove the run's branch with `featurelake discard {view.name} --run-id {run_id}`"
         ) from exc
     _say(progress, f"audit passed ({len(report.results)} checks); publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
