@@ -193,6 +193,12 @@ def test_redis_recovers_after_restart_and_reloads_its_script(own_redis: RedisSer
         c.script_flush()
     assert s.write("v", recs(("k", 2, 1, "two"))) == 1
     assert payload(s, "v", "k") == "two"
+    # A restart between writes: the write's pooled connection is stale and its server has no scripts; the
+    # write is sent again on a fresh connection and the script loaded again.
+    own_redis.kill()
+    own_redis.start()
+    assert s.write("v", recs(("k", 3, 1, "three"), ("k2", 1, 1, "x"))) == 2
+    assert payload(s, "v", "k") == "three"
     s.close()
 
 

@@ -20,12 +20,13 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import ArrowScan
 
 import featurelake
-from featurelake.engines.local import LocalEngine, batch_invariant, is_out_of_memory, split_window
+from featurelake.engines.local import LocalEngine, batch_invariant, split_window
 from featurelake.errors import AuditFailed, ConfigError
 from featurelake.features.aggregations import source_window
 from featurelake.features.definitions import FeatureView
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
+from featurelake.memory import is_out_of_memory
 from featurelake.serving.sync import _groups
 from featurelake.training import build_training_set
 from featurelake.training.scan import stream_scan

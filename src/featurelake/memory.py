@@ -11,6 +11,9 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
+
 _CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -94,4 +97,24 @@ def check_room(needed: int, what: str) -> None:
         )
 
 
-__all__ = ["check_room", "headroom"]
+#: What running out of memory raises in DuckDB, Arrow and Python.
+OUT_OF_MEMORY = (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException)
+#: How the address space running out shows in other errors (no thread stack, no mapping).
+_EXHAUSTED = (
+    "Resource temporarily unavailable",
+    "Cannot allocate memory",
+    "std::bad_alloc",
+    "can't start new thread",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the process ran out of memory (or of address space for a thread's stack)."""
+    if isinstance(exc, OUT_OF_MEMORY):
+        return True
+    return isinstance(exc, pa.ArrowException | duckdb.Error | OSError | RuntimeError) and any(
+        text in str(exc) for text in _EXHAUSTED
+    )
+
+
+__all__ = ["OUT_OF_MEMORY", "check_room", "headroom", "is_out_of_memory"]

@@ -43,6 +43,7 @@ from featurelake.lakehouse.write import (
     rewrite_span,
     rows_to_keep,
 )
+from featurelake.memory import is_out_of_memory
 from featurelake.validation import audit as audit_mod
 from featurelake.validation.checks import Check, CheckResult
 from featurelake.validation.core import Agg
@@ -51,26 +52,6 @@ from featurelake.validation.stats import sample_positions
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
-
-#: What running out of memory raises in DuckDB, Arrow and Python.
-OUT_OF_MEMORY = (MemoryError, pa.ArrowMemoryError, duckdb.OutOfMemoryException)
-#: How the address space running out shows in other errors (no thread stack, no mapping).
-_EXHAUSTED = (
-    "Resource temporarily unavailable",
-    "Cannot allocate memory",
-    "std::bad_alloc",
-    "can't start new thread",
-)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says the process ran out of memory (or of address space for a thread's stack)."""
-    if isinstance(exc, OUT_OF_MEMORY):
-        return True
-    return isinstance(exc, pa.ArrowException | duckdb.Error | OSError | RuntimeError) and any(
-        text in str(exc) for text in _EXHAUSTED
-    )
-
 
 #: The settings a backfill that runs out of memory should lower (named in its error).
 BATCH_SETTING = "backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS)"
@@ -761,7 +742,6 @@ __all__ = [
     "LocalEngine",
     "WrittenWindow",
     "batch_invariant",
-    "is_out_of_memory",
     "parquet_window_scanner",
     "read_parquet_window",
     "read_remote_parquet",

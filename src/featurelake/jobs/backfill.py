@@ -20,10 +20,11 @@ from featurelake.auditing.runner import (
     report_properties,
     run_audit,
 )
-from featurelake.engines.local import BATCH_SETTING, LocalEngine, WrittenWindow, is_out_of_memory
+from featurelake.engines.local import BATCH_SETTING, LocalEngine, WrittenWindow
 from featurelake.errors import ConfigError, StorageUnavailableError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
+from featurelake.memory import is_out_of_memory
 from featurelake.monitoring.jobs import monitored_job
 from featurelake.validation.audit import AuditReport
 

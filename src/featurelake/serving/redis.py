@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -47,30 +48,32 @@ T = TypeVar("T")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
-# ARGV: force flag, then (event_ts, seq, full value) per key. The stored prefix is at most 17 + 1 + 19 + 1
-# bytes, so GETRANGE reads it without copying large rows.
+# ARGV: force flag, then the full value per key (``<event_ts>|<seq>|<payload>``): the script reads a record's
+# event time and sequence number from the value's prefix, so a key costs one argument to send. The stored prefix
+# is at most 17 + 1 + 19 + 1 bytes, so GETRANGE reads it without copying large rows.
 _WRITE_LUA = """
 local force = ARGV[1] == '1'
 local changed = 0
+local function stamp(v)
+  local s1 = string.find(v, '|', 1, true)
+  local s2 = string.find(v, '|', s1 + 1, true)
+  return tonumber(string.sub(v, 1, s1 - 1)), tonumber(string.sub(v, s1 + 1, s2 - 1))
+end
 for i = 1, #KEYS do
-  local j = 2 + (i - 1) * 3
+  local value = ARGV[i + 1]
   local write = force
   if not write then
     local cur = redis.call('GETRANGE', KEYS[i], 0, 47)
     if cur == '' then
       write = true
     else
-      local s1 = string.find(cur, '|', 1, true)
-      local s2 = string.find(cur, '|', s1 + 1, true)
-      local cts = tonumber(string.sub(cur, 1, s1 - 1))
-      local cseq = tonumber(string.sub(cur, s1 + 1, s2 - 1))
-      local ts = tonumber(ARGV[j])
-      local seq = tonumber(ARGV[j + 1])
+      local cts, cseq = stamp(cur)
+      local ts, seq = stamp(value)
       write = ts > cts or (ts == cts and seq > cseq)
     end
   end
   if write then
-    redis.call('SET', KEYS[i], ARGV[j + 2])
+    redis.call('SET', KEYS[i], value)
     changed = changed + 1
   end
 end
@@ -175,24 +178,74 @@ class RedisStore(OnlineStore):
     def _write(self, view: str, records: Records, force: bool) -> int:
         flag = "1" if force else "0"
         prefix = f"{self._prefix}{view}:"
-        pipe = self.client.pipeline(transaction=False)
+        calls: list[tuple[list[str], list[str]]] = []
         for start in range(0, len(records), KEYS_PER_CALL):
             stop = start + KEYS_PER_CALL
             keys = [prefix + k for k in records.keys[start:stop]]
-            args: list[Any] = [flag]
-            for ts, seq, payload in zip(
-                records.event_ts[start:stop],
-                records.seqs[start:stop],
-                records.payloads[start:stop],
-                strict=True,
-            ):
-                args += (ts, seq, f"{ts}|{seq}|{payload}")
-            self._script(keys=keys, args=args, client=pipe)
+            values = [
+                f"{ts}|{seq}|{payload}"
+                for ts, seq, payload in zip(
+                    records.event_ts[start:stop],
+                    records.seqs[start:stop],
+                    records.payloads[start:stop],
+                    strict=True,
+                )
+            ]
+            calls.append((keys, [flag, *values]))
         if len(records):
             # A record the script refused is no newer than its key's stored event, which raised the marker.
-            newest = [max(records.event_ts)]
-            self._newest_script(keys=[self._newest_key(view)], args=newest, client=pipe)
+            newest = (self._newest_script, [self._newest_key(view)], [str(max(records.event_ts))])
+        if _pack is not None and len(records):
+            return self._write_packed([(self._script, k, a) for k, a in calls] + [newest])
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self._script(keys=keys, args=args, client=pipe)
+        if len(records):
+            script, keys, args = newest
+            script(keys=keys, args=args, client=pipe)
         return sum(int(n) for n in pipe.execute())
+
+    def _write_packed(self, calls: list[tuple[Script, list[str], list[str]]]) -> int:
+        """The script calls of one write, packed by hiredis in C and sent on one pooled connection.
+
+        A pipeline packs each argument in Python (its encoder, per argument): for a sync of 50k keys that was
+        two thirds of the time spent writing. Every call is idempotent (a record replaces only an older one, or
+        the same one when forced), so a connection that fails, or a server that lost the scripts (NOSCRIPT
+        after a restart), is simply sent the whole write again, once, on a fresh connection.
+        """
+        assert _pack is not None
+        packed = [
+            _pack(("EVALSHA", script.sha, str(len(keys)), *keys, *args)) for script, keys, args in calls
+        ]
+        pool = self.client.connection_pool
+        for attempt in (1, 2):
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                failure: ResponseError | None = None
+                for _ in packed:  # read every reply, so the connection stays in step even after an error
+                    try:
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:
+                        failure = failure or exc
+            except (RedisConnectionError, RedisTimeoutError):
+                conn.disconnect()
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+            if failure is None:
+                return sum(int(n) for n in replies)
+            if not isinstance(failure, NoScriptError) or attempt == 2:
+                raise failure
+            for script in {id(s): s for s, _, _ in calls}.values():  # a restarted server: load them again
+                self.client.script_load(script.script)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def delete(self, view: str, keys: Sequence[str]) -> int:
         def go() -> int:

@@ -59,12 +59,11 @@ from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IcebergType, IntegerType, LongType
 
-from featurelake.engines.local import is_out_of_memory
 from featurelake.errors import CatalogUnavailableError, ConfigError, ConflictError
 from featurelake.features.keys import as_keys, decode_key, key_sql
 from featurelake.lakehouse.retry import retry_commit
 from featurelake.lakehouse.wap import main_snapshot_id
-from featurelake.memory import check_room
+from featurelake.memory import check_room, is_out_of_memory
 from featurelake.serving import codec
 from featurelake.serving.base import OnlineStore, Records, Watermark
 from featurelake.training.scan import stream_scan
