@@ -43,6 +43,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,8 @@ if TYPE_CHECKING:
 
 SEQ = "__featurelake_seq"
 _RID = "__featurelake_row"
+_FILE = "__featurelake_file"
+_POS = "__featurelake_pos"
 TAG_PREFIX = "online-sync-"
 #: Up to this many re-read keys are pushed into the Iceberg scan as an IN filter (file pruning by stats).
 _IN_FILTER_MAX = 1000
@@ -638,7 +641,14 @@ def iter_added(planned: SyncPlan, batch_rows: int) -> Iterator[pa.Table]:
 def latest_added(planned: SyncPlan, reducer: Reducer, batch_rows: int) -> tuple[pa.Table | None, int]:
     """The latest added row per key (every read column and :data:`SEQ`) and the number of rows read, reading
     ``batch_rows`` at a time and keeping only each key's latest row in between: memory follows the part
-    and the number of keys, not the rows added."""
+    and the number of keys, not the rows added.
+
+    Without row-level deletes, in two passes: the key and event-time columns of every added file find each
+    key's winning row (file and position), then only the files holding winners are read whole, one at a time.
+    Newer rows mostly sit in newer files (a day's partition), so a sync of many days decodes the feature
+    columns of the last ones only."""
+    if not planned.deletes:
+        return _latest_two_pass(planned, reducer, batch_rows)
     winners: pa.Table | None = None
     rows = 0
     for part in iter_added(planned, batch_rows):
@@ -648,6 +658,64 @@ def latest_added(planned: SyncPlan, reducer: Reducer, batch_rows: int) -> tuple[
         winners = reducer.latest(part)
         del part
     return winners, rows
+
+
+def _latest_two_pass(planned: SyncPlan, reducer: Reducer, batch_rows: int) -> tuple[pa.Table | None, int]:
+    tbl, added = planned.table, planned.added
+    if not added:
+        return None, 0
+    narrow_columns = [*reducer.key_names, reducer.ts_name]
+    narrow_scan = ArrowScan(tbl.metadata, tbl.io, tbl.schema().select(*narrow_columns), AlwaysTrue())
+    narrow_width = _row_bytes(tbl, narrow_columns) + 16  # and the file and position columns
+
+    def positions(item: tuple[int, tuple[DataFile, int]]) -> pa.Table:
+        index, (df, seq) = item
+        part = narrow_scan.to_table([FileScanTask(df)])  # no delete files: every row, in the file's order
+        n = part.num_rows
+        return (
+            part.append_column(SEQ, pa.repeat(pa.scalar(seq, pa.int64()), n))
+            .append_column(_FILE, pa.repeat(pa.scalar(index, pa.int32()), n))
+            .append_column(_POS, pa.array(np.arange(n, dtype=np.int64)))
+        )
+
+    # Threads of its own: PyIceberg's shared executor is the one each file read submits to (nested waits on
+    # it would deadlock once every worker waits for another).
+    found: pa.Table | None = None
+    rows = first = 0
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="featurelake-sync") as executor:
+        for group in _groups(added, batch_rows):
+            count = sum(int(df.record_count or 0) for df, _ in group)
+            check_room(count * narrow_width, f"reading {count:,} rows of {planned.view.name} at once")
+            items = list(enumerate(group, start=first))
+            first += len(group)
+            kept = [found] if found is not None else []
+            part = pa.concat_tables([*kept, *executor.map(positions, items)])
+            rows += part.num_rows - (found.num_rows if found is not None else 0)
+            found = reducer.latest(part)
+            del part
+    if found is None or found.num_rows == 0:
+        return None, rows
+    full_scan = ArrowScan(tbl.metadata, tbl.io, tbl.schema().select(*planned.columns), AlwaysTrue())
+    width = _row_bytes(tbl, planned.columns)
+    order = pc.sort_indices(found, [(_FILE, "ascending"), (_POS, "ascending")])
+    found = found.take(order).select([_FILE, _POS])
+    files = found.column(_FILE).to_numpy()
+    bounds = np.flatnonzero(np.diff(files)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(files)]])
+
+    def winners_of(span: tuple[int, int]) -> pa.Table:
+        lo, hi = span
+        df, seq = added[int(files[lo])]
+        check_room(int(df.record_count or 0) * width, f"reading a data file of {planned.view.name}")
+        whole = full_scan.to_table([FileScanTask(df)])
+        picked = whole.take(found.column(_POS).slice(lo, hi - lo))
+        return picked.append_column(SEQ, pa.repeat(pa.scalar(seq, pa.int64()), picked.num_rows))
+
+    # One file read whole at a time (Arrow decodes its columns on several threads): memory holds that file and
+    # the winners so far, never the window.
+    parts = [winners_of(span) for span in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return pa.concat_tables(parts, promote_options="permissive"), rows
 
 
 def _apply_locally(
