@@ -37,20 +37,27 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-DAYS = 30
-START = datetime(2024, 1, 1, tzinfo=UTC)
-END = START + timedelta(days=DAYS)
-ENTITY_ROWS = 500_000
-FLOATS, LONGS = 6, 4
-FEATURES = [f"f{i}" for i in range(FLOATS)] + [f"n{i}" for i in range(LONGS)]
+# The data (and its constants) are shared with Feast's side of `make bench-peers`: benchmarks/scale_data.py.
+from scale_data import (
+    DAYS,
+    END,
+    ENTITY_ROWS,
+    FEATURES,
+    FLOATS,
+    LONGS,
+    SEED,
+    START,
+    human,
+    parse_size,
+    write_entities,
+    write_source,
+)
+
 JOBS = ("backfill", "sync", "training", "predict")
 RSS_RATIO, RSS_MAX, TIME_RATIO = 1.5, 2 * 1024**3, 11.0
-SEED = 23
-
 FEATURES_PY = """
 from featurelake import Entity, FeatureView, Source
 
@@ -66,64 +73,7 @@ events = FeatureView(
 """
 
 
-def parse_size(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
-    return int(float(text.rstrip("KM")) * mult)
-
-
-def entities_for(rows: int) -> int:
-    return min(1_000_000, max(50_000, rows // 60))
-
-
 # --- setup (untimed) ----------------------------------------------------------------------------------
-
-
-def write_source(root: Path, rows: int) -> None:
-    """``rows`` events over DAYS days, one Parquet file a day (generated a day at a time)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    data = root / "data" / "events"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(SEED)
-    users = entities_for(rows)
-    per_day = np.full(DAYS, rows // DAYS)
-    per_day[: rows % DAYS] += 1
-    base = int(START.timestamp()) * 1_000_000
-    for d, n in enumerate(per_day):
-        micros = base + d * 86_400_000_000 + np.sort(rng.integers(0, 86_400_000_000, n))
-        cols: dict[str, Any] = {
-            "user_id": pa.array(rng.integers(1, users + 1, n), pa.int64()),
-            "event_ts": pa.array(micros, pa.timestamp("us", tz="UTC")),
-        }
-        for i in range(FLOATS):
-            cols[f"f{i}"] = pa.array(rng.normal(0.0, 1.0, n))
-        for i in range(LONGS):
-            cols[f"n{i}"] = pa.array(rng.integers(0, 1000, n), pa.int64())
-        pq.write_table(pa.table(cols), data / f"{(START + timedelta(days=d)).date()}.parquet")
-
-
-def write_entities(root: Path, rows: int) -> Path:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = np.random.default_rng(SEED + 1)
-    span = DAYS * 86_400_000_000
-    base = int(START.timestamp()) * 1_000_000
-    table = pa.table(
-        {
-            "user_id": pa.array(rng.integers(1, entities_for(rows) + 1, ENTITY_ROWS), pa.int64()),
-            "event_timestamp": pa.array(
-                base + rng.integers(0, span, ENTITY_ROWS), pa.timestamp("us", tz="UTC")
-            ),
-        }
-    )
-    path = root / "entities.parquet"
-    pq.write_table(table, path)
-    return path
 
 
 def write_model(root: Path) -> Path:
@@ -208,10 +158,6 @@ def measure(job: str, root: Path) -> dict[str, Any]:
 
 
 # --- report -------------------------------------------------------------------------------------------
-
-
-def human(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def report(results: dict[int, dict[str, dict[str, Any]]], jobs: list[str]) -> list[str]:
