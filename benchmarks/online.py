@@ -467,14 +467,29 @@ def print_inprocess(inproc: dict[int, dict[str, list[float]]]) -> None:
         )
 
 
-def lookups_only(args: argparse.Namespace) -> None:
-    """(b) and (c) alone, ``args.rounds`` times, on a synced project (no wrk); best p99 of each line."""
+@contextlib.contextmanager
+def synced_project(args: argparse.Namespace) -> Iterator[tuple[featurelake.Featurelake, pa.Table, int]]:
+    """A redis-server of its own and a project of ``args``'s rows synced into it, for the ``--*-only``
+    runs: (the project, its rows, the Redis port); everything is stopped and removed afterwards."""
     work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
     redis_proc, redis_port = start_redis(work)
     try:
         rows = make_rows(args.users, args.days, args.seed)
         fl = setup_project(work / "proj", f"redis://127.0.0.1:{redis_port}/0", rows)
-        fl.sync()
+        try:
+            fl.sync()
+            yield fl, rows, redis_port
+        finally:
+            fl.close()
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def lookups_only(args: argparse.Namespace) -> None:
+    """(b) and (c) alone, ``args.rounds`` times, on a synced project (no wrk); best p99 of each line."""
+    with synced_project(args) as (fl, rows, redis_port):
         raw_hset(redis.Redis(port=redis_port, db=1), latest_rows(rows, args.days, args.users))
         print(f"{args.users} users x {args.days} days x 20 features; {args.rounds} rounds")
         best: dict[str, float] = {}
@@ -500,11 +515,6 @@ def lookups_only(args: argparse.Namespace) -> None:
             verdict = f"  target <= {target:g}: {'met' if v <= target else 'NOT met'}" if target else ""
             print(f"  {k:38s} {v:7.3f}{verdict}")
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
-        fl.close()
-    finally:
-        redis_proc.kill()
-        redis_proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def bench_on_demand(args: argparse.Namespace, fl: featurelake.Featurelake) -> dict[str, list[float]]:
@@ -577,40 +587,20 @@ def print_push(d: dict[str, Any]) -> None:
 
 def push_only(args: argparse.Namespace) -> None:
     """(f) alone, on a small synced project (no wrk)."""
-    work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
-    redis_proc, redis_port = start_redis(work)
-    try:
-        rows = make_rows(args.users, args.days, args.seed)
-        fl = setup_project(work / "proj", f"redis://127.0.0.1:{redis_port}/0", rows)
-        fl.sync()
+    with synced_project(args) as (fl, _, redis_port):
         print(f"load average {os.getloadavg()[0]:.2f}; {args.users} users x {args.days} days x 20 features")
         result = bench_push(args, fl.project.root, redis_port)
         print_push(result)
         print(f"load average at the end {os.getloadavg()[0]:.2f}")
         if args.json:
             args.json.write_text(json.dumps({"push": result}, indent=1))
-        fl.close()
-    finally:
-        redis_proc.kill()
-        redis_proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def on_demand_only(args: argparse.Namespace) -> None:
     """(e) alone, on a small synced project (no server, no wrk)."""
-    work = Path(tempfile.mkdtemp(prefix="fl-online-bench-"))
-    redis_proc, redis_port = start_redis(work)
-    try:
-        rows = make_rows(args.users, args.days, args.seed)
-        fl = setup_project(work / "proj", f"redis://127.0.0.1:{redis_port}/0", rows)
-        fl.sync()
+    with synced_project(args) as (fl, _, _):
         print(f"load average {os.getloadavg()[0]:.2f}; {args.users} users x {args.days} days x 20 features")
         print_on_demand(bench_on_demand(args, fl))
-        fl.close()
-    finally:
-        redis_proc.kill()
-        redis_proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
