@@ -24,7 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import featurelake
+from featurelake.errors import AuditFailed
 from tests.helpers import START, day
+from tests.scale_child import KEPT
 
 pytestmark = pytest.mark.slow
 
@@ -91,13 +94,24 @@ def run_capped(root: Path, job: str) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
-def project(root: Path, batch_days: int, sync_batch_rows: int = 200_000) -> int:
+#: The same views with a row limit read from the environment: a run with SCALE_MAX_ROWS=1 is refused by its
+#: audit and its branch kept; without it the branch passes its re-audit.
+KEPT_FEATURES = "import os\n" + FEATURES.replace(
+    "fields=fields,\n)",
+    'fields=fields,\n    checks=[checks.row_count(max=int(os.environ.get("SCALE_MAX_ROWS", "1000000000")))],\n)',
+).replace(
+    "from featurelake import Entity, FeatureView, Source",
+    "from featurelake import Entity, FeatureView, Source, checks",
+)
+
+
+def project(root: Path, batch_days: int, sync_batch_rows: int = 200_000, features: str = FEATURES) -> int:
     size = write_events(root / "data" / "events")
     (root / "featurelake.yaml").write_text(
         f"project: scale\nnamespace: features\nbackfill:\n  batch_days: {batch_days}\n  batch_min_rows: 0\n"
         f"online_store:\n  sync_batch_rows: {sync_batch_rows}\n"
     )
-    (root / "features.py").write_text(textwrap.dedent(FEATURES))
+    (root / "features.py").write_text(textwrap.dedent(features))
     return size
 
 
@@ -135,3 +149,26 @@ def test_a_sync_reading_the_window_at_once_stops_naming_the_setting(tmp_path: Pa
         f"lower online_store.sync_batch_rows (FEATURELAKE_ONLINE_STORE__SYNC_BATCH_ROWS, now {ROWS})"
         in (sync["error"])
     )
+
+
+def test_reaudit_and_publish_of_a_kept_branch_several_times_the_cap(tmp_path: Path) -> None:
+    """A kept branch is re-audited and published file by file under the cap a batched backfill runs in; the
+    same re-audit reading the window into memory (the fallback) stops under it."""
+    size = project(tmp_path, batch_days=1, features=KEPT_FEATURES)
+    assert size >= 4 * BUDGET
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCALE_MAX_ROWS", "1")  # every run refused: its branch kept
+        with featurelake.open(tmp_path) as fl:
+            fl.apply()
+            for view, end in (("warm", day(2)), ("warm1", day(1)), ("big", day(DAYS))):
+                with pytest.raises(AuditFailed):
+                    fl.backfill(view, day(0), end, run_id=KEPT)
+    read = run_capped(tmp_path, "reaudit-read")
+    assert read["streamed"] is False and read.get("out_of_memory") is True, read
+    streamed = run_capped(tmp_path, "reaudit")
+    assert streamed["streamed"] is True and "error" not in streamed, streamed
+    assert (streamed["audit_rows"], streamed["audit_passed"]) == (ROWS, True)
+    assert (streamed["rows"], streamed["rebases"]) == (ROWS, 0)
+    assert streamed["vm_peak"] <= streamed["cap"]
+    with featurelake.open(tmp_path) as fl:
+        assert fl.project.load_table("big").scan().count() == ROWS

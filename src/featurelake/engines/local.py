@@ -20,8 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.manifest import FileFormat
 from pyiceberg.table import Table
+from pyiceberg.types import TimestampType, TimestamptzType
 
 from featurelake import duck
 from featurelake.engines.aggregate_sql import compile_aggregations
@@ -37,6 +40,8 @@ from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
 from featurelake.lakehouse.write import (
+    DAY_US,
+    EPOCH,
     WRITERS,
     overwrite_window,
     partition_slices,
@@ -378,6 +383,73 @@ class LocalEngine(Engine):
         assert tip is not None
         return tip
 
+    def branch_window(
+        self, table: Table, snapshot_id: int, window: Window, timestamp_field: str
+    ) -> WrittenWindow | None:
+        """The rows of ``window`` at ``snapshot_id`` (a kept branch's tip) as a :class:`WrittenWindow` over the
+        data files that hold them: re-auditing a kept branch then streams its files as a backfill's audit does,
+        instead of :meth:`read` loading the window as one table.
+
+        None (the caller reads the window then) unless the files give exactly the rows the read gives:
+        - the table has only ever had one schema (Arrow reads a file by column name, PyIceberg by field id: a
+          file written before a rename or a type change would differ), of columns Arrow and DuckDB read alike;
+        - Parquet files without delete files;
+        - every file's ``timestamp_field`` bounds are known and inside the window, with no nulls (the read's
+          filter drops rows outside it that a straddling file holds);
+        - PyIceberg has the internals :meth:`commit_batches` uses: a publish that has to rebase adds the same
+          files to the reset branch.
+
+        Files stay in the order the scan plans them, the order in which the read concatenates them, so the
+        audit's sample draws the same rows. The batches (each proven unique on its own, see
+        ``WrittenWindow._per_batch``) are the files of one UTC day, ordered by lower bound then path; a file
+        spanning several days joins them into one batch, so no two batches share an event time.
+        """
+        if len(table.metadata.schemas) != 1 or not compat.fast_overwrite_available():
+            return None
+        schema = table.schema().as_arrow()
+        if not all(_arrow_plain(f.type) for f in schema):
+            return None
+        try:
+            ts = table.schema().find_field(timestamp_field)
+        except ValueError:
+            return None  # the read reports the missing column
+        if not isinstance(ts.field_type, TimestampType | TimestamptzType):
+            return None
+        start, end = _micros(window.start), _micros(window.end)
+        spans: list[tuple[int, int, str, DataFile]] = []
+        files: list[DataFile] = []
+        plan = table.scan(row_filter=window.iceberg_filter(timestamp_field), snapshot_id=snapshot_id)
+        for task in plan.plan_files():
+            data_file = task.file
+            if task.delete_files or data_file.file_format != FileFormat.PARQUET:
+                return None
+            lower = (data_file.lower_bounds or {}).get(ts.field_id)
+            upper = (data_file.upper_bounds or {}).get(ts.field_id)
+            nulls = (data_file.null_value_counts or {}).get(ts.field_id)
+            if lower is None or upper is None or (not ts.required and nulls != 0):
+                return None
+            lo, hi = int(from_bytes(ts.field_type, lower)), int(from_bytes(ts.field_type, upper))
+            if lo < start or hi >= end:
+                return None
+            spans.append((lo, hi, data_file.file_path, data_file))
+            files.append(data_file)
+        batches: list[list[DataFile]] = []
+        last_day = 0  # the last UTC day the current batch holds
+        for lo, hi, _, data_file in sorted(spans, key=lambda s: (s[0], s[2])):
+            if not batches or lo // DAY_US > last_day:
+                batches.append([])
+                last_day = hi // DAY_US
+            batches[-1].append(data_file)
+            last_day = max(last_day, hi // DAY_US)
+        return WrittenWindow(
+            schema,
+            self.storage,
+            timestamp_field,
+            files=files,
+            num_rows=sum(int(f.record_count) for f in files),
+            batches=batches,
+        )
+
     def to_arrow(self, frame: pa.Table) -> pa.Table:
         return frame
 
@@ -616,6 +688,17 @@ def _plain(t: pa.DataType) -> bool:
         or pa.types.is_date32(t)
         or pa.types.is_decimal128(t)
     )
+
+
+def _arrow_plain(t: pa.DataType) -> bool:
+    """:func:`_plain`, with the large string and binary types Iceberg's Arrow schemas use (Arrow reads a
+    Parquet string column as either, DuckDB sees the same values)."""
+    return pa.types.is_large_string(t) or pa.types.is_large_binary(t) or _plain(t)
+
+
+def _micros(dt: datetime) -> int:
+    """``dt`` (aware) in microseconds since the epoch, as Iceberg stores timestamp bounds."""
+    return (dt - EPOCH) // timedelta(microseconds=1)
 
 
 def _plain_dataset(files: list[str], timestamp_field: str, window: Window) -> tuple[ds.Dataset, Any] | None:

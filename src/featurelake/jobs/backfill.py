@@ -249,13 +249,27 @@ def _kept_branch(
     return tbl, tip, window, keep
 
 
+def _branch_rows(project: Project, view: FeatureView, tbl: Table, tip: int, window: Window) -> Any:
+    """The window's rows on a kept branch, to audit (and, should the publish rebase, to commit again).
+
+    On the local engine, the branch's data files themselves when they hold exactly the window's rows
+    (``LocalEngine.branch_window``): the audit streams them file by file, in the memory a backfill's batch
+    needs, and a rebase adds the same files to the reset branch. Otherwise the window read into memory.
+    """
+    engine = project.engine
+    if isinstance(engine, LocalEngine):
+        files = engine.branch_window(tbl, tip, window, view.timestamp_field)
+        if files is not None:
+            return files
+    return engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
+
+
 @monitored_job("audit")
 def audit_run(project: Project, view_name: str, run_id: str) -> AuditReport:
     """Re-audit the window kept on branch ``audit_<run_id>`` (reads the branch, changes nothing)."""
     view = project.view(view_name)
     tbl, tip, window, _ = _kept_branch(project, view, run_id)
-    frame = project.engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
-    return _audit(project, view, run_id, frame, tip, window)
+    return _audit(project, view, run_id, _branch_rows(project, view, tbl, tip, window), tip, window)
 
 
 @monitored_job("publish")
@@ -266,7 +280,7 @@ def publish_run(
     t0 = time.perf_counter()
     view = project.view(view_name)
     tbl, tip, window, props = _kept_branch(project, view, run_id)
-    frame = project.engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
+    frame = _branch_rows(project, view, tbl, tip, window)
     _say(progress, f"re-auditing branch {wap.branch_name(run_id)}")
     report = _audit(project, view, run_id, frame, tip, window)
     if not report.passed:
