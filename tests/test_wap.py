@@ -122,8 +122,9 @@ def test_lineage_on_every_snapshot(fl: featurelake.Featurelake, project_dir: Pat
     assert hist[0].published_at is not None and hist[0].published_at >= hist[0].committed_at
 
 
-def test_code_version_follows_git(tmp_path: Path) -> None:
-    proj = make_project(tmp_path / "gitproj")
+def git_project(path: Path) -> tuple[Path, str]:
+    """A project whose definitions are committed to a new git repository; returns it and its HEAD."""
+    proj = make_project(path)
     (proj / ".gitignore").write_text(".featurelake/\n")
 
     def git(*args: str) -> str:
@@ -134,7 +135,11 @@ def test_code_version_follows_git(tmp_path: Path) -> None:
     git("init", "-q")
     git("-c", "user.email=t@e", "-c", "user.name=t", "add", "-A")
     git("-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "defs")
-    head = git("rev-parse", "HEAD")
+    return proj, git("rev-parse", "HEAD")
+
+
+def test_code_version_follows_git(tmp_path: Path) -> None:
+    proj, head = git_project(tmp_path / "gitproj")
     with featurelake.open(proj) as fl:
         fl.apply()
         fl.backfill("user_features", day(0), day(2), run_id="clean")
@@ -143,6 +148,28 @@ def test_code_version_follows_git(tmp_path: Path) -> None:
         versions = {h.run_id: h.code_version for h in fl.history("user_features")}
     assert versions["clean"] == head
     assert versions["dirty"] == f"{head}-dirty"
+
+
+def test_a_backfill_reads_git_once_and_names_one_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branch, the audit-log rows and the statistics rows of one backfill name one code version, read once."""
+    proj, head = git_project(tmp_path / "gitproj")
+    reads: list[str] = []
+    real = lineage._git_version
+    monkeypatch.setattr(lineage, "_git_version", lambda d: reads.append(d) or real(d))
+    with featurelake.open(proj) as fl:
+        fl.apply()
+        reads.clear()
+        result = fl.backfill("user_features", day(0), day(2), run_id="once")
+        assert reads == [str(proj)]
+        ns = fl.project.namespace
+        logs = [fl.project.catalog.load_table(f"{ns}.{t}").current_snapshot() for t in ("_audits", "_stats")]
+        snap = fl.project.load_table("user_features").snapshot_by_id(result.snapshot_id)
+    for s in (snap, *logs):
+        assert s is not None and s.summary is not None
+        assert s.summary[lineage.CODE_VERSION] == head and s.summary[lineage.RUN_ID] == "once"
+    assert lineage.code_version(proj) == head and reads[-1] == str(proj)  # outside a job: read every time
 
 
 def test_time_travel_by_snapshot_and_timestamp(fl: featurelake.Featurelake) -> None:

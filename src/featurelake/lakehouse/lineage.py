@@ -7,6 +7,9 @@ import os
 import re
 import secrets
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +24,8 @@ WINDOW_END = "featurelake.window-end"
 OPERATION = "featurelake.operation"
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: The code version of the job running in this context: ``{"dir": project dir}``, plus ``"version"`` once read.
+_JOB_VERSION: ContextVar[dict[str, str] | None] = ContextVar("featurelake_job_code_version", default=None)
 
 
 def new_run_id() -> str:
@@ -54,11 +59,35 @@ def _git_version(directory: str) -> str:
 
 
 def code_version(project_dir: Path) -> str:
-    """Git commit of the project directory, ``-dirty`` when it has uncommitted changes, else ``unknown``."""
+    """Git commit of the project directory, ``-dirty`` when it has uncommitted changes, else ``unknown``.
+
+    Inside :func:`one_code_version` for the same directory, the version read first is given again.
+    """
     override = os.environ.get("FEATURELAKE_CODE_VERSION")
     if override:
         return override
-    return _git_version(str(project_dir))
+    directory, job = str(project_dir), _JOB_VERSION.get()
+    if job is None or job["dir"] != directory:
+        return _git_version(directory)
+    if "version" not in job:
+        job["version"] = _git_version(directory)
+    return job["version"]
+
+
+@contextmanager
+def one_code_version(project_dir: Path) -> Iterator[None]:
+    """Within the block (one job), every commit names the code version git gave at the job's first commit.
+
+    A backfill commits its branch, its audit-log rows and its statistics rows: they are one run of one code,
+    so they name one version, and git runs once per job (two processes, tens of milliseconds in a large
+    repository) instead of once per commit. Read lazily: a job that commits nothing runs no git. Threads the
+    job starts do not see the pin (context variables are per thread) and read git themselves.
+    """
+    token = _JOB_VERSION.set({"dir": str(project_dir)})
+    try:
+        yield
+    finally:
+        _JOB_VERSION.reset(token)
 
 
 def pipeline_user() -> str:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from featurelake import errors
+from featurelake.lakehouse import lineage
 from featurelake.monitoring.recorder import Recorder
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def monitored_job(job: str, *, per_view: bool = True) -> Callable[[F], F]:
                 view = args[0] if args else kwargs.get("view_name", kwargs.get("view", "unknown"))
             else:
                 view = "all"
-            with job_metrics(project, job, str(view)) as rec:
+            with lineage.one_code_version(project.root), job_metrics(project, job, str(view)) as rec:
                 rec.call_kwargs = kwargs
                 result = fn(project, *args, **kwargs)
                 try:
