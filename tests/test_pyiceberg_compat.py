@@ -209,6 +209,35 @@ def test_metadata_update(table: Table) -> None:
     assert table.catalog.load_table("ns.t").properties["test.marker"] == "m1"
 
 
+def test_memoize_transaction_metadata(table: Table) -> None:
+    from pyiceberg.table import Transaction
+    from pyiceberg.table.update import update_table_metadata
+
+    assert compat.memoize_transaction_metadata()  # open_catalog installed it; installing again is a no-op
+    assert compat.memoize_transaction_metadata()
+    tx = table.transaction()
+    first = tx.table_metadata
+    assert tx.table_metadata is first  # computed once per staged state
+    assert first == update_table_metadata(table.metadata, ())
+    tx.set_properties({"test.memo": "1"})
+    staged = tx.table_metadata
+    assert staged is not first and staged.properties["test.memo"] == "1"
+    assert tx.table_metadata is staged
+    # What the memo gives equals what PyIceberg computes, but for the update time it stamps on each call.
+    fresh = update_table_metadata(table.metadata, tx._updates)
+    assert staged.model_copy(update={"last_updated_ms": 0}) == fresh.model_copy(update={"last_updated_ms": 0})
+    with tx.update_snapshot().fast_append() as append:  # a snapshot producer reads it many times
+        for data_file in compat.write_data_files(
+            tx.table_metadata, frame(10, 1, seed=3), table.io, append.commit_uuid, itertools.count(0)
+        ):
+            append.append_data_file(data_file)
+    tx.commit_transaction()
+    assert rows(table) == 310 and table.properties["test.memo"] == "1"
+    other = Transaction(table)  # a new transaction on the committed table: its own memo
+    assert other.table_metadata.properties["test.memo"] == "1"
+    assert other.table_metadata.current_snapshot_id == table.metadata.current_snapshot_id
+
+
 def _pyiceberg_classes() -> tuple[type, ...]:
     """The PyIceberg classes featurelake handles (tables, transactions, catalogs, snapshot updates)."""
     from pyiceberg.catalog import Catalog

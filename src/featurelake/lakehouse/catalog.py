@@ -157,6 +157,8 @@ def open_catalog(
     SQL catalog creates its tables if needed, on an engine with our lock timeout and WAL mode.
     """
     props = dict(properties or {})
+    # Commits stage their metadata dozens of times; PyIceberg recomputes it on each read (compat says why).
+    compat.memoize_transaction_metadata()
     if catalog_type == "sql":
         try:
             engine = _make_engine(uri, lock_timeout)

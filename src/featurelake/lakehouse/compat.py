@@ -15,6 +15,7 @@ first and read this module's docstrings against the new release's changelog.
 - ``append_data_files``: ``Transaction._append_snapshot_producer``; ``lakehouse.write``.
 - ``metadata_update``: ``pyiceberg.table.update._apply_table_update`` and its ``_TableMetadataUpdateContext``;
   ``maintenance.expiry``.
+- ``memoize_transaction_metadata``: ``Transaction._table`` and ``Transaction._updates``; ``lakehouse.catalog``.
 
 ``fast_overwrite_available`` tells whether the four write internals are present; ``lakehouse.write`` falls
 back to the public ``Table.overwrite`` (slower, same result) when they are not.
@@ -206,6 +207,49 @@ def append_data_files(
         yield producer
 
 
+# --- staged metadata, computed once per staged state (lakehouse.catalog) --------------------------------
+
+
+def _staged_metadata(tx: Transaction) -> TableMetadata:
+    from pyiceberg.table.update import update_table_metadata
+
+    base, updates = tx._table.metadata, tx._updates
+    memo = tx.__dict__.get("_featurelake_staged")
+    if memo is not None and memo[0] is base and memo[1] is updates:
+        return memo[2]
+    # Nothing staged: the table's own metadata (PyIceberg would hand out a deep copy of it).
+    staged = update_table_metadata(base, updates) if updates else base
+    # The memo holds base and updates themselves, so their identities cannot be reused by new objects.
+    tx.__dict__["_featurelake_staged"] = (base, updates, staged)
+    return staged
+
+
+@cache
+def memoize_transaction_metadata() -> bool:
+    """Make ``Transaction.table_metadata`` compute a transaction's staged metadata once per staged state.
+
+    PyIceberg 0.12's property re-applies every staged update to the table's metadata and deep-copies the
+    result on every access, and a snapshot producer reads it dozens of times per commit: a backfill's five
+    commits made ~70 such copies, most of the CPU the commits spend outside I/O. The staged state changes only
+    when ``_updates`` is rebound (staging makes a new tuple) or the table's ``metadata`` is (a commit, a
+    refresh), so the result is kept with both and computed again when either changes. ``TableMetadata`` is a
+    frozen model that PyIceberg replaces rather than changes, so handing out one copy is safe. Idempotent;
+    returns whether the patch is in place (False when this PyIceberg lacks the attributes it reads).
+
+    Why private: the memo is keyed on ``Transaction._table`` and ``Transaction._updates``.
+
+    Public replacement: a cached ``table_metadata`` in PyIceberg (then this function can go).
+    """
+    current = Transaction.__dict__.get("table_metadata")
+    if isinstance(current, property) and current.fget is _staged_metadata:
+        return True
+    stored = Transaction.__init__.__code__.co_names  # the attributes __init__ sets
+    if not isinstance(current, property) or "_updates" not in stored or "_table" not in stored:
+        return False
+    Transaction.table_metadata = property(_staged_metadata)  # type: ignore[method-assign, assignment]
+    return True
+
+
 # --- custom table-metadata updates (maintenance.expiry) -----------------------------------------------
 
 
@@ -248,6 +292,7 @@ __all__ = [
     "close_catalog",
     "delete_for_overwrite",
     "fast_overwrite_available",
+    "memoize_transaction_metadata",
     "metadata_update",
     "sql_catalog_on_engine",
     "write_data_files",
