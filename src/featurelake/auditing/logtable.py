@@ -47,12 +47,12 @@ def ensure(project: Project, name: str, schema: Schema) -> Table:
     ident = identifier(project, name)
 
     def create() -> Table:
-        with contextlib.suppress(NamespaceAlreadyExistsError):
-            project.catalog.create_namespace(project.namespace)
-        try:
+        try:  # the usual case, one query: it exists (the namespace is only created along with the table)
             return project.catalog.load_table(ident)
         except NoSuchTableError:
             pass
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            project.catalog.create_namespace(project.namespace)
         try:
             return project.catalog.create_table(
                 ident, schema=schema, properties={"format-version": "2", "featurelake.internal": "true"}
