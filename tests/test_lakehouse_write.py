@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -16,6 +17,8 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import DoubleType, LongType, NestedField, TimestamptzType
 
+from featurelake.errors import UsageError
+from featurelake.lakehouse import wap
 from featurelake.lakehouse.schema import partition_spec
 from featurelake.lakehouse.window import Window
 from featurelake.lakehouse.write import Span, overwrite_window, partition_slices, rewrite_span
@@ -152,9 +155,11 @@ def window(first_day: int, days: int) -> Window:
     return Window(START + timedelta(days=first_day), START + timedelta(days=first_day + days))
 
 
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "time-ordered"])
 @pytest.mark.parametrize(("partition", "groups"), [("day", 70), ("month", 3), ("year", 2), ("none", 1)])
-def test_partition_slices_group_rows_by_partition(partition: str, groups: int) -> None:
-    data = frame(4_000, 70, first_day=-31, shuffle=True)  # 2023-12-01 .. 2024-02-08
+def test_partition_slices_group_rows_by_partition(partition: str, groups: int, shuffle: bool) -> None:
+    # Time-ordered rows are cut by binary search at the partitions' first instants; others are grouped.
+    data = frame(4_000, 70, first_day=-31, shuffle=shuffle)  # 2023-12-01 .. 2024-02-08
     slices = partition_slices(data, "event_ts", partition)
     assert slices is not None and len(slices) == groups
     assert pa.concat_tables(slices).sort_by("user_id").equals(data.sort_by("user_id"))
@@ -163,6 +168,55 @@ def test_partition_slices_group_rows_by_partition(partition: str, groups: int) -
         keys = [{t.isoformat()[:width] for t in s.column("event_ts").to_pylist()} for s in slices]
         assert all(len(k) == 1 for k in keys)
         assert [min(k) for k in keys] == sorted({min(k) for k in keys})  # one partition each, in order
+    if partition == "day":
+        days = [{(t - START).days for t in s.column("event_ts").to_pylist()} for s in slices]
+        assert days == [{d} for d in range(-31, 39)]
+
+
+def test_time_ordered_slices_cut_exactly_at_partition_edges() -> None:
+    """Rows on the first and last microsecond of a day, of a month and of a year, and days with no rows."""
+    edges = [datetime(2023, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)]
+    edges += [datetime(2024, 1, 3, 12, tzinfo=UTC), datetime(2024, 1, 31, 23, 59, 59, 999_999, tzinfo=UTC)]
+    edges += [datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)]  # a tie
+    ts = pa.array(edges, pa.timestamp("us", tz="UTC"))
+    data = pa.table({"user_id": pa.array(range(len(edges)), pa.int64()), "event_ts": ts})
+    expected = {
+        "day": [[0], [1], [2], [3], [4, 5]],
+        "month": [[0], [1, 2, 3], [4, 5]],
+        "year": [[0], [1, 2, 3, 4, 5]],
+    }
+    for partition, groups in expected.items():
+        slices = partition_slices(data, "event_ts", partition)
+        assert slices is not None
+        assert [s.column("user_id").to_pylist() for s in slices] == groups, partition
+
+
+@pytest.mark.parametrize("partition", ["day", "month"])
+def test_overwrite_window_creates_a_missing_branch_in_the_same_commit(tmp_path: Path, partition: str) -> None:
+    """A run's branch created with its write: one metadata commit, the rows a separate creation gives."""
+    ours = table_partitioned(tmp_path, partition, "ours")
+    theirs = table_partitioned(tmp_path, partition, "theirs")  # the branch created on its own first
+    for tbl in (ours, theirs):
+        tbl.append(frame(1_500, 10, seed=3))
+    main_before = ours.refs()["main"].snapshot_id
+    commits_before = len(ours.metadata.metadata_log)
+    part = Window(
+        START + timedelta(days=2, hours=6), START + timedelta(days=6)
+    )  # straddles day 2 (and months)
+    new_rows = frame(700, 4, seed=4, first_day=2).filter(
+        pc.field("event_ts") >= pa.scalar(part.start, pa.timestamp("us", "UTC"))
+    )
+    props = {"featurelake.run-id": "r2"}
+    overwrite_window(ours, new_rows, part, "event_ts", props, "audit_r2")
+    theirs.manage_snapshots().create_branch(theirs.refs()["main"].snapshot_id, "audit_r2").commit()
+    overwrite_window(theirs, new_rows, part, "event_ts", props, "audit_r2")
+    ours = ours.refresh()
+    assert len(ours.metadata.metadata_log) == commits_before + 1  # create + delete + append: one commit
+    assert ours.refs()["main"].snapshot_id == main_before
+    assert contents(ours, "audit_r2").equals(contents(theirs.refresh(), "audit_r2"))
+    assert contents(ours).num_rows == 1_500
+    with pytest.raises(UsageError, match="already exists"), ours.transaction() as tx:  # never created twice
+        wap.stage_branch(tx, ours, "audit_r2")
 
 
 @EMPTY_DELETE

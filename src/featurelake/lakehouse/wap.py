@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.refs import SnapshotRefType
+from pyiceberg.table.update.snapshot import ManageSnapshots
 
 from featurelake.errors import ConflictError, UsageError
 from featurelake.lakehouse.lineage import RUN_ID
@@ -89,6 +90,24 @@ def create_branch(tbl: Table, name: str) -> int:
         raise UsageError(f"branch {name} already exists in {'.'.join(tbl.name())}: choose another run id")
     # Its own commit: chaining other ref changes onto it drops the requirements that keep main safe.
     tbl.manage_snapshots().create_branch(fork, name).commit()
+    return fork
+
+
+def stage_branch(tx: Transaction, tbl: Table, name: str) -> int:
+    """Stage the creation of branch ``name`` at main's snapshot in ``tx`` (a transaction on ``tbl`` whose next
+    updates write to the branch); return the fork point. One commit then creates the branch and writes the
+    run, where a separate creation is one more metadata commit per backfill.
+
+    Safe to chain, unlike other ref changes (see :func:`create_branch`): a transaction keeps the first
+    requirement of each kind, here "``name`` does not exist yet", which is the one the catalog must check;
+    main is not touched by such a transaction.
+    """
+    fork = main_snapshot_id(tbl)
+    if fork is None:
+        raise UsageError(f"{'.'.join(tbl.name())} has no snapshot on main yet: run `featurelake apply` first")
+    if name in tbl.metadata.refs:
+        raise UsageError(f"branch {name} already exists in {'.'.join(tbl.name())}: choose another run id")
+    ManageSnapshots(tx).create_branch(fork, name).commit()
     return fork
 
 

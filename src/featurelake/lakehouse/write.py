@@ -46,7 +46,7 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
 from pyiceberg.types import NestedField, PrimitiveType
 
-from featurelake.lakehouse import compat
+from featurelake.lakehouse import compat, wap
 from featurelake.lakehouse.schema import partition_of
 from featurelake.lakehouse.window import Window
 
@@ -188,6 +188,15 @@ def _partition_keys(micros: np.ndarray, partition: str) -> np.ndarray:
     return days.astype("datetime64[D]").astype(f"datetime64[{unit}]").astype(np.int64)
 
 
+def _partition_starts(first: int, stop: int, partition: str) -> np.ndarray:
+    """The first microsecond of partitions ``first`` to ``stop - 1`` (as :func:`_partition_keys` numbers them)."""
+    keys = np.arange(first, stop, dtype=np.int64)
+    if partition == "day":
+        return keys * DAY_US
+    unit = "M" if partition == "month" else "Y"
+    return keys.astype(f"datetime64[{unit}]").astype("datetime64[D]").astype(np.int64) * DAY_US
+
+
 def partition_slices(frame: pa.Table, timestamp_field: str, partition: str) -> list[pa.Table] | None:
     """``frame``'s rows grouped by UTC ``partition`` (``day``/``month``/``year``) of ``timestamp_field``, in
     time order; ``[frame]`` for ``none``; None if it cannot tell (PyIceberg's own split is used then)."""
@@ -200,6 +209,13 @@ def partition_slices(frame: pa.Table, timestamp_field: str, partition: str) -> l
     if not pa.types.is_timestamp(t) or t.unit != "us" or col.null_count:
         return None
     micros = pa.chunked_array([c.view(pa.int64()) for c in col.chunks], pa.int64()).to_numpy()
+    if micros.size > 1 and bool(np.all(micros[1:] >= micros[:-1])):
+        # Time-ordered rows (a backfill's usual frame): cut at the partitions' first instants by binary
+        # search instead of computing every row's partition (a third of the time at 1M rows).
+        first, last = (int(k) for k in _partition_keys(micros[[0, -1]], partition))
+        cuts = np.searchsorted(micros, _partition_starts(first + 1, last + 1, partition))
+        bounds = np.concatenate([[0], cuts, [micros.size]])
+        return [frame.slice(int(a), int(b - a)) for a, b in itertools.pairwise(bounds) if b > a]
     keys = _partition_keys(micros, partition)
     if keys.size > 1 and not bool(np.all(keys[1:] >= keys[:-1])):
         lo = int(keys.min())
@@ -221,9 +237,12 @@ def overwrite_window(
     properties: dict[str, str],
     branch: str,
 ) -> None:
-    """Replace ``window`` on ``branch`` with ``frame`` in one commit (see the module docstring)."""
-    span = rewrite_span(table, branch, window, timestamp_field)
-    kept = rows_to_keep(table, branch, span, window, timestamp_field)
+    """Replace ``window`` on ``branch`` with ``frame`` in one commit (see the module docstring). A ``branch``
+    that does not exist yet is created at main's snapshot in that same commit (:func:`wap.stage_branch`)."""
+    create = branch != wap.MAIN and branch not in table.metadata.refs  # main is made by its first write
+    base = wap.MAIN if create else branch  # what the branch holds before the write
+    span = rewrite_span(table, base, window, timestamp_field)
+    kept = rows_to_keep(table, base, span, window, timestamp_field)
     if kept is not None and kept.num_rows:
         frame = pa.concat_tables([frame, kept.select(frame.column_names).cast(frame.schema)])
     overwrite_filter = span.iceberg_filter(timestamp_field)
@@ -231,12 +250,16 @@ def overwrite_window(
     fast = compat.fast_overwrite_available() and partition is not None
     slices = partition_slices(frame, timestamp_field, partition) if fast and partition else None
     if slices is None:
+        if create:  # PyIceberg's overwrite commits on its own: the branch must exist first
+            wap.create_branch(table, branch)
         table.overwrite(
             frame, overwrite_filter=overwrite_filter, snapshot_properties=properties, branch=branch
         )
         return
     with table.transaction() as tx:
         compat.check_write_schema(tx.table_metadata, frame.schema)
+        if create:
+            wap.stage_branch(tx, table, branch)
         compat.delete_for_overwrite(tx, overwrite_filter, properties, branch)
         with compat.append_data_files(tx, properties, branch) as append_files:
             metadata, io, counter = tx.table_metadata, table.io, itertools.count(0)
