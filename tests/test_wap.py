@@ -14,8 +14,9 @@ import pytest
 from pyiceberg.exceptions import CommitFailedException
 
 import featurelake
-from featurelake.errors import AuditFailed, UsageError
-from featurelake.lakehouse import lineage, wap
+from featurelake.auditing import audit_log
+from featurelake.errors import AuditFailed, StorageUnavailableError, UsageError
+from featurelake.lakehouse import compat, lineage, wap
 from tests.helpers import START, day, make_project, transactions, write_source
 
 
@@ -326,3 +327,62 @@ def test_concurrent_backfills_in_separate_processes(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys))
     # Every published run's final snapshot is in main's lineage: nothing was rewound.
     assert all(r["snapshot_id"] in main_lineage for r in results)
+
+
+def _storage_down(*args: object, **kwargs: object) -> None:
+    raise StorageUnavailableError("object storage failed (test)")
+
+
+def test_a_failed_branch_write_leaves_no_branch_and_the_run_id_can_be_used_again(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fl.backfill("user_features", day(0), day(2), run_id="base")
+    before = fl.project.load_table("user_features").metadata.current_snapshot_id
+    with monkeypatch.context() as mp:
+        mp.setattr(compat, "write_data_files", _storage_down)
+        with pytest.raises(StorageUnavailableError) as caught:
+            fl.backfill("user_features", day(2), day(4), run_id="again")
+    message = str(caught.value)
+    assert "main is unchanged" in message and "Branch audit_again was not created" in message
+    tbl = fl.project.load_table("user_features")
+    assert "audit_again" not in tbl.metadata.refs and tbl.metadata.current_snapshot_id == before
+    assert fl.backfill("user_features", day(2), day(4), run_id="again").rows > 0
+
+
+def test_a_storage_failure_after_the_branch_commit_says_to_discard_the_branch(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fl.backfill("user_features", day(0), day(2), run_id="base")
+    before = fl.project.load_table("user_features").metadata.current_snapshot_id
+    with monkeypatch.context() as mp:
+        mp.setattr(audit_log, "record", _storage_down)  # the branch is written, its audit cannot be logged
+        with pytest.raises(StorageUnavailableError) as caught:
+            fl.backfill("user_features", day(2), day(4), run_id="kept")
+    message = str(caught.value)
+    assert "main is unchanged" in message
+    assert "`featurelake discard user_features --run-id kept` and repeat the backfill" in message
+    tbl = fl.project.load_table("user_features")
+    assert "audit_kept" in tbl.metadata.refs and tbl.metadata.current_snapshot_id == before
+
+
+def test_when_the_catalog_cannot_tell_whether_the_branch_exists_both_ways_are_named(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fl.backfill("user_features", day(0), day(2), run_id="base")
+    project, load = fl.project, fl.project.load_table
+    down: list[bool] = []
+
+    def write_fails(*args: object, **kwargs: object) -> None:
+        down.append(True)  # from here on, the catalog fails too
+        _storage_down()
+
+    def load_table(name: str) -> object:
+        if down:
+            raise StorageUnavailableError("catalog unreachable (test)")
+        return load(name)
+
+    monkeypatch.setattr(compat, "write_data_files", write_fails)
+    monkeypatch.setattr(project, "load_table", load_table)
+    with pytest.raises(StorageUnavailableError) as caught:
+        fl.backfill("user_features", day(2), day(4), run_id="unknown")
+    assert "(if branch audit_unknown was created) and repeat the backfill" in str(caught.value)

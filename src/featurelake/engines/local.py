@@ -34,7 +34,7 @@ from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
 from featurelake.features.lint import lookback_warnings, parse_statements, walk
-from featurelake.lakehouse import compat
+from featurelake.lakehouse import compat, wap
 from featurelake.lakehouse.schema import partition_of
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
 from featurelake.lakehouse.wap import ref_snapshot_id
@@ -360,12 +360,15 @@ class LocalEngine(Engine):
         """Replace ``window`` on ``branch`` with the files of ``written`` in one snapshot; returns its id.
 
         As :func:`lakehouse.write.overwrite_window`: the span of files that straddle the window is deleted
-        and its rows outside the window are written back (as files of their own) in the same commit.
+        and its rows outside the window are written back (as files of their own) in the same commit, which
+        also creates ``branch`` at main's snapshot if it does not exist yet.
         """
         ts = written.timestamp_field
-        span = rewrite_span(table, branch, window, ts)
+        create = branch != wap.MAIN and branch not in table.metadata.refs
+        base = wap.MAIN if create else branch  # what the branch holds before the write
+        span = rewrite_span(table, base, window, ts)
         files = list(written.files)
-        kept = rows_to_keep(table, branch, span, window, ts)
+        kept = rows_to_keep(table, base, span, window, ts)
         if kept is not None and kept.num_rows:
             kept = kept.select(written.schema.names).cast(written.schema)
             partition = partition_of(table.spec(), table.schema(), ts)
@@ -375,6 +378,8 @@ class LocalEngine(Engine):
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             with table.transaction() as tx:
                 compat.check_write_schema(tx.table_metadata, written.schema)
+                if create:
+                    wap.stage_branch(tx, table, branch)
                 compat.delete_for_overwrite(tx, span.iceberg_filter(ts), properties, branch)
                 with compat.append_data_files(tx, properties, branch) as append_files:
                     for data_file in files:

@@ -127,6 +127,23 @@ def _publish(
     )
 
 
+def _rerun(project: Project, view: FeatureView, run_id: str) -> str:
+    """How to run a window again after its branch write failed: the branch exists only if its commit landed
+    (the local engine creates it in that commit; a failure after it, such as in the audit log, keeps it)."""
+    branch = wap.branch_name(run_id)
+    discard = f"`featurelake discard {view.name} --run-id {run_id}`"
+    try:
+        created = wap.ref_snapshot_id(project.load_table(view.name), branch) is not None
+    except Exception:  # the catalog is failing too: say what to do either way
+        return (
+            f"To run the window again: {discard} (if branch {branch} was created) and repeat the backfill, or "
+            "give a new --run-id"
+        )
+    if created:
+        return f"To run the window again: {discard} and repeat the backfill, or give a new --run-id"
+    return f"Branch {branch} was not created: repeat the backfill (the same --run-id can be used)"
+
+
 @monitored_job("backfill")
 def run_backfill(
     project: Project,
@@ -177,13 +194,11 @@ def run_backfill(
     branch = wap.branch_name(run_id)
     _say(progress, f"writing branch {branch}")
     try:
-        _retry_commit(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
+        if not isinstance(engine, LocalEngine):  # the local engine creates the branch in its write's commit
+            _retry_commit(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
         _, report = _write_and_audit(project, view, window, run_id, frame, props)
     except StorageUnavailableError as exc:
-        raise StorageUnavailableError(
-            f"{exc}. main is unchanged. To run the window again: `featurelake discard {view.name} --run-id "
-            f"{run_id}` (if branch {branch} was created) and repeat the backfill, or give a new --run-id"
-        ) from exc
+        raise StorageUnavailableError(f"{exc}. main is unchanged. {_rerun(project, view, run_id)}") from exc
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
