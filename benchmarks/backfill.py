@@ -1,9 +1,9 @@
 """Benchmark: a Write-Audit-Publish backfill versus a plain PyIceberg append of the same rows.
 
 WAP side: ``featurelake.open(dir).backfill(view, start, end)`` over a day-partitioned feature table, i.e.
-DuckDB query over the Parquet source, create branch, overwrite the window's day partitions on the branch
-(audited meanwhile), report and audit log, fast-forward publish removing the branch in the same commit,
-statistics appended. ``featurelake apply`` (untimed, both sides) creates the tables, featurelake's audit
+the view computed over the Parquet source (a ``SELECT * FROM source`` view is read by Arrow, no DuckDB),
+the window's day partitions overwritten on a branch created in that same commit (audited meanwhile),
+report and audit log, fast-forward publish removing the branch in the same commit, statistics appended. ``featurelake apply`` (untimed, both sides) creates the tables, featurelake's audit
 log and statistics tables included.
 
 Reference side: ``table.append(arrow_table)`` of the same rows (read from the same Parquet files and cast to

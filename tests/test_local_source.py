@@ -58,6 +58,35 @@ def test_reads_the_same_rows_and_types_as_duckdb(tmp_path: Path) -> None:
     assert {(t - START).days for t in ours.column("ts").to_pylist()} == {1, 2}
 
 
+@pytest.mark.parametrize("case", ["inside", "straddling", "null timestamp"])
+def test_rows_the_statistics_place_in_the_window_are_read_like_duckdb(tmp_path: Path, case: str) -> None:
+    """Files whose row groups lie inside the window are read unfiltered; one straddling it, or a null
+    timestamp (no statistics prove it in the window), is filtered: the rows are DuckDB's either way."""
+    tables = [part(1), part(2)]
+    if case == "straddling":
+        tables.append(part(2, rows=30))  # 2024-01-03 06:00 .. 2024-01-04 05:00: past the window's end
+    elif case == "null timestamp":
+        ts = pa.array([START + timedelta(days=2), None], pa.timestamp("us", tz="UTC"))
+        tables.append(part(2, rows=2).set_column(1, "ts", ts))
+    paths = files(tmp_path, tables)
+    ours = read_parquet_window(paths, "ts", WINDOW)
+    theirs = duckdb_read(paths)
+    assert ours is not None and ours.num_rows == theirs.num_rows
+    key = [("ts", "ascending"), ("user_id", "ascending")]
+    assert ours.sort_by(key).equals(theirs.sort_by(key))
+    if case != "inside":
+        assert ours.num_rows < sum(t.num_rows for t in tables)
+
+
+def test_a_rewritten_file_is_read_again_not_from_the_footer_cache(tmp_path: Path) -> None:
+    (path,) = files(tmp_path, [part(1)])
+    first = read_parquet_window([path], "ts", WINDOW)
+    assert first is not None and first.num_rows == 5
+    pq.write_table(part(2, rows=7), path)  # same path, new size and time
+    again = read_parquet_window([path], "ts", WINDOW)
+    assert again is not None and again.num_rows == 7
+
+
 @pytest.mark.parametrize(
     ("tables", "subdir"),
     [

@@ -173,6 +173,31 @@ def test_a_backfill_reads_git_once_and_names_one_version(
     assert lineage.code_version(proj) == head and reads[-1] == str(proj)  # outside a job: read every time
 
 
+def test_the_code_version_read_early_runs_git_on_a_thread_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    proj, head = git_project(tmp_path / "gitproj")
+    threads: list[str] = []
+    real = lineage._git_version
+    monkeypatch.setattr(
+        lineage, "_git_version", lambda d: threads.append(threading.current_thread().name) or real(d)
+    )
+    lineage.read_code_version_early(proj)  # outside a job: nothing to prepare
+    assert threads == []
+    with lineage.one_code_version(proj):
+        lineage.read_code_version_early(proj)
+        lineage.read_code_version_early(proj)  # once is enough
+        assert lineage.code_version(proj) == head and lineage.code_version(proj) == head
+    assert threads == ["featurelake-code-version"]
+    monkeypatch.setenv("FEATURELAKE_CODE_VERSION", "pinned")
+    with lineage.one_code_version(proj):
+        lineage.read_code_version_early(proj)
+        assert lineage.code_version(proj) == "pinned"
+    assert threads == ["featurelake-code-version"]
+
+
 def test_time_travel_by_snapshot_and_timestamp(fl: featurelake.Featurelake) -> None:
     first = fl.backfill("user_features", day(0), day(3))
     old_rows = sorted_rows(fl.read("user_features"))

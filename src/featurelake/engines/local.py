@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import threading
 import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -529,23 +532,57 @@ def _rechunk(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: int) ->
         yield pending
 
 
-def _parquet_rows(path: str, timestamp_field: str, window: Window, filesystem: Any = None) -> int:
-    """Rows of the row groups of ``path`` (on ``filesystem``, default local) whose ``timestamp_field``
-    statistics overlap ``window`` (all of a row group without usable statistics)."""
-    meta = pq.read_metadata(path, filesystem=filesystem)
+#: Footers of local Parquet files read lately, by (path, size, modification time): a backfill reads a
+#: source's footers to size it (``source_rows``) and again to read it (``_plain_dataset``).
+_FOOTERS: OrderedDict[tuple[str, int, int], pq.FileMetaData] = OrderedDict()
+_FOOTERS_LOCK = threading.Lock()
+_FOOTERS_KEPT = 1024
+
+
+def local_footer(path: str) -> pq.FileMetaData:
+    """The footer of local Parquet file ``path``, read once while the file is unchanged."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    with _FOOTERS_LOCK:
+        meta = _FOOTERS.get(key)
+        if meta is not None:
+            _FOOTERS.move_to_end(key)
+            return meta
+    meta = pq.read_metadata(path)
+    with _FOOTERS_LOCK:
+        _FOOTERS[key] = meta
+        while len(_FOOTERS) > _FOOTERS_KEPT:
+            _FOOTERS.popitem(last=False)
+    return meta
+
+
+def _group_spans(meta: pq.FileMetaData, timestamp_field: str) -> Iterator[tuple[int, Any, Any, int | None]]:
+    """(rows, min, max, nulls) of each row group's ``timestamp_field`` (aware datetimes; None: unknown)."""
     index = meta.schema.to_arrow_schema().get_field_index(timestamp_field)
-    total = 0
     for i in range(meta.num_row_groups):
         group = meta.row_group(i)
         stats = group.column(index).statistics if index >= 0 else None
+        lo = hi = nulls = None
         if stats is not None and stats.has_min_max:
             lo, hi = stats.min, stats.max
             if isinstance(lo, datetime) and isinstance(hi, datetime):
                 lo, hi = (v if v.tzinfo else v.replace(tzinfo=UTC) for v in (lo, hi))
-                if hi < window.start or lo >= window.end:
-                    continue
-        total += group.num_rows
-    return total
+            else:
+                lo = hi = None
+        if stats is not None and stats.has_null_count:
+            nulls = stats.null_count
+        yield group.num_rows, lo, hi, nulls
+
+
+def _parquet_rows(path: str, timestamp_field: str, window: Window, filesystem: Any = None) -> int:
+    """Rows of the row groups of ``path`` (on ``filesystem``, default local) whose ``timestamp_field``
+    statistics overlap ``window`` (all of a row group without usable statistics)."""
+    meta = local_footer(path) if filesystem is None else pq.read_metadata(path, filesystem=filesystem)
+    return sum(
+        rows
+        for rows, lo, hi, _ in _group_spans(meta, timestamp_field)
+        if lo is None or not (hi < window.start or lo >= window.end)
+    )
 
 
 def split_window(window: Window, days: int) -> Iterator[Window]:
@@ -712,16 +749,24 @@ def _plain_dataset(files: list[str], timestamp_field: str, window: Window) -> tu
     no hive-style ``key=value`` directories (DuckDB would add those as columns). None otherwise."""
     if any("=" in part for f in files for part in Path(f).parent.parts):
         return None
-    schemas = [pq.read_schema(f) for f in files]
+    footers = [local_footer(f) for f in files]
+    schemas = [m.schema.to_arrow_schema() for m in footers]
     first = schemas[0]
     if any(not s.equals(first) for s in schemas[1:]) or not all(_plain(f.type) for f in first):
         return None
     ts = first.field(timestamp_field).type
     if not pa.types.is_timestamp(ts) or ts.tz is None:
         return None
+    dataset = ds.dataset(files, schema=first.remove_metadata(), format="parquet")
+    inside = all(
+        nulls == 0 and lo is not None and lo >= window.start and hi < window.end
+        for m in footers
+        for _, lo, hi, nulls in _group_spans(m, timestamp_field)
+    )
+    if inside:  # the statistics prove every row is in the window (none null): a filter would only copy them
+        return dataset, None
     lo, hi = pa.scalar(window.start, ts), pa.scalar(window.end, ts)
     field = pc.field(timestamp_field)
-    dataset = ds.dataset(files, schema=first.remove_metadata(), format="parquet")
     return dataset, (field >= lo) & (field < hi)
 
 

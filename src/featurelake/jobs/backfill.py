@@ -156,6 +156,7 @@ def run_backfill(
 ) -> BackfillResult:
     """Compute ``view`` for ``[start, end)``, write it to ``audit_<run_id>``, audit it, publish it to main."""
     t0 = time.perf_counter()
+    lineage.read_code_version_early(project.root)  # git runs while the window is computed
     view = project.view(view_name)
     window = Window.parse(start, end)
     run_id = lineage.check_run_id(run_id or lineage.new_run_id())

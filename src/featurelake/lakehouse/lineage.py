@@ -7,11 +7,14 @@ import os
 import re
 import secrets
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from featurelake.errors import UsageError
 
@@ -24,8 +27,9 @@ WINDOW_END = "featurelake.window-end"
 OPERATION = "featurelake.operation"
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-#: The code version of the job running in this context: ``{"dir": project dir}``, plus ``"version"`` once read.
-_JOB_VERSION: ContextVar[dict[str, str] | None] = ContextVar("featurelake_job_code_version", default=None)
+#: The code version of the job running in this context: ``{"dir": project dir}``, plus ``"version"``: a
+#: future of what git gives, once asked for (:func:`code_version`, :func:`read_code_version_early`).
+_JOB_VERSION: ContextVar[dict[str, Any] | None] = ContextVar("featurelake_job_code_version", default=None)
 
 
 def new_run_id() -> str:
@@ -70,8 +74,34 @@ def code_version(project_dir: Path) -> str:
     if job is None or job["dir"] != directory:
         return _git_version(directory)
     if "version" not in job:
-        job["version"] = _git_version(directory)
-    return job["version"]
+        done: Future[str] = Future()
+        done.set_result(_git_version(directory))
+        job["version"] = done
+    return str(job["version"].result())
+
+
+def read_code_version_early(project_dir: Path) -> None:
+    """Start reading the job's code version now, on a thread, for the job's first commit to find ready
+    (git's processes then overlap the job's compute instead of delaying its first commit). Does nothing
+    outside :func:`one_code_version`, with ``FEATURELAKE_CODE_VERSION`` set, or when already read."""
+    directory, job = str(project_dir), _JOB_VERSION.get()
+    if (
+        job is None
+        or job["dir"] != directory
+        or "version" in job
+        or os.environ.get("FEATURELAKE_CODE_VERSION")
+    ):
+        return
+    pending: Future[str] = Future()
+
+    def read() -> None:
+        try:
+            pending.set_result(_git_version(directory))
+        except BaseException as exc:  # _git_version returns "unknown" on git's errors; this is the rest
+            pending.set_exception(exc)
+
+    job["version"] = pending
+    threading.Thread(target=read, name="featurelake-code-version", daemon=True).start()
 
 
 @contextmanager
