@@ -82,7 +82,9 @@ def test_s3_down_during_the_branch_write_keeps_main_and_the_rerun_is_exact(
     assert "object storage failed while trying to write audit_second" in message
     # With S3 down the table's metadata cannot be read to tell whether the branch exists: both ways are named.
     assert "main is unchanged" in message
-    assert "featurelake discard user_features --run-id second` (if branch audit_second was created)" in message
+    assert (
+        "featurelake discard user_features --run-id second` (if branch audit_second was created)" in message
+    )
     assert "storage.s3.endpoint" in message  # what to check
 
     proxy.start()  # S3 is back, with everything moto kept
