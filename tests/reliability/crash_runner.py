@@ -5,7 +5,8 @@ prints ``PAUSED POINT`` on stderr and sleeps until the test SIGKILLs it, so ever
 phase under test. The product code is not changed: the pause wraps the library functions the job calls.
 Points, in the order the job reaches them:
 
-- ``branch-created``: the branch ``audit_<run id>`` exists at main's snapshot, nothing written to it yet
+- ``writing``: the window's first data file is on disk, nothing is committed: no branch exists yet (the
+  local engine creates it in the write's commit)
 - ``written``: the window's data files are committed on the branch, the audit has not run
 - ``audit``: the audit ran (its log, statistics and reports are written), nothing published
 - ``publish``: publish loaded the table and is about to fast-forward main
@@ -48,10 +49,10 @@ def install(point: str) -> None:
     from featurelake.auditing import wap_run
     from featurelake.engines.local import LocalEngine
     from featurelake.jobs import backfill
-    from featurelake.lakehouse import wap
+    from featurelake.lakehouse import compat, wap
 
-    if point == "branch-created":
-        wap.create_branch = _after(wap.create_branch, point)  # type: ignore[assignment]
+    if point == "writing":
+        compat.write_data_files = _after(compat.write_data_files, point)  # type: ignore[assignment]
     elif point == "written":
         LocalEngine.write_window = _after(LocalEngine.write_window, point)  # type: ignore[method-assign]
     elif point == "audit":

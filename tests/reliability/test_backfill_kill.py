@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.reliability]
 WINDOW = ("--start", day(3), "--end", day(8))
 # Points before main moves, and the one point after it (main published and the branch removed in that one
 # commit; the run's statistics not yet recorded).
-BEFORE_MAIN_MOVES = ["branch-created", "written", "audit", "publish"]
+BEFORE_MAIN_MOVES = ["writing", "written", "audit", "publish"]
 POINTS = [*BEFORE_MAIN_MOVES, "published"]
 KILLS = 4
 
@@ -98,6 +98,21 @@ def test_sigkill_in_phase_leaves_main_whole_and_rerun_succeeds(
         assert killed[0] != before[0]
         assert killed[1] == reference[1], "main moved but does not hold the fully published window"
 
+    if point == "writing":
+        # Killed before its first commit, which would have created the branch: nothing names the run, so
+        # there is nothing to discard and its run id can be used again at once (the files it wrote are
+        # orphans for `maintain --remove-orphans`).
+        with featurelake.open(root) as h:
+            assert "audit_crash" not in h.project.load_table(VIEW).metadata.refs
+            assert [s for s in h.history(VIEW, all_snapshots=True) if s.run_id == "crash"] == []
+            with pytest.raises(UsageError, match="nothing to discard"):
+                h.discard(VIEW, "crash")
+        assert state(root) == killed
+        rerun = cli(root, "backfill", VIEW, *WINDOW, "--run-id", "crash", "--json")
+        assert rerun.returncode == 0, rerun.stderr
+        assert state(root)[1] == reference[1]
+        return
+
     with featurelake.open(root) as h:
         # The orphan is reported: its run id cannot be reused and the message names the kept branch (once
         # published, the snapshot the run committed)...
@@ -107,11 +122,8 @@ def test_sigkill_in_phase_leaves_main_whole_and_rerun_succeeds(
         assert named in str(ei.value) and "--run-id" in str(ei.value)
         # ...its written snapshots are listed by `history --all` (an overwrite is a delete + an append)...
         crash_snaps = [s for s in h.history(VIEW, all_snapshots=True) if s.run_id == "crash"]
-        if point == "branch-created":
-            assert crash_snaps == []  # nothing was written: the branch sits on main's snapshot
-        else:
-            assert crash_snaps
-            assert any(s.on_main for s in crash_snaps) is (point == "published")
+        assert crash_snaps
+        assert any(s.on_main for s in crash_snaps) is (point == "published")
         # ...and `discard` removes the branch without touching main (a published run has none left).
         if point in BEFORE_MAIN_MOVES:
             h.discard(VIEW, "crash")
