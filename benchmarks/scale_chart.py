@@ -54,7 +54,8 @@ def draw(fl: dict[str, list[dict[str, Any]]], feast: dict[str, Any], out: Path, 
     sizes: set[int] = set()
     for ax, key, ylabel in ((axes[0], "seconds", "wall time (s)"), (axes[1], "peak_rss_mb", "peak RSS (MB)")):
         values: list[float] = []
-        placed: dict[int, int] = {}  # labels already beside a size's crosses: stack the next one above them
+        placed: dict[int, int] = {}  # labels already beside a size's crosses: stack the next one below them
+        anchor: dict[int, float] = {}  # where a size's first label sits: the stack hangs from there
         for label, colour, style, marker, fl_job, fe_job in SERIES:
             pts = fl.get(fl_job, []) if fl_job else feast["feast"].get(fe_job, [])
             if not pts:
@@ -78,8 +79,9 @@ def draw(fl: dict[str, list[dict[str, Any]]], feast: dict[str, Any], out: Path, 
                     ax.plot(p["rows"], p[key], "x", color=colour, markersize=11, markeredgewidth=2.5)
                     n = placed[p["rows"]] = placed.get(p["rows"], -1) + 1
                     short = " ".join(label.split()[:2]).rstrip(",")  # "Feast materialize"
+                    at = anchor.setdefault(p["rows"], p[key])  # crosses close in value would overlap their labels
                     ax.annotate(f"{short} {p['status']}",
-                                (p["rows"], p[key]), textcoords="offset points", xytext=(-10, -6 - 11 * n), va="top",
+                                (p["rows"], at), textcoords="offset points", xytext=(-10, -6 - 11 * n), va="top",
                                 ha="right", fontsize=8, color=colour)  # fmt: skip
         if key == "peak_rss_mb" and feast.get("cap_gb"):
             cap = feast["cap_gb"] * 1024
