@@ -79,7 +79,9 @@ def draw(fl: dict[str, list[dict[str, Any]]], feast: dict[str, Any], out: Path, 
                     ax.plot(p["rows"], p[key], "x", color=colour, markersize=11, markeredgewidth=2.5)
                     n = placed[p["rows"]] = placed.get(p["rows"], -1) + 1
                     short = " ".join(label.split()[:2]).rstrip(",")  # "Feast materialize"
-                    at = anchor.setdefault(p["rows"], p[key])  # crosses close in value would overlap their labels
+                    at = anchor.setdefault(
+                        p["rows"], p[key]
+                    )  # crosses close in value would overlap their labels
                     ax.annotate(f"{short} {p['status']}",
                                 (p["rows"], at), textcoords="offset points", xytext=(-10, -6 - 11 * n), va="top",
                                 ha="right", fontsize=8, color=colour)  # fmt: skip
