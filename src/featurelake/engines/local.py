@@ -46,6 +46,7 @@ from featurelake.lakehouse.write import (
     DAY_US,
     EPOCH,
     WRITERS,
+    branch_base,
     overwrite_window,
     partition_slices,
     rewrite_span,
@@ -367,8 +368,7 @@ class LocalEngine(Engine):
         also creates ``branch`` at main's snapshot if it does not exist yet.
         """
         ts = written.timestamp_field
-        create = branch != wap.MAIN and branch not in table.metadata.refs
-        base = wap.MAIN if create else branch  # what the branch holds before the write
+        create, base = branch_base(table, branch)
         span = rewrite_span(table, base, window, ts)
         files = list(written.files)
         kept = rows_to_keep(table, base, span, window, ts)

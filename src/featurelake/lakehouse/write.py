@@ -229,6 +229,14 @@ def partition_slices(frame: pa.Table, timestamp_field: str, partition: str) -> l
     return [frame.slice(int(a), int(b - a)) for a, b in zip(starts, stops, strict=True)]
 
 
+def branch_base(table: Table, branch: str) -> tuple[bool, str]:
+    """``(create, base)`` for a write to ``branch``: whether the write's commit must create it (it does not
+    exist yet; main is made by its first write) and the ref whose rows it holds before the write (main's,
+    where the branch will fork, when it is created)."""
+    create = branch != wap.MAIN and branch not in table.metadata.refs
+    return create, wap.MAIN if create else branch
+
+
 def overwrite_window(
     table: Table,
     frame: pa.Table,
@@ -239,8 +247,7 @@ def overwrite_window(
 ) -> None:
     """Replace ``window`` on ``branch`` with ``frame`` in one commit (see the module docstring). A ``branch``
     that does not exist yet is created at main's snapshot in that same commit (:func:`wap.stage_branch`)."""
-    create = branch != wap.MAIN and branch not in table.metadata.refs  # main is made by its first write
-    base = wap.MAIN if create else branch  # what the branch holds before the write
+    create, base = branch_base(table, branch)
     span = rewrite_span(table, base, window, timestamp_field)
     kept = rows_to_keep(table, base, span, window, timestamp_field)
     if kept is not None and kept.num_rows:
@@ -273,4 +280,4 @@ def overwrite_window(
                         append_files.append_data_file(data_file)
 
 
-__all__ = ["Span", "overwrite_window", "partition_slices", "rewrite_span", "rows_to_keep"]
+__all__ = ["Span", "branch_base", "overwrite_window", "partition_slices", "rewrite_span", "rows_to_keep"]
