@@ -411,6 +411,41 @@ def test_audit_command_reruns_and_rerenders(tmp_path: Path, capsys: pytest.Captu
     assert gone.returncode == 2 and "no branch audit_base" in gone.stderr
 
 
+def test_a_branch_kept_before_the_view_gained_a_column_is_refused_with_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = project(tmp_path / "p", 'checks.drift("amount_avg_1d")')
+    add_shifted_days(root, 20)
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(5), run_id="base")
+        with pytest.raises(AuditFailed):
+            fl.backfill(VIEW, day(20), day(23), run_id="kept")
+        before = state(fl)
+    src = (root / "features.py").read_text()
+    src = src.replace(
+        "avg(amount) AS amount_avg_1d", "avg(amount) AS amount_avg_1d, max(amount) AS amount_max"
+    )
+    src = src.replace('"amount_avg_1d": "double"}', '"amount_avg_1d": "double", "amount_max": "double"}')
+    (root / "features.py").write_text(src)
+    assert cli_here(capsys, root, "apply").returncode == 0
+    with featurelake.open(root) as fl:
+        before = state(fl)
+    for command in ("audit", "publish"):
+        got = cli_here(capsys, root, command, VIEW, "--run-id", "kept")
+        assert got.returncode == 2, got.stderr
+        assert (
+            "branch audit_kept of features.user_features was written before view 'user_features' gained "
+            "column(s) amount_max" in got.stderr
+        )
+        assert f"featurelake backfill {VIEW} --start {day(20)} --end {day(23)}" in got.stderr
+        assert f"featurelake discard {VIEW} --run-id kept" in got.stderr
+    with featurelake.open(root) as fl:
+        assert state(fl) == before  # main as it was
+        assert wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_kept") is not None  # the branch kept
+    assert cli_here(capsys, root, "discard", VIEW, "--run-id", "kept").returncode == 0
+
+
 def test_recorded_report_is_shown_as_written_and_a_lost_page_redrawn(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

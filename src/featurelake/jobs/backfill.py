@@ -21,7 +21,7 @@ from featurelake.auditing.runner import (
     run_audit,
 )
 from featurelake.engines.local import BATCH_SETTING, LocalEngine, WrittenWindow
-from featurelake.errors import ConfigError, StorageUnavailableError, UsageError
+from featurelake.errors import ConfigError, SchemaError, StorageUnavailableError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
 from featurelake.memory import is_out_of_memory
@@ -248,6 +248,7 @@ def _kept_branch(
     if lineage.WINDOW_START not in props or lineage.WINDOW_END not in props:
         raise UsageError(f"branch {branch} holds no backfill written by featurelake (no window recorded)")
     window = Window.parse(props[lineage.WINDOW_START], props[lineage.WINDOW_END])
+    _check_branch_columns(project, view, tbl, snap, branch, run_id, window)
     keep = {
         k: props[k]
         for k in (
@@ -263,6 +264,28 @@ def _kept_branch(
         if k in props
     }
     return tbl, tip, window, keep
+
+
+def _check_branch_columns(
+    project: Project, view: FeatureView, tbl: Table, snap: Any, branch: str, run_id: str, window: Window
+) -> None:
+    """Refuse a kept branch written before the view gained columns: its rows lack them, so neither its
+    audit (the checks and statistics read every column of the view) nor a publish of it means anything
+    under the current definition. The way out is a new run of the window."""
+    schema = tbl.metadata.schema_by_id(snap.schema_id) if snap is not None else None
+    if schema is None or snap.schema_id is None:
+        return
+    have = {f.name for f in schema.fields}
+    missing = [c for c in view.columns if c not in have]
+    if not missing:
+        return
+    raise SchemaError(
+        f"branch {branch} of {project.table_name(view.name)} was written before view {view.name!r} gained "
+        f"column(s) {', '.join(missing)}: its rows cannot be audited or published under the current "
+        f"definition. Backfill the window again (`featurelake backfill {view.name} --start "
+        f"{window.start.date()} --end {window.end.date()}`), then drop the old branch with "
+        f"`featurelake discard {view.name} --run-id {run_id}`"
+    )
 
 
 def _branch_rows(project: Project, view: FeatureView, tbl: Table, tip: int, window: Window) -> Any:
