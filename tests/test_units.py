@@ -170,6 +170,17 @@ def test_config_durations_and_sizes_load_typed(tmp_path: Path, monkeypatch: pyte
     assert s.monitoring.state_retention == timedelta(weeks=2)
 
 
+def test_ingest_log_batches_comes_from_the_config_and_yields_to_an_override(tmp_path: Path) -> None:
+    from featurelake.streaming.ingest import IngestSettings
+
+    (tmp_path / "featurelake.yaml").write_text("ingest:\n  log_batches: 3\n")
+    cfg = ProjectConfig.load(tmp_path).settings.ingest
+    assert IngestSettings.from_config(cfg).log_batches == 3
+    assert IngestSettings.from_config(cfg, log_batches=1).log_batches == 1
+    (tmp_path / "featurelake.yaml").write_text("")
+    assert IngestSettings.from_config(ProjectConfig.load(tmp_path).settings.ingest).log_batches == 10
+
+
 def test_config_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     (tmp_path / "featurelake.yaml").write_text("")
     s = ProjectConfig.load(tmp_path).settings
@@ -206,6 +217,11 @@ def test_config_defaults_are_the_documented_ones(tmp_path: Path) -> None:
             "maintenance:\n  compaction_target_file_size: 100B\n",
             {},
             ["'maintenance.compaction_target_file_size'", "greater than or equal to 1024"],
+        ),
+        (
+            "ingest:\n  log_batches: 0\n",
+            {},
+            ["'ingest.log_batches'", "greater than or equal to 1"],
         ),
         (
             "",

@@ -445,6 +445,9 @@ class IngestConfig(_Section):
     """How long to wait for the broker to answer before StreamUnavailableError."""
     ack_wait_seconds: float = Field(default=60.0, gt=0)
     """NATS JetStream: seconds before the server delivers an unacknowledged message again."""
+    log_batches: int = Field(default=10, ge=1)
+    """Append the batches' audit-log and statistics rows (spooled durably meanwhile) every this many batches,
+    when the stream goes idle and when the consumer stops (1: after every batch)."""
 
 
 class Settings(BaseSettings):
