@@ -382,7 +382,8 @@ def test_bad_checks_are_refused_at_apply(tmp_path: Path, checks_src: str, needle
 # --- the audit command: re-run a kept branch, re-render a published run ---------------------------------
 
 
-def test_audit_command_reruns_and_rerenders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def kept_drift_branch(tmp_path: Path) -> Path:
+    """A project with a published run ``base`` and a run ``kept`` that drift refused (its branch kept)."""
     root = project(tmp_path / "p", 'checks.drift("amount_avg_1d")')
     add_shifted_days(root, 20)
     with featurelake.open(root) as fl:
@@ -390,6 +391,11 @@ def test_audit_command_reruns_and_rerenders(tmp_path: Path, capsys: pytest.Captu
         fl.backfill(VIEW, day(0), day(5), run_id="base")
         with pytest.raises(AuditFailed):
             fl.backfill(VIEW, day(20), day(23), run_id="kept")
+    return root
+
+
+def test_audit_command_reruns_and_rerenders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = kept_drift_branch(tmp_path)
     out = tmp_path / "out" / "kept.html"
     rerun = cli(root, "audit", VIEW, "--run-id", "kept", "--html", str(out))
     assert rerun.returncode == 1 and "FAIL" in rerun.stdout and "audit failed" in rerun.stdout
@@ -414,14 +420,7 @@ def test_audit_command_reruns_and_rerenders(tmp_path: Path, capsys: pytest.Captu
 def test_a_branch_kept_before_the_view_gained_a_column_is_refused_with_the_way_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = project(tmp_path / "p", 'checks.drift("amount_avg_1d")')
-    add_shifted_days(root, 20)
-    with featurelake.open(root) as fl:
-        fl.apply()
-        fl.backfill(VIEW, day(0), day(5), run_id="base")
-        with pytest.raises(AuditFailed):
-            fl.backfill(VIEW, day(20), day(23), run_id="kept")
-        before = state(fl)
+    root = kept_drift_branch(tmp_path)
     src = (root / "features.py").read_text()
     src = src.replace(
         "avg(amount) AS amount_avg_1d", "avg(amount) AS amount_avg_1d, max(amount) AS amount_max"
