@@ -303,12 +303,33 @@ def _branch_rows(project: Project, view: FeatureView, tbl: Table, tip: int, wind
     return engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
 
 
+def _reaudit(
+    project: Project, view: FeatureView, run_id: str, tbl: Table, tip: int, window: Window
+) -> tuple[Any, AuditReport]:
+    """The kept branch's rows and their audit; running out of memory says what to do instead (an audit
+    streaming the branch's files raises its own message, ``WrittenWindow.audit``)."""
+    try:
+        frame = _branch_rows(project, view, tbl, tip, window)
+        return frame, _audit(project, view, run_id, frame, tip, window)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise ConfigError(
+            f"view {view.name!r}: out of memory re-auditing branch {wap.branch_name(run_id)} {window} "
+            f"({type(exc).__name__}: {exc}); a branch whose files do not hold exactly the window's rows is read "
+            "into memory as one table. Give the process more memory, or backfill the window again under "
+            f"a new run id (`featurelake backfill {view.name} --start {window.start.date()} --end "
+            f"{window.end.date()}`; {BATCH_SETTING} bounds its memory) and drop this branch with "
+            f"`featurelake discard {view.name} --run-id {run_id}`. main and the branch are unchanged"
+        ) from exc
+
+
 @monitored_job("audit")
 def audit_run(project: Project, view_name: str, run_id: str) -> AuditReport:
     """Re-audit the window kept on branch ``audit_<run_id>`` (reads the branch, changes nothing)."""
     view = project.view(view_name)
     tbl, tip, window, _ = _kept_branch(project, view, run_id)
-    return _audit(project, view, run_id, _branch_rows(project, view, tbl, tip, window), tip, window)
+    return _reaudit(project, view, run_id, tbl, tip, window)[1]
 
 
 @monitored_job("publish")
@@ -319,9 +340,8 @@ def publish_run(
     t0 = time.perf_counter()
     view = project.view(view_name)
     tbl, tip, window, props = _kept_branch(project, view, run_id)
-    frame = _branch_rows(project, view, tbl, tip, window)
     _say(progress, f"re-auditing branch {wap.branch_name(run_id)}")
-    report = _audit(project, view, run_id, frame, tip, window)
+    frame, report = _reaudit(project, view, run_id, tbl, tip, window)
     if not report.passed:
         raise wap_run.refusal(report)
     _say(progress, "publishing to main")
