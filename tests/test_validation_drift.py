@@ -138,6 +138,7 @@ def test_sample_quantiles_are_the_inverted_cdf_percentiles_of_its_finite_values(
     assert got.present == present.size
     assert got.quantiles == list(np.percentile(finite, PROBS * 100, method="inverted_cdf"))
 
+
 def test_merged_statistics_match_statistics_of_the_union() -> None:
     parts = [RNG.normal(0, 1, 7_000), RNG.exponential(3, 11_000), RNG.uniform(-5, 20, 4_000)]
     merged = merge([stats_of(p) for p in parts])
