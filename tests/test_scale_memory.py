@@ -164,7 +164,14 @@ def test_reaudit_and_publish_of_a_kept_branch_several_times_the_cap(tmp_path: Pa
                 with pytest.raises(AuditFailed):
                     fl.backfill(view, day(0), end, run_id=KEPT)
     read = run_capped(tmp_path, "reaudit-read")
-    assert read["streamed"] is False and read.get("out_of_memory") is True, read
+    # Out of memory under the cap, said as such: what ran out, and the way out.
+    assert read["streamed"] is False, read
+    assert read["error"].startswith(
+        f"ConfigError: view 'big': out of memory re-auditing branch audit_{KEPT} "
+    ), read
+    assert (
+        f"featurelake discard big --run-id {KEPT}" in read["error"] and "backfill.batch_days" in read["error"]
+    )
     streamed = run_capped(tmp_path, "reaudit")
     assert streamed["streamed"] is True and "error" not in streamed, streamed
     assert (streamed["audit_rows"], streamed["audit_passed"]) == (ROWS, True)
