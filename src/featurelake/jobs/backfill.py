@@ -127,11 +127,19 @@ def _publish(
     )
 
 
+def _backfill_again(view: FeatureView, window: Window) -> str:
+    return f"`featurelake backfill {view.name} --start {window.start.date()} --end {window.end.date()}`"
+
+
+def _discard(view: FeatureView, run_id: str) -> str:
+    return f"`featurelake discard {view.name} --run-id {run_id}`"
+
+
 def _rerun(project: Project, view: FeatureView, run_id: str) -> str:
     """How to run a window again after its branch write failed: the branch exists only if its commit landed
     (the local engine creates it in that commit; a failure after it, such as in the audit log, keeps it)."""
     branch = wap.branch_name(run_id)
-    discard = f"`featurelake discard {view.name} --run-id {run_id}`"
+    discard = _discard(view, run_id)
     try:
         created = wap.ref_snapshot_id(project.load_table(view.name), branch) is not None
     except Exception:  # the catalog is failing too: say what to do either way
@@ -213,7 +221,7 @@ def run_backfill(
         raise ConfigError(
             f"view {view.name!r}: out of memory writing and auditing the backfill {window} "
             f"({type(exc).__name__}: {exc}); {advice}, or give the process more memory. main is unchanged; "
-            f"remove the run's branch with `featurelake discard {view.name} --run-id {run_id}`"
+            f"remove the run's branch with {_discard(view, run_id)}"
         ) from exc
     _say(progress, f"audit passed ({len(report.results)} checks); publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
@@ -272,8 +280,10 @@ def _check_branch_columns(
     """Refuse a kept branch written before the view gained columns: its rows lack them, so neither its
     audit (the checks and statistics read every column of the view) nor a publish of it means anything
     under the current definition. The way out is a new run of the window."""
-    schema = tbl.metadata.schema_by_id(snap.schema_id) if snap is not None else None
-    if schema is None or snap.schema_id is None:
+    if snap is None or snap.schema_id is None:
+        return
+    schema = tbl.metadata.schema_by_id(snap.schema_id)
+    if schema is None:
         return
     have = {f.name for f in schema.fields}
     missing = [c for c in view.columns if c not in have]
@@ -282,9 +292,8 @@ def _check_branch_columns(
     raise SchemaError(
         f"branch {branch} of {project.table_name(view.name)} was written before view {view.name!r} gained "
         f"column(s) {', '.join(missing)}: its rows cannot be audited or published under the current "
-        f"definition. Backfill the window again (`featurelake backfill {view.name} --start "
-        f"{window.start.date()} --end {window.end.date()}`), then drop the old branch with "
-        f"`featurelake discard {view.name} --run-id {run_id}`"
+        f"definition. Backfill the window again ({_backfill_again(view, window)}), then drop the old branch "
+        f"with {_discard(view, run_id)}"
     )
 
 
@@ -318,9 +327,8 @@ def _reaudit(
             f"view {view.name!r}: out of memory re-auditing branch {wap.branch_name(run_id)} {window} "
             f"({type(exc).__name__}: {exc}); a branch whose files do not hold exactly the window's rows is read "
             "into memory as one table. Give the process more memory, or backfill the window again under "
-            f"a new run id (`featurelake backfill {view.name} --start {window.start.date()} --end "
-            f"{window.end.date()}`; {BATCH_SETTING} bounds its memory) and drop this branch with "
-            f"`featurelake discard {view.name} --run-id {run_id}`. main and the branch are unchanged"
+            f"a new run id ({_backfill_again(view, window)}; {BATCH_SETTING} bounds its memory) and drop this "
+            f"branch with {_discard(view, run_id)}. main and the branch are unchanged"
         ) from exc
 
 

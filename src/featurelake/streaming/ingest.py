@@ -82,8 +82,14 @@ class IngestSettings:
 
     @classmethod
     def from_config(cls, cfg: IngestConfig, **overrides: Any) -> IngestSettings:
-        base = cls(cfg.batch_rows, cfg.batch_seconds, cfg.poll_seconds, cfg.online, cfg.on_refused)
-        base.log_batches = cfg.log_batches
+        base = cls(
+            cfg.batch_rows,
+            cfg.batch_seconds,
+            cfg.poll_seconds,
+            cfg.online,
+            cfg.on_refused,
+            log_batches=cfg.log_batches,
+        )
         for name, value in overrides.items():
             if name not in cls.__dataclass_fields__:
                 raise UsageError(
