@@ -322,12 +322,13 @@ def _micros(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
-def _float_text(value: float, single: bool) -> str:
+def _float_text(value: float) -> str:
+    """As ``codec.value_sql`` stores a float: a float32 too is its exact value's float64 ``repr``."""
     if math.isnan(value):
         return '"NaN"'
     if math.isinf(value):
         return '"Infinity"' if value > 0 else '"-Infinity"'
-    return str(np.float32(value)) if single else repr(value)
+    return repr(value)
 
 
 class SmallEncoder:
@@ -346,7 +347,7 @@ class SmallEncoder:
         if value is None:
             return "null"
         if isinstance(ftype, DoubleType | FloatType):
-            return _float_text(float(value), isinstance(ftype, FloatType))
+            return _float_text(float(value))
         if isinstance(ftype, TimestampType | TimestamptzType):
             return str(_micros(value))
         if isinstance(ftype, DecimalType):
