@@ -478,6 +478,39 @@ def test_a_reaudit_read_into_memory_that_runs_out_says_what_to_do_and_changes_no
         assert wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_kept") == tip
 
 
+def test_a_streamed_reaudit_that_runs_out_says_what_to_do_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The branch's files hold exactly the window: the audit streams them (engines.local.WrittenWindow).
+    from featurelake.engines.local import WrittenWindow
+
+    root = kept_drift_branch(tmp_path)
+    with featurelake.open(root) as fl:
+        before = state(fl)
+        tip = wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_kept")
+
+    def exhausted(*args: Any, **kwargs: Any) -> Any:
+        raise pa.ArrowMemoryError("malloc of size 1048576 failed")
+
+    monkeypatch.setattr(WrittenWindow, "audit", exhausted)
+    with featurelake.open(root) as fl:
+        for attempt in (fl.audit, fl.publish):
+            with pytest.raises(ConfigError) as info:
+                attempt(VIEW, "kept")
+            msg = str(info.value)
+            assert msg.startswith(f"view '{VIEW}': out of memory re-auditing branch audit_kept "), msg
+            assert "the audit streams the branch's files and holds one batch of days' keys at a time" in msg
+            assert f"featurelake backfill {VIEW} --start {day(20)} --end {day(23)}" in msg
+            assert (
+                f"featurelake discard {VIEW} --run-id kept" in msg
+                and "main and the branch are unchanged" in msg
+            )
+    monkeypatch.undo()
+    with featurelake.open(root) as fl:
+        assert state(fl) == before
+        assert wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_kept") == tip
+
+
 def test_recorded_report_is_shown_as_written_and_a_lost_page_redrawn(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -340,6 +340,48 @@ def test_out_of_memory_in_one_piece_says_what_to_change(
         assert "out of memory computing the backfill" in str(err.value) and advice in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("batch_days", "batched", "advice"),
+    [
+        (2, True, "lower backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS) (now 2) so that fewer days are "
+         "audited at once"),
+        (0, False, "set backfill.batch_days (FEATURELAKE_BACKFILL__BATCH_DAYS) to 1 (now 0)"),
+    ],
+)  # fmt: skip
+def test_out_of_memory_in_the_audit_says_what_to_change_and_how_to_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_days: int, batched: bool, advice: str
+) -> None:
+    """The window computed and written, its audit runs out: the backfill's message names the view, the setting
+    and the branch to discard (written in the same commit that created it); main is unchanged."""
+    seen: list[bool] = []
+
+    def exhausted(engine: LocalEngine, frame: Any, checks: Any) -> Any:
+        seen.append(engine.batched(frame))
+        raise pa.ArrowMemoryError("malloc of size 1048576 failed")
+
+    with _project(tmp_path / "p", batch_days) as fl:
+        before = wap.main_snapshot_id(fl.project.load_table("history_a"))
+        monkeypatch.setattr(LocalEngine, "audit", exhausted)
+        with pytest.raises(ConfigError) as err:
+            fl.backfill("history_a", day(FIRST), day(LAST), run_id="oom")
+        monkeypatch.undo()
+        message = str(err.value)
+        assert seen and set(seen) == {batched}  # the checks, and the statistics on their own thread
+        assert message.startswith(
+            f"view 'history_a': out of memory writing and auditing the backfill [{day(FIRST)}, {day(LAST)}) "
+            "(ArrowMemoryError: malloc of size 1048576 failed); "
+        ), message
+        assert advice in message and "main is unchanged" in message
+        assert (
+            "To run the window again: repeat the backfill under a new --run-id (or none) and drop branch "
+            "audit_oom with `featurelake discard history_a --run-id oom`" in message
+        )
+        tbl = fl.project.load_table("history_a")
+        assert wap.main_snapshot_id(tbl) == before and "audit_oom" in tbl.metadata.refs
+        fl.discard("history_a", "oom")
+        assert fl.backfill("history_a", day(FIRST), day(LAST), run_id="oom2").rows > 0
+
+
 def test_batched_audit_counts_duplicates_within_a_batch(tmp_path: Path) -> None:
     """Uniqueness is summed over batches (disjoint in time): duplicates inside one are still found, as many
     as the audit of one frame finds."""

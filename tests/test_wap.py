@@ -385,9 +385,17 @@ def test_a_storage_failure_after_the_branch_commit_says_to_discard_the_branch(
             fl.backfill("user_features", day(2), day(4), run_id="kept")
     message = str(caught.value)
     assert "main is unchanged" in message
-    assert "`featurelake discard user_features --run-id kept` and repeat the backfill" in message
+    assert (
+        "To run the window again: repeat the backfill under a new --run-id (or none) and drop branch audit_kept "
+        "with `featurelake discard user_features --run-id kept`" in message
+    )
     tbl = fl.project.load_table("user_features")
     assert "audit_kept" in tbl.metadata.refs and tbl.metadata.current_snapshot_id == before
+    # The way out works as said: the run id stays taken, a new one runs the window.
+    fl.discard("user_features", "kept")
+    with pytest.raises(UsageError, match="run id kept already exists"):
+        fl.backfill("user_features", day(2), day(4), run_id="kept")
+    assert fl.backfill("user_features", day(2), day(4), run_id="kept2").rows > 0
 
 
 def test_when_the_catalog_cannot_tell_whether_the_branch_exists_both_ways_are_named(
@@ -410,4 +418,7 @@ def test_when_the_catalog_cannot_tell_whether_the_branch_exists_both_ways_are_na
     monkeypatch.setattr(project, "load_table", load_table)
     with pytest.raises(StorageUnavailableError) as caught:
         fl.backfill("user_features", day(2), day(4), run_id="unknown")
-    assert "(if branch audit_unknown was created) and repeat the backfill" in str(caught.value)
+    assert (
+        "repeat the backfill under a new --run-id (or none) and drop branch audit_unknown with "
+        "`featurelake discard user_features --run-id unknown` if it was created" in str(caught.value)
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
+from featurelake.config import BackfillConfig
 from featurelake.errors import ConfigError
 from featurelake.features.definitions import FeatureView, Source
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
@@ -29,6 +31,9 @@ class Engine(ABC):
     """Computes, writes, reads and audits feature data."""
 
     name: str = "engine"
+    #: Whether :meth:`write_window` creates a missing branch in the write's own commit (else a backfill
+    #: creates the branch first, in a commit of its own).
+    creates_branch: bool = False
 
     def __init__(self, catalog: Catalog, project_dir: Any) -> None:
         self.catalog = catalog
@@ -51,6 +56,25 @@ class Engine(ABC):
         rows cannot be written (null keys, timestamps outside the window).
         """
 
+    def compute_backfill(
+        self,
+        view: FeatureView,
+        window: Window,
+        table: Table,
+        settings: BackfillConfig,
+        progress: Callable[[str], None] | None = None,
+    ) -> Frame:
+        """The rows a backfill of ``window`` writes and audits. By default :meth:`compute` of the whole window;
+        an engine may instead compute (and write ahead) bounded batches as ``settings`` allow, in a frame
+        :meth:`write_window`, :meth:`audit` and :meth:`batched` know."""
+        if progress is not None:
+            progress(f"computing {view.name} for {window}")
+        return self.compute(view, window, table)
+
+    def batched(self, frame: Frame) -> bool:
+        """Whether ``frame`` was computed (and its files written) a batch at a time."""
+        return False
+
     @abstractmethod
     def write_window(
         self,
@@ -66,6 +90,11 @@ class Engine(ABC):
     @abstractmethod
     def read(self, table: Table, *, snapshot_id: int | None = None, row_filter: Any = None) -> Frame:
         """Rows of ``table`` at ``snapshot_id`` (default: main), optionally filtered by an Iceberg expression."""
+
+    def read_window(self, table: Table, snapshot_id: int, window: Window, timestamp_field: str) -> Frame:
+        """The rows of ``window`` at ``snapshot_id`` (a kept branch's tip): what a re-audit audits and a
+        publish that has to rebase writes again."""
+        return self.read(table, snapshot_id=snapshot_id, row_filter=window.iceberg_filter(timestamp_field))
 
     @abstractmethod
     def audit(self, frame: Frame, checks: list[Check]) -> tuple[int, list[CheckResult]]:

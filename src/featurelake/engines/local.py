@@ -30,6 +30,7 @@ from pyiceberg.table import Table
 from pyiceberg.types import TimestampType, TimestamptzType
 
 from featurelake import duck
+from featurelake.config import BackfillConfig
 from featurelake.engines.aggregate_sql import compile_aggregations
 from featurelake.engines.base import Engine, source_files
 from featurelake.engines.conform import conform, drop_before_window
@@ -73,6 +74,7 @@ class LocalEngine(Engine):
     """DuckDB + PyIceberg on one machine."""
 
     name = "local"
+    creates_branch = True  # overwrite_window and commit_batches stage it in their own commit
 
     # --- sources ------------------------------------------------------------------------------------
     def _source(
@@ -180,12 +182,14 @@ class LocalEngine(Engine):
     def write_window(
         self,
         table: Table,
-        frame: pa.Table,
+        frame: pa.Table | WrittenWindow,
         window: Window,
         timestamp_field: str,
         branch: str,
         properties: dict[str, str],
     ) -> int:
+        if isinstance(frame, WrittenWindow):  # computed batch by batch: its files are already written
+            return self.commit_batches(table, frame, window, branch, properties)
         with warnings.catch_warnings():
             # An empty window on the branch is the normal first backfill, not something to warn about.
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
@@ -205,6 +209,26 @@ class LocalEngine(Engine):
         return audit_mod.evaluate(frame, checks)
 
     # --- bounded memory: a window computed and written a batch of days at a time ---------------------
+    def compute_backfill(
+        self,
+        view: FeatureView,
+        window: Window,
+        table: Table,
+        settings: BackfillConfig,
+        progress: Callable[[str], None] | None = None,
+    ) -> pa.Table | WrittenWindow:
+        """Batch by batch when :meth:`can_batch` (:meth:`write_batches`: each batch's files written, one commit
+        later), else the whole window at once (:meth:`compute_whole`)."""
+        batch_days = settings.batch_days
+        if self.can_batch(table, view, window, batch_days, settings.batch_min_rows, settings.batch_rows):
+            return self.write_batches(view, window, table, batch_days, progress, settings.batch_rows)
+        if progress is not None:
+            progress(f"computing {view.name} for {window}")
+        return self.compute_whole(view, window, table, batch_days)
+
+    def batched(self, frame: Any) -> bool:
+        return isinstance(frame, WrittenWindow)
+
     def can_batch(
         self,
         table: Table,
@@ -390,6 +414,17 @@ class LocalEngine(Engine):
         tip = ref_snapshot_id(table, branch)
         assert tip is not None
         return tip
+
+    def read_window(
+        self, table: Table, snapshot_id: int, window: Window, timestamp_field: str
+    ) -> pa.Table | WrittenWindow:
+        """The branch's data files themselves when they hold exactly the window's rows
+        (:meth:`branch_window`): the audit streams them file by file, in the memory a backfill's batch needs,
+        and a rebase adds the same files to the reset branch. Otherwise the window read into memory."""
+        files = self.branch_window(table, snapshot_id, window, timestamp_field)
+        if files is not None:
+            return files
+        return super().read_window(table, snapshot_id, window, timestamp_field)
 
     def branch_window(
         self, table: Table, snapshot_id: int, window: Window, timestamp_field: str
@@ -704,17 +739,8 @@ class WrittenWindow:
                         out[i] = v
                 return out
 
-            try:
-                return audit_mod.evaluate_with(query, sample, checks)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                raise ConfigError(
-                    f"out of memory auditing the {self.num_rows} rows written in batches "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0]}); the audit streams the written files "
-                    "with DuckDB, so lowering the batch size does not help: give the process more memory; "
-                    "main is unchanged"
-                ) from exc
+            # Running out of memory propagates: the backfill or re-audit that asked says what to change.
+            return audit_mod.evaluate_with(query, sample, checks)
 
 
 def _plain(t: pa.DataType) -> bool:

@@ -20,7 +20,7 @@ from featurelake.auditing.runner import (
     report_properties,
     run_audit,
 )
-from featurelake.engines.local import BATCH_SETTING, LocalEngine, WrittenWindow
+from featurelake.engines.local import BATCH_SETTING
 from featurelake.errors import ConfigError, SchemaError, StorageUnavailableError, UsageError
 from featurelake.lakehouse import lineage, wap
 from featurelake.lakehouse.window import Window
@@ -100,9 +100,6 @@ def _write_and_audit(
     branch = wap.branch_name(run_id)
 
     def write(tbl: Table) -> int:
-        if isinstance(frame, WrittenWindow):  # computed batch by batch: its files are already written
-            assert isinstance(project.engine, LocalEngine)
-            return project.engine.commit_batches(tbl, frame, window, branch, props)
         return project.engine.write_window(tbl, frame, window, view.timestamp_field, branch, props)
 
     return wap_run.write_and_audit(project, view, run_id, frame, write, window)
@@ -137,18 +134,16 @@ def _discard(view: FeatureView, run_id: str) -> str:
 
 def _rerun(project: Project, view: FeatureView, run_id: str) -> str:
     """How to run a window again after its branch write failed: the branch exists only if its commit landed
-    (the local engine creates it in that commit; a failure after it, such as in the audit log, keeps it)."""
+    (the local engine creates it in that commit; a failure after it, such as in the audit log, keeps it).
+    A run id whose commit landed stays taken after its branch is discarded (its snapshot is in the history)."""
     branch = wap.branch_name(run_id)
-    discard = _discard(view, run_id)
+    again = f"To run the window again: repeat the backfill under a new --run-id (or none) and drop branch {branch}"
     try:
         created = wap.ref_snapshot_id(project.load_table(view.name), branch) is not None
     except Exception:  # the catalog is failing too: say what to do either way
-        return (
-            f"To run the window again: {discard} (if branch {branch} was created) and repeat the backfill, or "
-            "give a new --run-id"
-        )
+        return f"{again} with {_discard(view, run_id)} if it was created"
     if created:
-        return f"To run the window again: {discard} and repeat the backfill, or give a new --run-id"
+        return f"{again} with {_discard(view, run_id)}"
     return f"Branch {branch} was not created: repeat the backfill (the same --run-id can be used)"
 
 
@@ -177,19 +172,9 @@ def run_backfill(
 
     settings = project.config.settings.backfill
     engine, batch_days = project.engine, settings.batch_days
-    frame: Any
-    if isinstance(engine, LocalEngine) and engine.can_batch(
-        tbl, view, window, batch_days, settings.batch_min_rows, settings.batch_rows
-    ):
-        # Bounded memory: batch_days at a time (days cut to batch_rows), each written as data files; one
-        # commit below.
-        frame = engine.write_batches(view, window, tbl, batch_days, progress, settings.batch_rows)
-    elif isinstance(engine, LocalEngine):
-        _say(progress, f"computing {view.name} for {window}")
-        frame = engine.compute_whole(view, window, tbl, batch_days)
-    else:
-        _say(progress, f"computing {view.name} for {window}")
-        frame = engine.compute(view, window, tbl)
+    # Bounded memory where the engine can: batch_days at a time (days cut to batch_rows), each batch written
+    # as data files ahead of the one commit below.
+    frame = engine.compute_backfill(view, window, tbl, settings, progress)
     props = lineage.lineage_properties(
         project.root,
         run_id,
@@ -203,7 +188,7 @@ def run_backfill(
     branch = wap.branch_name(run_id)
     _say(progress, f"writing branch {branch}")
     try:
-        if not isinstance(engine, LocalEngine):  # the local engine creates the branch in its write's commit
+        if not engine.creates_branch:
             _retry_commit(project, view, f"create {branch}", lambda t: wap.create_branch(t, branch))
         _, report = _write_and_audit(project, view, window, run_id, frame, props)
     except StorageUnavailableError as exc:
@@ -212,7 +197,7 @@ def run_backfill(
         if not is_out_of_memory(exc):
             raise
         # The rows fitted but writing or auditing them did not (the audit holds a batch's keys and times).
-        if isinstance(frame, WrittenWindow):
+        if engine.batched(frame):
             advice = f"lower {BATCH_SETTING} (now {batch_days}) so that fewer days are audited at once"
         elif batch_days <= 0:
             advice = f"set {BATCH_SETTING} to 1 (now {batch_days}) to compute and audit it a day at a time"
@@ -220,8 +205,8 @@ def run_backfill(
             advice = f"backfill shorter windows, or lower {BATCH_SETTING} (now {batch_days})"
         raise ConfigError(
             f"view {view.name!r}: out of memory writing and auditing the backfill {window} "
-            f"({type(exc).__name__}: {exc}); {advice}, or give the process more memory. main is unchanged; "
-            f"remove the run's branch with {_discard(view, run_id)}"
+            f"({type(exc).__name__}: {exc}); {advice}, or give the process more memory. main is unchanged. "
+            f"{_rerun(project, view, run_id)}"
         ) from exc
     _say(progress, f"audit passed ({len(report.results)} checks); publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
@@ -297,38 +282,28 @@ def _check_branch_columns(
     )
 
 
-def _branch_rows(project: Project, view: FeatureView, tbl: Table, tip: int, window: Window) -> Any:
-    """The window's rows on a kept branch, to audit (and, should the publish rebase, to commit again).
-
-    On the local engine, the branch's data files themselves when they hold exactly the window's rows
-    (``LocalEngine.branch_window``): the audit streams them file by file, in the memory a backfill's batch
-    needs, and a rebase adds the same files to the reset branch. Otherwise the window read into memory.
-    """
-    engine = project.engine
-    if isinstance(engine, LocalEngine):
-        files = engine.branch_window(tbl, tip, window, view.timestamp_field)
-        if files is not None:
-            return files
-    return engine.read(tbl, snapshot_id=tip, row_filter=window.iceberg_filter(view.timestamp_field))
-
-
 def _reaudit(
     project: Project, view: FeatureView, run_id: str, tbl: Table, tip: int, window: Window
 ) -> tuple[Any, AuditReport]:
-    """The kept branch's rows and their audit; running out of memory says what to do instead (an audit
-    streaming the branch's files raises its own message, ``WrittenWindow.audit``)."""
+    """The kept branch's rows (``Engine.read_window``: on the local engine its files themselves when they
+    hold exactly the window) and their audit; running out of memory says what to do instead."""
+    engine, frame = project.engine, None
     try:
-        frame = _branch_rows(project, view, tbl, tip, window)
+        frame = engine.read_window(tbl, tip, window, view.timestamp_field)
         return frame, _audit(project, view, run_id, frame, tip, window)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
+        how = (
+            "the audit streams the branch's files and holds one batch of days' keys at a time"
+            if frame is not None and engine.batched(frame)
+            else "a branch whose files do not hold exactly the window's rows is read into memory as one table"
+        )
         raise ConfigError(
             f"view {view.name!r}: out of memory re-auditing branch {wap.branch_name(run_id)} {window} "
-            f"({type(exc).__name__}: {exc}); a branch whose files do not hold exactly the window's rows is read "
-            "into memory as one table. Give the process more memory, or backfill the window again under "
-            f"a new run id ({_backfill_again(view, window)}; {BATCH_SETTING} bounds its memory) and drop this "
-            f"branch with {_discard(view, run_id)}. main and the branch are unchanged"
+            f"({type(exc).__name__}: {exc}); {how}. Give the process more memory, or backfill the window again "
+            f"under a new run id ({_backfill_again(view, window)}; {BATCH_SETTING} bounds its memory) and drop "
+            f"this branch with {_discard(view, run_id)}. main and the branch are unchanged"
         ) from exc
 
 
