@@ -83,7 +83,8 @@ def test_s3_down_during_the_branch_write_keeps_main_and_the_rerun_is_exact(
     # With S3 down the table's metadata cannot be read to tell whether the branch exists: both ways are named.
     assert "main is unchanged" in message
     assert (
-        "featurelake discard user_features --run-id second` (if branch audit_second was created)" in message
+        "repeat the backfill under a new --run-id (or none) and drop branch audit_second with "
+        "`featurelake discard user_features --run-id second` if it was created" in message
     )
     assert "storage.s3.endpoint" in message  # what to check
 
