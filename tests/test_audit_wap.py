@@ -445,12 +445,19 @@ def test_a_branch_kept_before_the_view_gained_a_column_is_refused_with_the_way_o
     assert cli_here(capsys, root, "discard", VIEW, "--run-id", "kept").returncode == 0
 
 
-def test_a_reaudit_read_into_memory_that_runs_out_says_what_to_do_and_changes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("streamed", "how"),
+    [
+        # The branch's files do not hold exactly the window: it is read into memory as one table.
+        (False, "is read into memory as one table"),
+        # They do: the audit streams them (engines.local.WrittenWindow).
+        (True, "the audit streams the branch's files and holds one batch of days' keys at a time"),
+    ],
+)
+def test_a_reaudit_that_runs_out_of_memory_says_what_to_do_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool, how: str
 ) -> None:
-    # When the branch's files do not hold exactly the window, a re-audit reads it into memory as one table.
-    # (Streaming the files, the audit's own out-of-memory message applies: engines.local.WrittenWindow.)
-    from featurelake.engines.local import LocalEngine
+    from featurelake.engines.local import LocalEngine, WrittenWindow
 
     root = kept_drift_branch(tmp_path)
     with featurelake.open(root) as fl:
@@ -460,51 +467,21 @@ def test_a_reaudit_read_into_memory_that_runs_out_says_what_to_do_and_changes_no
     def exhausted(*args: Any, **kwargs: Any) -> Any:
         raise pa.ArrowMemoryError("malloc of size 1048576 failed")
 
-    monkeypatch.setattr(LocalEngine, "branch_window", lambda *a, **k: None)
-    monkeypatch.setattr(LocalEngine, "read", exhausted)
+    if streamed:
+        monkeypatch.setattr(WrittenWindow, "audit", exhausted)
+    else:
+        monkeypatch.setattr(LocalEngine, "branch_window", lambda *a, **k: None)
+        monkeypatch.setattr(LocalEngine, "read", exhausted)
     with featurelake.open(root) as fl:
         for attempt in (fl.audit, fl.publish):
             with pytest.raises(ConfigError) as info:
                 attempt(VIEW, "kept")
             msg = str(info.value)
             assert msg.startswith(f"view '{VIEW}': out of memory re-auditing branch audit_kept "), msg
-            assert "is read into memory as one table" in msg
-            assert "ArrowMemoryError: malloc of size 1048576 failed" in msg
+            assert how in msg and "ArrowMemoryError: malloc of size 1048576 failed" in msg
             assert f"featurelake backfill {VIEW} --start {day(20)} --end {day(23)}" in msg
             assert "backfill.batch_days" in msg and f"featurelake discard {VIEW} --run-id kept" in msg
-    monkeypatch.undo()
-    with featurelake.open(root) as fl:
-        assert state(fl) == before
-        assert wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_kept") == tip
-
-
-def test_a_streamed_reaudit_that_runs_out_says_what_to_do_and_changes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The branch's files hold exactly the window: the audit streams them (engines.local.WrittenWindow).
-    from featurelake.engines.local import WrittenWindow
-
-    root = kept_drift_branch(tmp_path)
-    with featurelake.open(root) as fl:
-        before = state(fl)
-        tip = wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_kept")
-
-    def exhausted(*args: Any, **kwargs: Any) -> Any:
-        raise pa.ArrowMemoryError("malloc of size 1048576 failed")
-
-    monkeypatch.setattr(WrittenWindow, "audit", exhausted)
-    with featurelake.open(root) as fl:
-        for attempt in (fl.audit, fl.publish):
-            with pytest.raises(ConfigError) as info:
-                attempt(VIEW, "kept")
-            msg = str(info.value)
-            assert msg.startswith(f"view '{VIEW}': out of memory re-auditing branch audit_kept "), msg
-            assert "the audit streams the branch's files and holds one batch of days' keys at a time" in msg
-            assert f"featurelake backfill {VIEW} --start {day(20)} --end {day(23)}" in msg
-            assert (
-                f"featurelake discard {VIEW} --run-id kept" in msg
-                and "main and the branch are unchanged" in msg
-            )
+            assert "main and the branch are unchanged" in msg
     monkeypatch.undo()
     with featurelake.open(root) as fl:
         assert state(fl) == before
