@@ -22,6 +22,13 @@ def table(fl: featurelake.Featurelake) -> Table:
     return fl.project.load_table(VIEW)
 
 
+def current_id(tbl: Table) -> int:
+    """The id of ``tbl``'s current snapshot (the tables of these tests always have one)."""
+    snapshot = tbl.current_snapshot()
+    assert snapshot is not None
+    return snapshot.snapshot_id
+
+
 def rows(t: pa.Table) -> list[dict]:
     return t.sort_by([(c, "ascending") for c in ("user_id", "event_ts")]).to_pylist()
 

@@ -51,7 +51,7 @@ def need(binary: str) -> str:
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, attempts: int = 300) -> None:
     for _ in range(attempts):
         if proc.poll() is not None:
-            pytest.fail(f"{proc.args} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            pytest.fail(f"{proc.args!r} exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:

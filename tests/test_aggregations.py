@@ -86,7 +86,7 @@ def test_aggregation_is_exported_beside_entity() -> None:
         (lambda: Aggregation("amount", "avg", window=D), "unknown function 'avg'; use one of sum, count"),
         (lambda: Aggregation("*", "sum", window=D), "'*' only counts rows"),
         (lambda: Aggregation("amount", "sum", window=timedelta(0)), "window must be a positive timedelta"),
-        (lambda: Aggregation("amount", "sum", window=7), "window must be a positive timedelta"),
+        (lambda: Aggregation("amount", "sum", window=7), "window must be a positive timedelta"),  # type: ignore[arg-type]  # deliberately wrong type: must be refused
         (
             lambda: Aggregation("amount", "sum", window=timedelta(milliseconds=1500)),
             "whole number of seconds",

@@ -43,6 +43,7 @@ def test_apply_creates_day_partitioned_timestamptz_table(fl: featurelake.Feature
     assert tbl.properties["featurelake.ttl-seconds"] == str(7 * 86400)
     # The empty first snapshot on main carries lineage too.
     (snap,) = tbl.metadata.snapshots
+    assert snap.summary is not None
     assert snap.summary.additional_properties[lineage.OPERATION] == "create"
     assert snap.summary.additional_properties[lineage.PIPELINE_USER] == "test-user"
 

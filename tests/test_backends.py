@@ -29,7 +29,7 @@ def _sync_for(project: Any) -> Any:
 
 
 # domain -> (backend_for, map, interface, local class, Spark class)
-DOMAINS: dict[str, tuple[Callable[[Any], Any], dict[str, Any], type, str, str]] = {
+DOMAINS: dict[str, tuple[Callable[[Any], Any], dict[str, Any], type[Any], str, str]] = {
     "prediction": (
         prediction_backend.backend_for,
         prediction_backend.AVAILABLE_SCORING,

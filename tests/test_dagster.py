@@ -11,7 +11,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 import pyarrow as pa
@@ -93,7 +93,7 @@ def test_partitions_checks_lineage_refusal_and_range(
     assert all(c.passed for c in checks.values())
     assert checks[("user_features", "null_rate_amount_avg_1d")].metadata["observed"].value == "0.0"
     (mat,) = _materializations(ok, UF)
-    md = {k: v.value for k, v in mat.metadata.items()}
+    md: dict[str, Any] = {k: v.value for k, v in mat.metadata.items()}
     with featurelake.open(project) as fl:
         sid = main_snapshot(fl, "user_features")
         assert md["snapshot_id"] == str(sid)
@@ -118,16 +118,16 @@ def test_partitions_checks_lineage_refusal_and_range(
     (failure,) = [e for e in refused.all_events if e.is_step_failure]
     data = failure.step_failure_data.user_failure_data
     assert data is not None and "null rate of amount_avg_1d" in (data.description or "")
-    report = Path(data.metadata["audit_report"].value)
+    report = Path(cast(str, data.metadata["audit_report"].value))
     assert report.is_file()
-    branch = data.metadata["branch"].value
+    branch = cast(str, data.metadata["branch"].value)
     assert not _materializations(refused, UF)
     assert not any(e.step_key == "features__user_rollup" for e in refused.all_events if e.is_step_start)
     with featurelake.open(project) as fl:
         assert main_snapshot(fl, "user_features") == before
         assert main_snapshot(fl, "user_rollup") == rollup_before
         assert wap.ref_snapshot_id(fl.project.load_table("user_features"), branch) == int(
-            data.metadata["branch_snapshot_id"].value
+            cast(str, data.metadata["branch_snapshot_id"].value)
         )
         assert days_of(fl.read("user_features")) == ["2024-01-01"]
 
@@ -142,7 +142,7 @@ def test_partitions_checks_lineage_refusal_and_range(
     )
     assert ranged.success
     mats = _materializations(ranged, UF)
-    assert sorted(m.partition for m in mats) == ["2024-01-04", "2024-01-05", "2024-01-06"]
+    assert sorted(cast(str, m.partition) for m in mats) == ["2024-01-04", "2024-01-05", "2024-01-06"]
     assert {m.metadata["snapshot_id"].value for m in mats} == {mats[0].metadata["snapshot_id"].value}
     with featurelake.open(project) as fl:
         props = summary(fl, "features.user_features", main_snapshot(fl, "user_features"))  # type: ignore[arg-type]
@@ -194,13 +194,10 @@ def test_schedules_crons_and_overrides(tmp_path: Path, monkeypatch: pytest.Monke
     assert crons["featurelake_daily_schedule"] == "15 0 * * *"
     assert crons["featurelake_expiry_schedule"] == "0 */6 * * *"
     assert crons["featurelake_orphans_schedule"] == "0 4 * * 0"
-    assert defs.resolve_assets_def(UF).partitions_def.get_first_partition_key() == "2024-01-05"  # type: ignore[union-attr]
-    assert (
-        definitions(project, start_date="2024-01-02")
-        .resolve_assets_def(UF)
-        .partitions_def.get_first_partition_key()
-        == "2024-01-02"
-    )  # type: ignore[union-attr]
+    partitions = defs.resolve_assets_def(UF).partitions_def
+    assert partitions is not None and partitions.get_first_partition_key() == "2024-01-05"
+    partitions = definitions(project, start_date="2024-01-02").resolve_assets_def(UF).partitions_def
+    assert partitions is not None and partitions.get_first_partition_key() == "2024-01-02"
 
     monkeypatch.setenv("FEATURELAKE_ORCHESTRATION__SCHEDULES__ORPHANS", "weekly")
     with pytest.raises(ConfigError, match=r"orchestration\.schedules\.orphans.*not a cron expression"):
@@ -266,9 +263,9 @@ def test_predictions_sync_sensor_and_maintenance(project: Path, instance: Any, t
         )
         assert days_of(preds) == ["2024-01-04"]
         assert set(preds["model_version"].to_pylist()) == {version}
-        assert mat.metadata["snapshot_id"].value == str(
-            fl.project.load_any_table("predictions.spend").current_snapshot().snapshot_id
-        )  # type: ignore[union-attr]
+        current = fl.project.load_any_table("predictions.spend").current_snapshot()
+        assert current is not None
+        assert mat.metadata["snapshot_id"].value == str(current.snapshot_id)
         assert set(preds["run_id"].to_pylist()) == {mat.metadata["run_id"].value}
 
     # The sensor asks for one sync per view that was published since its last tick; the run fills the store.
@@ -363,7 +360,7 @@ def test_refused_prediction_models_without_one_view_and_refused_maintenance(
 
     defs = definitions(project)
     (notes,) = [v for k, v in (defs.metadata or {}).items() if k == "notes"]
-    assert "model two_views: cannot tell which view to score" in notes.value  # type: ignore[union-attr]
+    assert "model two_views: cannot tell which view to score" in cast(str, notes.value)
     keys = {k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == "predictions"}
     assert keys == {dg.AssetKey(["predictions", "broken"])}
 
@@ -376,7 +373,7 @@ def test_refused_prediction_models_without_one_view_and_refused_maintenance(
     (failure,) = [e for e in refused.all_events if e.is_step_failure]
     data = failure.step_failure_data.user_failure_data
     assert data is not None and "audit failed" in (data.description or "")
-    assert Path(data.metadata["audit_report"].value).is_file()
+    assert Path(cast(str, data.metadata["audit_report"].value)).is_file()
     with featurelake.open(project) as fl:
         assert fl.read("predictions.broken").num_rows == 0
 

@@ -9,6 +9,7 @@ import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 import pytest
@@ -18,6 +19,8 @@ from fastapi.testclient import TestClient
 import featurelake
 from featurelake import ConfigError, FeatureService, UsageError
 from featurelake.cli.app import cli
+from featurelake.features.apply import ApplyResult
+from featurelake.features.service_log import ServiceApplyResult
 from featurelake.serving.server import create_app
 from tests.helpers import DEFAULT_FEATURES, START, day, make_project, transactions
 from tests.online_helpers import LinearModel, append, config
@@ -53,6 +56,11 @@ activity = FeatureService("activity", features=["user_features:txn_count_1d", "u
 
 def features_py(services: str = SERVICES) -> str:
     return DEFAULT_FEATURES + SECOND_VIEW + services
+
+
+def services_applied(results: list[ApplyResult]) -> dict[str, ServiceApplyResult]:
+    """``apply``'s results for the services' log table, by service (those results are service results)."""
+    return {r.view: cast(ServiceApplyResult, r) for r in results if r.table.endswith("._services")}
 
 
 def entities(hours_before: float = 0.0) -> pa.Table:
@@ -153,7 +161,7 @@ svc = FeatureService("s", features=[OnDemandFeatureView(
 def test_apply_records_services_and_versions_them_when_their_features_change(tmp_path: Path) -> None:
     root = make_project(tmp_path / "proj", features=features_py(), data=transactions(days=2))
     with featurelake.open(root) as fl:
-        first = {r.view: r for r in fl.apply() if r.table.endswith("._services")}
+        first = services_applied(fl.apply())
         assert {n: (r.action, r.version) for n, r in first.items()} == {
             "fraud_inputs": ("created", 1),
             "activity": ("created", 1),
@@ -172,7 +180,7 @@ def test_apply_records_services_and_versions_them_when_their_features_change(tmp
         dry = {r.view: r.action for r in fl.apply(dry_run=True) if r.table.endswith("._services")}
         assert dry == {"fraud_inputs": "planned (updated)", "activity": "planned (versioned)"}
         assert [s.version for s in fl.services()] == [1, 1]  # the dry run recorded nothing
-        second = {r.view: r for r in fl.apply() if r.table.endswith("._services")}
+        second = services_applied(fl.apply())
         assert (second["activity"].action, second["activity"].version) == ("versioned", 2)
         assert second["activity"].previous_version == 1
         assert "adds user_features:amount_avg_1d" in second["activity"].detail
@@ -191,7 +199,7 @@ def test_apply_records_services_and_versions_them_when_their_features_change(tmp
     )
     (root / "features.py").write_text(grown)
     with featurelake.open(root) as fl:
-        third = {r.view: r for r in fl.apply() if r.table.endswith("._services")}
+        third = services_applied(fl.apply())
         assert (third["fraud_inputs"].action, third["fraud_inputs"].version) == ("versioned", 2)
         assert third["activity"].action == "removed"
         assert [s.name for s in fl.services()] == ["fraud_inputs"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -31,7 +31,7 @@ class Recorder:
         self.waits.append(seconds)
 
 
-def failing(errors: list[BaseException], result: Any = "done") -> tuple[Callable[[Any], Any], list[Any]]:
+def failing(errors: Sequence[BaseException], result: Any = "done") -> tuple[Callable[[Any], Any], list[Any]]:
     """A commit that raises ``errors`` in turn, then returns ``result``; and the tables it was given."""
     seen: list[Any] = []
     pending = iter(errors)
@@ -228,7 +228,7 @@ SCHEMA = Schema(NestedField(1, "id", LongType(), required=True))
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[SqlCatalog]:
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
     cat = open_catalog("t", f"sqlite:///{tmp_path}/catalog.db", f"file://{tmp_path}/warehouse")
     cat.create_namespace("ns")
     tbl = cat.create_table("ns.t", SCHEMA)
@@ -236,7 +236,7 @@ def catalog(tmp_path: Path) -> Iterator[SqlCatalog]:
     yield cat
 
 
-def test_a_lost_race_on_a_real_catalog_is_retried(catalog: SqlCatalog) -> None:
+def test_a_lost_race_on_a_real_catalog_is_retried(catalog: Catalog) -> None:
     stale = catalog.load_table("ns.t")
     fresh = catalog.load_table("ns.t")
     fresh.append(pa.table({"id": pa.array([2], pa.int64())}, schema=SCHEMA.as_arrow()))  # another writer

@@ -108,8 +108,9 @@ def test_overwrite_window_matches_pyiceberg_overwrite(tmp_path: Path, shuffle: b
     assert contents(ours).equals(contents(theirs))
     assert partitions(ours) == partitions(theirs)
     assert window.start <= min(contents(ours).column("event_ts").to_pylist())
-    summary = ours.current_snapshot().summary  # type: ignore[union-attr]
-    assert summary["featurelake.run-id"] == "r1"
+    current = ours.current_snapshot()
+    assert current is not None and current.summary is not None
+    assert current.summary["featurelake.run-id"] == "r1"
     assert [s.summary.operation.value for s in ours.snapshots()] == [  # type: ignore[union-attr]
         s.summary.operation.value  # type: ignore[union-attr]
         for s in theirs.snapshots()
@@ -240,7 +241,9 @@ def test_rebackfilling_a_window_inside_coarser_partitions_keeps_the_rest_and_the
         counts.append(live_files(ours))
     expected = {"day": 70, "month": 3, "year": 2, "none": 1}[partition]
     assert counts == [expected] * 3  # one file per partition, however often the window is re-run
-    assert ours.current_snapshot().summary["run"] == "4"  # type: ignore[union-attr]
+    current = ours.current_snapshot()
+    assert current is not None and current.summary is not None
+    assert current.summary["run"] == "4"
 
 
 @EMPTY_DELETE

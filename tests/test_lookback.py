@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,7 @@ import featurelake
 from featurelake.errors import AuditFailed, DataError
 from featurelake.features.lint import edge_constructs
 from featurelake.lakehouse import wap
+from featurelake.validation.audit import AuditReport
 from tests.helpers import START, day, make_project, transactions
 from tests.spark_support import engine_project
 
@@ -253,7 +254,7 @@ def test_an_audit_failure_in_the_window_still_refuses(tmp_path: Path) -> None:
         before = wap.main_snapshot_id(fl.project.load_table("raw"))
         with pytest.raises(AuditFailed, match="raw") as exc:
             fl.backfill("raw", day(4), day(6), run_id="bad")
-        assert exc.value.report.rows == window_rows(data, 4, 6)
+        assert cast(AuditReport, exc.value.report).rows == window_rows(data, 4, 6)
         assert wap.main_snapshot_id(fl.project.load_table("raw")) == before
 
 

@@ -21,6 +21,7 @@ from featurelake.maintenance import compaction
 from tests.helpers import START, day
 from tests.maintenance_helpers import (
     VIEW,
+    current_id,
     fingerprint,
     live_data_files,
     local,
@@ -58,7 +59,7 @@ def test_compaction_keeps_rows_identical_at_new_and_old_snapshots(
 ) -> None:
     fl = small_files
     tbl = table(fl)
-    old_id = tbl.current_snapshot().snapshot_id
+    old_id = current_id(tbl)
     before = rows(fl.read(VIEW))
     files_before = live_data_files(tbl)
 
@@ -67,7 +68,7 @@ def test_compaction_keeps_rows_identical_at_new_and_old_snapshots(
     c = report.compaction
     assert c is not None and c.snapshot_id is not None
     tbl = table(fl)
-    assert tbl.current_snapshot().snapshot_id == c.snapshot_id
+    assert current_id(tbl) == c.snapshot_id
     assert rows(fl.read(VIEW)) == before
     assert rows(fl.read(VIEW, snapshot_id=old_id)) == before  # old snapshot still reads its old files
     files_after = live_data_files(tbl)
@@ -76,6 +77,7 @@ def test_compaction_keeps_rows_identical_at_new_and_old_snapshots(
     assert sorted(g.partition for g in c.groups) == [f"event_ts_day={day(d)}" for d in range(5)]
     # One commit, recorded as compaction with the run's lineage.
     snap = tbl.metadata.snapshot_by_id(c.snapshot_id)
+    assert snap is not None and snap.summary is not None
     props = snap.summary.additional_properties
     assert props[lineage.OPERATION] == "compaction"
     assert props[lineage.RUN_ID].startswith("maintain_") and props[lineage.PIPELINE_USER] == "test-user"
@@ -85,7 +87,7 @@ def test_compaction_keeps_rows_identical_at_new_and_old_snapshots(
     # Nothing to do the second time.
     (again,) = fl.maintain(VIEW, compact=True)
     assert again.compaction is not None and again.compaction.snapshot_id is None
-    assert table(fl).current_snapshot().snapshot_id == c.snapshot_id
+    assert current_id(table(fl)) == c.snapshot_id
 
 
 def test_compaction_respects_the_target_size(small_files: featurelake.Featurelake) -> None:
@@ -187,7 +189,7 @@ def test_conflict_every_attempt_aborts_cleanly(
     assert "could not compact features.user_features" in msg and "nothing was committed" in msg
     tbl = table(fl)
     assert all(
-        (s.summary.additional_properties.get(lineage.OPERATION) != "compaction")
+        (s.summary is not None and s.summary.additional_properties.get(lineage.OPERATION) != "compaction")
         for s in tbl.metadata.snapshots
     )
     # The rewritten files were removed: new data files on disk are only the two appends.
@@ -330,7 +332,8 @@ def test_all_covers_feature_and_prediction_tables(small_files: featurelake.Featu
     assert set(by_table) == idents and {"features.user_features", "predictions.churn"} <= idents
     assert all(r.error is None for r in reports)
     for name in ("features.user_features", "predictions.churn"):
-        assert by_table[name].compaction is not None and by_table[name].compaction.snapshot_id
+        compaction = by_table[name].compaction
+        assert compaction is not None and compaction.snapshot_id
     assert len(live_data_files(cat.load_table("predictions.churn"))) == 1
     assert sorted(cat.load_table("predictions.churn").scan().to_arrow().column("user_id").to_pylist()) == [
         0,

@@ -12,7 +12,7 @@ import pytest
 
 import featurelake
 from tests.helpers import day
-from tests.maintenance_helpers import LATER, VIEW, rows, small_appends, table, unreachable
+from tests.maintenance_helpers import LATER, VIEW, current_id, rows, small_appends, table, unreachable
 
 SCRIPT = textwrap.dedent(
     """
@@ -73,10 +73,8 @@ def test_crash_mid_maintenance_leaves_the_table_readable(
     fl.backfill(VIEW, day(0), day(4), run_id="a")
     fl.backfill(VIEW, day(1), day(3), run_id="b")
     small_appends(table(fl), fl.read(VIEW).slice(0, 60), 15)
-    table(fl).manage_snapshots().create_tag(
-        table(fl).current_snapshot().snapshot_id, "model-m-1.0.0"
-    ).commit()
-    tagged = table(fl).current_snapshot().snapshot_id
+    table(fl).manage_snapshots().create_tag(current_id(table(fl)), "model-m-1.0.0").commit()
+    tagged = current_id(table(fl))
     fl.backfill(VIEW, day(4), day(6), run_id="c")
     before = rows(fl.read(VIEW))
     at_tag = rows(fl.read(VIEW, snapshot_id=tagged))

@@ -137,7 +137,9 @@ def test_retain_last_and_time_travel(fl: featurelake.Featurelake) -> None:
         fl.backfill(VIEW, day(2 * i), day(2 * i + 2), run_id=f"r{i}")
         mains.append(main_id(fl))
     published = {s.snapshot_id: s.published_at for s in fl.history(VIEW)}
-    as_of = published[mains[3]] + timedelta(milliseconds=1)  # between r3 and r4 being published
+    r3 = published[mains[3]]
+    assert r3 is not None
+    as_of = r3 + timedelta(milliseconds=1)  # between r3 and r4 being published
     at_r3 = rows(fl.read(VIEW, as_of=as_of))
     # A branch asking for more history than the default keeps it for its own line.
     table(fl).manage_snapshots().create_branch(mains[2], "keep3", min_snapshots_to_keep=3).commit()
@@ -274,8 +276,10 @@ def test_as_of_a_time_of_an_expired_snapshot_is_not_answered_with_an_older_one(
         mains.append(main_id(fl))
     tag(fl, "model-old-1.0.0", mains[0])
     published = {s.snapshot_id: s.published_at for s in fl.history(VIEW)}
-    when_r1 = published[mains[1]] + timedelta(milliseconds=1)  # main was r1 then
-    when_r3 = published[mains[3]] + timedelta(milliseconds=1)
+    r1, r3 = published[mains[1]], published[mains[3]]
+    assert r1 is not None and r3 is not None
+    when_r1 = r1 + timedelta(milliseconds=1)  # main was r1 then
+    when_r3 = r3 + timedelta(milliseconds=1)
     at_r0, at_r3 = rows(fl.read(VIEW, snapshot_id=mains[0])), rows(fl.read(VIEW, as_of=when_r3))
 
     (report,) = fl.maintain(VIEW, expire=True, retain_last=2, now=datetime.now(UTC) + LATER)

@@ -20,6 +20,7 @@ from tests.maintenance_helpers import (
     LATER,
     VIEW,
     age_files,
+    current_id,
     live_data_files,
     local,
     rows,
@@ -85,7 +86,7 @@ def test_inflight_backfill_files_survive_and_the_backfill_publishes(
     assert seen["present"] == uncommitted
     assert not any(local(p).exists() for p in planted)
     # The backfill published, and its rows read back from the files that survived.
-    assert result.snapshot_id == table(fl).current_snapshot().snapshot_id
+    assert result.snapshot_id == current_id(table(fl))
     ref = make_project(tmp_path / "ref")
     with featurelake.open(ref) as clean:
         clean.apply()

@@ -15,6 +15,7 @@ import pytest
 
 import featurelake
 from featurelake import telemetry as metrics
+from featurelake.config import SecretURL
 from featurelake.errors import FeaturelakeError, UsageError
 from featurelake.monitoring.alerts import export_prometheus_rules
 from featurelake.monitoring.rules import load_rules
@@ -156,14 +157,16 @@ def test_prometheus_scrapes_serve_and_the_pushgateway_and_monitor_evaluates_thro
                 )
 
                 # `featurelake monitor` evaluating through the Prometheus API.
-                fl.project.config.settings.monitoring.prometheus_url = prom
+                fl.project.config.settings.monitoring.prometheus_url = SecretURL(prom)
                 result = fl.monitor()
                 assert result.evaluated_by == "prometheus"
                 firing = {(rule.name, i.labels.get("view")) for rule, i in result.firing}
                 assert ("high_feature_null_rate", VIEW) in firing
                 assert ("job_failure_spike", VIEW) in firing
                 null = next(i for rule, i in result.firing if rule.name == "high_feature_null_rate")
-                assert null.labels["feature"] == "amount_avg_1d" and null.value > 0.1
+                assert (
+                    null.labels["feature"] == "amount_avg_1d" and null.value is not None and null.value > 0.1
+                )
 
                 # Every dashboard query is valid PromQL against the real server.
                 for expr in _dashboard_exprs():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def _project(tmp_path: Path, extra: str = "") -> Project:
     return featurelake.open(root).project
 
 
-def _events(project: Project) -> list[dict[str, object]]:
+def _events(project: Project) -> list[dict[str, Any]]:
     path = project.root / ".featurelake" / "alerts.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

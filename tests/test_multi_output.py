@@ -137,7 +137,7 @@ def test_predict_endpoint_answers_the_same_shape(
 ) -> None:
     fl, model, _, _ = trained
     now = datetime.now(UTC)
-    append(fl, [(1, now - timedelta(hours=1), 10.0), (2, now - timedelta(hours=2), 400.0)])  # type: ignore[list-item]
+    append(fl, [(1, now - timedelta(hours=1), 10.0), (2, now - timedelta(hours=2), 400.0)])
     fl.sync()
     x = np.array([[10.0, 10.0, 10.0], [400.0, 400.0, 400.0]])
     with TestClient(create_app(fl.project)) as client:

@@ -288,7 +288,8 @@ def test_online_lookup_computes_from_the_request_and_does_not_echo_request_field
         None,
     ]
     rows = fl.online.get("mix", [1, 2], request={"amount": [50.0, None], "n": [2, 3]}, now=now)
-    assert rows[0].values["ratio"] == ratio["values"][0] and rows[1].statuses["ratio"] == "NULL_VALUE"
+    assert rows[0].values["ratio"] == ratio["values"][0]
+    assert rows[1].statuses is not None and rows[1].statuses["ratio"] == "NULL_VALUE"
     with pytest.raises(UsageError, match=r"request\['n'\] must be a list with one value per key \(2 keys\)"):
         fl.online.get("mix", [1, 2], request={"amount": [1.0, 2.0], "n": [1]})
     with pytest.raises(UsageError, match="request data applies to on-demand feature views"):

@@ -48,7 +48,7 @@ def fl(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[featurelake.F
     handle = project(tmp_path / "proj", request.param, url)
     handle.project.config.settings.server.model_refresh_seconds = REFRESH
     # Users 1 and 2 fresh, user 3 older than the 7-day ttl, user 4 never synced.
-    append(handle, [(1, ago(1), 10.0), (2, ago(2), 4.0), (3, ago(24 * 8), 1.0)])  # type: ignore[list-item]
+    append(handle, [(1, ago(1), 10.0), (2, ago(2), 4.0), (3, ago(24 * 8), 1.0)])
     handle.sync()
     try:
         yield handle
@@ -117,7 +117,7 @@ def test_models_that_cannot_be_served_are_clear_errors(
     if setup == "staging-only":
         model = tmp_path / "m.pkl"
         model.write_bytes(pickle.dumps(LinearModel([1.0, 1.0])))
-        mv = fl.models.register("churn", model, "pickle", signature=SIGNATURE)  # type: ignore[arg-type]
+        mv = fl.models.register("churn", model, "pickle", signature=SIGNATURE)
         fl.models.promote("churn", mv.version, "Staging")
     elif setup == "unmapped":
         register(fl, tmp_path, LinearModel([1.0]), signature={"mystery": "double"})

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 import featurelake
 from featurelake.serving.server import create_app
@@ -182,7 +183,7 @@ def test_oversized_body_is_413_before_parsing(fl: featurelake.Featurelake) -> No
 
 
 def test_bearer_token_guards_every_endpoint_but_healthz(fl: featurelake.Featurelake) -> None:
-    fl.project.config.settings.server.token = "s3cret"
+    fl.project.config.settings.server.token = SecretStr("s3cret")
     with TestClient(create_app(fl.project)) as c:
         for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": "Basic s3cret"}):
             r = c.post("/get-online-features", json=REQUEST, headers=headers)

@@ -87,7 +87,7 @@ def test_corrected_backfill_overwrites_same_event_time(fl: featurelake.Featurela
     overwrite(
         fl,
         [(1, d(4), 11), (2, d(4), 22)],
-        And(GreaterThanOrEqual("event_ts", d(4).isoformat()), LessThan("event_ts", d(5).isoformat())),
+        And(GreaterThanOrEqual("event_ts", d(4).isoformat()), LessThan("event_ts", d(5).isoformat())),  # type: ignore[call-arg, arg-type]  # pyiceberg predicates take (term, literal); mypy sees pydantic fields
     )
     (r,) = fl.sync()
     assert r.mode == "incremental" and r.changed == 2
@@ -131,7 +131,7 @@ def test_correction_that_removes_the_newest_row_falls_back_or_deletes(fl: featur
     append(fl, [(1, d(2), 12), (1, d(3), 13), (2, d(3), 23), (3, d(2), 32)])
     fl.sync()
     # Re-run of day 3 without users 1 and 2 (they had no transactions after all), plus a new user 4.
-    day3 = And(GreaterThanOrEqual("event_ts", d(3).isoformat()), LessThan("event_ts", d(4).isoformat()))
+    day3 = And(GreaterThanOrEqual("event_ts", d(3).isoformat()), LessThan("event_ts", d(4).isoformat()))  # type: ignore[call-arg, arg-type]  # pyiceberg predicates take (term, literal); mypy sees pydantic fields
     overwrite(fl, [(4, d(3), 43)], day3)
     (r,) = fl.sync()
     state = online_state(fl, [1, 2, 3, 4])
@@ -320,7 +320,7 @@ def test_main_moved_by_a_tag_race_is_retried(fl: featurelake.Featurelake) -> Non
     from featurelake.serving import sync as sync_mod
 
     original = sync_mod._keep_alive
-    calls = []
+    calls: list[int] = []
 
     def racing(project: object, view: str, snapshot_id: int, *tags: str) -> str | None:
         if not calls:
@@ -332,7 +332,7 @@ def test_main_moved_by_a_tag_race_is_retried(fl: featurelake.Featurelake) -> Non
     try:
         (r,) = fl.sync()
     finally:
-        sync_mod._keep_alive = original  # type: ignore[assignment]
+        sync_mod._keep_alive = original
     assert tag_of(fl) == r.to_snapshot and r.notes == []
     (r2,) = fl.sync()
     assert r2.mode == "incremental" and r2.keys == 1

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pydantic import Field
+from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -56,14 +57,14 @@ def frame(rows: int, days: int, *, seed: int = 1) -> pa.Table:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> SqlCatalog:
+def catalog(tmp_path: Path) -> Catalog:
     cat = open_catalog("t", f"sqlite:///{tmp_path}/catalog.db", f"file://{tmp_path}/warehouse")
     cat.create_namespace("ns")
     return cat
 
 
 @pytest.fixture
-def table(catalog: SqlCatalog) -> Table:
+def table(catalog: Catalog) -> Table:
     tbl = catalog.create_table("ns.t", SCHEMA, partition_spec=SPEC)
     tbl.append(frame(300, 3))
     return tbl
@@ -99,7 +100,12 @@ def test_close_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert sql.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
     closed: list[requests.Session] = []
     real_close = requests.Session.close
-    monkeypatch.setattr(requests.Session, "close", lambda self: (closed.append(self), real_close(self))[1])
+
+    def recorded_close(self: requests.Session) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(requests.Session, "close", recorded_close)
     server = RestCatalogProcess(f"sqlite:///{tmp_path}/rest.db", f"file://{tmp_path}/rest-warehouse").start()
     try:
         rest = load_catalog("r", type="rest", uri=server.url)
@@ -240,12 +246,24 @@ def test_memoize_transaction_metadata(table: Table) -> None:
 
 def _pyiceberg_classes() -> tuple[type, ...]:
     """The PyIceberg classes featurelake handles (tables, transactions, catalogs, snapshot updates)."""
-    from pyiceberg.catalog import Catalog
     from pyiceberg.io import FileIO
     from pyiceberg.table import Transaction
+    from pyiceberg.table.metadata import TableMetadataV1, TableMetadataV2, TableMetadataV3
     from pyiceberg.table.update.snapshot import ManageSnapshots, UpdateSnapshot
 
-    return (Table, Transaction, Catalog, SqlCatalog, TableMetadata, UpdateSnapshot, ManageSnapshots, FileIO)
+    # TableMetadata is an Annotated union alias, not a class: its versions are the classes.
+    return (
+        Table,
+        Transaction,
+        Catalog,
+        SqlCatalog,
+        TableMetadataV1,
+        TableMetadataV2,
+        TableMetadataV3,
+        UpdateSnapshot,
+        ManageSnapshots,
+        FileIO,
+    )
 
 
 def _is_pyiceberg_subclass(node: Any, classes: set[str]) -> bool:

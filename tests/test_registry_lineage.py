@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +29,7 @@ VIEWS = ("user_features", "user_max")
 
 
 def training_file(fl: featurelake.Featurelake, path: Path, seed: int = 3) -> Path:
-    return write_training_set(fl.training_set(entities(80, seed=seed), FEATURES), path)
+    return Path(write_training_set(fl.training_set(entities(80, seed=seed), FEATURES), path))
 
 
 def tags(fl: featurelake.Featurelake, view: str) -> dict[str, int]:
@@ -75,7 +75,7 @@ def test_tagged_snapshots_survive_expiry_and_still_rebuild(proj: Path, tmp_path:
     ents_file = tmp_path / "ents.parquet"
     pq.write_table(entities(80), ents_file)
     with featurelake.open(proj) as fl:
-        first = write_training_set(fl.training_set(ents_file, FEATURES), tmp_path / "first.parquet")
+        first = Path(write_training_set(fl.training_set(ents_file, FEATURES), tmp_path / "first.parquet"))
         bound = Provenance.load(first).views
         fl.models.register("fraud", model, "pickle", training_set=first)
         for view in VIEWS:
@@ -88,7 +88,9 @@ def test_tagged_snapshots_survive_expiry_and_still_rebuild(proj: Path, tmp_path:
             alive = {s.snapshot_id for s in tbl.metadata.snapshots}
             assert bound[view] in alive  # kept by the tag
             assert len(alive) == 2  # main's head and the tagged one; the rest expired
-        rebuilt = write_training_set(fl.training_set(ents_file, provenance=first), tmp_path / "again.parquet")
+        rebuilt = Path(
+            write_training_set(fl.training_set(ents_file, provenance=first), tmp_path / "again.parquet")
+        )
     assert rebuilt.read_bytes() == first.read_bytes()
 
 
@@ -98,6 +100,7 @@ def test_training_set_whose_snapshot_expired_cannot_be_registered(proj: Path, tm
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         old = Provenance.load(ts).views["user_features"]
+        assert old is not None
         fl.backfill("user_features", day(5), day(7), run_id="newer")
         fl.project.load_table("user_features").maintenance.expire_snapshots().by_id(old).commit()
         with pytest.raises(
@@ -116,12 +119,13 @@ def test_a_snapshot_expired_between_check_and_tag_rolls_the_registration_back(
     with featurelake.open(proj) as fl:
         ts = training_file(fl, tmp_path / "train.parquet")
         old = Provenance.load(ts).views["user_max"]
+        assert old is not None
         fl.backfill("user_max", day(5), day(7), run_id="newer")
         reg = fl.models
         assert reg.pins is not None
         real_check = reg.pins.check
 
-        def check_then_expire(views: dict[str, int | None], model: str) -> None:
+        def check_then_expire(views: Mapping[str, int | None], model: str) -> None:
             real_check(views, model)  # passes, then maintenance expires the snapshot before the tag is made
             fl.project.load_table("user_max").maintenance.expire_snapshots().by_id(old).commit()
 
@@ -159,6 +163,7 @@ def test_archiving_may_release_the_tags(tmp_path: Path) -> None:
         reg.promote("fraud", "1.0.0", "Archived")
         # Released again, and this time the snapshot expires: the version can no longer come back.
         bound = Provenance.load(ts).views["user_features"]
+        assert bound is not None
         fl.backfill("user_features", day(5), day(7), run_id="newer")
         reg.promote("fraud", "1.0.1", "Archived")  # frees the shared snapshot's other tag too
         fl.project.load_table("user_features").maintenance.expire_snapshots().by_id(bound).commit()
@@ -279,7 +284,7 @@ def test_training_set_and_registry_on_postgres(
     ents_file = tmp_path / "ents.parquet"
     pq.write_table(entities(60), ents_file)
     with featurelake.open(proj) as fl:
-        ts = write_training_set(fl.training_set(ents_file, FEATURES), tmp_path / "train.parquet")
+        ts = Path(write_training_set(fl.training_set(ents_file, FEATURES), tmp_path / "train.parquet"))
         fl.models.register("fraud", model, "pickle", training_set=ts)
         fl.models.promote("fraud", "1.0.0", "Staging")
         fl.models.promote("fraud", "1.0.0", "Production")
@@ -287,7 +292,9 @@ def test_training_set_and_registry_on_postgres(
         assert fl.models.artifact_bytes("fraud@production") == pickle.dumps("weights")
         assert set(tags(fl, "user_features")) == {"model-fraud-1.0.0"}
         fl.backfill("user_features", day(5), day(7), run_id="pg_more")
-        again = write_training_set(fl.training_set(ents_file, provenance=ts), tmp_path / "again.parquet")
+        again = Path(
+            write_training_set(fl.training_set(ents_file, provenance=ts), tmp_path / "again.parquet")
+        )
     assert again.read_bytes() == ts.read_bytes()
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:

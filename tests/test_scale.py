@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import pyarrow as pa
@@ -202,7 +202,7 @@ def test_batched_backfill_refuses_what_one_piece_refuses(tmp_path: Path) -> None
         before = wap.main_snapshot_id(fl.project.load_table("events"))
         with pytest.raises(AuditFailed) as failed:
             fl.backfill("events", day(FIRST), day(LAST), run_id="refused")
-        report = failed.value.report
+        report = cast(AuditReport, failed.value.report)
         (between,) = [r for r in report.results if r.check == "between"]
         assert between.status == "fail" and isinstance(between.observed, int) and between.observed > 0
         tbl = fl.project.load_table("events")
@@ -398,9 +398,10 @@ def test_batched_audit_counts_duplicates_within_a_batch(tmp_path: Path) -> None:
             fl.apply()
             with pytest.raises(AuditFailed) as failed:
                 fl.backfill("events", day(FIRST), day(LAST))
-            (unique,) = [r for r in failed.value.report.results if r.check == "unique"]
+            report = cast(AuditReport, failed.value.report)
+            (unique,) = [r for r in report.results if r.check == "unique"]
             assert unique.status == "fail"
-            observed.append((unique.observed, failed.value.report.rows))
+            observed.append((unique.observed, report.rows))
     assert observed[0] == observed[1] and isinstance(observed[0][0], int) and observed[0][0] > 0
 
 
@@ -408,7 +409,7 @@ def test_batched_audit_counts_duplicates_within_a_batch(tmp_path: Path) -> None:
 
 
 def test_groups_cut_files_by_record_count() -> None:
-    files = [(mock.Mock(record_count=n), i) for i, n in enumerate([5, 5, 5, 20, 1, 1])]
+    files: list[tuple[Any, int]] = [(mock.Mock(record_count=n), i) for i, n in enumerate([5, 5, 5, 20, 1, 1])]
     groups = _groups(files, 10)
     assert [[seq for _, seq in g] for g in groups] == [[0, 1], [2, 3], [4, 5]]
     assert _groups([], 10) == []
@@ -432,7 +433,7 @@ def test_sync_in_groups_of_one_file_writes_the_latest_row_per_key(tmp_path: Path
         overwrite(
             fl,
             [(1, d(3), 13)],
-            And(GreaterThanOrEqual("event_ts", d(3).isoformat()), LessThan("event_ts", d(4).isoformat())),
+            And(GreaterThanOrEqual("event_ts", d(3).isoformat()), LessThan("event_ts", d(4).isoformat())),  # type: ignore[call-arg, arg-type]  # pyiceberg predicates take (term, literal); mypy sees pydantic fields
         )
         append(fl, [(3, d(5), 31)])
         (second,) = fl.sync()

@@ -5,7 +5,6 @@ inputs) come back as featurelake errors and leave main and the branches as they 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ def opened(root: Path, engine: str) -> featurelake.Featurelake:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 days published (by the local engine: faster), the model as pickle (with fill defaults) and ONNX."""
     root = make_project(
         tmp_path_factory.mktemp("spark_predict") / "proj", data=transactions(null_share=0.05, seed=5)
@@ -110,7 +109,7 @@ def test_spark_scores_what_the_local_engine_scores(spark: Any, lake: Path, case:
     results, rows = {}, {}
     for engine in ("local", "spark"):
         with opened(lake, engine) as fl:
-            kwargs = dict(request)
+            kwargs: dict[str, Any] = dict(request)
             if kwargs.get("snapshot_id") == "FIRST":
                 kwargs["snapshot_id"] = first_snapshot(fl)
             if kwargs.get("max_age") == "MAX_AGE":

@@ -8,6 +8,7 @@ the greatest by feature values (nulls lowest). No row may be dropped, added or r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ def ts_array(hours: list[int], unit: str = "us", tz: str = "UTC") -> pa.Array:
     return pa.array(us, pa.timestamp("us", tz="UTC")).cast(pa.timestamp(unit, tz=tz))
 
 
-def feature_table(rows: list[tuple[int, int, float | None, int | None]]) -> pa.Table:
+def feature_table(rows: Sequence[tuple[int, int, float | None, int | None]]) -> pa.Table:
     return pa.table(
         {
             "user_id": pa.array([r[0] for r in rows], pa.int64()),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,15 +51,17 @@ def test_point_in_time_join_over_two_views_matches_brute_force(shared: Path) -> 
         assert ts.select(ents.column_names).equals(ents)
         assert ts.column_names == [*ents.column_names, "amount_avg_1d", "txn_count_1d", "amount_max_1d"]
         assert ts.schema.field("txn_count_1d").type == pa.int64()
+        uf_sid, um_sid = prov.views["user_features"], prov.views["user_max"]
+        assert uf_sid is not None and um_sid is not None  # both views were published before
         uf = brute_force(
             fl,
             ents,
             "user_features",
-            prov.views["user_features"],
+            uf_sid,
             ["amount_avg_1d", "txn_count_1d"],
             timedelta(days=7),
         )
-        um = brute_force(fl, ents, "user_max", prov.views["user_max"], ["amount_max_1d"], None)
+        um = brute_force(fl, ents, "user_max", um_sid, ["amount_max_1d"], None)
     assert ts.column("amount_avg_1d").to_pylist() == uf["amount_avg_1d"]
     assert ts.column("txn_count_1d").to_pylist() == uf["txn_count_1d"]
     assert ts.column("amount_max_1d").to_pylist() == um["amount_max_1d"]
@@ -113,7 +116,9 @@ def test_rebuild_from_provenance_is_byte_identical_after_new_backfills(
             fl.backfill(v, day(0), day(10), run_id=f"{v}_second")
         now = fl.training_set(ents_file, FEATURES)
         again = fl.training_set(ents_file, provenance=first)
-        pinned = fl.training_set(ents_file, FEATURES, as_of=Provenance.load(first).views)
+        pinned = fl.training_set(
+            ents_file, FEATURES, as_of=cast(dict[str, int], Provenance.load(first).views)
+        )
     assert not now.equals(pq.read_table(first))  # main really moved on
     second, third = tmp_path / "second.parquet", tmp_path / "third.parquet"
     write_training_set(again, second)
@@ -265,6 +270,7 @@ def test_bad_as_of_and_provenance(shared: Path, tmp_path: Path) -> None:
     ents = entities(20)
     with featurelake.open(shared) as fl:
         sid = wap.main_snapshot_id(fl.project.load_table("user_features"))
+        assert sid is not None
         with pytest.raises(UsageError, match="but not for 'user_max'"):
             fl.training_set(ents, FEATURES, as_of={"user_features": sid})
         with pytest.raises(UsageError, match="which no requested feature uses"):
@@ -290,6 +296,7 @@ def test_rebuild_refuses_an_expired_snapshot(proj: Path) -> None:
     with featurelake.open(proj) as fl:
         built = fl.training_set(ents, FEATURES)
         old = Provenance.load(built).views["user_features"]
+        assert old is not None
         fl.backfill("user_features", day(5), day(7), run_id="newer")
         tbl = fl.project.load_table("user_features")
         tbl.maintenance.expire_snapshots().by_id(old).commit()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pytest
@@ -304,7 +304,7 @@ def test_failures_get_exact_counts_in_one_more_query() -> None:
         (lambda: checks.between("x", 5, 1), ["lo must be <= hi"]),
         (lambda: checks.between("x", 0, math.inf), ["finite numbers"]),
         (lambda: checks.null_rate("x", max=1.5), ["between 0 and 1"]),
-        (lambda: checks.not_null("x", severity="fatal"), ["'error' or 'warn'"]),
+        (lambda: checks.not_null("x", severity="fatal"), ["'error' or 'warn'"]),  # type: ignore[arg-type]  # deliberately wrong type: must be refused
         (lambda: checks.in_set("cat", []), ["non-empty"]),
         (lambda: checks.in_set("cat", ["a", None]), ["unsupported literal"]),
         (lambda: checks.row_count(min=5, max=2), ["max must be an integer >= min"]),
@@ -352,7 +352,10 @@ def test_sql_check_validates_with_an_untyped_key() -> None:
     # The key's type is only known at apply: either typing that binds is accepted.
     as_string = view(checks.sql("length(user_id) > 0", name="k"), dtype=None)
     as_long = view(checks.sql("user_id > 0", name="k2"), dtype=None)
-    assert [c.key for c in as_string.checks + as_long.checks] == [("sql", ("k",)), ("sql", ("k2",))]
+    assert [cast(Check, c).key for c in as_string.checks + as_long.checks] == [
+        ("sql", ("k",)),
+        ("sql", ("k2",)),
+    ]
 
 
 def test_view_names_starting_with_underscore_are_reserved() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -9,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
 from featurelake.validation.audit import evaluate
-from featurelake.validation.checks import AuditContext, ReferenceStats
+from featurelake.validation.checks import AuditContext, Observation, ReferenceStats
 from featurelake.validation.colstats import ColumnStats, merge
 from featurelake.validation.drift import (
     Drift,
@@ -176,11 +178,11 @@ def test_categorical_statistics_and_drift() -> None:
     same = stats_of(["a"] * 50 + ["b"] * 30 + ["c"] * 20, kind="categorical")
     moved = stats_of(["a"] * 10 + ["b"] * 10 + ["z"] * 80, kind="categorical")
     v = view(Drift("cat"), Drift("cat", metric="js"))
-    results = {}
+    results: dict[tuple[str, str], float] = {}
     for name, new in (("same", same), ("moved", moved)):
         for check in v.checks:
-            bound = _bound(check, new, ReferenceStats(1, "main", 1000, {"cat": ref}))
-            results[(name, bound.metric)] = bound.judge(_obs()).observed  # type: ignore[attr-defined]
+            bound = _bound(cast(Drift, check), new, ReferenceStats(1, "main", 1000, {"cat": ref}))
+            results[(name, bound.metric)] = cast(float, bound.judge(_obs()).observed)
     assert results[("same", "psi")] < 0.01 and results[("same", "js")] < 0.01
     assert results[("moved", "psi")] > 1.0 and results[("moved", "js")] > 0.3
 
@@ -188,9 +190,7 @@ def test_categorical_statistics_and_drift() -> None:
 # --- the drift check's verdicts ---------------------------------------------------------------------------
 
 
-def _obs() -> object:
-    from featurelake.validation.checks import Observation
-
+def _obs() -> Observation:
     return Observation([], 0)
 
 
@@ -201,31 +201,31 @@ def _bound(check: Drift, new: ColumnStats, ref: ReferenceStats | None) -> Drift:
     reference = FakeReference(
         stats_by_ref={None if check.reference is None else str(check.reference): ref} if ref else {}
     )
-    return check.bind(AuditContext(v, None, T0, reference, prof))  # type: ignore[return-value]
+    return cast(Drift, check.bind(AuditContext(v, None, T0, reference, prof)))
 
 
 def test_drift_without_reference_data_is_recorded_not_failed() -> None:
-    res = _bound(Drift("x"), stats_of([1.0, 2.0]), ReferenceStats(5, "main", 0, {})).judge(_obs())  # type: ignore[arg-type]
+    res = _bound(Drift("x"), stats_of([1.0, 2.0]), ReferenceStats(5, "main", 0, {})).judge(_obs())
     assert res.passed and res.status == "no-reference"
     assert "first backfill" in res.message and "no reference" in res.message
 
 
 def test_drift_with_an_unknown_reference_fails_and_says_why() -> None:
     ref = ReferenceStats(None, "ref nope", problem="reference 'nope' is no tag, branch or snapshot")
-    res = _bound(Drift("x", reference="nope"), stats_of([1.0]), ref).judge(_obs())  # type: ignore[arg-type]
+    res = _bound(Drift("x", reference="nope"), stats_of([1.0]), ref).judge(_obs())
     assert not res.passed and "reference 'nope' is no tag" in res.message
 
 
 def test_ks_on_an_all_null_window_fails() -> None:
     ref = ReferenceStats(5, "main", 3, {"x": stats_of([1.0, 2.0, 3.0])})
-    res = _bound(Drift("x", metric="ks"), stats_of([None, None]), ref).judge(_obs())  # type: ignore[arg-type]
+    res = _bound(Drift("x", metric="ks"), stats_of([None, None]), ref).judge(_obs())
     assert not res.passed and "hold no finite values" in res.message
 
 
 def test_psi_on_an_all_null_window_fails_through_the_missing_bin() -> None:
     ref = ReferenceStats(5, "main", 300, {"x": stats_of(RNG.normal(0, 1, 300))})
-    res = _bound(Drift("x"), stats_of([None] * 50), ref).judge(_obs())  # type: ignore[arg-type]
-    assert not res.passed and res.observed > 5
+    res = _bound(Drift("x"), stats_of([None] * 50), ref).judge(_obs())
+    assert not res.passed and cast(float, res.observed) > 5
     assert res.details is not None and res.details["new"][-1] == 1.0
 
 
@@ -233,7 +233,7 @@ def test_drift_defaults_and_limits() -> None:
     assert (Drift("x").max, Drift("x", metric="js").max, Drift("x", metric="ks").max) == (0.2, 0.1, 0.1)
     ref = ReferenceStats(5, "main", 4000, {"x": stats_of(RNG.normal(0, 1, 4000))})
     new = stats_of(RNG.normal(0.3, 1, 4000))
-    loose = _bound(Drift("x", metric="ks", max=0.5), new, ref).judge(_obs())  # type: ignore[arg-type]
-    strict = _bound(Drift("x", metric="ks", max=0.05), new, ref).judge(_obs())  # type: ignore[arg-type]
+    loose = _bound(Drift("x", metric="ks", max=0.5), new, ref).judge(_obs())
+    strict = _bound(Drift("x", metric="ks", max=0.05), new, ref).judge(_obs())
     assert loose.passed and not strict.passed and loose.observed == strict.observed
     assert strict.limit == "ks <= 0.05"

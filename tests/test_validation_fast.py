@@ -123,7 +123,7 @@ def test_nan_and_unsupported_types_go_to_sql() -> None:
             "b": pa.array([True, False, None]),
         }
     )
-    exprs = [
+    exprs: list[str] = [
         Agg.of("min", "f"),
         Agg.of("max", "f"),
         Agg.of("min", "s"),

@@ -107,12 +107,14 @@ def test_lineage_on_every_snapshot(fl: featurelake.Featurelake, project_dir: Pat
     tbl = fl.project.load_table("user_features")
     snaps = tbl.metadata.snapshots
     assert len(snaps) >= 4
+    by_run: dict[str, dict[str, str]] = {}
     for snap in snaps:
+        assert snap.summary is not None
         props = snap.summary.additional_properties
         assert props[lineage.CODE_VERSION] == "unknown"  # the tmp project is not in git
         assert props[lineage.PIPELINE_USER] == "test-user"
         assert props[lineage.RUN_ID]
-    by_run = {s.summary.additional_properties[lineage.RUN_ID]: s.summary.additional_properties for s in snaps}
+        by_run[props[lineage.RUN_ID]] = props
     assert by_run["a2"][lineage.VIEW] == "user_features"
     assert by_run["a2"][lineage.WINDOW_START] == f"{day(3)}T00:00:00+00:00"
     assert by_run["a2"][lineage.WINDOW_END] == f"{day(6)}T00:00:00+00:00"
@@ -158,7 +160,12 @@ def test_a_backfill_reads_git_once_and_names_one_version(
     proj, head = git_project(tmp_path / "gitproj")
     reads: list[str] = []
     real = lineage._git_version
-    monkeypatch.setattr(lineage, "_git_version", lambda d: reads.append(d) or real(d))
+
+    def recorded(d: str) -> str:
+        reads.append(d)
+        return real(d)
+
+    monkeypatch.setattr(lineage, "_git_version", recorded)
     with featurelake.open(proj) as fl:
         fl.apply()
         reads.clear()
@@ -181,9 +188,12 @@ def test_the_code_version_read_early_runs_git_on_a_thread_once(
     proj, head = git_project(tmp_path / "gitproj")
     threads: list[str] = []
     real = lineage._git_version
-    monkeypatch.setattr(
-        lineage, "_git_version", lambda d: threads.append(threading.current_thread().name) or real(d)
-    )
+
+    def recorded(d: str) -> str:
+        threads.append(threading.current_thread().name)
+        return real(d)
+
+    monkeypatch.setattr(lineage, "_git_version", recorded)
     lineage.read_code_version_early(proj)  # outside a job: nothing to prepare
     assert threads == []
     with lineage.one_code_version(proj):

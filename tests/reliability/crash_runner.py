@@ -52,18 +52,18 @@ def install(point: str) -> None:
     from featurelake.lakehouse import compat, wap
 
     if point == "writing":
-        compat.write_data_files = _after(compat.write_data_files, point)  # type: ignore[assignment]
+        compat.write_data_files = _after(compat.write_data_files, point)
     elif point == "written":
         LocalEngine.write_window = _after(LocalEngine.write_window, point)  # type: ignore[method-assign]
     elif point == "audit":
         # A backfill audits in auditing/wap_run.py (shared with micro-batches); audit/publish re-audit here.
-        wap_run.run_audit = _after(wap_run.run_audit, point)  # type: ignore[assignment]
-        backfill.run_audit = _after(backfill.run_audit, point)  # type: ignore[assignment]
+        wap_run.run_audit = _after(wap_run.run_audit, point)
+        backfill.run_audit = _after(backfill.run_audit, point)
     elif point == "publish":
-        wap.fast_forward = _before(wap.fast_forward, point)  # type: ignore[assignment]
+        wap.fast_forward = _before(wap.fast_forward, point)
     elif point == "published":
         # The commit that moves main also removes the branch: pause right after it (statistics not recorded).
-        wap.fast_forward = _after(wap.fast_forward, point)  # type: ignore[assignment]
+        wap.fast_forward = _after(wap.fast_forward, point)
     elif point != "none":
         raise SystemExit(f"unknown pause point {point!r}")
 

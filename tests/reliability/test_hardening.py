@@ -16,6 +16,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -504,7 +505,7 @@ def test_a_reused_run_id_never_overwrites_the_earlier_runs_report(
     )
     latest = json.loads((audits / "r1.json").read_text())
     assert latest["window_start"].startswith(day(4)) and latest["snapshot_id"] == again.snapshot_id
-    assert sorted(a.snapshot_id for a in logged) == sorted([first.snapshot_id, again.snapshot_id])
+    assert sorted(cast(int, a.snapshot_id) for a in logged) == sorted([first.snapshot_id, again.snapshot_id])
     # `featurelake audit VIEW --run-id` still shows the run now holding the id.
     r = cli(capsys, "-C", str(root), "audit", VIEW, "--run-id", "r1", "--json")
     assert r.returncode == 0, r.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 import featurelake
 from featurelake.errors import RequestError
@@ -84,7 +85,7 @@ PATHS = [
 
 
 def test_every_path_but_healthz_needs_the_token(fl: featurelake.Featurelake) -> None:
-    fl.project.config.settings.server.token = TOKEN
+    fl.project.config.settings.server.token = SecretStr(TOKEN)
     with TestClient(create_app(fl.project)) as c:
         for method, path in PATHS:
             for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"}):
