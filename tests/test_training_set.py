@@ -7,7 +7,6 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -116,9 +115,7 @@ def test_rebuild_from_provenance_is_byte_identical_after_new_backfills(
             fl.backfill(v, day(0), day(10), run_id=f"{v}_second")
         now = fl.training_set(ents_file, FEATURES)
         again = fl.training_set(ents_file, provenance=first)
-        pinned = fl.training_set(
-            ents_file, FEATURES, as_of=cast(dict[str, int], Provenance.load(first).views)
-        )
+        pinned = fl.training_set(ents_file, FEATURES, as_of=Provenance.load(first).views)
     assert not now.equals(pq.read_table(first))  # main really moved on
     second, third = tmp_path / "second.parquet", tmp_path / "third.parquet"
     write_training_set(again, second)

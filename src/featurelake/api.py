@@ -7,7 +7,7 @@ where a method needs them, so opening a project stays cheap.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -83,7 +83,7 @@ class Featurelake:
         features: list[str] | str | None = None,
         *,
         service: str | None = None,
-        as_of: datetime | str | dict[str, int] | None = None,
+        as_of: datetime | str | Mapping[str, int | None] | None = None,
         provenance: Provenance | pa.Table | dict[str, Any] | str | Path | None = None,
         full_feature_names: bool = False,
     ) -> pa.Table:

@@ -38,7 +38,7 @@ from featurelake.training.scan import read_scan, stream_scan
 if TYPE_CHECKING:
     from featurelake.project import Project
 
-AsOf = datetime | str | Mapping[str, int] | None
+AsOf = datetime | str | Mapping[str, int | None] | None
 
 
 @dataclass
