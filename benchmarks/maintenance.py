@@ -25,6 +25,7 @@ Exits non-zero only on errors (or if the rows changed), never because a result i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,9 +43,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.manifest import DataFile
 
 import featurelake
+from featurelake.lakehouse import compat
 from featurelake.maintenance import checksum, list_files
 from featurelake.units import format_size
 
@@ -107,18 +110,22 @@ def build(root: Path, rows: int, files: int) -> tuple[featurelake.Featurelake, f
     tbl = fl.project.load_table(VIEW)
     data = data.cast(tbl.schema().as_arrow())
     chunk = max(1, rows // files)
-    written = []
+    written: list[DataFile] = []
+    write_uuid, counter = uuid.uuid4(), itertools.count(0)
     for start in range(0, rows, chunk):
         # Each slice lies within one or two days: one small file per partition it touches.
-        written.extend(_dataframe_to_data_files(tbl.metadata, data.slice(start, chunk), tbl.io))
+        written.extend(
+            compat.write_data_files(tbl.metadata, data.slice(start, chunk), tbl.io, write_uuid, counter)
+        )
     with tbl.transaction() as txn, txn.update_snapshot().fast_append() as append:
         for f in written:
             append.append_data_file(f)
     return fl, time.perf_counter() - t0
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, float], Any]:
-    samples, result = [], None
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, Any], Any]:
+    samples: list[float] = []
+    result = None
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = fn()
@@ -160,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building {args.rows:,} rows in ~{args.files:,} small files over {DAYS} days ...", flush=True)
         fl, build_s = build(work / "proj", args.rows, args.files)
         with fl:
-            old_snapshot = fl.project.load_table(VIEW).current_snapshot().snapshot_id
+            current = fl.project.load_table(VIEW).current_snapshot()
+            assert current is not None
+            old_snapshot = current.snapshot_id
             before = scans(fl, args.repeats)
             t0 = time.perf_counter()
             (report,) = fl.maintain(VIEW, compact=True)

@@ -269,7 +269,7 @@ def latest_rows(rows: pa.Table, days: int, users: int) -> list[tuple[int, dict[s
     return [(u, dict(zip(FEATURES, vals, strict=True))) for u, *vals in zip(ids, *cols, strict=True)]
 
 
-def raw_hset(client: redis.Redis, latest: list[tuple[int, dict[str, float]]]) -> float:
+def raw_hset(client: redis.Redis, latest: list[tuple[int, dict[Any, float]]]) -> float:
     client.flushdb()
     t0 = time.perf_counter()
     pipe = client.pipeline(transaction=False)

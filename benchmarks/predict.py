@@ -42,6 +42,7 @@ import time
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ ARROW_TO_MATRIX: dict[str, Callable[[pa.Table, list[str], Any], np.ndarray]] = {
 def fastest_conversion(table: pa.Table, cols: list[str], dtype: Any, repeats: int) -> str:
     """The name of the plain Arrow -> NumPy conversion that is fastest here for ``dtype``."""
     times = {
-        name: best(lambda f=f: f(table, cols, dtype), max(2, repeats // 2))[0]
+        name: best(partial(f, table, cols, dtype), max(2, repeats // 2))[0]
         for name, f in ARROW_TO_MATRIX.items()
     }
     return min(times, key=lambda k: times[k])
@@ -241,7 +242,7 @@ def scoring_benchmark(
 
         # Interleaved, best of ``repeats`` each: load on a shared machine hits every path alike.
         (t_raw, p_raw), (t_raw_arrow, _), (t_fl, p_fl), (t_lin, out) = interleaved(
-            [lambda call=call, xin=xin: call(xin), raw_arrow, scored, with_lineage], repeats
+            [partial(call, xin), raw_arrow, scored, with_lineage], repeats
         )
         tol = 1e-9 if flavor_name == "pickle" else (2e-5 if kind == "logreg" else 2e-4)
         for what, p in (("raw", np.asarray(p_raw)), ("featurelake", p_fl)):

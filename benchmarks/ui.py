@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,27 +62,34 @@ def build(root: Path, snapshots: int) -> None:
                 f"run{i:05d}",
                 **{lineage.VIEW: VIEW, lineage.WINDOW_START: day(0), lineage.WINDOW_END: day(5)},
             )
-            snap = Snapshot(
-                snapshot_id=head.snapshot_id + 1 + i,
-                parent_snapshot_id=parent.snapshot_id,
-                sequence_number=head.sequence_number + 1 + i,
-                timestamp_ms=head.timestamp_ms + 1000 * (i + 1),
-                manifest_list=head.manifest_list,
-                summary=Summary(Operation.APPEND, **props, **{"added-records": "0"}),
-                schema_id=head.schema_id,
-            )
+            # Keyword arguments through a dict: PyIceberg's pydantic models take them by field name at run
+            # time, while mypy (without pydantic's plugin) knows only the aliases ("snapshot-id").
+            fields: dict[str, Any] = {
+                "snapshot_id": head.snapshot_id + 1 + i,
+                "parent_snapshot_id": parent.snapshot_id,
+                "sequence_number": head.sequence_number + 1 + i,
+                "timestamp_ms": head.timestamp_ms + 1000 * (i + 1),
+                "manifest_list": head.manifest_list,
+                "summary": Summary(Operation.APPEND, **props, **{"added-records": "0"}),
+                "schema_id": head.schema_id,
+            }
+            snap = Snapshot(**fields)
             extra.append(snap)
-            log.append(SnapshotLogEntry(snapshot_id=snap.snapshot_id, timestamp_ms=snap.timestamp_ms))
+            log.append(
+                SnapshotLogEntry(**{"snapshot_id": snap.snapshot_id, "timestamp_ms": snap.timestamp_ms})
+            )
             parent = snap
+        main: dict[str, Any] = {
+            "snapshot_id": parent.snapshot_id,
+            "snapshot_ref_type": SnapshotRefType.BRANCH,
+        }
         synthetic = md.model_copy(
             update={
                 "snapshots": [*md.snapshots, *extra],
                 "snapshot_log": log,
                 "refs": {
                     **md.refs,
-                    "main": SnapshotRef(
-                        snapshot_id=parent.snapshot_id, snapshot_ref_type=SnapshotRefType.BRANCH
-                    ),
+                    "main": SnapshotRef(**main),
                 },
                 "last_sequence_number": parent.sequence_number,
                 "current_snapshot_id": parent.snapshot_id,
