@@ -51,9 +51,9 @@ def value_sql(name: str, ftype: IcebergType) -> str:
     if isinstance(ftype, DoubleType):
         return _float_json(col, f"to_json({col})")
     if isinstance(ftype, FloatType):
-        # A float32 is stored as its exact value's shortest float64 form (1.100000023841858 for 1.1f): what
-        # an offline read of it gives, and text Python writes alike (streaming.microbatch.SmallEncoder). DuckDB's own
-        # VARCHAR of a float32 is not reproducible: mostly the shortest float32 digits, sometimes more.
+        # A float32 is stored as its exact value's shortest float64 form (1.100000023841858 for 1.1f): what an
+        # offline read of it gives, and what Python writes alike (streaming.microbatch.SmallEncoder). DuckDB's
+        # own VARCHAR of a float32 is not reproducible there: mostly the shortest float32 digits, sometimes more.
         return _float_json(col, f"to_json({col}::DOUBLE)")
     if isinstance(ftype, TimestamptzType | TimestampType):
         return f"epoch_us({col})"
