@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -443,3 +444,27 @@ def test_lag_keeps_growing_while_the_store_is_unreachable(tmp_path: Path, own_re
             assert again is not None and again >= after
     finally:
         fl.close()
+
+
+def test_a_float32_stored_in_other_digits_of_the_same_value_is_consistent() -> None:
+    """Earlier versions stored a float32 in its shortest float32 digits (1.1, 57696450.0); the sync now writes
+    its exact value (1.100000023841858, 57696448.0). Same float32: consistent. Another float32, or a double
+    whose digits differ: a mismatch."""
+    from featurelake.serving.consistency import _Expected, _judge
+
+    now = us(r(4))
+    want = _Expected(us(r(1)), '{"f": 1.100000023841858, "g": 57696448.0, "d": 1.100000023841858}')
+
+    def judged(stored: str) -> tuple[str, dict[str, Any]]:
+        return _judge(want, (us(r(1)), stored), None, now, ["f", "g", "d"], frozenset({"f", "g"}))
+
+    assert judged('{"f": 1.1, "g": 57696450.0, "d": 1.100000023841858}') == ("consistent", {})
+    assert judged('{"f": 1.1000001, "g": 57696448.0, "d": 1.100000023841858}') == (
+        "mismatch",
+        {"f": (1.100000023841858, 1.1000001)},
+    )
+    assert judged('{"f": 1.1, "g": 57696450.0, "d": 1.1}') == ("mismatch", {"d": (1.100000023841858, 1.1)})
+    assert judged('{"f": "NaN", "g": null, "d": 1.100000023841858}') == (
+        "mismatch",
+        {"f": (1.100000023841858, "NaN"), "g": (57696448.0, None)},
+    )

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
+from pyiceberg.types import FloatType
 
 from featurelake.errors import OnlineStoreUnavailableError, UsageError
 from featurelake.features.keys import describe_key
@@ -239,8 +241,22 @@ def _read(store: OnlineStore, view: str, keys: list[str]) -> list[Stored]:
     return out
 
 
+def _same(a: Any, b: Any, single: bool) -> bool:
+    """Whether two stored values are one value; for a float32 feature, one float32 (earlier versions stored
+    it in its shortest float32 digits, 1.1; now in its exact value's float64 digits, 1.100000023841858)."""
+    if a == b:
+        return True
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    return single and numbers and bool(np.float32(a) == np.float32(b))
+
+
 def _judge(
-    want: _Expected | None, hit: Stored, ttl_us: int | None, now_us: int, fields: list[str]
+    want: _Expected | None,
+    hit: Stored,
+    ttl_us: int | None,
+    now_us: int,
+    fields: list[str],
+    singles: frozenset[str] = frozenset(),
 ) -> tuple[str, dict[str, tuple[Any, Any]]]:
     """The verdict on one key (see the module docstring), with the differing features of a mismatch."""
 
@@ -260,7 +276,11 @@ def _judge(
     if online_ts < want.event_ts:
         return "stale", {}
     expected, stored = _payload_dict(want.payload), _payload_dict(payload)
-    diff = {f: (expected.get(f), stored.get(f)) for f in fields if expected.get(f) != stored.get(f)}
+    diff = {
+        f: (expected.get(f), stored.get(f))
+        for f in fields
+        if not _same(expected.get(f), stored.get(f), f in singles)
+    }
     return ("mismatch" if diff else "consistent"), diff
 
 
@@ -322,6 +342,7 @@ def _check(
     ttl_us = int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
     now_us = int((now or datetime.now(UTC)).timestamp() * 1_000_000)
     fields = list(planned.types) if planned.types else list(view.fields)
+    singles = frozenset(f for f, t in planned.types.items() if isinstance(t, FloatType))
     keys = _Keys(planned.table, view)
     counts = dict.fromkeys(VERDICTS, 0)
     diffs: list[KeyDiff] = []
@@ -329,7 +350,7 @@ def _check(
         want = expected.get(key)
         if want is None and hit is None:  # removed between listing and reading: nothing on either side
             continue
-        verdict, differences = _judge(want, hit, ttl_us, now_us, fields)
+        verdict, differences = _judge(want, hit, ttl_us, now_us, fields, singles)
         counts[verdict] += 1
         if verdict in INCONSISTENT or verdict == "ahead":
             typed, text = keys.typed(key)
