@@ -355,7 +355,10 @@ def alias(
     reg = c.fl.models
     if delete:
         if version is not None:
-            raise UsageError("--delete takes no VERSION")
+            raise UsageError(
+                f"--delete takes no VERSION: to remove alias {alias} of {name}, run "
+                f"`featurelake models alias {name} {alias} --delete`"
+            )
         old = reg.delete_alias(name, alias, reason=reason)
         if as_json:
             render.print_json({"name": name, "alias": alias, "deleted": True, "was": old})

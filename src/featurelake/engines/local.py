@@ -97,7 +97,8 @@ class LocalEngine(Engine):
             if src.timestamp_field not in rel.columns:
                 raise ConfigError(
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
-                    f"its columns are {', '.join(rel.columns)}"
+                    f"its columns are {', '.join(rel.columns)}: set timestamp_field= of the Source in features.py "
+                    "to one of them"
                 )
             # A relation, not a view: views live in the process-wide database that cursors share.
             return rel.limit(0) if window is None else rel.filter(window.sql_filter(src.timestamp_field))
@@ -875,14 +876,15 @@ def read_remote_parquet(
         if timestamp_field not in dataset.schema.names:
             raise ConfigError(
                 f"view {view!r}: source has no timestamp field {timestamp_field!r}; its columns are "
-                f"{', '.join(dataset.schema.names)}"
+                f"{', '.join(dataset.schema.names)}: set timestamp_field= of the Source in features.py to one of them"
             )
         if window is None:
             return dataset.schema.empty_table().replace_schema_metadata(None)
         t = dataset.schema.field(timestamp_field).type
         if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
             raise ConfigError(
-                f"view {view!r}: source timestamp field {timestamp_field!r} is {t}, not a timestamp or date"
+                f"view {view!r}: source timestamp field {timestamp_field!r} is {t}, not a timestamp or date: "
+                "write it as a timestamp in the source files, or name a timestamp column as timestamp_field"
             )
         field = pc.field(timestamp_field)
         table = dataset.to_table(

@@ -284,7 +284,7 @@ class FeatureView:
             validate_identifier(fname, f"field of view {self.name!r}")
             if fname in reserved:
                 raise ConfigError(
-                    f"view {self.name!r}: field {fname!r} clashes with the join key or timestamp"
+                    f"view {self.name!r}: field {fname!r} clashes with the join key or timestamp; rename the field"
                 )
             try:
                 parse_type(ftype)
@@ -306,7 +306,9 @@ class FeatureView:
                     )
             check.validate(self)  # types, bounds, SQL: refused when features.py loads, not at run time
         if self.ttl is not None and self.ttl <= timedelta(0):
-            raise ConfigError(f"view {self.name!r}: ttl must be positive")
+            raise ConfigError(
+                f"view {self.name!r}: ttl must be positive, e.g. ttl=timedelta(days=7) (or leave ttl out)"
+            )
 
     def _check_renames(self, reserved: set[str]) -> None:
         seen: dict[str, str] = {}

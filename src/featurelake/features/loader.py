@@ -82,16 +82,16 @@ def load_definitions(path: Path, *, timeout: float | None = None) -> Definitions
             defs.entities[value.name] = value
         elif isinstance(value, FeatureView):
             if value.name in defs.views and defs.views[value.name] is not value:
-                raise ConfigError(f"{path}: two feature views are named {value.name!r}")
+                raise ConfigError(f"{path}: two feature views are named {value.name!r}; rename one")
             defs.views[value.name] = value
             defs.entities.setdefault(value.entity.name, value.entity)
         elif isinstance(value, OnDemandFeatureView):
             if defs.on_demand.get(value.name, value) is not value:
-                raise ConfigError(f"{path}: two on-demand feature views are named {value.name!r}")
+                raise ConfigError(f"{path}: two on-demand feature views are named {value.name!r}; rename one")
             defs.on_demand[value.name] = value
         elif isinstance(value, FeatureService):
             if defs.services.get(value.name, value) is not value:
-                raise ConfigError(f"{path}: two feature services are named {value.name!r}")
+                raise ConfigError(f"{path}: two feature services are named {value.name!r}; rename one")
             defs.services[value.name] = value
     try:
         for svc in defs.services.values():  # views a service holds as objects are views of the project too
@@ -111,7 +111,7 @@ def load_definitions(path: Path, *, timeout: float | None = None) -> Definitions
                 )
             for source in odfv.views:  # a source view defined inline is still a view of the project
                 if defs.views.setdefault(source.name, source) is not source:
-                    raise ConfigError(f"two feature views are named {source.name!r}")
+                    raise ConfigError(f"two feature views are named {source.name!r}; rename one")
                 defs.entities.setdefault(source.entity.name, source.entity)
         defs.service_features = resolve_services(defs.services, defs.views, defs.on_demand)
     except ConfigError as exc:

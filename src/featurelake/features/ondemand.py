@@ -126,7 +126,9 @@ class OnDemandFeatureView:
         validate_identifier(self.name, "on-demand feature view name")
         what = f"on-demand feature view {self.name!r}"
         if self.name.startswith("_"):
-            raise ConfigError(f"{what}: names starting with '_' are reserved for featurelake's own tables")
+            raise ConfigError(
+                f"{what}: names starting with '_' are reserved for featurelake's own tables; rename the view"
+            )
         if self.mode not in MODES:
             raise ConfigError(
                 f"{what}: mode must be one of {', '.join(map(repr, MODES))}, got {shown(self.mode)}"

@@ -165,7 +165,8 @@ class PrometheusSource(RuleSource):
             ) from None
         if body.get("status") != "success":
             raise FeaturelakeError(
-                f"Prometheus at {redact(self.url)} refused {promql!r}: {body.get('error')}"
+                f"Prometheus at {redact(self.url)} refused {promql!r}: {body.get('error')}: check the rule and the "
+                "server"
             )
         data = body["data"]
         if data.get("resultType") != "vector":

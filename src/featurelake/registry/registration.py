@@ -302,7 +302,10 @@ def _signature(
                     )
                 )
             else:
-                raise UsageError(f"signature entries need a name and a type, got {f!r}")
+                raise UsageError(
+                    f"signature entries need a name and a type, got {f!r}: write e.g. "
+                    "{'name': 'amount_avg_1d', 'type': 'double', 'feature': 'user_features:amount_avg_1d'}"
+                )
         return out
     if prov is None:
         return []

@@ -71,7 +71,9 @@ def _read_file(path: Path) -> pa.Table:
         if suffix == ".csv":
             return pacsv.read_csv(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise UsageError(f"entity file {path} cannot be read as {suffix[1:]}: {exc}") from exc
+        raise UsageError(
+            f"entity file {path} cannot be read as {suffix[1:]}: {exc}; give a valid Parquet or CSV file"
+        ) from exc
     raise UsageError(f"entity file {path}: use a .parquet or .csv file")
 
 

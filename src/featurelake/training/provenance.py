@@ -153,16 +153,24 @@ class Provenance:
         if isinstance(source, str | Path):
             path = Path(source)
             if not path.is_file():
-                raise UsageError(f"training set {path} does not exist")
+                raise UsageError(
+                    f"training set {path} does not exist: give the .parquet file (or provenance .json) that "
+                    "`featurelake training-set` wrote"
+                )
             if path.suffix.lower() == ".json":
                 try:
                     return cls.from_dict(json.loads(path.read_text()), str(path))
                 except ValueError as exc:
-                    raise UsageError(f"{path} is not valid JSON: {exc}") from None
+                    raise UsageError(
+                        f"{path} is not valid JSON: {exc}; give the provenance .json that featurelake wrote"
+                    ) from None
             try:
                 schema = pq.read_schema(path)
             except (pa.ArrowInvalid, OSError) as exc:
-                raise UsageError(f"training set {path} is not a Parquet file: {exc}") from None
+                raise UsageError(
+                    f"training set {path} is not a Parquet file: {exc}; give the .parquet file that "
+                    "`featurelake training-set` wrote"
+                ) from None
             return cls.from_schema(schema, str(path))
         raise UsageError(f"cannot read a provenance from {type(source).__name__}")
 

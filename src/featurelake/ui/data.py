@@ -279,7 +279,10 @@ def report_file(fl: Featurelake, view: str, run_id: str) -> Path:
     """The run's HTML audit report, which must lie inside the project's audit directory."""
     detail = run_detail(fl, view, run_id)
     if detail.report_html is None:
-        raise NotFoundError(f"run {run_id} of {view} has no HTML audit report on this machine")
+        raise NotFoundError(
+            f"run {run_id} of {view} has no HTML audit report on this machine: "
+            f"`featurelake audit {view} --run-id {run_id}` renders it again"
+        )
     path = Path(detail.report_html).resolve()
     if not path.is_relative_to(fl.project.audit_dir.resolve()):
         raise NotFoundError(

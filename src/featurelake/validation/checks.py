@@ -170,7 +170,10 @@ class InSet(Check):
         if isinstance(values, str) or not members:
             raise ConfigError(f"in_set({column!r}): values must be a non-empty list, e.g. ['a', 'b']")
         for v in members:
-            sql_literal(v)  # refuses NaN, None and odd types now, not at run time
+            try:
+                sql_literal(v)  # refuses NaN, None and odd types now, not at run time
+            except ConfigError as exc:
+                raise ConfigError(f"in_set({column!r}): {exc}; remove {v!r} from values") from None
         self.column, self.values = column, members
 
     def columns(self) -> list[str]:
@@ -187,7 +190,10 @@ class InSet(Check):
             "key": lambda v: isinstance(v, int | str) and not isinstance(v, bool),
         }.get(kind)
         if ok is None:
-            raise ConfigError(f"view {view.name!r}: in_set({self.column!r}) cannot check a {kind} column")
+            raise ConfigError(
+                f"view {view.name!r}: in_set({self.column!r}) cannot check a {kind} column; use checks.sql(...) "
+                "for it instead"
+            )
         wrong = [v for v in self.values if not ok(v)]
         if wrong:
             raise ConfigError(
@@ -313,7 +319,7 @@ class RowCountChange(Check):
         if isinstance(max_ratio, bool) or not isinstance(max_ratio, int | float) or not max_ratio >= 0:
             raise ConfigError(f"row_count_change(max_ratio={max_ratio!r}): give a ratio >= 0, e.g. 0.5")
         if not math.isfinite(max_ratio):
-            raise ConfigError("row_count_change: max_ratio must be finite")
+            raise ConfigError("row_count_change: max_ratio must be finite: give a ratio >= 0, e.g. 0.5")
         self.max_ratio = float(max_ratio)
         self._published: int | None = None
 

@@ -73,7 +73,10 @@ class SlackChannel(Channel):
                 "incoming-webhook URL (the URL never goes in featurelake.yaml)"
             )
         if not url.startswith(("https://", "http://")):
-            raise ConfigError(f"{where} (slack): {options.webhook_url_env} does not hold an http(s) URL")
+            raise ConfigError(
+                f"{where} (slack): {options.webhook_url_env} does not hold an http(s) URL: export it with the "
+                "Slack incoming-webhook URL (https://hooks.slack.com/services/...)"
+            )
         self._url = url
         #: Attempts made by the last send (for tests and the summary).
         self.attempts = 0

@@ -186,7 +186,8 @@ class ModelFlavor(ABC):
             )
         if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
             raise SchemaError(
-                f"{self.info.ref}: the {self.name} model returned {arr.dtype} values; predictions must be numeric"
+                f"{self.info.ref}: the {self.name} model returned {arr.dtype} values; predictions must be numeric: "
+                "encode the labels as numbers and retrain, then register the new model"
             )
         return arr.astype(np.float64, copy=False)
 

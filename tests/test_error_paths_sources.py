@@ -1,0 +1,141 @@
+"""Bad project files and sources no other test fed in: a featurelake.yaml that is not a mapping, a catalog URI
+SQLAlchemy cannot use, a source without its timestamp column, a corrupt Parquet file among the source files, a
+missing source table, a query DuckDB refuses and a join key of a float type.
+
+Each is a featurelake error naming the file, view or column and the fix; main and the user's files stay as
+they were.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import featurelake
+from featurelake.errors import ConfigError, SchemaError
+from featurelake.lakehouse import wap
+from tests.helpers import DEFAULT_FEATURES, day, make_project
+
+VIEW = "user_features"
+BASE_CONFIG = "project: test\nnamespace: features\n"
+State = tuple[int | None, list[dict[str, Any]]]
+
+
+def says(exc: BaseException, *needles: str) -> str:
+    msg = str(exc)
+    for n in needles:
+        assert n in msg, f"{n!r} not in message: {msg}"
+    return msg
+
+
+def features_with(old: str, new: str) -> str:
+    assert old in DEFAULT_FEATURES, old
+    return DEFAULT_FEATURES.replace(old, new)
+
+
+def state(root: Path) -> State:
+    """Main's snapshot id and its rows (sorted), read through a fresh handle."""
+    with featurelake.open(root) as h:
+        sid = wap.main_snapshot_id(h.project.load_table(VIEW))
+        rows = h.read(VIEW).to_pylist()
+    return sid, sorted(rows, key=lambda r: (r["user_id"], r["event_ts"]))
+
+
+def published_project(root: Path) -> Path:
+    make_project(root)
+    with featurelake.open(root) as h:
+        h.apply()
+        h.backfill(VIEW, day(0), day(5), run_id="base")
+    return root
+
+
+def refused_at_apply(root: Path, error: type[Exception]) -> BaseException:
+    """``apply`` on ``root`` fails with ``error`` and creates no table; features.py is untouched."""
+    written = (root / "features.py").read_bytes()
+    with featurelake.open(root) as h:
+        with pytest.raises(error) as ei:
+            h.apply()
+        assert not h.project.catalog.table_exists(f"features.{VIEW}")
+    assert (root / "features.py").read_bytes() == written
+    return ei.value
+
+
+# --- featurelake.yaml ------------------------------------------------------------------------------------
+def test_config_that_is_a_list_is_refused(tmp_path: Path) -> None:
+    text = "- project: test\n- namespace: features\n"
+    root = make_project(tmp_path / "p", config=text)
+    with pytest.raises(ConfigError) as ei:
+        featurelake.open(root)
+    says(ei.value, "featurelake.yaml", "must hold a mapping of keys", "project, namespace")
+    assert (root / "featurelake.yaml").read_text() == text
+
+
+def test_unusable_catalog_uri_names_the_setting_and_the_forms(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p", config=BASE_CONFIG + "catalog:\n  uri: nosuchdialect://host/db\n")
+    with featurelake.open(root) as h, pytest.raises(ConfigError) as ei:
+        h.apply()
+    says(
+        ei.value,
+        "catalog.uri",
+        "nosuchdialect://host/db",
+        "is not usable",
+        "sqlite:///",
+        "postgresql+psycopg://",
+    )
+
+
+# --- sources -----------------------------------------------------------------------------------------------
+def test_parquet_source_without_its_timestamp_column(tmp_path: Path) -> None:
+    feats = features_with('timestamp_field="ts")', 'timestamp_field="when")')
+    root = make_project(tmp_path / "p", features=feats)
+    err = refused_at_apply(root, ConfigError)
+    says(
+        err,
+        "view 'user_features'",
+        "no timestamp field 'when'",
+        "user_id, ts, amount",
+        "set timestamp_field=",
+    )
+
+
+def test_missing_source_table(tmp_path: Path) -> None:
+    feats = features_with(
+        'Source.parquet("data/transactions/*.parquet", timestamp_field="ts")',
+        'Source.table("raw.transactions", timestamp_field="ts")',
+    )
+    root = make_project(tmp_path / "p", features=feats)
+    err = refused_at_apply(root, ConfigError)
+    says(err, "view 'user_features'", "source table 'raw.transactions'", "cannot be loaded")
+
+
+def test_corrupt_parquet_among_the_source_files_changes_nothing(tmp_path: Path) -> None:
+    root = published_project(tmp_path / "p")
+    before = state(root)
+    junk = root / "data" / "transactions" / "part-9.parquet"
+    junk.write_bytes(b"this is not parquet at all\n" * 10)
+    with featurelake.open(root) as h:
+        with pytest.raises(SchemaError) as ei:
+            h.backfill(VIEW, day(5), day(7), run_id="junk")
+        says(ei.value, "view 'user_features'", str(junk), "No magic bytes")
+        assert wap.branch_name("junk") not in h.project.load_table(VIEW).metadata.refs
+    assert junk.read_bytes() == b"this is not parquet at all\n" * 10, "the user's file was modified"
+    assert state(root) == before
+
+
+# --- the query's output ------------------------------------------------------------------------------------
+def test_query_duckdb_cannot_bind_names_the_view(tmp_path: Path) -> None:
+    feats = features_with("sum(amount) AS amount_sum_1d", "sum(amount_typo) AS amount_sum_1d")
+    root = make_project(tmp_path / "p", features=feats)
+    err = refused_at_apply(root, SchemaError)
+    says(err, "view 'user_features'", "the query failed in DuckDB", "amount_typo")
+
+
+def test_float_join_key_says_to_cast_it(tmp_path: Path) -> None:
+    feats = features_with(
+        "SELECT user_id, date_trunc", "SELECT CAST(user_id AS DOUBLE) AS user_id, date_trunc"
+    )
+    root = make_project(tmp_path / "p", features=feats)
+    err = refused_at_apply(root, SchemaError)
+    says(err, "view 'user_features'", "join key user_id is double", "cast it in the query", "dtype=")
