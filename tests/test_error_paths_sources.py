@@ -9,7 +9,6 @@ they were.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,6 @@ from tests.helpers import DEFAULT_FEATURES, day, make_project
 
 VIEW = "user_features"
 BASE_CONFIG = "project: test\nnamespace: features\n"
-State = tuple[int | None, list[dict[str, Any]]]
 
 
 def says(exc: BaseException, *needles: str) -> str:
@@ -33,22 +31,6 @@ def says(exc: BaseException, *needles: str) -> str:
 def features_with(old: str, new: str) -> str:
     assert old in DEFAULT_FEATURES, old
     return DEFAULT_FEATURES.replace(old, new)
-
-
-def state(root: Path) -> State:
-    """Main's snapshot id and its rows (sorted), read through a fresh handle."""
-    with featurelake.open(root) as h:
-        sid = wap.main_snapshot_id(h.project.load_table(VIEW))
-        rows = h.read(VIEW).to_pylist()
-    return sid, sorted(rows, key=lambda r: (r["user_id"], r["event_ts"]))
-
-
-def published_project(root: Path) -> Path:
-    make_project(root)
-    with featurelake.open(root) as h:
-        h.apply()
-        h.backfill(VIEW, day(0), day(5), run_id="base")
-    return root
 
 
 def refused_at_apply(root: Path, error: type[Exception]) -> BaseException:
@@ -110,18 +92,47 @@ def test_missing_source_table(tmp_path: Path) -> None:
     says(err, "view 'user_features'", "source table 'raw.transactions'", "cannot be loaded")
 
 
-def test_corrupt_parquet_among_the_source_files_changes_nothing(tmp_path: Path) -> None:
-    root = published_project(tmp_path / "p")
-    before = state(root)
-    junk = root / "data" / "transactions" / "part-9.parquet"
+ROW_BY_ROW = """
+events = FeatureView(
+    name="events", entity=user, source=Source.parquet("data/transactions/*.parquet", timestamp_field="ts"),
+    query="SELECT user_id, ts AS event_ts, amount FROM source",
+    fields={"amount": "double"},
+)
+"""
+
+
+@pytest.mark.parametrize(
+    ("view", "name", "batch_rows"),
+    [
+        (VIEW, "part-9.parquet", 0),  # not the first file: DuckDB meets it running the query
+        (VIEW, "aaa.parquet", 0),  # the first file: DuckDB reads its footer to bind the source
+        ("events", "zzz.parquet", 100),  # a row-by-row view streams its source in chunks of 100 rows
+    ],
+)
+def test_a_file_that_is_not_parquet_among_the_source_files_is_named_and_changes_nothing(
+    tmp_path: Path, view: str, name: str, batch_rows: int
+) -> None:
+    config = f"{BASE_CONFIG}backfill:\n  batch_days: 1\n  batch_min_rows: 0\n  batch_rows: {batch_rows}\n"
+    root = make_project(tmp_path / "p", features=DEFAULT_FEATURES + ROW_BY_ROW, config=config)
+    with featurelake.open(root) as h:
+        h.apply()
+        h.backfill(view, day(0), day(5), run_id="base")
+        before = wap.main_snapshot_id(h.project.load_table(view)), h.read(view).num_rows
+    junk = root / "data" / "transactions" / name
     junk.write_bytes(b"this is not parquet at all\n" * 10)
     with featurelake.open(root) as h:
-        with pytest.raises(SchemaError) as ei:
-            h.backfill(VIEW, day(5), day(7), run_id="junk")
-        says(ei.value, "view 'user_features'", str(junk), "No magic bytes")
-        assert wap.branch_name("junk") not in h.project.load_table(VIEW).metadata.refs
+        with pytest.raises(ConfigError) as ei:
+            h.backfill(view, day(3), day(7), run_id="junk")
+        says(
+            ei.value,
+            f"view {view!r}: source file {junk} cannot be read as Parquet",
+            "No magic bytes",
+            "replace or remove it, or narrow the Source.parquet glob in features.py",
+        )
+        tbl = h.project.load_table(view)
+        assert wap.branch_name("junk") not in tbl.metadata.refs
+        assert (wap.main_snapshot_id(tbl), h.read(view).num_rows) == before
     assert junk.read_bytes() == b"this is not parquet at all\n" * 10, "the user's file was modified"
-    assert state(root) == before
 
 
 # --- the query's output ------------------------------------------------------------------------------------

@@ -93,7 +93,10 @@ class LocalEngine(Engine):
                 and (data := read_parquet_window(files, src.timestamp_field, window)) is not None
             ):
                 return con.from_arrow(data)
-            rel = con.read_parquet(files)
+            try:
+                rel = con.read_parquet(files)  # reads the first file's footer
+            except duckdb.Error as exc:
+                raise _unreadable_source(view, src.location, exc) from exc
             if src.timestamp_field not in rel.columns:
                 raise ConfigError(
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
@@ -163,6 +166,8 @@ class LocalEngine(Engine):
             except duckdb.OutOfMemoryException:
                 raise  # not the query's fault: the callers say which setting to lower
             except duckdb.Error as exc:
+                if _BAD_PARQUET.search(str(exc)):  # a source file, not the query
+                    raise _unreadable_source(view, view.source.location, exc) from exc
                 first = str(exc).strip().splitlines()[0]
                 raise SchemaError(f"view {view.name!r}: {stage} failed in DuckDB: {first}") from exc
 
@@ -294,8 +299,17 @@ class LocalEngine(Engine):
                 yield from _rechunk(scanner.to_batches(), scanner.projected_schema, rows)
                 return
         with duck.cursor() as con:
-            reader = self._source(con, view, window).to_arrow_reader(min(rows, _READ_BATCH))
-            yield from _rechunk(reader, reader.schema, rows)
+            try:
+                reader = self._source(con, view, window).to_arrow_reader(min(rows, _READ_BATCH))
+                yield from _rechunk(reader, reader.schema, rows)
+            except (
+                duckdb.Error,
+                pa.ArrowException,
+                OSError,
+            ) as exc:  # Arrow's reader passes DuckDB's on as OSError
+                if _BAD_PARQUET.search(str(exc)):  # read as a stream, outside the query's own error handling
+                    raise _unreadable_source(view, src.location, exc) from exc
+                raise
 
     def write_batches(
         self,
@@ -813,6 +827,30 @@ def read_parquet_window(files: list[str], timestamp_field: str, window: Window) 
     return table.replace_schema_metadata(None)
 
 
+#: DuckDB's words for a source file that is not Parquet (empty, truncated, another format), with its path.
+_BAD_PARQUET = re.compile(
+    r"No magic bytes found at end of file '([^']+)'|File '([^']+)' too small to be a Parquet"
+)
+
+
+def _unreadable_source(view: FeatureView, location: str, exc: Exception) -> ConfigError:
+    """The error for source files DuckDB cannot read as Parquet: which file when DuckDB says, and the way out."""
+    first = str(exc).strip().splitlines()[0]
+    found = _BAD_PARQUET.search(first)
+    what = f"source file {found.group(1) or found.group(2)}" if found else f"a source file of {location!r}"
+    return ConfigError(
+        f"view {view.name!r}: {what} cannot be read as Parquet ({first}); replace or remove it, or narrow the "
+        "Source.parquet glob in features.py so that it matches only Parquet files"
+    )
+
+
+def _unreadable_objects(view: str, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"view {view!r}: source objects cannot be read as Parquet: {exc}; replace or remove the object named, or "
+        "narrow the Source.parquet location in features.py so that it matches only Parquet objects"
+    )
+
+
 def parquet_window_scanner(files: list[str], timestamp_field: str, window: Window) -> ds.Scanner | None:
     """:func:`read_parquet_window`'s rows as a stream: a scanner reading one file at a time, each column chunk
     as it is decoded (no whole row group buffered ahead), a batch or two ahead; None to let DuckDB."""
@@ -893,9 +931,9 @@ def read_remote_parquet(
     except OSError as exc:
         if is_storage_failure(exc):
             raise storage_error(exc, f"read the source of view {view!r}") from exc
-        raise ConfigError(f"view {view!r}: source objects cannot be read as Parquet: {exc}") from exc
+        raise _unreadable_objects(view, exc) from exc
     except pa.ArrowException as exc:
-        raise ConfigError(f"view {view!r}: source objects cannot be read as Parquet: {exc}") from exc
+        raise _unreadable_objects(view, exc) from exc
     return table.replace_schema_metadata(None)
 
 
