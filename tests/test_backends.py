@@ -7,6 +7,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +23,7 @@ from featurelake.errors import ConfigError
 from featurelake.maintenance import backend as maintenance_backend
 from featurelake.prediction import backend as prediction_backend
 from featurelake.serving import backend as serving_backend
+from tests.helpers import make_project
 
 JOBS = Path(featurelake.__file__).parent / "jobs"
 
@@ -147,3 +151,52 @@ def test_jobs_stay_composition_only(job: str) -> None:
             pytest.fail(f"jobs/{job}:{node.lineno} reaches for the engine; use the domain's backend_for")
         if isinstance(node, ast.Assert):
             pytest.fail(f"jobs/{job}:{node.lineno} asserts")
+
+
+#: Run in a child process: a module imported afresh there cannot leave a second copy in this one's.
+_MISSING_EXTRA = """
+import sys
+import featurelake
+for name in sys.argv[2:]:
+    sys.modules[name] = None  # `import name` raises ModuleNotFoundError, as without the extra
+with featurelake.open(sys.argv[1]) as fl:
+    try:
+        fl.project.engine
+        fl.online.store
+    except featurelake.ConfigError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "block", "expected"),
+    [
+        (
+            "FEATURELAKE_ENGINE__TYPE",
+            "spark",
+            ("sqlglot", "pyspark"),
+            "engine 'spark' is not available (sqlglot is not installed): pip install 'featurelake[spark]'",
+        ),
+        (
+            "FEATURELAKE_ONLINE_STORE__TYPE",
+            "redis",
+            ("redis",),
+            "online store 'redis' is not available (redis is not installed): pip install 'featurelake[redis]'",
+        ),
+    ],
+)
+def test_an_engine_or_store_whose_extra_is_missing_names_the_extra_to_install(
+    tmp_path: Path, env: str, value: str, block: tuple[str, ...], expected: str
+) -> None:
+    """As on a plain `pip install featurelake`: the backend's module imports a library that is not there."""
+    root = make_project(tmp_path / "p")
+    child = subprocess.run(
+        [sys.executable, "-c", _MISSING_EXTRA, str(root), *block],
+        env={**os.environ, env: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == expected
