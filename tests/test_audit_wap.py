@@ -614,3 +614,34 @@ def test_backfill_statistics_computed_beside_the_write_equal_a_one_pass_profile(
         assert got.min == want.min and got.max == want.max, col
         assert got.sum == pytest.approx(want.sum, rel=1e-12), col
         assert got.quantiles and got.sample_rows == want.sample_rows, col
+
+
+def test_a_branch_featurelake_did_not_write_is_refused_with_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A branch named like a run's but made by hand (here at the empty snapshot `apply` commits) records no
+    window: `audit` and `publish --run-id` refuse it, and main and the branch stay as they were."""
+    root = project(tmp_path / "p", DEFAULT_CHECKS.removeprefix("checks=[").removesuffix("]"))
+    with featurelake.open(root) as fl:
+        fl.apply()
+        tbl = fl.project.load_table(VIEW)
+        empty = wap.main_snapshot_id(tbl)
+        assert empty is not None
+        wap.reset_branch(tbl, "audit_byhand", empty)
+        before = state(fl)
+    for command in ("audit", "publish"):
+        got = cli_here(capsys, root, command, VIEW, "--run-id", "byhand")
+        assert got.returncode == 2, got.stderr
+        assert (
+            "branch audit_byhand of features.user_features holds no backfill written by featurelake (its tip "
+            "records no window), so it cannot be audited or published" in got.stderr
+        )
+        assert f"featurelake backfill {VIEW} --start" in got.stderr
+        assert f"featurelake discard {VIEW} --run-id byhand" in got.stderr
+    with featurelake.open(root) as fl:
+        assert state(fl) == before
+        assert wap.ref_snapshot_id(fl.project.load_table(VIEW), "audit_byhand") == empty
+    assert cli_here(capsys, root, "discard", VIEW, "--run-id", "byhand").returncode == 0
+    with featurelake.open(root) as fl:
+        assert "audit_byhand" not in fl.project.load_table(VIEW).metadata.refs
+        assert state(fl) == before

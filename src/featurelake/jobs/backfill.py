@@ -239,7 +239,11 @@ def _kept_branch(
     snap = tbl.metadata.snapshot_by_id(tip)
     props = dict(snap.summary.additional_properties) if snap and snap.summary else {}
     if lineage.WINDOW_START not in props or lineage.WINDOW_END not in props:
-        raise UsageError(f"branch {branch} holds no backfill written by featurelake (no window recorded)")
+        raise UsageError(
+            f"branch {branch} of {project.table_name(view.name)} holds no backfill written by featurelake (its tip "
+            f"records no window), so it cannot be audited or published: backfill the window with "
+            f"`featurelake backfill {view.name} --start … --end …`; remove the branch with {_discard(view, run_id)}"
+        )
     window = Window.parse(props[lineage.WINDOW_START], props[lineage.WINDOW_END])
     _check_branch_columns(project, view, tbl, snap, branch, run_id, window)
     keep = {
