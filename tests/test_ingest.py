@@ -125,6 +125,27 @@ def test_decoding_keeps_every_bad_message_aside_with_its_reason(decoder: Message
     assert [b.message.offset for b in out.bad] == sorted(reasons, key=int)
 
 
+def test_each_unreadable_value_is_named_in_its_message_s_reason(decoder: MessageDecoder) -> None:
+    good = {"user_id": 1, "event_ts": "2024-01-05T10:00:00Z", "amount_avg_1d": 1.0}
+    out = decoder.decode(
+        msgs(
+            {"user_id": 2, "event_ts": "yesterday"},
+            {"user_id": 3, "event_ts": 1e20},
+            {"user_id": 4, "event_ts": ["2024-01-05"]},
+            {**good, "user_id": 5, "amount_avg_1d": "abc"},
+            {**good, "user_id": 6, "amount_avg_1d": False},
+            good,
+        )
+    )
+    assert [r["user_id"] for r in out.rows.to_pylist()] == [1]
+    reasons = {b.message.offset: b.reason for b in out.bad}
+    assert "'yesterday' is not an ISO 8601 timestamp" in reasons["1"]
+    assert "1e+20 is not a time in seconds since the epoch" in reasons["2"]
+    assert "list ['2024-01-05'] is not a timestamp" in reasons["3"]
+    assert "column 'amount_avg_1d' (double)" in reasons["4"] and "'abc'" in reasons["4"]
+    assert "column 'amount_avg_1d' (double)" in reasons["5"] and "False" in reasons["5"]
+
+
 def test_decoding_a_batch_of_only_bad_messages(decoder: MessageDecoder) -> None:
     out = decoder.decode(msgs(b"{", {"user_id": None, "event_ts": "2024-01-05T10:00:00Z"}))
     assert out.rows.num_rows == 0 and len(out.bad) == 2
