@@ -209,3 +209,29 @@ def test_on_demand_output_named_like_an_entity_column(tmp_path: Path) -> None:
         )
         full = fl.training_set(ents, ["ratio:amount_vs_avg"], full_feature_names=True)
     assert "ratio__amount_vs_avg" in full.column_names and full.num_rows == ents.num_rows
+
+
+def test_a_feature_added_after_the_pinned_snapshot_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """A training set pinned to a snapshot written before a feature was added cannot read that feature."""
+    root = make_project(tmp_path / "p")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        first = fl.backfill(VIEW, day(0), day(5), run_id="base").snapshot_id
+    src = (root / "features.py").read_text()
+    src = src.replace(
+        "avg(amount) AS amount_avg_1d", "avg(amount) AS amount_avg_1d, max(amount) AS amount_max"
+    ).replace('"amount_avg_1d": "double"}', '"amount_avg_1d": "double", "amount_max": "double"}')
+    (root / "features.py").write_text(src)
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(5), run_id="again")
+        with pytest.raises(UsageError) as ei:
+            fl.training_set(entities(days=5), [f"{VIEW}:amount_max"], as_of={VIEW: first})
+        says(
+            ei.value,
+            f"features.{VIEW} at snapshot {first} cannot provide amount_max",
+            "was a feature added later",
+            "read a later snapshot (as_of), or leave those features out of the request",
+        )
+        # Unpinned, the same request reads the feature.
+        assert fl.training_set(entities(days=5), [f"{VIEW}:amount_max"]).column("amount_max").null_count < 300

@@ -453,7 +453,7 @@ def _read_view(
         at = f" at snapshot {sid}" if sid is not None else ""
         raise UsageError(
             f"{name}{at} cannot provide {', '.join(plan.features)}: {exc} (was a feature added later, or the "
-            "view's key renamed?)"
+            "view's key renamed?): read a later snapshot (as_of), or leave those features out of the request"
         ) from None
     if sid is None or hi_us is None:
         return projection.as_arrow().empty_table(), None
