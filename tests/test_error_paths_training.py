@@ -235,3 +235,25 @@ def test_a_feature_added_after_the_pinned_snapshot_is_named_with_the_way_out(tmp
         )
         # Unpinned, the same request reads the feature.
         assert fl.training_set(entities(days=5), [f"{VIEW}:amount_max"]).column("amount_max").null_count < 300
+
+
+def test_rebuilding_a_set_whose_on_demand_view_was_removed_says_what_to_restore(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "proj", features=DEFAULT_FEATURES + ON_DEMAND)
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill(VIEW, day(0), day(5), run_id="base")
+        ents = entities(20).append_column("amount", pa.array([10.0] * 20))
+        built = fl.training_set(ents, ["ratio:amount_vs_avg"])
+    (root / "features.py").write_text(DEFAULT_FEATURES)  # the on-demand view removed
+    with featurelake.open(root) as fl:
+        with pytest.raises(UsageError) as ei:
+            fl.training_set(ents, provenance=built)
+        says(
+            ei.value,
+            "on-demand feature view 'ratio', which features.py no longer defines",
+            "restore the view's definition",
+        )
+    (root / "features.py").write_text(DEFAULT_FEATURES + ON_DEMAND)  # restored: the same set again
+    with featurelake.open(root) as fl:
+        again = fl.training_set(ents, provenance=built)
+    assert again.column("amount_vs_avg").equals(built.column("amount_vs_avg"))

@@ -331,7 +331,8 @@ def _on_demand_requests(
         if odfv is None and req.view in recorded:
             raise UsageError(
                 f"this training set computed on-demand feature view {req.view!r}, which features.py no longer "
-                "defines: it cannot be rebuilt"
+                "defines: it cannot be rebuilt; restore the view's definition (its udf as it was) in features.py "
+                "to rebuild it"
             )
         if odfv is None:
             plain.setdefault(req.view, []).extend(req.features)
