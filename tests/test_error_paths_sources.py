@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import featurelake
+from featurelake import duck
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.lakehouse import wap
 from tests.helpers import DEFAULT_FEATURES, day, make_project
@@ -141,6 +142,26 @@ def test_query_duckdb_cannot_bind_names_the_view(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", features=feats)
     err = refused_at_apply(root, SchemaError)
     says(err, "view 'user_features'", "the query failed in DuckDB", "amount_typo")
+
+
+@pytest.mark.parametrize(
+    ("statement", "problem"),
+    [
+        ("CREATE TABLE copy AS SELECT * FROM source", "it is not a SELECT"),
+        ("SET threads = 1", "it is not a SELECT"),
+        ("SELECT 1 AS user_id; SELECT 2", "it holds 2 statements"),
+    ],
+)
+def test_a_query_that_is_not_one_select_is_refused_before_it_runs(
+    tmp_path: Path, statement: str, problem: str
+) -> None:
+    old = DEFAULT_FEATURES[DEFAULT_FEATURES.index('query="""') : DEFAULT_FEATURES.index('""",') + 4]
+    root = make_project(tmp_path / "p", features=DEFAULT_FEATURES.replace(old, f'query="{statement}",'))
+    err = refused_at_apply(root, SchemaError)
+    says(err, f"view 'user_features': the query must be one SELECT over source: {problem}")
+    with duck.cursor() as con:  # and it did not run: no table in the process's DuckDB
+        tables = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'copy'").fetchall()
+    assert tables == [(0,)]
 
 
 def test_float_join_key_says_to_cast_it(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from featurelake.engines.conform import conform, drop_before_window
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
-from featurelake.features.lint import lookback_warnings, parse_statements, walk
+from featurelake.features.lint import lookback_warnings, parse_statements, statement_problem, walk
 from featurelake.lakehouse import compat, wap
 from featurelake.lakehouse.schema import partition_of
 from featurelake.lakehouse.storage import Storage, is_remote, is_storage_failure, storage_error
@@ -148,6 +148,8 @@ class LocalEngine(Engine):
             else:
                 source = self._source(con, view, None if window is None else source_window(view, window))
             stage = "the query"
+            if view.query.strip() and (problem := statement_problem(view.query)) is not None:
+                raise SchemaError(f"view {view.name!r}: the query must be one SELECT over source: {problem}")
             try:
                 result = source.query("source", view.query) if view.query.strip() else source
                 if result is None:

@@ -49,6 +49,7 @@ from featurelake.engines.spark_sql import (
 from featurelake.errors import ConfigError, DataError, SchemaError
 from featurelake.features.aggregations import reads_history, source_window
 from featurelake.features.definitions import FeatureView
+from featurelake.features.lint import statement_problem
 from featurelake.lakehouse.storage import scheme
 from featurelake.lakehouse.wap import ref_snapshot_id
 from featurelake.lakehouse.window import Window
@@ -209,6 +210,8 @@ class SparkEngine(Engine):
             ) from exc
 
     def _prepare(self, view: FeatureView, source: DataFrame) -> DataFrame:
+        if (problem := statement_problem(view.query)) is not None:
+            raise SchemaError(f"view {view.name!r}: the query must be one SELECT over source: {problem}")
         try:
             sql = to_spark_sql(view.query, source_types=duckdb_types(source.schema))
         except SqlTranslationError as exc:

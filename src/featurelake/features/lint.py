@@ -9,6 +9,7 @@ matched with regular expressions.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,24 @@ def parse_statements(query: str) -> list[dict[str, Any]] | None:
     if tree.get("error"):
         return None
     return [s["node"] for s in tree.get("statements", []) if isinstance(s, dict) and "node" in s]
+
+
+@functools.lru_cache(maxsize=256)  # a backfill computes its batches with the same query
+def statement_problem(query: str) -> str | None:
+    """Why ``query`` is not one SELECT statement, checked before anything runs it (DuckDB would execute a
+    ``CREATE``, ``SET`` or ``DROP`` it is handed); None when it is one, or when DuckDB cannot parse it (running
+    it reports the syntax error)."""
+    try:
+        with duck.cursor() as con:
+            rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
+    except duckdb.Error:
+        return None
+    tree = json.loads(rows[0][0])
+    if tree.get("error"):
+        message = str(tree.get("error_message", ""))
+        return "it is not a SELECT (a view's query only reads source)" if "Only SELECT" in message else None
+    count = len(tree.get("statements", []))
+    return f"it holds {count} statements" if count > 1 else None
 
 
 def walk(node: Any) -> Iterator[dict[str, Any]]:
