@@ -275,6 +275,20 @@ BAD_QUERIES = [
         SchemaError,
         ["txn_count_1d", "losing values"],
     ),
+    (
+        "not-a-select",
+        "SELECT user_id,",
+        "CREATE TABLE made AS SELECT user_id,",
+        SchemaError,
+        ["the query must be one SELECT over source: it is not a SELECT"],
+    ),
+    (
+        "two-statements",
+        "FROM source GROUP BY ALL",
+        "FROM source GROUP BY ALL; SELECT 1",
+        SchemaError,
+        ["the query must be one SELECT over source: it holds 2 statements"],
+    ),
 ]
 
 
