@@ -24,15 +24,21 @@ if TYPE_CHECKING:
 SOURCE = "source"
 
 
-def parse_statements(query: str) -> list[dict[str, Any]] | None:
-    """The statements of ``query`` as DuckDB's JSON tree, or None when DuckDB cannot parse it."""
+def _serialized(query: str) -> dict[str, Any] | None:
+    """DuckDB's JSON tree of ``query`` (with ``error`` set when it is not made of SELECTs), None on failure."""
     try:
         with duck.cursor() as con:
             rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
     except duckdb.Error:
         return None
     tree = json.loads(rows[0][0])
-    if tree.get("error"):
+    return tree if isinstance(tree, dict) else None
+
+
+def parse_statements(query: str) -> list[dict[str, Any]] | None:
+    """The statements of ``query`` as DuckDB's JSON tree, or None when DuckDB cannot parse it."""
+    tree = _serialized(query)
+    if tree is None or tree.get("error"):
         return None
     return [s["node"] for s in tree.get("statements", []) if isinstance(s, dict) and "node" in s]
 
@@ -42,12 +48,9 @@ def statement_problem(query: str) -> str | None:
     """Why ``query`` is not one SELECT statement, checked before anything runs it (DuckDB would execute a
     ``CREATE``, ``SET`` or ``DROP`` it is handed); None when it is one, or when DuckDB cannot parse it (running
     it reports the syntax error)."""
-    try:
-        with duck.cursor() as con:
-            rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
-    except duckdb.Error:
+    tree = _serialized(query)
+    if tree is None:
         return None
-    tree = json.loads(rows[0][0])
     if tree.get("error"):
         message = str(tree.get("error_message", ""))
         return "it is not a SELECT (a view's query only reads source)" if "Only SELECT" in message else None
