@@ -10,6 +10,7 @@ what to send instead, and the online store holds exactly the keys it held before
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +19,9 @@ import featurelake
 from featurelake.errors import RequestError
 from featurelake.serving.server import create_app
 from featurelake.streaming.push import PushService
-from tests.online_helpers import NOW, VIEW, append, d, project
+from tests import composite_helpers as composite
+from tests.helpers import make_project, transactions
+from tests.online_helpers import NOW, VIEW, append, config, d, project
 
 SERVICE_FEATURES = """
 
@@ -94,8 +97,14 @@ def error_of(r: object, status: int) -> str:
             422,
             ['"entities" must be an object mapping join keys to lists', '{"user_id": [1, 2]}'],
         ),
+        (
+            "/get-online-features",
+            b'{"features": [["user_features", "amount_avg_1d"]], "entities": {"user_id": [1]}}',
+            422,
+            ["feature reference", "must be a string 'view:feature', e.g. 'user_features:amount_avg_1d'"],
+        ),
     ],
-    ids=["push-without-view", "predict-not-json", "entities-not-an-object"],
+    ids=["push-without-view", "predict-not-json", "entities-not-an-object", "feature-ref-not-a-string"],
 )
 def test_bad_request_is_a_json_4xx_and_writes_nothing(
     served: featurelake.Featurelake,
@@ -169,3 +178,30 @@ def test_sdk_lookup_still_answers_after_the_refusals(served: featurelake.Feature
 def test_the_fixture_project_is_what_the_cases_assume(served: featurelake.Featurelake) -> None:
     assert "scoring" in served.definitions.services
     assert keys(served) != []
+
+
+def test_a_lookup_before_apply_says_what_to_run(tmp_path: Path) -> None:
+    """A view whose entity declares no key type takes it from its table: without one yet, a 404 that says
+    which commands create and fill it (and nothing is created by asking)."""
+    root = make_project(tmp_path / "p", config=config("sqlite", None, ""), data=transactions())
+    with featurelake.open(root) as fl:
+        with pytest.raises(RequestError) as ei:
+            fl.online.get(VIEW, [1], now=NOW)
+        assert ei.value.http_status == 404
+        assert (
+            "view 'user_features' has no table yet: run `featurelake apply`, a backfill and `featurelake sync`"
+            in str(ei.value)
+        )
+        assert not fl.project.catalog.table_exists(f"features.{VIEW}")
+
+
+@pytest.mark.parametrize("keys", ["1,a%2Cb", 7])
+def test_composite_keys_given_as_one_value_say_how_to_give_them(tmp_path: Path, keys: object) -> None:
+    root = composite.composite_project(tmp_path / "p")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        with pytest.raises(RequestError) as ei:
+            fl.online.get(composite.VIEW, keys, now=NOW)  # type: ignore[arg-type]
+    msg = str(ei.value)
+    assert "view 'user_merchant_features' has a composite key (user_id, merchant_id)" in msg, msg
+    assert "pass a list of dicts such as" in msg and "or of tuples in that order" in msg
