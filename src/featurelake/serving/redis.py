@@ -168,7 +168,8 @@ class RedisStore(OnlineStore):
             ) from exc
         except RedisError as exc:
             raise OnlineStoreUnavailableError(
-                f"online store {self.location} (redis) refused to {what}: {exc}"
+                f"online store {self.location} (redis) refused to {what}: {exc}; check the Redis server (its log, "
+                "maxmemory, ACL rules) and run the command again"
             ) from exc
 
     # --- OnlineStore ----------------------------------------------------------------------------------
