@@ -102,8 +102,22 @@ def test_inputs_named_without_a_view_resolve_to_the_one_view_defining_them(
         ("unmapped", "/predict/churn", {"entities": {"user_id": [1]}}, 422, "input 'mystery'"),
         ("ok", "/predict/churn", {"features": []}, 422, '{"entities"'),
         ("ok", "/predict/churn", {"entities": {"user_id": ["1"]}}, 422, "integer key"),
+        (
+            "unsigned",
+            "/predict/churn",
+            {"entities": {"user_id": [1]}},
+            422,
+            "register it with --training-set",
+        ),
     ],
-    ids=["unknown model", "no production version", "unmapped input", "bad body", "wrong key type"],
+    ids=[
+        "unknown model",
+        "no production version",
+        "unmapped input",
+        "bad body",
+        "wrong key type",
+        "no signature",
+    ],
 )
 def test_models_that_cannot_be_served_are_clear_errors(
     fl: featurelake.Featurelake,
@@ -123,6 +137,8 @@ def test_models_that_cannot_be_served_are_clear_errors(
         register(fl, tmp_path, LinearModel([1.0]), signature={"mystery": "double"})
     elif setup == "ok":
         register(fl, tmp_path, LinearModel([1.0, 1.0]))
+    elif setup == "unsigned":  # neither a signature nor a training set: the inputs are unknown
+        register(fl, tmp_path, LinearModel([1.0, 1.0]), signature=None)
     keys_before = sorted(fl.online.store.keys("user_features"))
     with TestClient(create_app(fl.project)) as client:
         r = client.post(path, json=body)
