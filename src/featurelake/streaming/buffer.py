@@ -88,6 +88,17 @@ class PushBuffer:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            if "not a database" not in str(exc):
+                raise ConfigError(
+                    f"cannot open the push buffer in {self.directory} ({exc}): push.buffer must name a writable "
+                    "local directory"
+                ) from exc
+            raise ConfigError(
+                f"push buffer {self.directory / 'buffer.db'} is not an SQLite database ({exc}): it was damaged or "
+                "replaced; move it aside (featurelake leaves it as it is) and start again, or point push.buffer "
+                "(FEATURELAKE_PUSH__BUFFER) at another directory"
+            ) from exc
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open the push buffer in {self.directory} ({exc}): push.buffer must name a writable "
