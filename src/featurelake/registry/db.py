@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
 from featurelake.errors import CatalogUnavailableError, ConfigError
 from featurelake.lakehouse.catalog import safe_uri
@@ -127,6 +127,13 @@ def upgrade(engine: Engine, uri: str, revision: str = "head") -> None:
         current = current_revision(engine)
     except OperationalError as exc:
         raise unavailable(uri, exc, "read its schema version") from exc
+    except DatabaseError as exc:  # SQLite: "file is not a database"
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise ConfigError(
+            f"model registry {safe_uri(uri)} cannot be read ({reason}): the file is damaged or is not a registry; "
+            "featurelake leaves it as it is: restore it from a backup, or point registry.uri "
+            "(FEATURELAKE_REGISTRY__URI) at the registry's database"
+        ) from exc
     if current is not None and current not in known:
         raise ConfigError(
             f"model registry {safe_uri(uri)} has schema revision {current}, which this featurelake does not know "

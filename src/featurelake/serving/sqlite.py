@@ -107,6 +107,12 @@ class SqliteStore(OnlineStore):
 
     # --- connections ----------------------------------------------------------------------------------
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailableError:
+        if "not a database" in str(exc):  # damaged, or another file: the store is rebuilt from Iceberg main
+            return OnlineStoreUnavailableError(
+                f"online store {self.path} (sqlite) is unavailable: {exc}; the file is damaged or is not an online "
+                "store: move it aside (featurelake leaves it as it is) and run `featurelake sync` to write the "
+                "store again from Iceberg main, or set online_store.path"
+            )
         return OnlineStoreUnavailableError(
             f"online store {self.path} (sqlite) is unavailable: {exc}; check that the file is writable "
             "and not locked by another process, or set online_store.path"
