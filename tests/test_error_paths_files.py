@@ -1,5 +1,6 @@
-"""Project files under ``.featurelake/`` that are damaged (not SQLite any more): the online store and the model
-registry each say which file, that featurelake leaves it as it is, and the way out; the way out works."""
+"""Project files under ``.featurelake/`` that are damaged (not SQLite any more): the online store, the model
+registry, the catalog and the metrics state each say which file, that featurelake leaves it as it is, and the
+way out; the way out works."""
 
 from __future__ import annotations
 
@@ -57,3 +58,48 @@ def test_a_damaged_registry_file_is_named_and_left_as_it_is(tmp_path: Path) -> N
     assert f"model registry sqlite:///{registry} cannot be read (file is not a database)" in msg, msg
     assert "restore it from a backup, or point registry.uri (FEATURELAKE_REGISTRY__URI)" in msg, msg
     assert registry.read_bytes() == GARBAGE
+
+
+def test_a_damaged_catalog_file_is_named_at_once_and_left_as_it_is(tmp_path: Path) -> None:
+    """Not retried as if the database were down: no retry mends a damaged file."""
+    root = make_project(tmp_path / "p")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill("user_features", day(0), day(3))
+    catalog = root / ".featurelake" / "catalog.db"
+    saved = catalog.read_bytes()
+    damage(catalog)
+    with featurelake.open(root) as fl:
+        for attempt in (
+            lambda: fl.history("user_features"),
+            lambda: fl.backfill("user_features", day(3), day(4)),
+        ):
+            with pytest.raises(ConfigError) as ei:
+                attempt()
+            msg = str(ei.value)
+            assert f"catalog sqlite:///{catalog} cannot be read while trying to" in msg, msg
+            assert "(file is not a database)" in msg and "gave up after" not in msg, msg
+            assert "restore it from a backup, or point catalog.uri (FEATURELAKE_CATALOG__URI)" in msg, msg
+    assert catalog.read_bytes() == GARBAGE
+    catalog.write_bytes(saved)  # restored: the project is whole again
+    with featurelake.open(root) as fl:
+        assert fl.read("user_features").num_rows > 0
+
+
+def test_a_damaged_metrics_state_is_named_and_jobs_go_on(tmp_path: Path) -> None:
+    from featurelake.monitoring.state import MetricsState
+
+    root = make_project(tmp_path / "p")
+    with featurelake.open(root) as fl:
+        fl.apply()
+        fl.backfill("user_features", day(0), day(3))
+    state = root / ".featurelake" / "metrics.db"
+    damage(state)
+    with pytest.raises(ConfigError) as ei:
+        MetricsState(state).latest()
+    msg = str(ei.value)
+    assert f"metrics state {state} (monitoring.state) cannot be read (file is not a database)" in msg, msg
+    assert "move it aside and a new one starts empty" in msg, msg
+    with featurelake.open(root) as fl:  # monitoring never stops a job: the backfill publishes
+        assert fl.backfill("user_features", day(3), day(4)).rows > 0
+    assert state.read_bytes() == GARBAGE

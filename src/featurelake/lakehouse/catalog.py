@@ -108,6 +108,12 @@ def retry_transient(
         except Exception as exc:
             if is_storage_failure(exc):
                 raise storage_error(exc, what) from exc
+            if "file is not a database" in str(exc):  # SQLite: damaged, and no retry will mend it
+                raise ConfigError(
+                    f"catalog {safe_uri(uri)} cannot be read while trying to {what} (file is not a database): the "
+                    "catalog's database is damaged or is not a catalog; featurelake leaves it as it is: restore it "
+                    "from a backup, or point catalog.uri (FEATURELAKE_CATALOG__URI) at the catalog's database"
+                ) from None
             if _refused(exc):
                 raise ConfigError(
                     f"catalog {safe_uri(uri)} refused the credentials while trying to {what} "

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from featurelake.errors import ConfigError
+
 LabelKey = tuple[tuple[str, str], ...]
 
 SCHEMA = """
@@ -149,6 +151,16 @@ class MetricsState:
             yield con
             if write:
                 con.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            if "not a database" not in str(exc):
+                raise
+            raise ConfigError(
+                f"metrics state {self.path} (monitoring.state) cannot be read ({exc}): it is damaged or is not a "
+                "metrics state; featurelake leaves it as it is: move it aside and a new one starts empty "
+                "(counters start again from zero, and rules over a window wait for new samples)"
+            ) from exc
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
