@@ -96,7 +96,7 @@ class LocalEngine(Engine):
             try:
                 rel = con.read_parquet(files)  # reads the first file's footer
             except duckdb.Error as exc:
-                raise _unreadable_source(view, src.location, exc) from exc
+                raise _unreadable_source(view, exc) from exc
             if src.timestamp_field not in rel.columns:
                 raise ConfigError(
                     f"view {view.name!r}: source has no timestamp field {src.timestamp_field!r}; "
@@ -169,7 +169,7 @@ class LocalEngine(Engine):
                 raise  # not the query's fault: the callers say which setting to lower
             except duckdb.Error as exc:
                 if _BAD_PARQUET.search(str(exc)):  # a source file, not the query
-                    raise _unreadable_source(view, view.source.location, exc) from exc
+                    raise _unreadable_source(view, exc) from exc
                 first = str(exc).strip().splitlines()[0]
                 raise SchemaError(f"view {view.name!r}: {stage} failed in DuckDB: {first}") from exc
 
@@ -310,7 +310,7 @@ class LocalEngine(Engine):
                 OSError,
             ) as exc:  # Arrow's reader passes DuckDB's on as OSError
                 if _BAD_PARQUET.search(str(exc)):  # read as a stream, outside the query's own error handling
-                    raise _unreadable_source(view, src.location, exc) from exc
+                    raise _unreadable_source(view, exc) from exc
                 raise
 
     def write_batches(
@@ -835,11 +835,15 @@ _BAD_PARQUET = re.compile(
 )
 
 
-def _unreadable_source(view: FeatureView, location: str, exc: Exception) -> ConfigError:
+def _unreadable_source(view: FeatureView, exc: Exception) -> ConfigError:
     """The error for source files DuckDB cannot read as Parquet: which file when DuckDB says, and the way out."""
     first = str(exc).strip().splitlines()[0]
     found = _BAD_PARQUET.search(first)
-    what = f"source file {found.group(1) or found.group(2)}" if found else f"a source file of {location!r}"
+    what = (
+        f"source file {found.group(1) or found.group(2)}"
+        if found
+        else f"a source file of {view.source.location!r}"
+    )
     return ConfigError(
         f"view {view.name!r}: {what} cannot be read as Parquet ({first}); replace or remove it, or narrow the "
         "Source.parquet glob in features.py so that it matches only Parquet files"
