@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -405,6 +406,40 @@ def test_min_max_past_nulls_searches_blocks_and_their_tail() -> None:
     assert reduce_column(col, {"min", "max"}) == {"min": -1.0, "max": 1.0}
 
 
+def test_min_max_past_nulls_across_chunks_finds_the_winning_chunk_and_block() -> None:
+    # The whole-column pass maps the winning block back to its chunk: columns of chunks of several
+    # sizes (smaller than a block, several blocks plus a tail, all null, without nulls and so without a
+    # validity bitmap, sliced at an offset), extremes in any of them, null slots that hold values beyond
+    # them or a NaN; DuckDB's answer either way, and the first valid NaN wins as in DuckDB.
+    from featurelake.validation import fast
+
+    rng = np.random.default_rng(11)
+    block = fast.EXTREME_BLOCK
+    for case in range(60):
+        chunks = []
+        for size in rng.choice([7, block, 2 * block + 5, 3 * block + 123], size=int(rng.integers(2, 5))):
+            values = rng.normal(0, 1, int(size))
+            mask = rng.random(int(size)) < (0.05 if rng.random() < 0.7 else 0.0)
+            if case % 5 == 1:
+                values[mask] = 99.0  # null slots beyond the max
+            elif case % 5 == 2 and mask.any():
+                values[np.flatnonzero(mask)[0]] = np.nan  # NaN only at a null slot
+            arr = pa.array(values, pa.float64(), mask=mask if mask.any() else None)
+            chunks.append(arr.slice(1) if rng.random() < 0.3 else arr)
+        if case % 7 == 3:
+            chunks.insert(1, pa.array([None] * 10, pa.float64()))
+        # The extremes in a random chunk and slot.
+        target = int(rng.integers(0, len(chunks)))
+        values = chunks[target].to_numpy(zero_copy_only=False).copy()
+        values[int(rng.integers(0, len(values)))] = 20.0 if case % 2 else -20.0
+        chunks[target] = pa.array(values, pa.float64(), mask=np.isnan(values) if case % 5 == 3 else None)
+        col = pa.chunked_array(chunks, pa.float64())
+        if col.null_count == 0:
+            col = pa.chunked_array([*chunks, pa.array([None, 1.0], pa.float64())], pa.float64())
+        check_against_duckdb(pa.table({"x": col}), [Agg.of("min", "x"), Agg.of("max", "x")])
+        check_against_duckdb(pa.table({"x": col}), [Agg.of("max", "x")])
+
+
 def test_distinct_rows_drops_an_order_that_breaks_in_a_later_block() -> None:
     from featurelake.validation import fast
 
@@ -499,3 +534,84 @@ def test_bounds_never_prove_a_predicate_that_duckdb_finds_false(
             bounds[c] = (got["min"], got["max"])
     if never_false(frame, expr, bounds):
         assert duck(frame, [f"count(*) FILTER (WHERE NOT ({expr}))"]) == [0]
+
+
+def _wide_frame(rows: int = 3 * 4096 + 17) -> pa.Table:
+    rng = np.random.default_rng(5)
+    cols: dict[str, Any] = {"k": pa.array(np.arange(rows), pa.int64())}
+    for i in range(5):
+        cols[f"x{i}"] = pa.array(rng.normal(i, 1, rows), pa.float64(), mask=rng.random(rows) < 0.1)
+    cols["code"] = pa.array(rng.integers(0, 5, rows), pa.int64())
+    return pa.table(cols)
+
+
+def _scans(frame: pa.Table) -> list[str]:
+    return [
+        *aggregates([f"x{i}" for i in range(5)]),
+        Agg('count(DISTINCT hash("k"))', "distinct_rows", None, "k"),
+        Agg('count(*) FILTER (WHERE "code" NOT IN (0, 1, 2, 3))', "count_not_in", "code", (0, 1, 2, 3)),
+        Agg("count(*) FILTER (WHERE NOT (x0 <= x1 + 100))", "count_false", None, "x0 <= x1 + 100"),
+    ]
+
+
+def test_scans_queued_by_a_call_are_shared_with_a_helping_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The audit's drawing thread helps with the scans left when it is done (ArrowAggregates.help). Made
+    # deterministic: the first scan (row uniqueness) lets another thread help and waits until it has run
+    # every other scan, so the answers come from both threads; they must be DuckDB's all the same.
+    import threading
+
+    from featurelake.validation import fast
+
+    frame = _wide_frame()
+    ran_on: dict[str, str] = {}
+    real_reduce, real_distinct = fast.reduce_column, fast.distinct_rows
+
+    def reduce_column(col: pa.ChunkedArray, ops: set[str]) -> dict[str, Any] | None:
+        ran_on[str(len(ran_on))] = threading.current_thread().name
+        return real_reduce(col, ops)
+
+    def distinct_rows(frame: pa.Table, cols: tuple[str, ...]) -> int | None:
+        helper = threading.Thread(target=agg.help, name="helper")
+        helper.start()
+        helper.join(60)
+        assert not helper.is_alive()
+        return real_distinct(frame, cols)
+
+    monkeypatch.setattr(fast, "reduce_column", reduce_column)
+    monkeypatch.setattr(fast, "distinct_rows", distinct_rows)
+    agg = ArrowAggregates(frame, Recorder(frame))
+    exprs = _scans(frame)
+    got, want = agg(exprs), duck(frame, exprs)
+    for e, g, w in zip(exprs, got, want, strict=True):
+        assert same(g, w), f"{e}: {g!r} != DuckDB {w!r}"
+    assert set(ran_on.values()) == {"helper"}, ran_on
+    agg.help()  # nothing queued any more: returns at once
+
+
+def test_scans_on_pool_helpers_match_duckdb(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a machine with cores to spare, pool threads join the calling thread's scans.
+    from featurelake.validation import fast
+
+    monkeypatch.setattr(fast, "scan_helpers", lambda: 3)
+    frame = _wide_frame()
+    for _ in range(5):
+        check_against_duckdb(frame, _scans(frame))
+
+
+@pytest.mark.parametrize("helpers", [0, 2])
+def test_a_scan_that_fails_raises_in_the_caller(monkeypatch: pytest.MonkeyPatch, helpers: int) -> None:
+    # Whichever thread ran it, a failing scan's exception reaches the audit, which says what to do.
+    from featurelake.validation import fast
+
+    real = fast.reduce_column
+
+    def reduce_column(col: pa.ChunkedArray, ops: set[str]) -> dict[str, Any] | None:
+        if col.num_chunks and np.isclose(pc.mean(col).as_py() or 0, 3, atol=0.5):  # x3's mean
+            raise MemoryError("out of memory in x3")
+        return real(col, ops)
+
+    monkeypatch.setattr(fast, "reduce_column", reduce_column)
+    monkeypatch.setattr(fast, "scan_helpers", lambda: helpers)
+    frame = _wide_frame()
+    with pytest.raises(MemoryError, match="x3"):
+        ArrowAggregates(frame, Recorder(frame))(_scans(frame))

@@ -234,14 +234,18 @@ def evaluate(frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResul
     """
     from featurelake.validation.fast import ArrowAggregates, background
 
-    # The sample is drawn on the pool while the aggregates are computed.
+    # The sample is drawn on the pool while the calling thread scans the columns; the drawing thread then
+    # takes its share of the scans left.
     plan = sample_plan(checks)
+    aggregates: list[ArrowAggregates] = []
 
     def draw(cols: list[str], n: int, seed: int) -> pa.Table:
         sample = sample_rows(frame, cols, n, seed)
         for check in checks:
             if check.sample_request() is not None:
                 check.prepare_sample(sample)
+        if aggregates:
+            aggregates[0].help()
         return sample
 
     drawn = background(draw, *plan) if plan is not None and frame.num_rows else None
@@ -263,4 +267,5 @@ def evaluate(frame: pa.Table, checks: list[Check]) -> tuple[int, list[CheckResul
             return list(row)
 
         query = ArrowAggregates(frame, lambda exprs: _run(sql, exprs))
+        aggregates.append(query)
         return evaluate_with(query, sample, checks)

@@ -1,9 +1,10 @@
 """The audit's aggregates computed straight from Arrow buffers with NumPy (the local engine's fast path).
 
 Most of what a view's checks and statistics ask for is a handful of column reductions: non-null counts
-(Arrow keeps them in the array metadata), min / max / sum (one vectorised NumPy pass each, run for several
-columns at once on a small thread pool since NumPy releases the GIL), set membership (``pyarrow.compute
-.is_in``) and row uniqueness. Those are answered here; every other expression, and every case this module
+(Arrow keeps them in the array metadata), min / max / sum (vectorised NumPy passes), set membership
+(``pyarrow.compute.is_in``) and row uniqueness. The calling thread runs these scans one after the other:
+they are bound by memory bandwidth, which a second thread raises by ~15% on a 2-core machine, and threads
+that each hand the GIL over between NumPy calls made the pass slower, not faster (see ``scan_helpers``). Those are answered here; every other expression, and every case this module
 is not sure to answer *exactly as DuckDB would* (NaN in a min/max, decimals, strings, an int sum that could
 overflow, rows whose uniqueness is not proven by their order), goes to the SQL engine in one query.
 
@@ -14,9 +15,11 @@ otherwise DuckDB counts distinct hashes as before.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -154,6 +157,49 @@ def _extremes_past_nulls(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]
     return out[0], out[1], None
 
 
+def _column_extremes_past_nulls(col: pa.ChunkedArray, ops: set[str]) -> tuple[Any, Any] | None:
+    """(min, max) of a numeric column with nulls, as :func:`_extremes_past_nulls` finds them, for the
+    whole column at once: or None when a null slot's value is an extreme (then chunk by chunk decides).
+
+    Each chunk costs one ``reduceat`` per extreme (the extremes of its blocks of ``EXTREME_BLOCK`` values,
+    its tail included) and the rest is done once per column: which block wins, where in it, and whether
+    that slot is valid. Chunk by chunk, these steps cost more Python than the reductions themselves.
+    """
+    dtype = np.dtype(col.type.to_pandas_dtype())
+    wanted = [(k, op, np.minimum if op == "min" else np.maximum) for k, op in enumerate(("min", "max"))]
+    wanted = [w for w in wanted if w[1] in ops]
+    parts: list[tuple[np.ndarray, Any, int]] = []
+    blocks: list[list[np.ndarray]] = [[] for _ in wanted]
+    for chunk in col.chunks:
+        if chunk.null_count < len(chunk):
+            validity, values = chunk.buffers()[:2]
+            raw = np.frombuffer(values, dtype)[chunk.offset : chunk.offset + len(chunk)]
+            parts.append((raw, validity, chunk.offset))
+            starts = np.arange(0, raw.size, EXTREME_BLOCK)
+            # Both extremes of a chunk one after the other: the second pass reads it from the CPU cache.
+            for j, (_, _, ufunc) in enumerate(wanted):
+                blocks[j].append(ufunc.reduceat(raw, starts))
+    out: list[Any] = [None, None]
+    for (k, op, _), extremes in zip(wanted, blocks, strict=True):
+        # NaN propagates through a block's reduction and argmin/argmax stop at the first NaN: the first
+        # NaN block, then the first NaN in it.
+        every = np.concatenate(extremes)
+        won = int(every.argmin() if op == "min" else every.argmax())
+        part = 0
+        while won >= len(extremes[part]):  # the chunk of the winning block
+            won -= len(extremes[part])
+            part += 1
+        raw, validity, offset = parts[part]
+        start = won * EXTREME_BLOCK
+        block = raw[start : start + EXTREME_BLOCK]
+        at = start + int(block.argmin() if op == "min" else block.argmax())
+        pos = offset + at
+        if validity is not None and not validity[pos >> 3] >> (pos & 7) & 1:  # a null slot's value
+            return None
+        out[k] = raw[at].item()
+    return out[0], out[1]
+
+
 def _chunk_reduce(chunk: pa.Array, ops: set[str]) -> tuple[Any, Any, Any]:
     """(min, max, sum) of one chunk with at least one non-null value; NumPy NaN semantics."""
     nulls = chunk.null_count
@@ -191,7 +237,16 @@ def reduce_column(col: pa.ChunkedArray, ops: set[str]) -> dict[str, Any] | None:
     lo: Any = None
     hi: Any = None
     total: Any = None
-    for chunk in col.chunks:
+    chunks = col.chunks
+    if 0 < col.null_count < len(col):
+        with np.errstate(all="ignore"):
+            quick = _column_extremes_past_nulls(col, ops)
+        if quick is not None:
+            lo, hi = quick
+            # Arrow skips the nulls by their bitmap, where NumPy needs a copy with them filled first.
+            total = pc.sum(col).as_py() if "sum" in ops else None
+            chunks = []
+    for chunk in chunks:
         if chunk.null_count == len(chunk):
             continue
         with np.errstate(all="ignore"):  # inf - inf is NaN, as in DuckDB: not worth a warning here
@@ -327,8 +382,8 @@ def _count_false(frame: pa.Table, predicate: str, reduced: dict[str, Future[Any]
     """``count_false`` given the min and max this pass computed (a predicate they prove reads no row)."""
     bounds = {}
     for col, job in reduced.items():
-        # A reduction not started yet is not waited for: the pool's queue is first in, first out, so it
-        # can only be another caller's work.
+        # A reduction not started yet is not waited for. Predicates are queued after the reductions, so
+        # every one has started by now; the guard keeps a predicate from waiting on work no thread runs.
         if not (job.running() or job.done()):
             continue
         extremes = job.result()
@@ -337,11 +392,42 @@ def _count_false(frame: pa.Table, predicate: str, reduced: dict[str, Future[Any]
     return count_false(frame, predicate, bounds=bounds)
 
 
+#: Pool threads that help the calling thread with the column scans, at most. A scan is bound by memory
+#: bandwidth, which a second thread raises by ~15% on a 2-core machine; every thread beyond the first
+#: also competes for the GIL between NumPy calls. So the calling thread scans alone unless the machine
+#: has cores to spare beyond the one drawing the sample (which joins in once the sample is drawn:
+#: ``ArrowAggregates.help``).
+SCAN_HELPERS = 3
+
+
+def scan_helpers() -> int:
+    """Pool threads that join the calling thread's scans: the CPUs beyond two, at most ``SCAN_HELPERS``."""
+    return max(0, min(SCAN_HELPERS, (os.cpu_count() or 1) - 2))
+
+
+Task = tuple[list[int], "Future[Any]", Callable[[], Any]]
+
+
+def _drain(tasks: deque[Task]) -> None:
+    """Run queued tasks until none is left; each one's result or exception goes to its future."""
+    while True:
+        try:
+            _, future, fn = tasks.popleft()
+        except IndexError:
+            return
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # delivered to the caller by future.result()
+            future.set_exception(exc)
+
+
 class ArrowAggregates:
     """``query(exprs)`` for the audit evaluator over an in-memory Arrow ``frame``.
 
-    Known :class:`Agg` expressions are computed here; the rest (and anything not answered exactly) go to
-    ``sql(exprs)`` in at most two calls, the first running concurrently with the column reductions.
+    Known :class:`Agg` expressions are computed here, by column scans that the calling thread runs itself
+    (helped by :func:`scan_helpers` pool threads); the rest (and anything not answered exactly) go to
+    ``sql(exprs)`` in at most two calls, the first on the pool, concurrently with the scans.
     """
 
     #: Tells ``evaluate_with`` that DISTINCT aggregates may be mixed in: ``sql`` gets them apart itself.
@@ -349,16 +435,21 @@ class ArrowAggregates:
 
     def __init__(self, frame: pa.Table, sql: Sql) -> None:
         self.frame, self.sql = frame, sql
+        self._tasks: deque[Task] = deque()
+
+    def help(self) -> None:
+        """Run scans still queued by a call in progress on another thread (nothing when none is)."""
+        _drain(self._tasks)
 
     def __call__(self, exprs: list[str]) -> list[Any]:
         frame, n = self.frame, self.frame.num_rows
         out: list[Any] = [None] * len(exprs)
         done = [False] * len(exprs)
         reductions: dict[str, dict[str, list[int]]] = {}
-        jobs: list[tuple[list[int], Future[Any]]] = []
+        first: list[tuple[list[int], Callable[[], Any]]] = []
+        later: list[tuple[list[int], Callable[[], Any]]] = []
         plain_sql: list[int] = []
         predicates: list[int] = []
-        pool = _pool()
         names = set(frame.column_names)  # a new list on every access (~10 us): once per call, not per expr
         for i, e in enumerate(exprs):
             if not isinstance(e, Agg) or (e.column is not None and e.column not in names):
@@ -373,25 +464,36 @@ class ArrowAggregates:
             elif e.op in ("min", "max", "sum") and e.column is not None:
                 reductions.setdefault(e.column, {}).setdefault(e.op, []).append(i)
             elif e.op == "count_not_in" and e.column is not None:
-                jobs.append(([i], pool.submit(count_not_in, frame.column(e.column), e.args[0])))
+                later.append(([i], functools.partial(count_not_in, frame.column(e.column), e.args[0])))
             elif e.op == "count_false":
                 predicates.append(i)
             elif e.op == "distinct_rows":
-                jobs.append(([i], pool.submit(distinct_rows, frame, e.args)))
+                first.append(([i], functools.partial(distinct_rows, frame, e.args)))
             else:
                 plain_sql.append(i)
-        sql_job = pool.submit(self.sql, [exprs[i] for i in plain_sql]) if plain_sql else None
+        sql_job = _pool().submit(self.sql, [exprs[i] for i in plain_sql]) if plain_sql else None
+        tasks: deque[Task] = deque()
+        # Reductions of the key columns right after the uniqueness scan read them: from the CPU cache.
+        keys = {c for e in exprs if isinstance(e, Agg) and e.op == "distinct_rows" for c in e.args}
+        tasks.extend((idx, Future(), fn) for idx, fn in first)
         reduced: dict[str, Future[Any]] = {}
-        for col, wanted in reductions.items():
-            idx = [i for ids in wanted.values() for i in ids]
-            reduced[col] = pool.submit(reduce_column, frame.column(col), set(wanted))
-            jobs.append((idx, reduced[col]))
-        # Submitted after the reductions, so that those have all started when a predicate runs: a float
+        for col, wanted in sorted(reductions.items(), key=lambda item: item[0] not in keys):
+            reduced[col] = Future()
+            fn = functools.partial(reduce_column, frame.column(col), set(wanted))
+            tasks.append(([i for ids in wanted.values() for i in ids], reduced[col], fn))
+        tasks.extend((idx, Future(), fn) for idx, fn in later)
+        # Queued after the reductions, so that those have all started when a predicate runs: a float
         # column whose min and max came out finite needs no check for NaN and infinities of its own.
         for i in predicates:
-            jobs.append(([i], pool.submit(_count_false, frame, exprs[i].args[0], reduced)))  # type: ignore[attr-defined]
-        for idx, job in jobs:
-            value = job.result()
+            predicate = exprs[i].args[0]  # type: ignore[attr-defined]
+            tasks.append(([i], Future(), functools.partial(_count_false, frame, predicate, reduced)))
+        jobs = list(tasks)
+        self._tasks = tasks
+        for _ in range(min(scan_helpers(), len(tasks) - 1)):
+            _pool().submit(_drain, tasks)
+        _drain(tasks)
+        for idx, job, _ in jobs:
+            value = job.result()  # a helper may still be running it
             if value is None:
                 continue
             for i in idx:
