@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featurelake.validation.colstats import PROBS, TOP_VALUES, ColumnStats, _float
+from featurelake.validation.colstats import QUANTILES, TOP_VALUES, ColumnStats, _float
 from featurelake.validation.core import (
     NUMERIC_KINDS,
     Agg,
@@ -198,8 +198,12 @@ class Profiler(Check):
 
     def prepare_sample(self, sample: pa.Table) -> None:
         names = set(sample.column_names)  # a new list on every access: once, not per column
+        wanted = {col: kind for col, kind in self.kinds.items() if col in names}
+        numeric = [col for col, kind in wanted.items() if kind == "numeric"]
+        summaries = dict(zip(numeric, summarise_numeric([sample.column(c) for c in numeric]), strict=True))
         self._prepared = {
-            col: summarise(kind, sample.column(col)) for col, kind in self.kinds.items() if col in names
+            col: summaries[col] if col in summaries else summarise(kind, sample.column(col))
+            for col, kind in wanted.items()
         }
         self._prepared_for = sample
 
@@ -259,19 +263,7 @@ class Summary:
 def summarise(kind: str, values: pa.ChunkedArray) -> Summary:
     """Quantiles (numeric) or top values (categorical) of a column's sample, and its non-finite counts."""
     if kind == "numeric":
-        present = values.drop_null().cast(pa.float64()).to_numpy(zero_copy_only=False)
-        finite = np.isfinite(present)
-        x = present[finite] if not finite.all() else present
-        out = Summary(present=int(present.size))
-        if not finite.all():
-            out.nan = int(np.isnan(present).sum())
-            out.pos_inf = int((present == np.inf).sum())
-            out.neg_inf = int((present == -np.inf).sum())
-        if x.size:
-            # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values.
-            idx = np.clip(np.ceil(PROBS * x.size).astype(np.int64) - 1, 0, x.size - 1)
-            out.quantiles = [float(v) for v in np.sort(x)[idx]]
-        return out
+        return summarise_numeric([values])[0]
     if kind == "categorical":
         present = values.drop_null()
         if not len(present):
@@ -283,6 +275,43 @@ def summarise(kind: str, values: pa.ChunkedArray) -> Summary:
         )[:TOP_VALUES]
         return Summary(top=[(str(v), int(c)) for v, c in pairs], present=len(present))
     return Summary()
+
+
+_STEPS = np.arange(QUANTILES, dtype=np.int64)
+
+
+def summarise_numeric(columns: list[pa.ChunkedArray]) -> list[Summary]:
+    """:func:`summarise` of numeric columns of equal length (one sample's) at once.
+
+    The columns go into one array, nulls as NaN, sorted in one call: NumPy sorts NaN last and infinities
+    to the ends, so each row's finite values are one slice of it. The sort releases the GIL for all the
+    columns at once, where a column at a time took the GIL back about ten times per column from the
+    thread scanning the frame meanwhile.
+    """
+    if not columns:
+        return []
+    n = len(columns[0])
+    values = np.empty((len(columns), n))
+    for row, col in zip(values, columns, strict=True):
+        row[:] = col.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls come back as NaN
+    nan = np.count_nonzero(np.isnan(values), axis=1)
+    pos_inf = np.count_nonzero(values == np.inf, axis=1)
+    neg_inf = np.count_nonzero(values == -np.inf, axis=1)
+    values.sort(axis=1)
+    out = []
+    for j, col in enumerate(columns):
+        nulls = col.null_count
+        got = Summary(
+            present=n - nulls, nan=int(nan[j]) - nulls, pos_inf=int(pos_inf[j]), neg_inf=int(neg_inf[j])
+        )
+        finite = got.present - got.nan - got.pos_inf - got.neg_inf
+        if finite:
+            # Inverted-CDF percentiles (numpy's method="inverted_cdf"): always observed values. The rank
+            # ceil(i/100 * finite) in integers: as floats, 0.35 * 1840 is 644.0000000000001, one rank off.
+            idx = np.clip((_STEPS * finite + QUANTILES - 2) // (QUANTILES - 1) - 1, 0, finite - 1)
+            got.quantiles = values[j, got.neg_inf : got.neg_inf + finite][idx].tolist()
+        out.append(got)
+    return out
 
 
 def _distribution(
