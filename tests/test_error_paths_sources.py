@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import featurelake
 from featurelake import duck
 from featurelake.errors import ConfigError, SchemaError
 from featurelake.lakehouse import wap
-from tests.helpers import DEFAULT_FEATURES, day, make_project
+from tests.helpers import DEFAULT_FEATURES, day, make_project, transactions, write_source
 
 VIEW = "user_features"
 BASE_CONFIG = "project: test\nnamespace: features\n"
@@ -81,6 +83,38 @@ def test_parquet_source_without_its_timestamp_column(tmp_path: Path) -> None:
         "user_id, ts, amount",
         "set timestamp_field=",
     )
+
+
+def _text_timestamps(data: pa.Table) -> pa.Table:
+    ts = data.column("ts")
+    return data.set_column(data.schema.get_field_index("ts"), "ts", pc.strftime(ts, "%Y-%m-%d %H:%M:%S"))
+
+
+def test_parquet_source_whose_timestamp_column_holds_text(tmp_path: Path) -> None:
+    # The window's filter would compare text with timestamps: refused by name before any query runs, at
+    # apply and at a backfill over files rewritten since, as for a source on object storage.
+    data = transactions()
+    root = make_project(tmp_path / "p", data=_text_timestamps(data))
+    says(
+        refused_at_apply(root, ConfigError),
+        "view 'user_features'",
+        "source timestamp field 'ts' is VARCHAR",
+        "not a timestamp or date",
+        "write it as a timestamp in the source files",
+    )
+    # Applied over good files, backfilled once; then the files are replaced by text timestamps.
+    source = write_source(root, data)
+    with featurelake.open(root) as h:
+        h.apply()
+        h.backfill(VIEW, day(0), day(5))
+        before = h.project.load_table(VIEW).current_snapshot()
+        written = write_source(root, _text_timestamps(data)).read_bytes()
+        with pytest.raises(ConfigError) as ei:
+            h.backfill(VIEW, day(5), day(10))
+        says(ei.value, "source timestamp field 'ts' is VARCHAR", "timestamp_field")
+        after = h.project.load_table(VIEW).current_snapshot()
+        assert before is not None and after is not None and after.snapshot_id == before.snapshot_id
+    assert source.read_bytes() == written
 
 
 def test_missing_source_table(tmp_path: Path) -> None:

@@ -103,6 +103,10 @@ class LocalEngine(Engine):
                     f"its columns are {', '.join(rel.columns)}: set timestamp_field= of the Source in features.py "
                     "to one of them"
                 )
+            ts_type = str(rel.types[rel.columns.index(src.timestamp_field)])
+            if not (ts_type.startswith("TIMESTAMP") or ts_type == "DATE"):
+                # The window's filter would compare text with timestamps: refused, as on object storage.
+                raise _not_a_timestamp(view.name, src.timestamp_field, ts_type)
             # A relation, not a view: views live in the process-wide database that cursors share.
             return rel.limit(0) if window is None else rel.filter(window.sql_filter(src.timestamp_field))
         try:
@@ -760,6 +764,13 @@ class WrittenWindow:
             return audit_mod.evaluate_with(query, sample, checks)
 
 
+def _not_a_timestamp(view: str, field: str, type_name: str) -> ConfigError:
+    return ConfigError(
+        f"view {view!r}: source timestamp field {field!r} is {type_name}, not a timestamp or date: "
+        "write it as a timestamp in the source files, or name a timestamp column as timestamp_field"
+    )
+
+
 def _plain(t: pa.DataType) -> bool:
     """Types that Arrow and DuckDB read from Parquet alike (what DuckDB then sees is the same)."""
     if pa.types.is_timestamp(t):
@@ -926,10 +937,7 @@ def read_remote_parquet(
             return dataset.schema.empty_table().replace_schema_metadata(None)
         t = dataset.schema.field(timestamp_field).type
         if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
-            raise ConfigError(
-                f"view {view!r}: source timestamp field {timestamp_field!r} is {t}, not a timestamp or date: "
-                "write it as a timestamp in the source files, or name a timestamp column as timestamp_field"
-            )
+            raise _not_a_timestamp(view, timestamp_field, str(t))
         field = pc.field(timestamp_field)
         table = dataset.to_table(
             filter=(field >= _bound(window.start, t)) & (field < _bound(window.end, t)), use_threads=True
