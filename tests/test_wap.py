@@ -245,6 +245,46 @@ def test_publish_rebases_when_main_moved(fl: featurelake.Featurelake) -> None:
     assert "audit_a" not in tbl.metadata.refs and "audit_b" not in tbl.metadata.refs
 
 
+def test_a_rebase_that_runs_out_of_memory_says_what_to_do(
+    fl: featurelake.Featurelake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A must rebase because B published meanwhile, and writing A's window again runs out of memory: a
+    ConfigError naming the setting and the way out (was the raw MemoryError); main keeps B's publish only,
+    and the advice, followed, publishes A's window."""
+    from featurelake.errors import ConfigError
+    from featurelake.jobs import backfill as job
+
+    real = job._write_and_audit
+    calls: list[int] = []
+    inner: list[job.BackfillResult] = []
+
+    def write_and_audit(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:  # A, B, then A again onto B's main
+            raise pa.ArrowMemoryError("malloc of size 1048576 failed")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    def progress(msg: str) -> None:
+        if msg.startswith("audit passed") and not inner:
+            inner.append(fl.backfill("user_features", day(5), day(10), run_id="b"))
+
+    monkeypatch.setattr(job, "_write_and_audit", write_and_audit)
+    with pytest.raises(ConfigError) as info:
+        fl.backfill("user_features", day(0), day(5), run_id="a", progress=progress)
+    msg = str(info.value)
+    assert msg.startswith("view 'user_features': out of memory writing the backfill "), msg
+    assert "again onto main after another run published to it" in msg
+    assert "ArrowMemoryError: malloc of size 1048576 failed" in msg and "backfill.batch_days" in msg
+    assert "main holds only the other run's publish" in msg
+    assert "featurelake discard user_features --run-id a" in msg and "new --run-id" in msg
+    assert main_id(fl) == inner[0].snapshot_id
+    assert expected_days(fl.read("user_features")) == {day(i) for i in range(5, 10)}
+    monkeypatch.undo()
+    fl.discard("user_features", "a")
+    fl.backfill("user_features", day(0), day(5))
+    assert expected_days(fl.read("user_features")) == {day(i) for i in range(10)}
+
+
 def test_stale_handle_cannot_rewind_main(fl: featurelake.Featurelake) -> None:
     fl.backfill("user_features", day(0), day(2), run_id="x")
     stale = fl.project.load_table("user_features")

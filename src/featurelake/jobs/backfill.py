@@ -114,14 +114,34 @@ def _publish(
     props: dict[str, str],
     report: AuditReport,
 ) -> tuple[wap.PublishResult, AuditReport]:
-    return wap_run.publish_branch(
-        project,
-        view,
-        run_id,
-        report,
-        lambda: _write_and_audit(project, view, window, run_id, frame, props)[1],
-        resume=f"finish with `featurelake publish {view.name} --run-id {run_id}`",
-    )
+    try:
+        return wap_run.publish_branch(
+            project,
+            view,
+            run_id,
+            report,
+            lambda: _write_and_audit(project, view, window, run_id, frame, props)[1],
+            resume=f"finish with `featurelake publish {view.name} --run-id {run_id}`",
+        )
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # Only a rebase writes and audits again here: another run published to main meanwhile.
+        raise ConfigError(
+            f"view {view.name!r}: out of memory writing the backfill {window} again onto main after another run "
+            f"published to it ({type(exc).__name__}: {exc}); {_memory_advice(project, frame)}, or give the "
+            f"process more memory. main holds only the other run's publish. {_rerun(project, view, run_id)}"
+        ) from exc
+
+
+def _memory_advice(project: Project, frame: Any) -> str:
+    """The setting to lower when writing and auditing ``frame`` ran out of memory."""
+    batch_days = project.config.settings.backfill.batch_days
+    if project.engine.batched(frame):
+        return f"lower {BATCH_SETTING} (now {batch_days}) so that fewer days are audited at once"
+    if batch_days <= 0:
+        return f"set {BATCH_SETTING} to 1 (now {batch_days}) to compute and audit it a day at a time"
+    return f"backfill shorter windows, or lower {BATCH_SETTING} (now {batch_days})"
 
 
 def _backfill_again(view: FeatureView, window: Window) -> str:
@@ -171,7 +191,7 @@ def run_backfill(
     earlier = keep_earlier_reports(project, view.name, run_id)
 
     settings = project.config.settings.backfill
-    engine, batch_days = project.engine, settings.batch_days
+    engine = project.engine
     # Bounded memory where the engine can: batch_days at a time (days cut to batch_rows), each batch written
     # as data files ahead of the one commit below.
     frame = engine.compute_backfill(view, window, tbl, settings, progress)
@@ -197,16 +217,10 @@ def run_backfill(
         if not is_out_of_memory(exc):
             raise
         # The rows fitted but writing or auditing them did not (the audit holds a batch's keys and times).
-        if engine.batched(frame):
-            advice = f"lower {BATCH_SETTING} (now {batch_days}) so that fewer days are audited at once"
-        elif batch_days <= 0:
-            advice = f"set {BATCH_SETTING} to 1 (now {batch_days}) to compute and audit it a day at a time"
-        else:
-            advice = f"backfill shorter windows, or lower {BATCH_SETTING} (now {batch_days})"
         raise ConfigError(
             f"view {view.name!r}: out of memory writing and auditing the backfill {window} "
-            f"({type(exc).__name__}: {exc}); {advice}, or give the process more memory. main is unchanged. "
-            f"{_rerun(project, view, run_id)}"
+            f"({type(exc).__name__}: {exc}); {_memory_advice(project, frame)}, or give the process more memory. "
+            f"main is unchanged. {_rerun(project, view, run_id)}"
         ) from exc
     _say(progress, f"audit passed ({len(report.results)} checks); publishing to main")
     result, report = _publish(project, view, window, run_id, frame, props, report)
