@@ -318,17 +318,34 @@ def bench_sync(args: argparse.Namespace, work: Path, redis_port: int) -> dict[st
     return {"fl": fl, "samples": samples, "rows": rows.num_rows}
 
 
+#: The Redis database of (a)'s CLI runs (see bench_cli_sync).
+CLI_DB = 2
+
+
+def check_served(fl: featurelake.Featurelake, users: int) -> None:
+    """Stop unless the synced features are there: lookups of missing keys would time misses."""
+    ids = list(range(1, users + 1, max(1, users // 50)))
+    got = fl.online.get_online_features([f"{VIEW}:{FEATURES[0]}"], {"user_id": ids})
+    statuses = {s for r in got["results"][1:] for s in r["statuses"]}
+    if statuses != {"PRESENT"}:
+        raise SystemExit(f"the online store does not hold the synced features (statuses {sorted(statuses)})")
+
+
 def bench_cli_sync(args: argparse.Namespace, work: Path, redis_port: int, rows: pa.Table) -> dict[str, Any]:
     """``featurelake sync VIEW`` as a real CLI process (interpreter start, imports, project open, sync, output)
-    on a fresh project and an empty Redis each time, beside the raw reference (in this process: no start-up)."""
+    on a fresh project and an empty Redis each time, beside the raw reference (in this process: no start-up).
+
+    Its store is database 2: database 0 holds the store of the project (b) to (f) look up, whose keys a
+    flush here would remove (each project's keys carry its own scope), leaving those lookups to time misses.
+    """
     latest = latest_rows(rows, args.days, args.users)
-    ref_client, store = redis.Redis(port=redis_port, db=1), redis.Redis(port=redis_port, db=0)
+    ref_client, store = redis.Redis(port=redis_port, db=1), redis.Redis(port=redis_port, db=CLI_DB)
     exe = str(Path(sys.executable).parent / "featurelake")
     samples: dict[str, list[float]] = {"cli": [], "raw": []}
     for rep in range(args.repeats):
         store.flushdb()
         root = work / f"cli{rep}"
-        setup_project(root, f"redis://127.0.0.1:{redis_port}/0", rows).close()
+        setup_project(root, f"redis://127.0.0.1:{redis_port}/{CLI_DB}", rows).close()
         t0 = time.perf_counter()
         done = subprocess.run([exe, "-C", str(root), "sync", VIEW], capture_output=True, text=True)
         samples["cli"].append(time.perf_counter() - t0)
@@ -495,6 +512,7 @@ def lookups_only(args: argparse.Namespace) -> None:
         best: dict[str, float] = {}
         for r in range(args.rounds):
             load = os.getloadavg()[0]
+            check_served(fl, args.users)
             server = bench_server(args, fl.project.root, redis_port)
             inproc = bench_inprocess(args, fl, redis_port)
             print(f"\n--- round {r + 1}: load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
@@ -663,6 +681,7 @@ def main() -> None:
             f"{FEAST_MATERIALIZE_S[0] / best_sync:.1f}-{FEAST_MATERIALIZE_S[1] / best_sync:.1f}x faster (target >= 2x)"
         )
 
+        check_served(fl, args.users)
         server = bench_server(args, fl.project.root, redis_port)
         print_server(server)
         inproc = bench_inprocess(args, fl, redis_port)
