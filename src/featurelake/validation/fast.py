@@ -2,11 +2,14 @@
 
 Most of what a view's checks and statistics ask for is a handful of column reductions: non-null counts
 (Arrow keeps them in the array metadata), min / max / sum (vectorised NumPy passes), set membership
-(``pyarrow.compute.is_in``) and row uniqueness. The calling thread runs these scans one after the other:
-they are bound by memory bandwidth, which a second thread raises by ~15% on a 2-core machine, and threads
-that each hand the GIL over between NumPy calls made the pass slower, not faster (see ``scan_helpers``). Those are answered here; every other expression, and every case this module
-is not sure to answer *exactly as DuckDB would* (NaN in a min/max, decimals, strings, an int sum that could
-overflow, rows whose uniqueness is not proven by their order), goes to the SQL engine in one query.
+(``pyarrow.compute.is_in``) and row uniqueness. Those are answered here; every other expression, and every
+case this module is not sure to answer *exactly as DuckDB would* (NaN in a min/max, decimals, strings, an
+int sum that could overflow, rows whose uniqueness is not proven by their order), goes to the SQL engine in
+one query.
+
+The calling thread runs the scans one after the other: they are bound by memory bandwidth, which a second
+thread raises by ~15% on a 2-core machine, and threads handing the GIL to each other between NumPy calls
+made the pass slower, not faster (see ``scan_helpers``).
 
 Uniqueness is proven without hashing when the rows are strictly ordered by the key columns (either order
 of them): then no two adjacent rows, hence no two rows, are equal. Time-ordered feature data often is;
