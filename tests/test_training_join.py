@@ -352,3 +352,70 @@ def test_minus_zero_and_zero_are_one_key() -> None:
     )
     assert out.column("x").to_pylist() == [7, 7, 8, None]
     assert stats.matched == {"z": 3}
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+int_keys = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.sampled_from([INT64_MIN, INT64_MIN + 1, INT64_MAX - 1, INT64_MAX, 2**40]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    feature_keys=st.lists(int_keys, min_size=1, max_size=25),
+    entity_keys=st.lists(int_keys, max_size=25),
+    types=st.sampled_from(
+        [
+            (pa.int64(), pa.int64()),
+            (pa.int32(), pa.int64()),
+            (pa.int64(), pa.int16()),
+            (pa.uint64(), pa.uint64()),
+        ]
+    ),
+)
+def test_integer_keys_coded_by_value_match_the_hash_encoding(
+    feature_keys: list[int | None], entity_keys: list[int | None], types: tuple[pa.DataType, pa.DataType]
+) -> None:
+    # Integer keys in a short range are coded as value minus the smallest (no hashing); the codes must
+    # pair exactly the rows the hash encoding pairs: equal values, never a null, never a value the view
+    # lacks, whatever the widths, signs and extremes (a value minus the smallest may wrap in int64).
+    def fits(v: int | None, t: pa.DataType) -> bool:
+        info = (
+            (-(2 ** (t.bit_width - 1)), 2 ** (t.bit_width - 1) - 1)
+            if pa.types.is_signed_integer(t)
+            else (0, 2**t.bit_width - 1)
+        )
+        return v is None or info[0] <= v <= info[1]
+
+    data = pa.array([v if fits(v, types[0]) else None for v in feature_keys], types[0])
+    entity = pa.array([v if fits(v, types[1]) else None for v in entity_keys], types[1])
+
+    def pairs(codes: tuple[Any, Any, int]) -> list[frozenset[int]]:
+        e, f, _ = codes
+        return [frozenset(j for j, fc in enumerate(f) if ec >= 0 and fc == ec) for ec in e]
+
+    direct = join._encode_integers(entity, data)
+    hashed = pc_encode(entity, data)
+    if direct is not None:
+        assert pairs(direct) == pairs(hashed)
+        assert all(c == -1 for c, v in zip(direct[1], data.to_pylist(), strict=True) if v is None)
+    assert pairs(join._encode("v", entity, data)) == pairs(hashed)  # whichever path it takes
+
+
+def pc_encode(entity: pa.Array, data: pa.Array) -> tuple[Any, Any, int]:
+    """The hash encoding (``_encode`` without its integer shortcut)."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(data)
+    found = pc.index_in(entity, value_set=encoded.dictionary)
+    return join._codes(found), join._codes(encoded.indices), len(encoded.dictionary)
+
+
+def test_sparse_integer_keys_keep_the_hash_encoding() -> None:
+    # A range much longer than the rows would cost memory per value of the range: hashed instead.
+    data = pa.array([1, 10**12, 5], pa.int64())
+    assert join._encode_integers(pa.array([5, 1], pa.int64()), data) is None
+    e, f, n = join._encode("v", pa.array([5, 7, None], pa.int64()), data)
+    assert n == 3 and list(e) == [f[2], -1, -1]

@@ -5,10 +5,11 @@ key (every key column equal, for a composite key) and the greatest ``event_ts <=
 ``t - event_ts <= ttl`` (else the features are null: every earlier row is older still). Rows are never
 dropped or reordered: the output has exactly one row per entity row, in the entity frame's order.
 
-The search is a sort-merge in NumPy over one int64 per row. Each key column is dictionary-encoded over the
-view's rows (Arrow's hash kernel; the entity frame's keys are looked up in that dictionary), the codes of a
-composite key are combined into one, and ``code * span + (time - earliest)`` orders the rows by key, then
-time. The view's rows are sorted once on that value (two halves in two threads: NumPy sorts without the
+The search is a sort-merge in NumPy over one int64 per row. Each key column is coded over the view's rows:
+integer keys whose values span a range no longer than the rows by their value minus the smallest, other
+keys by dictionary encoding (Arrow's hash kernel; the entity frame's keys are looked up in that
+dictionary). The codes of a composite key are combined into one, and ``code * span + (time - earliest)``
+orders the rows by key, then time. The view's rows are sorted once on that value (two halves in two threads: NumPy sorts without the
 GIL); the entity rows, sorted too, find their candidate with one ``searchsorted``, and the run of equal
 values around it is the set of rows tied with it. The feature columns are never copied to be sorted: they are
 gathered with one Arrow ``take`` at the end, so their types come out exactly as stored. Memory beyond the
@@ -128,9 +129,52 @@ def _codes(indices: pa.Array) -> np.ndarray:
     return indices.to_numpy(zero_copy_only=False)
 
 
+def _integers(column: pa.Array) -> np.ndarray | None:
+    """An integer column's values as int64 NumPy (nulls as 0), or None when they do not all fit."""
+    try:
+        values = column.cast(pa.int64()) if column.type != pa.int64() else column
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if values.null_count:
+        values = pc.fill_null(values, 0)
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _encode_integers(entity: pa.Array, data: pa.Array) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """:func:`_encode` for integer keys whose values span a range no longer than the two columns: the code
+    is the value minus the smallest one, without hashing (Arrow's hash encoding took 0.6 s of a 1.6 s join
+    of 10M feature rows). None for other keys (sparse, or not integers)."""
+    if not (pa.types.is_integer(entity.type) and pa.types.is_integer(data.type)) or data.null_count == len(
+        data
+    ):
+        return None
+    extremes = pc.min_max(data)
+    lo, hi = extremes["min"].as_py(), extremes["max"].as_py()
+    count = hi - lo + 1
+    if count > len(data) + len(entity) or hi >= 1 << 63:
+        return None
+    features, keys = _integers(data), _integers(entity)
+    if features is None or keys is None:
+        return None
+    features = features - lo  # within [0, count) where not null
+    if data.null_count:
+        features[data.is_null().to_numpy(zero_copy_only=False)] = -1
+    present = np.zeros(count + 1, dtype=bool)  # the last slot stands for a null (code -1): never present
+    present[features] = True
+    present[count] = False
+    inside = (keys >= lo) & (keys <= hi)  # compared as values: keys - lo may wrap outside the range
+    if entity.null_count:
+        inside &= entity.is_valid().to_numpy(zero_copy_only=False)
+    codes = np.where(inside, keys - lo, count)
+    return np.where(present[codes], codes, -1), features, count
+
+
 def _encode(view: str, entity: pa.Array, data: pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
     """Codes of one key column: equal values get equal codes, -1 for null and for entity values no feature
     row has. Returns the entity codes, the feature codes and the number of codes."""
+    direct = _encode_integers(entity, data)
+    if direct is not None:
+        return direct
     encoded = pc.dictionary_encode(data)
     try:
         found = pc.index_in(entity, value_set=encoded.dictionary)
