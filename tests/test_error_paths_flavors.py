@@ -546,3 +546,183 @@ def test_registry_file_that_is_not_a_database_is_left_as_it_is(
         "proj",
         "registry.db",
     ]  # no -wal / -journal beside it
+
+
+# --- messages that now say what to do (each was found without a next step, or with the wrong one) --------
+def scripted(module: Any, path: Path) -> Path:
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module), buf)
+    return write(path, buf.getvalue())
+
+
+def test_a_torchscript_model_of_another_width_says_what_to_register(
+    project: featurelake.Featurelake, tmp_path: Path
+) -> None:
+    import torch
+
+    fl = project
+    mv = fl.models.register("tswidth", scripted(torch.nn.Linear(5, 1), tmp_path / "w.pt"), "torchscript",
+                            signature=SIGNATURE)  # fmt: skip
+    before = state(fl)
+    with pytest.raises(SchemaError) as ei:
+        fl.predict(f"tswidth@{mv.version}", VIEW)
+    says(
+        ei.value,
+        f"model tswidth {mv.version}: the torchscript model rejects a [batch, 2] input",
+        "amount_avg_1d, txn_count_1d",
+        "register a model that takes these 2 inputs as one [batch, inputs] tensor",
+        "signature of the inputs it was trained on",
+    )
+    assert state(fl) == before
+
+
+def test_an_onnx_model_whose_input_names_differ_says_how_to_match_them(
+    project: featurelake.Featurelake, tmp_path: Path
+) -> None:
+    from onnx import TensorProto, helper
+
+    fl = project
+    graph = onnx_graph(
+        [
+            helper.make_tensor_value_info("amount_avg_1d", TensorProto.DOUBLE, [None, 1]),
+            helper.make_tensor_value_info("refunds_7d", TensorProto.DOUBLE, [None, 1]),
+        ],
+        [helper.make_node("Add", ["amount_avg_1d", "refunds_7d"], ["Y"])],
+        [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [None, 1])],
+    )
+    before = state(fl)
+    with pytest.raises(SchemaError) as ei:
+        fl.models.register("names", write(tmp_path / "n.onnx", graph), "onnx", signature=SIGNATURE)
+    says(
+        ei.value,
+        "model names (being registered): the onnx model's inputs (its named inputs) do not match",
+        "missing txn_count_1d; unexpected refunds_7d",
+        "Register it with a signature naming its inputs in its order",
+        "rename the model's inputs to the signature's",
+    )
+    assert state(fl) == before
+
+
+def test_verifying_a_pickle_where_pickles_are_refused_gives_the_way_out(tmp_path: Path) -> None:
+    root = make_project(
+        tmp_path / "p", config="project: test\nnamespace: features\nregistry:\n  allow_pickle: false\n"
+    )
+    path = write(tmp_path / "m.pkl", pickle.dumps(WrongWidthProba()))
+    with featurelake.open(root) as fl:
+        with pytest.raises(ConfigError) as ei:
+            fl.models.register("pk", path, "pickle", signature={"a": "double"}, verify=True)
+        says(
+            ei.value,
+            "model pk (being registered): --verify would load a pickle",
+            "registry.allow_pickle is false",
+            "export the model to ONNX or TorchScript and register that",
+            "set registry.allow_pickle: true",
+        )
+        assert registry_state(fl) == []
+
+
+def test_a_classifier_returning_scores_says_to_return_probabilities(
+    project: featurelake.Featurelake, train: pa.Table, tmp_path: Path
+) -> None:
+    import torch
+
+    class Scores(torch.nn.Module):  # raw scores, not probabilities
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0] * 10.0 + 5
+
+    fl = project
+    before = state(fl)
+    path = scripted(Scores(), tmp_path / "s.pt")
+    with pytest.raises(UsageError) as ei:
+        fl.models.register("logit", path, "torchscript", training_set=train, params={"task": "classification"},
+                           verify=True)  # fmt: skip
+    msg = says(
+        ei.value,
+        "model logit (being registered) (torchscript) failed verification: its probability outputs range over",
+        "outside [0, 1]",
+        "return probabilities (apply a sigmoid or softmax in the model)",
+        "register it without --param task=classification",
+        "nothing was registered",
+    )
+    assert msg.count("model logit") == 1, msg
+    assert state(fl) == before
+
+
+def test_an_onnx_operator_the_runtime_lacks_is_not_called_the_wrong_flavor(
+    project: featurelake.Featurelake, tmp_path: Path
+) -> None:
+    from onnx import TensorProto, helper
+
+    fl = project
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mystery", ["X"], ["Y"], domain="com.example")],
+            "g",
+            [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [None, 2])],
+            [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [None, 1])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)],
+    )
+    before = state(fl)
+    with pytest.raises(UsageError) as ei:
+        fl.models.register("custom", write(tmp_path / "c.onnx", proto.SerializeToString()), "onnx",
+                           signature=SIGNATURE)  # fmt: skip
+    msg = says(
+        ei.value,
+        "model custom (being registered): its artifact is registered as flavor onnx but onnxruntime cannot load it",
+        "Mystery",
+        "export it with the standard operator sets onnxruntime",
+        "install an onnxruntime that provides its operators",
+    )
+    assert "the flavor it really is" not in msg
+    assert state(fl) == before
+
+
+def test_a_pickle_of_a_class_the_library_lacks_says_to_install_its_version(
+    project: featurelake.Featurelake, tmp_path: Path
+) -> None:
+    fl = project
+    # What a pickle of a class renamed or moved in a newer library version fails with: no such attribute.
+    path = write(tmp_path / "a.pkl", b"cbuiltins\nno_such_thing\n)\x81.")
+    mv = fl.models.register("attrpkl", path, "pickle", signature=SIGNATURE)
+    before = state(fl)
+    with pytest.raises(ConfigError) as ei:
+        fl.predict(f"attrpkl@{mv.version}", VIEW)
+    msg = says(
+        ei.value,
+        f"model attrpkl {mv.version}: its pickle refers to something the installed libraries do not have",
+        "no_such_thing",
+        "install the library versions the model was trained with",
+    )
+    assert "the flavor it really is" not in msg
+    assert state(fl) == before
+
+
+def test_an_onnx_classifier_with_fewer_probability_columns_than_classes_says_to_export_again(
+    project: featurelake.Featurelake, tmp_path: Path
+) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    fl = project
+    model = LogisticRegression().fit(X, [0, 1, 2, 0, 1, 2])
+    onx = to_onnx(model, np.zeros((1, 2), np.float32), options={id(model): {"zipmap": False}})
+    probabilities = next(o for o in onx.graph.output if o.name == "probabilities")
+    probabilities.type.tensor_type.shape.dim[1].dim_value = 2  # declares 2 columns for 3 classes
+    before = state(fl)
+    with pytest.raises(SchemaError) as ei:
+        fl.models.register("clscount", write(tmp_path / "k.onnx", onx.SerializeToString()), "onnx",
+                           signature=SIGNATURE, output="label,proba")  # fmt: skip
+    says(
+        ei.value,
+        "model clscount (being registered): the onnx model's graph names 3 classes",
+        "has 2 probability columns",
+        "export the model again so that it has one probability column per class",
+    )
+    assert state(fl) == before

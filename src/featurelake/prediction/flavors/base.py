@@ -217,7 +217,8 @@ def check_names(info: ModelInfo, flavor: str, names: Sequence[str], where: str) 
             detail.append(f"order {', '.join(names)} instead of {', '.join(expected)}")
         raise SchemaError(
             f"{info.ref}: the {flavor} model's inputs ({where}) do not match its recorded signature: "
-            f"{'; '.join(detail)}"
+            f"{'; '.join(detail)}. Register it with a signature naming its inputs in its order (or with the "
+            "training set it was fit on), or rename the model's inputs to the signature's"
         )
 
 

@@ -68,7 +68,9 @@ class ArtifactChecker:
             if flavor == "pickle" and not self.allow_pickle:
                 raise ConfigError(
                     f"{info.ref}: --verify would load a pickle, and this project refuses pickles "
-                    "(registry.allow_pickle is false)"
+                    "(registry.allow_pickle is false), so it could never score this model either: export the "
+                    "model to ONNX or TorchScript and register that, or set registry.allow_pickle: true if you "
+                    "trust every registered pickle"
                 )
             details["verified"] = self.verify(flavor, data, info, sample(training_set, info))
         return details
@@ -181,9 +183,15 @@ def _child() -> int:
         if model.output_range is not None and finite.size:
             lo, hi = model.output_range
             if finite.min() < lo or finite.max() > hi:
+                hint = (
+                    "return probabilities (apply a sigmoid or softmax in the model), or register it without "
+                    "--param task=classification"
+                    if model.output_kind == "probability"
+                    else "register a model whose outputs lie in that range"
+                )
                 raise UsageError(
-                    f"{info.ref}: its {model.output_kind} outputs range over [{finite.min():g}, {finite.max():g}], "
-                    f"outside [{lo:g}, {hi:g}]"
+                    f"its {model.output_kind} outputs range over [{finite.min():g}, {finite.max():g}], "
+                    f"outside [{lo:g}, {hi:g}]: {hint}"
                 )
         model.close()
     except FeaturelakeError as exc:

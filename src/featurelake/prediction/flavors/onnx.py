@@ -104,9 +104,17 @@ class OnnxFlavor(ModelFlavor):
         try:
             session = ort.InferenceSession(data, providers=[*providers, "CPUExecutionProvider"])
         except Exception as exc:
+            first = str(exc).splitlines()[0]
+            if "INVALID_PROTOBUF" in first:  # not ONNX at all
+                advice = "register it again with the flavor it really is"
+            else:  # an ONNX graph this runtime cannot run, e.g. an operator it lacks
+                advice = (
+                    f"export it with the standard operator sets onnxruntime {ort.__version__} supports, or "
+                    "install an onnxruntime that provides its operators"
+                )
             raise UsageError(
                 f"{info.ref}: its artifact is registered as flavor onnx but onnxruntime cannot load it "
-                f"({str(exc).splitlines()[0]}); register it again with the flavor it really is"
+                f"({first}); {advice}"
             ) from exc
         inputs = session.get_inputs()
         types = {i.type for i in inputs}
@@ -246,7 +254,7 @@ def _multi_outputs(
     if len(values) != width:
         raise SchemaError(
             f"{info.ref}: the onnx model's graph names {len(values)} classes but its output {prob.name} has "
-            f"{width} probability columns"
+            f"{width} probability columns: export the model again so that it has one probability column per class"
         )
     return prob.name, (label.name if label is not None else None), values
 

@@ -97,6 +97,11 @@ class PickleFlavor(ModelFlavor):
                 f"{info.ref}: its pickle needs the module {exc.name}, which is not installed here: install the "
                 "library the model was trained with (same version) and retry"
             ) from exc
+        except AttributeError as exc:  # a class the installed library no longer has (renamed or moved)
+            raise ConfigError(
+                f"{info.ref}: its pickle refers to something the installed libraries do not have ({exc}): "
+                "install the library versions the model was trained with and retry"
+            ) from exc
         except Exception as exc:
             raise UsageError(
                 f"{info.ref}: its artifact is registered as flavor pickle but cannot be unpickled ({exc}); "

@@ -97,7 +97,8 @@ class TorchScriptFlavor(ModelFlavor):
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise SchemaError(
                 f"{info.ref}: the torchscript model rejects a [batch, {k}] input (its recorded signature: "
-                f"{', '.join(f.name for f in info.inputs)}): {first}"
+                f"{', '.join(f.name for f in info.inputs)}): {first}; register a model that takes these {k} "
+                "inputs as one [batch, inputs] tensor, or give it the signature of the inputs it was trained on"
             ) from exc
         if info.multi_output:
             index, classes = _proba_output(info, torch, probe)
