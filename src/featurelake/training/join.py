@@ -9,9 +9,9 @@ The search is a sort-merge in NumPy over one int64 per row. Each key column is c
 integer keys whose values span a range no longer than the rows by their value minus the smallest, other
 keys by dictionary encoding (Arrow's hash kernel; the entity frame's keys are looked up in that
 dictionary). The codes of a composite key are combined into one, and ``code * span + (time - earliest)``
-orders the rows by key, then time. The view's rows are sorted once on that value (two halves in two threads: NumPy sorts without the
-GIL); the entity rows, sorted too, find their candidate with one ``searchsorted``, and the run of equal
-values around it is the set of rows tied with it. The feature columns are never copied to be sorted: they are
+orders the rows by key, then time. The view's rows are sorted once on that value (two halves in two
+threads: NumPy sorts without the GIL); the entity rows, sorted too, find their candidate with one
+``searchsorted``, and the run of equal values around it is the set of rows tied with it. The feature columns are never copied to be sorted: they are
 gathered with one Arrow ``take`` at the end, so their types come out exactly as stored. Memory beyond the
 inputs: a few int64 arrays the length of the view (about 40 bytes per feature row) and of the entity frame.
 
